@@ -1,0 +1,251 @@
+//! The `confab` command: `confab dev` runs the whole cluster in one process
+//! (still talking gRPC over loopback); `confab edge|router|store|presence`
+//! run one role each, for containers; `confab token` mints a dev token.
+//! Each role is its crate's `run(config, listener, shutdown)`.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use confab_common::{shutdown, Shutdown};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "confab",
+    version,
+    about = "A sharded real-time chat backend speaking Socket.IO"
+)]
+struct Cli {
+    /// Log lines as JSON.
+    #[arg(long, env = "CONFAB_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every service in one process, embedded store on disk, presence in memory.
+    Dev(DevArgs),
+    /// The Socket.IO and HTTP edge.
+    Edge {
+        #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:3000")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        config: confab_edge::Config,
+    },
+    /// A router (owner of chats by consistent hash).
+    Router {
+        #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:7002")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        config: confab_router::Config,
+    },
+    /// store-svc on the embedded store.
+    Store {
+        #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:7003")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        config: confab_store::Config,
+    },
+    /// presence-svc, in memory.
+    Presence {
+        #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:7004")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        config: confab_presence::Config,
+    },
+    /// Mints an HS256 token signed with the configured secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where clients connect.
+    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(
+        long = "data-dir",
+        env = "CONFAB_DATA_DIR",
+        default_value = "./confab-data"
+    )]
+    data_dir: PathBuf,
+    /// HS256 secret; generated and printed when absent.
+    #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Display name (`name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Lifetime: 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: i64,
+    #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+}
+
+fn parse_ttl(s: &str) -> Result<i64, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: use e.g. 90s, 30m, 1h, 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("bad duration unit in {s:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("duration {s:?} is too long"))
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Token(t) = &cli.command {
+        println!(
+            "{}",
+            confab_edge::auth::mint_hs256(
+                t.jwt_secret.as_bytes(),
+                &t.user,
+                t.name.as_deref(),
+                t.ttl
+            )
+        );
+        return Ok(());
+    }
+    confab_common::telemetry::init("info", cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async_main(cli.command))
+}
+
+async fn async_main(command: Command) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        tracing::info!("shutting down");
+        on_signal.trigger();
+    });
+    let result = match command {
+        Command::Dev(args) => dev(args, shutdown.clone()).await,
+        Command::Edge { listen, config } => {
+            confab_edge::run(config, bind(listen).await?, shutdown.clone())
+                .await
+                .map_err(Into::into)
+        }
+        Command::Router { listen, config } => {
+            confab_router::run(config, bind(listen).await?, shutdown.clone())
+                .await
+                .map_err(Into::into)
+        }
+        Command::Store { listen, config } => {
+            confab_store::run(config, bind(listen).await?, shutdown.clone())
+                .await
+                .map_err(Into::into)
+        }
+        Command::Presence { listen, config } => {
+            confab_presence::run(config, bind(listen).await?, shutdown.clone())
+                .await
+                .map_err(Into::into)
+        }
+        Command::Token(_) => Ok(()),
+    };
+    if !shutdown.drain(Duration::from_secs(10)).await {
+        tracing::warn!("some tasks did not finish within the drain deadline");
+    }
+    result
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+    let (store_l, presence_l, router_l) = (
+        bind(loopback).await?,
+        bind(loopback).await?,
+        bind(loopback).await?,
+    );
+    let edge_l = bind(args.listen).await?;
+    let url = |l: &TcpListener| l.local_addr().map(|a| format!("http://{a}"));
+    let (store_url, presence_url, router_url) =
+        (url(&store_l)?, url(&presence_l)?, url(&router_l)?);
+    let edge_addr = edge_l.local_addr()?;
+    let generated = args.jwt_secret.is_none();
+    let secret = args.jwt_secret.unwrap_or_else(random_secret);
+
+    let store = confab_store::run(
+        confab_store::Config::for_test(args.data_dir.clone()),
+        store_l,
+        shutdown.clone(),
+    );
+    let presence = confab_presence::run(
+        confab_presence::Config::default(),
+        presence_l,
+        shutdown.clone(),
+    );
+    let router_config = confab_router::Config::for_test(
+        router_url.clone(),
+        vec![router_url.clone()],
+        store_url.clone(),
+    );
+    let router = confab_router::run(router_config, router_l, shutdown.clone());
+    let edge_config =
+        confab_edge::Config::for_test(vec![router_url], store_url, presence_url, secret.clone());
+    let edge = confab_edge::run(edge_config, edge_l, shutdown.clone());
+
+    let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);
+    println!("confab dev is up");
+    println!("  socket.io + http: http://{edge_addr}");
+    println!("  data directory:   {}", args.data_dir.display());
+    if generated {
+        println!("  jwt secret:       {secret}   (generated for this run; set CONFAB_JWT_SECRET to keep one)");
+    }
+    println!("  token for alice:  {token}");
+    println!("  more tokens:      CONFAB_JWT_SECRET={secret} confab token --user bob");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let (s, p, r, e) = tokio::join!(
+        stop_all_on_exit(store, &shutdown),
+        stop_all_on_exit(presence, &shutdown),
+        stop_all_on_exit(router, &shutdown),
+        stop_all_on_exit(edge, &shutdown)
+    );
+    s.context("store-svc")?;
+    p.context("presence-svc")?;
+    r.context("router")?;
+    e.context("edge")?;
+    Ok(())
+}
+
+/// One service ending, for any reason, ends the whole dev cluster.
+async fn stop_all_on_exit<E: std::error::Error + Send + Sync + 'static>(
+    service: impl std::future::Future<Output = Result<(), E>>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let r = service.await;
+    shutdown.trigger();
+    r.map_err(Into::into)
+}

@@ -1,0 +1,271 @@
+//! JWT checks (CONTRACT §2, §8.8): which token counts, and whether it is good.
+
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Why a token was refused; the `reason` of the CONNECT_ERROR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing_token")]
+    Missing,
+    #[error("invalid_token")]
+    Invalid,
+    #[error("expired_token")]
+    Expired,
+}
+
+impl AuthError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_token",
+            Self::Invalid => "invalid_token",
+            Self::Expired => "expired_token",
+        }
+    }
+}
+
+/// Who a verified token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub name: Option<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    #[serde(default, rename = "userId", skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    exp: i64,
+}
+
+/// Verifies tokens with the configured key.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// HS256 with a shared secret; `leeway_secs` for `exp` and `nbf`.
+    pub fn hs256(secret: &[u8], leeway_secs: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_aud = false;
+        Self {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            },
+        )?;
+        let c = data.claims;
+        let user_id = c
+            .sub
+            .filter(|s| !s.is_empty())
+            .or(c.user_id.filter(|s| !s.is_empty()))
+            .ok_or(AuthError::Invalid)?;
+        if user_id.chars().count() > 128 {
+            return Err(AuthError::Invalid);
+        }
+        Ok(Identity {
+            user_id,
+            name: c.name,
+            expires_at: c.exp,
+        })
+    }
+}
+
+/// Mints an HS256 token (for `confab token` and tests).
+pub fn mint_hs256(secret: &[u8], user_id: &str, name: Option<&str>, ttl_secs: i64) -> String {
+    let claims = Claims {
+        sub: Some(user_id.to_string()),
+        user_id: None,
+        name: name.map(str::to_string),
+        exp: confab_common::time::now_ms() / 1000 + ttl_secs,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
+}
+
+/// Picks the one token that counts: the CONNECT auth's `token`, else the
+/// `Authorization: Bearer` header, else the `token` query parameter. A token
+/// field that is present but not a string counts as an invalid token.
+pub fn pick_token<'a>(
+    auth: Option<&'a Value>,
+    authorization: Option<&'a str>,
+    query: Option<&'a str>,
+) -> Result<std::borrow::Cow<'a, str>, AuthError> {
+    if let Some(v) = auth.and_then(|a| a.get("token")) {
+        return match v {
+            Value::String(s) => Ok(s.as_str().into()),
+            Value::Null => next(authorization, query),
+            _ => Err(AuthError::Invalid),
+        };
+    }
+    next(authorization, query)
+}
+
+fn next<'a>(
+    authorization: Option<&'a str>,
+    query: Option<&'a str>,
+) -> Result<std::borrow::Cow<'a, str>, AuthError> {
+    if let Some(h) = authorization {
+        return match h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+        {
+            Some(t) => Ok(t.trim().into()),
+            None => Err(AuthError::Invalid),
+        };
+    }
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            if let Some(v) = pair.strip_prefix("token=") {
+                return Ok(percent_decode(v).into());
+            }
+        }
+    }
+    Err(AuthError::Missing)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(())
+                {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    #[test]
+    fn verifies_good_tokens_and_names_the_reason_for_bad_ones() {
+        let v = Verifier::hs256(SECRET, 0);
+        let good = mint_hs256(SECRET, "alice", Some("Alice"), 60);
+        let id = v.verify(&good).unwrap();
+        assert_eq!(
+            (id.user_id.as_str(), id.name.as_deref()),
+            ("alice", Some("Alice"))
+        );
+        assert_eq!(
+            v.verify(&mint_hs256(SECRET, "alice", None, -10)),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            v.verify(&mint_hs256(b"other", "alice", None, 60)),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(v.verify("garbage"), Err(AuthError::Invalid));
+        // alg: none, unsigned.
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&format!(
+                r#"{{"sub":"alice","exp":{}}}"#,
+                confab_common::time::now_ms() / 1000 + 60
+            ))
+        );
+        assert_eq!(v.verify(&none), Err(AuthError::Invalid));
+    }
+
+    fn b64(s: &str) -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = (u32::from(chunk[0]) << 16)
+                | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*chunk.get(2).unwrap_or(&0));
+            for i in 0..=chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_first_token_present_counts() {
+        let auth = json!({"token": "a"});
+        assert_eq!(
+            pick_token(Some(&auth), Some("Bearer b"), Some("token=c")).unwrap(),
+            "a"
+        );
+        assert_eq!(
+            pick_token(Some(&json!({})), Some("Bearer b"), Some("token=c")).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            pick_token(None, None, Some("x=1&token=c%2Bd")).unwrap(),
+            "c+d"
+        );
+        assert_eq!(pick_token(None, None, Some("x=1")), Err(AuthError::Missing));
+        assert_eq!(
+            pick_token(Some(&json!({"token": 5})), None, None),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            pick_token(None, Some("Basic xyz"), None),
+            Err(AuthError::Invalid)
+        );
+    }
+}

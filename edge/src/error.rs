@@ -1,0 +1,93 @@
+//! The one error type of the edge's handlers, mapped once to the client's
+//! shape: an ack `{ ok: false, error, message, correlationId }` or an HTTP
+//! body `{ error, message, correlationId }`. The correlation id is logged
+//! with the failure.
+
+use crate::link::ReplyResult;
+use confab_common::ErrorCode;
+use confab_proto::v1 as pb;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ValidationError, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+
+    /// The error body, with a fresh correlation id that is also logged.
+    pub fn body(&self, context: &str) -> Value {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        match self.code {
+            ErrorCode::Internal | ErrorCode::Unavailable => {
+                tracing::warn!(correlation_id, code = %self.code, context, "{}", self.message)
+            }
+            _ => tracing::info!(correlation_id, code = %self.code, context, "{}", self.message),
+        }
+        json!({ "error": self.code.as_str(), "message": self.message, "correlationId": correlation_id })
+    }
+
+    /// The ack payload of a failed event.
+    pub fn ack(&self, event: &str) -> Value {
+        let mut body = self.body(event);
+        if let Value::Object(o) = &mut body {
+            o.insert("ok".into(), Value::Bool(false));
+        }
+        body
+    }
+}
+
+impl From<confab_store::StoreError> for ApiError {
+    fn from(e: confab_store::StoreError) -> Self {
+        use confab_store::StoreError as E;
+        match e {
+            E::NotFound => Self::not_found("no such chat"),
+            E::Invalid(m) => Self::validation(m),
+            E::SeqConflict { .. } | E::Unavailable(_) => {
+                Self::unavailable("storage unavailable, retry")
+            }
+            E::Internal(m) => Self::new(ErrorCode::Internal, m),
+        }
+    }
+}
+
+/// Maps a router reply error to the client code.
+pub fn from_reply(r: ReplyResult) -> Result<ReplyResult, ApiError> {
+    match r {
+        ReplyResult::Error(e) => {
+            let code = match pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Internal) {
+                pb::ErrorCode::Validation => ErrorCode::ValidationError,
+                pb::ErrorCode::Forbidden => ErrorCode::Forbidden,
+                pb::ErrorCode::NotFound => ErrorCode::NotFound,
+                pb::ErrorCode::Unavailable | pb::ErrorCode::NotOwner => ErrorCode::Unavailable,
+                pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorCode::Internal,
+            };
+            Err(ApiError::new(code, e.message))
+        }
+        other => Ok(other),
+    }
+}
+
+/// `{ ok: true, data }`.
+pub fn ok(data: Value) -> Value {
+    json!({ "ok": true, "data": data })
+}

@@ -1,0 +1,233 @@
+//! Client events (CONTRACT §5): validation, then the router (ordered
+//! operations) or the store (reads), then the ack.
+//!
+//! A handler checks its payload and queues its router request before it
+//! returns, so the events of one socket reach the router in the order they
+//! were emitted; only the wait for the reply runs in a task.
+
+use crate::error::{self, ApiError};
+use crate::link::ReplyResult;
+use crate::socket::{self, EioSocket};
+use crate::validate::{self, Obj};
+use crate::{sio, wire, Edge};
+use confab_proto::v1 as pb;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::sync::Arc;
+
+/// Longest chat id accepted from a client.
+pub const MAX_ID: usize = 128;
+
+pub fn dispatch(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    name: &str,
+    payload: Option<Value>,
+    ack: Option<u64>,
+) {
+    let user = socket
+        .data
+        .session
+        .get()
+        .map(|s| s.user_id.clone())
+        .unwrap_or_default();
+    let payload = payload.as_ref();
+    let queued: Result<Pending, ApiError> = match name {
+        "room:join" => room_join(edge, socket, &user, payload),
+        "room:leave" => room_leave(edge, socket, payload),
+        "message:send" => message_send(edge, &user, payload),
+        "message:history" => message_history(edge, &user, payload),
+        _ => Err(ApiError::validation(format!("unknown event {name:?}"))),
+    };
+    let Some(ack_id) = ack else {
+        // Fire-and-forget: the work still runs, the outcome is not reported.
+        if let Ok(Pending::Later(fut)) = queued {
+            edge.shutdown.spawn(async move {
+                let _ = fut.await;
+            });
+        }
+        return;
+    };
+    let event = name.to_string();
+    match queued {
+        Ok(Pending::Now(data)) => socket::send(socket, sio::ack(ack_id, &error::ok(data))),
+        Err(e) => socket::send(socket, sio::ack(ack_id, &e.ack(&event))),
+        Ok(Pending::Later(fut)) => {
+            let socket = socket.clone();
+            edge.shutdown.spawn(async move {
+                let payload = match fut.await {
+                    Ok(data) => error::ok(data),
+                    Err(e) => e.ack(&event),
+                };
+                socket::send(&socket, sio::ack(ack_id, &payload));
+            });
+        }
+    }
+}
+
+type BoxFut = std::pin::Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send>>;
+
+/// What a handler leaves behind: an answer now, or one to wait for.
+pub enum Pending {
+    Now(Value),
+    Later(BoxFut),
+}
+
+fn later(
+    f: impl Future<Output = Result<Value, ApiError>> + Send + 'static,
+) -> Result<Pending, ApiError> {
+    Ok(Pending::Later(Box::pin(f)))
+}
+
+fn chat_id(o: Obj<'_>) -> Result<String, ApiError> {
+    validate::string(o, "chatId", 1, MAX_ID)
+}
+
+fn room_join(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    user: &str,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    let since_seq = validate::optional_u64(o, "sinceSeq")?;
+    let op = pb::JoinOp {
+        since_seq,
+        limit: edge.config.join_missed_limit,
+    };
+    // The socket enters the local room in the link's reader, right where the
+    // router subscribed the edge: no message falls between the two.
+    let (edge2, socket2, room) = (edge.clone(), socket.clone(), chat_id.clone());
+    let on_reply = Box::new(move |r: &ReplyResult| {
+        if let ReplyResult::Join(j) = r {
+            socket::join_chat(&edge2, &socket2, &room, j.last_seq);
+        }
+    });
+    let fut = edge
+        .links
+        .request(&chat_id, user, pb::request::Op::Join(op), Some(on_reply));
+    later(async move {
+        match error::from_reply(fut.await)? {
+            ReplyResult::Join(j) => Ok(json!({
+                "chatId": chat_id,
+                "lastSeq": j.last_seq,
+                "lastReadSeq": j.last_read_seq,
+                "missed": wire::messages(&j.missed),
+                "hasMore": j.has_more,
+            })),
+            _ => Err(ApiError::new(
+                confab_common::ErrorCode::Internal,
+                "unexpected router reply",
+            )),
+        }
+    })
+}
+
+fn room_leave(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = match o.get("chatId") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ApiError::validation("chatId must be a string")),
+        None => return Err(ApiError::validation("chatId is required")),
+    };
+    socket::leave_chat(edge, socket, &chat_id);
+    Ok(Pending::Now(json!({})))
+}
+
+/// Checks a send and queues it; shared by the socket event and HTTP.
+pub fn queue_send(
+    edge: &Arc<Edge>,
+    user: &str,
+    o: Obj<'_>,
+    chat_id: String,
+) -> Result<impl Future<Output = Result<(pb::Message, bool), ApiError>> + Send + 'static, ApiError>
+{
+    let body = validate::body(o, edge.config.max_body_chars)?;
+    let client_id = validate::string(o, "clientId", 1, 64)?;
+    let reply_to = validate::optional_string(o, "replyTo", 1, MAX_ID)?;
+    let fut = edge.links.request(
+        &chat_id,
+        user,
+        pb::request::Op::Send(pb::SendOp {
+            body,
+            client_id,
+            reply_to,
+        }),
+        None,
+    );
+    Ok(async move {
+        match error::from_reply(fut.await)? {
+            ReplyResult::Send(pb::SendResult {
+                message: Some(m),
+                duplicate,
+            }) => Ok((m, duplicate)),
+            _ => Err(ApiError::new(
+                confab_common::ErrorCode::Internal,
+                "unexpected router reply",
+            )),
+        }
+    })
+}
+
+fn message_send(
+    edge: &Arc<Edge>,
+    user: &str,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    let fut = queue_send(edge, user, o, chat_id)?;
+    later(async move {
+        let (m, _) = fut.await?;
+        Ok(wire::send_ack(&m))
+    })
+}
+
+/// Reads a page of history after checking membership; shared with HTTP.
+pub async fn history(
+    edge: &Edge,
+    user: &str,
+    chat_id: &str,
+    after_seq: Option<u64>,
+    before_seq: Option<u64>,
+    limit: u64,
+) -> Result<Value, ApiError> {
+    let timeout = edge.config.request_timeout();
+    let (chat, _) = tokio::time::timeout(timeout, edge.store.get_chat(chat_id))
+        .await
+        .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+    if !chat.members.iter().any(|m| m.user_id == user) {
+        return Err(ApiError::forbidden("not a member of this chat"));
+    }
+    let page = tokio::time::timeout(
+        timeout,
+        edge.store
+            .history(chat_id, after_seq, before_seq, limit as usize),
+    )
+    .await
+    .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+    Ok(json!({ "messages": wire::messages(&page.messages), "hasMore": page.has_more }))
+}
+
+fn message_history(
+    edge: &Arc<Edge>,
+    user: &str,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    let before_seq = validate::optional_u64(o, "beforeSeq")?;
+    let after_seq = validate::optional_u64(o, "afterSeq")?;
+    let limit = validate::limit(
+        o,
+        edge.config.history_default_limit,
+        edge.config.history_max_limit,
+    )?;
+    let (edge, user) = (edge.clone(), user.to_string());
+    later(async move { history(&edge, &user, &chat_id, after_seq, before_seq, limit).await })
+}

@@ -1,0 +1,274 @@
+//! The HTTP API (CONTRACT §7, §8.1): chats, members, messages, health and
+//! metrics. Errors are `{ error, message, correlationId }`.
+
+use crate::error::ApiError;
+use crate::{events, validate, wire, Edge};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use confab_common::ErrorCode;
+use confab_store::NewChat;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body("http"))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn json_response(status: StatusCode, v: Value) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+/// The caller, from `Authorization: Bearer`.
+fn caller(edge: &Edge, headers: &HeaderMap) -> Result<String, ApiError> {
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    crate::auth::pick_token(None, h, None)
+        .and_then(|t| edge.verifier.verify(&t))
+        .map(|i| i.user_id)
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("token refused: {}", e.reason()),
+            )
+        })
+}
+
+/// Parses a JSON object body; a body over the limit is 413.
+fn json_body(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::validation("body too large")
+        } else {
+            ApiError::validation(format!("unreadable body: {r}"))
+        }
+    })?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| ApiError::validation("body is not valid JSON"))?;
+    if !v.is_object() {
+        return Err(ApiError::validation("body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+async fn timed<T>(
+    edge: &Edge,
+    f: impl std::future::Future<Output = Result<T, confab_store::StoreError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(edge.config.request_timeout(), f)
+        .await
+        .map_err(|_| ApiError::unavailable("store did not answer in time"))?
+        .map_err(ApiError::from)
+}
+
+async fn create_chat(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    let body = json_body(body)?;
+    let o = validate::object(Some(&body))?;
+    let kind = validate::string(o, "type", 1, 16)?;
+    if kind != "dm" && kind != "group" {
+        return Err(ApiError::validation("type must be \"dm\" or \"group\""));
+    }
+    let title = validate::optional_string(o, "title", 0, 200)?;
+    let ids = match o.get("memberIds") {
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(ApiError::validation(
+                "memberIds must be an array of strings",
+            ))
+        }
+        None => return Err(ApiError::validation("memberIds is required")),
+    };
+    if ids.len() > edge.config.max_members {
+        return Err(ApiError::validation(format!(
+            "at most {} members",
+            edge.config.max_members
+        )));
+    }
+    let mut members = vec![user.clone()];
+    for id in ids {
+        let Value::String(id) = id else {
+            return Err(ApiError::validation(
+                "memberIds must be an array of strings",
+            ));
+        };
+        let n = id.chars().count();
+        if n == 0 || n > events::MAX_ID {
+            return Err(ApiError::validation("member ids must be 1..128 characters"));
+        }
+        if !members.contains(id) {
+            members.push(id.clone());
+        }
+    }
+    if kind == "dm" && members.len() != 2 {
+        return Err(ApiError::validation(
+            "a dm has exactly two members: the caller and one other user",
+        ));
+    }
+    let new = NewChat {
+        kind,
+        title,
+        created_by: user,
+        member_ids: members,
+    };
+    let (chat, created) = timed(&edge, edge.store.create_chat(new)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(status, wire::chat(&chat)))
+}
+
+async fn list_chats(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    let chats = timed(&edge, edge.store.list_user_chats(&user, usize::MAX)).await?;
+    let chats: Vec<Value> = chats.iter().map(wire::chat_summary).collect();
+    Ok(json_response(StatusCode::OK, json!({ "chats": chats })))
+}
+
+async fn get_chat(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(chat_id): Path<String>,
+) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    let (chat, _) = timed(&edge, edge.store.get_chat(&chat_id)).await?;
+    if !chat.members.iter().any(|m| m.user_id == user) {
+        return Err(ApiError::forbidden("not a member of this chat"));
+    }
+    Ok(json_response(StatusCode::OK, wire::chat(&chat)))
+}
+
+fn query_u64(q: &HashMap<String, String>, field: &str) -> Result<Option<u64>, ApiError> {
+    match q.get(field) {
+        None => Ok(None),
+        Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::validation(format!("{field} is out of range"))),
+        Some(_) => Err(ApiError::validation(format!(
+            "{field} must be decimal digits"
+        ))),
+    }
+}
+
+async fn get_messages(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(chat_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    let after = query_u64(&q, "afterSeq")?;
+    let before = query_u64(&q, "beforeSeq")?;
+    let limit = match query_u64(&q, "limit")? {
+        None => edge.config.history_default_limit,
+        Some(n) if (1..=edge.config.history_max_limit).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::validation(format!(
+                "limit must be 1..{}",
+                edge.config.history_max_limit
+            )))
+        }
+    };
+    let page = events::history(&edge, &user, &chat_id, after, before, limit).await?;
+    Ok(json_response(StatusCode::OK, page))
+}
+
+async fn post_message(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(chat_id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    let body = json_body(body)?;
+    let o = validate::object(Some(&body))?;
+    let (m, duplicate) = events::queue_send(&edge, &user, o, chat_id)?.await?;
+    let status = if duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_response(status, wire::send_ack(&m)))
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
+    if edge.shutdown.is_triggered() || !edge.links.any_connected() {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "ready": false }))
+    } else {
+        json_response(StatusCode::OK, json!({ "ready": true }))
+    }
+}
+
+async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    let m = &edge.metrics;
+    let text = format!(
+        "# HELP confab_edge_connections Engine.IO connections open.\n# TYPE confab_edge_connections gauge\nconfab_edge_connections {}\n\
+         # HELP confab_edge_sessions Authenticated Socket.IO sessions.\n# TYPE confab_edge_sessions gauge\nconfab_edge_sessions {}\n\
+         # HELP confab_edge_events_total Client events received.\n# TYPE confab_edge_events_total counter\nconfab_edge_events_total {}\n",
+        m.engine_connections.load(Ordering::Relaxed),
+        m.sessions.load(Ordering::Relaxed),
+        m.events.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// Gives a bare 405 (whose `Allow` axum sets) the contract's error body.
+async fn method_not_allowed_body(res: Response) -> Response {
+    if res.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return res;
+    }
+    let (parts, _) = res.into_parts();
+    let mut out = ApiError::validation("method not allowed").into_response();
+    *out.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
+pub fn router(edge: Arc<Edge>) -> Router {
+    let limit = edge.config.max_payload;
+    Router::new()
+        .route("/v1/chats", get(list_chats).post(create_chat))
+        .route("/v1/chats/{chat_id}", get(get_chat))
+        .route(
+            "/v1/chats/{chat_id}/messages",
+            get(get_messages).post(post_message),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(method_not_allowed_body))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(edge)
+}

@@ -1,0 +1,267 @@
+//! edge: where clients connect. It terminates Socket.IO (Engine.IO v4 by
+//! engineioxide over tokio-tungstenite, WebSocket and long-polling, with our
+//! own thin Socket.IO v5 packet layer, see [`sio`]) and the HTTP API (axum),
+//! checks JWTs and payloads, forwards ordered work to the owning router on a
+//! long-lived gRPC stream per router, reads history and chat lists from
+//! store-svc directly, reports sessions to presence-svc, and fans deliveries
+//! out to its own sockets.
+//!
+//! An edge keeps nothing that outlives a connection: kill it and its clients
+//! reconnect elsewhere and recover with `room:join { sinceSeq }`.
+
+pub mod auth;
+mod error;
+mod events;
+mod http;
+mod link;
+mod rooms;
+pub mod sio;
+mod socket;
+mod validate;
+mod wire;
+
+use confab_common::{EdgeId, Shutdown};
+use confab_proto::v1::presence_client::PresenceClient;
+use confab_store::{RemoteStore, Store};
+use engineioxide::config::EngineIoConfig;
+use engineioxide::layer::EngineIoLayer;
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+
+/// Configuration of an edge process. Every limit has the contract's default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Router addresses, comma separated (they form the ring).
+    #[arg(
+        long = "routers",
+        env = "CONFAB_ROUTERS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7002"
+    )]
+    pub routers: Vec<String>,
+    /// store-svc address (history and chat reads).
+    #[arg(
+        long = "store-url",
+        env = "CONFAB_STORE_URL",
+        default_value = "http://127.0.0.1:7003"
+    )]
+    pub store_url: String,
+    /// presence-svc address.
+    #[arg(
+        long = "presence-url",
+        env = "CONFAB_PRESENCE_URL",
+        default_value = "http://127.0.0.1:7004"
+    )]
+    pub presence_url: String,
+    /// HS256 secret that client tokens are signed with.
+    #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// Leeway for `exp` and `nbf`, in seconds.
+    #[arg(
+        long = "jwt-leeway-secs",
+        env = "CONFAB_JWT_LEEWAY_SECS",
+        default_value_t = 0
+    )]
+    pub jwt_leeway_secs: u64,
+    /// Largest packet or HTTP body, in bytes.
+    #[arg(long = "max-payload", env = "CONFAB_MAX_PAYLOAD", default_value_t = 1024 * 1024)]
+    pub max_payload: usize,
+    /// Longest message body, in Unicode characters.
+    #[arg(
+        long = "max-body-chars",
+        env = "CONFAB_MAX_BODY_CHARS",
+        default_value_t = 8000
+    )]
+    pub max_body_chars: usize,
+    /// Chats a new socket is subscribed to (most recently active first).
+    #[arg(
+        long = "auto-join-limit",
+        env = "CONFAB_AUTO_JOIN_LIMIT",
+        default_value_t = 1000
+    )]
+    pub auto_join_limit: usize,
+    /// Most messages returned in `room:join.missed`.
+    #[arg(
+        long = "join-missed-limit",
+        env = "CONFAB_JOIN_MISSED_LIMIT",
+        default_value_t = 100
+    )]
+    pub join_missed_limit: u32,
+    #[arg(
+        long = "history-default-limit",
+        env = "CONFAB_HISTORY_DEFAULT_LIMIT",
+        default_value_t = 50
+    )]
+    pub history_default_limit: u64,
+    #[arg(
+        long = "history-max-limit",
+        env = "CONFAB_HISTORY_MAX_LIMIT",
+        default_value_t = 100
+    )]
+    pub history_max_limit: u64,
+    /// Most members given when creating a chat.
+    #[arg(
+        long = "max-members",
+        env = "CONFAB_MAX_MEMBERS",
+        default_value_t = 1000
+    )]
+    pub max_members: usize,
+    /// Deadline of every call to another service, in milliseconds.
+    #[arg(
+        long = "request-timeout-ms",
+        env = "CONFAB_REQUEST_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub request_timeout_ms: u64,
+    /// Engine.IO ping interval and timeout, in milliseconds.
+    #[arg(
+        long = "ping-interval-ms",
+        env = "CONFAB_PING_INTERVAL_MS",
+        default_value_t = 25000
+    )]
+    pub ping_interval_ms: u64,
+    #[arg(
+        long = "ping-timeout-ms",
+        env = "CONFAB_PING_TIMEOUT_MS",
+        default_value_t = 20000
+    )]
+    pub ping_timeout_ms: u64,
+    /// Packets queued towards one socket before it is cut off as too slow.
+    #[arg(
+        long = "socket-queue",
+        env = "CONFAB_SOCKET_QUEUE",
+        default_value_t = 256
+    )]
+    pub socket_queue: usize,
+    /// Requests queued towards one router before new ones get UNAVAILABLE.
+    #[arg(
+        long = "router-queue",
+        env = "CONFAB_ROUTER_QUEUE",
+        default_value_t = 65536
+    )]
+    pub router_queue: usize,
+}
+
+impl Config {
+    pub fn for_test(
+        routers: Vec<String>,
+        store_url: String,
+        presence_url: String,
+        jwt_secret: String,
+    ) -> Self {
+        Self {
+            routers,
+            store_url,
+            presence_url,
+            jwt_secret,
+            jwt_leeway_secs: 0,
+            max_payload: 1024 * 1024,
+            max_body_chars: 8000,
+            auto_join_limit: 1000,
+            join_missed_limit: 100,
+            history_default_limit: 50,
+            history_max_limit: 100,
+            max_members: 1000,
+            request_timeout_ms: 5000,
+            ping_interval_ms: 25000,
+            ping_timeout_ms: 20000,
+            socket_queue: 256,
+            router_queue: 65536,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad configuration: {0}")]
+    Config(String),
+    #[error("edge server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Counters behind `/metrics`.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    pub engine_connections: AtomicI64,
+    pub sessions: AtomicI64,
+    pub events: AtomicI64,
+}
+
+/// State shared by every connection of one edge.
+pub(crate) struct Edge {
+    pub config: Config,
+    pub edge_id: EdgeId,
+    pub verifier: auth::Verifier,
+    pub links: Arc<link::Links>,
+    pub rooms: Arc<rooms::Rooms>,
+    pub store: Arc<dyn Store>,
+    pub presence: PresenceClient<Channel>,
+    pub shutdown: Shutdown,
+    pub metrics: Metrics,
+}
+
+/// Serves Socket.IO and HTTP on `listener` until `shutdown` fires.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+    if config.jwt_secret.is_empty() {
+        return Err(Error::Config(
+            "a JWT secret is required (--jwt-secret or CONFAB_JWT_SECRET)".into(),
+        ));
+    }
+    if config.routers.is_empty() {
+        return Err(Error::Config("at least one router is required".into()));
+    }
+    let edge_id = EdgeId::generate();
+    let timeout = config.request_timeout();
+    let store: Arc<dyn Store> = Arc::new(
+        RemoteStore::connect_lazy(&config.store_url, timeout)
+            .map_err(|e| Error::Config(e.to_string()))?,
+    );
+    let presence = Endpoint::from_shared(config.presence_url.clone())
+        .map_err(|e| Error::Config(format!("bad presence url: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_lazy();
+    let rooms = Arc::new(rooms::Rooms::default());
+    let links = link::Links::start(
+        &config.routers,
+        edge_id.as_str(),
+        rooms.clone(),
+        config.router_queue,
+        timeout,
+        &shutdown,
+    );
+    let engine_config = EngineIoConfig::builder()
+        .req_path("/socket.io")
+        .ping_interval(Duration::from_millis(config.ping_interval_ms))
+        .ping_timeout(Duration::from_millis(config.ping_timeout_ms))
+        .max_payload(config.max_payload as u64)
+        .ws_max_message_size(config.max_payload)
+        .ws_max_frame_size(config.max_payload)
+        .max_buffer_size(config.socket_queue)
+        .build();
+    let edge = Arc::new(Edge {
+        verifier: auth::Verifier::hs256(config.jwt_secret.as_bytes(), config.jwt_leeway_secs),
+        config,
+        edge_id: edge_id.clone(),
+        links,
+        rooms,
+        store,
+        presence: PresenceClient::new(presence),
+        shutdown: shutdown.clone(),
+        metrics: Metrics::default(),
+    });
+    let handler = Arc::new(socket::Handler { edge: edge.clone() });
+    let app = http::router(edge).layer(EngineIoLayer::from_config(handler, engine_config));
+    tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
+    axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(async move { shutdown.triggered().await })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Local fan-out: which sockets of this edge receive which chat.
+//!
+//! A delivery from a router is encoded once into a Socket.IO packet and the
+//! same bytes are queued on every local socket of the chat. A socket whose
+//! queue is full is disconnected (slow-consumer policy): it reconnects and
+//! recovers with `sinceSeq`, and no one else waits for it.
+
+use crate::sio;
+use crate::socket::EioSocket;
+use confab_proto::v1 as pb;
+use engineioxide::{socket::Sid, DisconnectReason, Str};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+struct Room {
+    sockets: HashMap<Sid, Arc<EioSocket>>,
+    /// Highest seq delivered; a repeat (after a router reconnect) is dropped.
+    last_seq: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Rooms {
+    rooms: RwLock<HashMap<String, Room>>,
+}
+
+impl Rooms {
+    /// Adds a socket; true when it is the chat's first local socket.
+    pub fn join(&self, chat_id: &str, socket: &Arc<EioSocket>, last_seq: u64) -> bool {
+        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        let first = !rooms.contains_key(chat_id);
+        let room = rooms.entry(chat_id.to_string()).or_insert_with(|| Room {
+            sockets: HashMap::new(),
+            last_seq: AtomicU64::new(last_seq),
+        });
+        room.sockets.insert(socket.id, socket.clone());
+        first
+    }
+
+    /// Removes a socket; true when the chat has no local socket left.
+    pub fn leave(&self, chat_id: &str, sid: Sid) -> bool {
+        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        let Some(room) = rooms.get_mut(chat_id) else {
+            return false;
+        };
+        if room.sockets.remove(&sid).is_none() {
+            return false;
+        }
+        if room.sockets.is_empty() {
+            rooms.remove(chat_id);
+            return true;
+        }
+        false
+    }
+
+    pub fn chats(&self) -> Vec<String> {
+        self.rooms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn deliver(&self, d: pb::Delivery) {
+        let Some(pb::delivery::Event::MessageNew(m)) = d.event else {
+            return;
+        };
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        let Some(room) = rooms.get(&d.chat_id) else {
+            return;
+        };
+        if room.last_seq.fetch_max(m.seq, Ordering::Relaxed) >= m.seq {
+            return;
+        }
+        let packet: Str = sio::event("message:new", &crate::wire::message(&m)).into();
+        for socket in room.sockets.values() {
+            if socket.emit(packet.clone()).is_err() {
+                tracing::warn!(sid = %socket.id, "socket queue full: disconnecting slow consumer");
+                socket.close(DisconnectReason::TransportError);
+            }
+        }
+    }
+}

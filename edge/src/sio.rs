@@ -1,0 +1,263 @@
+//! The Socket.IO v5 packet layer, on top of engineioxide's Engine.IO v4.
+//!
+//! Why not socketioxide's own socket layer: its CONNECT_ERROR packet carries
+//! only `{ message }`, while the contract (§2) needs `{ message, data }`;
+//! and we want to encode a broadcast once per edge rather than once per
+//! socket. The text protocol is small: `<type>[<nsp>,][<ack id>][<json>]`.
+//! Binary packets are not part of the contract and are refused.
+
+use serde_json::Value;
+
+/// A packet from a client, as far as this server cares.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    /// CONNECT to `nsp` with the optional auth payload.
+    Connect { nsp: String, auth: Option<Value> },
+    /// DISCONNECT from `nsp`.
+    Disconnect { nsp: String },
+    /// EVENT `name` with its arguments (the first one is the payload).
+    Event {
+        nsp: String,
+        name: String,
+        args: Vec<Value>,
+        ack: Option<u64>,
+    },
+    /// ACK from the client (the server asks for none, so these are ignored).
+    Ack,
+    /// BINARY_EVENT or BINARY_ACK: refused; `ack` is the id if one was sent.
+    Binary { ack: Option<u64> },
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("empty packet")]
+    Empty,
+    #[error("unknown packet type {0:?}")]
+    UnknownType(char),
+    #[error("malformed attachments count")]
+    Attachments,
+    #[error("ack id out of range")]
+    AckId,
+    #[error("payload is not valid JSON")]
+    Json,
+    #[error("event payload must be an array starting with the event name")]
+    EventShape,
+    #[error("packet type {0} is only sent by servers")]
+    ServerOnly(char),
+}
+
+/// Parses one Engine.IO message into a Socket.IO packet.
+pub fn parse(msg: &str) -> Result<Incoming, ParseError> {
+    let mut chars = msg.char_indices();
+    let (_, kind) = chars.next().ok_or(ParseError::Empty)?;
+    let mut rest = &msg[kind.len_utf8()..];
+    let binary = matches!(kind, '5' | '6');
+    if binary {
+        let dash = rest.find('-').ok_or(ParseError::Attachments)?;
+        if dash == 0 || !rest[..dash].bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::Attachments);
+        }
+        rest = &rest[dash + 1..];
+    }
+    let mut nsp = "/".to_string();
+    if rest.starts_with('/') {
+        match rest.find(',') {
+            Some(i) => {
+                nsp = rest[..i].to_string();
+                rest = &rest[i + 1..];
+            }
+            None => {
+                nsp = rest.to_string();
+                rest = "";
+            }
+        }
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let ack = if digits > 0 {
+        // Socket.IO ack ids are JS numbers; keep them within u64 and sane.
+        if digits > 15 {
+            return Err(ParseError::AckId);
+        }
+        let id = rest[..digits]
+            .parse::<u64>()
+            .map_err(|_| ParseError::AckId)?;
+        rest = &rest[digits..];
+        Some(id)
+    } else {
+        None
+    };
+    match kind {
+        '0' => {
+            let auth = if rest.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(rest).map_err(|_| ParseError::Json)?)
+            };
+            Ok(Incoming::Connect { nsp, auth })
+        }
+        '1' => Ok(Incoming::Disconnect { nsp }),
+        '2' => {
+            let value: Value = serde_json::from_str(rest).map_err(|_| ParseError::Json)?;
+            let Value::Array(mut args) = value else {
+                return Err(ParseError::EventShape);
+            };
+            if args.is_empty() {
+                return Err(ParseError::EventShape);
+            }
+            let Value::String(name) = args.remove(0) else {
+                return Err(ParseError::EventShape);
+            };
+            Ok(Incoming::Event {
+                nsp,
+                name,
+                args,
+                ack,
+            })
+        }
+        '3' => Ok(Incoming::Ack),
+        '5' | '6' => Ok(Incoming::Binary { ack }),
+        '4' => Err(ParseError::ServerOnly('4')),
+        other => Err(ParseError::UnknownType(other)),
+    }
+}
+
+fn with_nsp(kind: char, nsp: &str) -> String {
+    let mut s = String::with_capacity(64);
+    s.push(kind);
+    if nsp != "/" {
+        s.push_str(nsp);
+        s.push(',');
+    }
+    s
+}
+
+/// `0{"sid":...}`: the namespace accepted the connection.
+pub fn connect_ok(nsp: &str, sid: &str) -> String {
+    let mut s = with_nsp('0', nsp);
+    s.push_str(&serde_json::json!({ "sid": sid }).to_string());
+    s
+}
+
+/// `4{"message":...,"data":...}`: the connection was refused.
+pub fn connect_error(nsp: &str, message: &str, data: Option<&Value>) -> String {
+    let mut s = with_nsp('4', nsp);
+    let body = match data {
+        Some(d) => serde_json::json!({ "message": message, "data": d }),
+        None => serde_json::json!({ "message": message }),
+    };
+    s.push_str(&body.to_string());
+    s
+}
+
+/// `2["name",payload]` on the default namespace.
+pub fn event(name: &str, payload: &Value) -> String {
+    let mut s = String::with_capacity(128);
+    s.push('2');
+    s.push_str(&serde_json::to_string(&(name, payload)).unwrap_or_else(|_| "[]".into()));
+    s
+}
+
+/// `3<id>[payload]` on the default namespace.
+pub fn ack(id: u64, payload: &Value) -> String {
+    let mut s = String::with_capacity(128);
+    s.push('3');
+    s.push_str(&id.to_string());
+    s.push('[');
+    s.push_str(&payload.to_string());
+    s.push(']');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_what_socket_io_client_sends() {
+        assert_eq!(
+            parse("0").unwrap(),
+            Incoming::Connect {
+                nsp: "/".into(),
+                auth: None
+            }
+        );
+        assert_eq!(
+            parse(r#"0{"token":"x"}"#).unwrap(),
+            Incoming::Connect {
+                nsp: "/".into(),
+                auth: Some(json!({"token":"x"}))
+            }
+        );
+        assert_eq!(
+            parse(r#"0/admin,{"token":"x"}"#).unwrap(),
+            Incoming::Connect {
+                nsp: "/admin".into(),
+                auth: Some(json!({"token":"x"}))
+            }
+        );
+        assert_eq!(
+            parse(r#"212["message:send",{"chatId":"c"}]"#).unwrap(),
+            Incoming::Event {
+                nsp: "/".into(),
+                name: "message:send".into(),
+                args: vec![json!({"chatId":"c"})],
+                ack: Some(12)
+            }
+        );
+        assert_eq!(
+            parse(r#"2["typing:start",{"chatId":"c"}]"#).unwrap(),
+            Incoming::Event {
+                nsp: "/".into(),
+                name: "typing:start".into(),
+                args: vec![json!({"chatId":"c"})],
+                ack: None
+            }
+        );
+        assert_eq!(
+            parse("1").unwrap(),
+            Incoming::Disconnect { nsp: "/".into() }
+        );
+        assert_eq!(
+            parse("51-3[\"x\",{\"_placeholder\":true,\"num\":0}]").unwrap(),
+            Incoming::Binary { ack: Some(3) }
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_packets() {
+        assert_eq!(parse(""), Err(ParseError::Empty));
+        assert_eq!(parse("9"), Err(ParseError::UnknownType('9')));
+        assert_eq!(parse("2{not json"), Err(ParseError::Json));
+        assert_eq!(parse("2{}"), Err(ParseError::EventShape));
+        assert_eq!(parse("2[]"), Err(ParseError::EventShape));
+        assert_eq!(parse("2[1,2]"), Err(ParseError::EventShape));
+        assert_eq!(
+            parse("2999999999999999999999[\"x\"]"),
+            Err(ParseError::AckId)
+        );
+        assert_eq!(parse("5x[\"x\"]"), Err(ParseError::Attachments));
+        assert_eq!(parse("4{}"), Err(ParseError::ServerOnly('4')));
+        // Multi-byte first characters do not panic.
+        assert_eq!(parse("é"), Err(ParseError::UnknownType('é')));
+    }
+
+    #[test]
+    fn encodes_server_packets() {
+        assert_eq!(connect_ok("/", "abc"), r#"0{"sid":"abc"}"#);
+        assert_eq!(
+            connect_error(
+                "/",
+                "UNAUTHORIZED",
+                Some(&json!({"code":"UNAUTHORIZED","reason":"missing_token"}))
+            ),
+            r#"4{"data":{"code":"UNAUTHORIZED","reason":"missing_token"},"message":"UNAUTHORIZED"}"#
+        );
+        assert_eq!(
+            connect_error("/x", "Invalid namespace", None),
+            r#"4/x,{"message":"Invalid namespace"}"#
+        );
+        assert_eq!(event("a", &json!({"b":1})), r#"2["a",{"b":1}]"#);
+        assert_eq!(ack(7, &json!({"ok":true})), r#"37[{"ok":true}]"#);
+    }
+}

@@ -1,0 +1,299 @@
+//! The life of one client connection: Engine.IO underneath (engineioxide),
+//! Socket.IO packets on top (see [`crate::sio`]), the CONNECT handshake with
+//! its JWT, `session:ready`, and clean-up on disconnect.
+
+use crate::auth::{pick_token, AuthError};
+use crate::error::ApiError;
+use crate::sio::{self, Incoming};
+use crate::{events, Edge};
+use confab_proto::v1 as pb;
+use engineioxide::handler::EngineIoHandler;
+use engineioxide::{DisconnectReason, Str};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Who is on a socket, once its CONNECT was accepted.
+#[derive(Debug)]
+pub struct Session {
+    pub user_id: String,
+    pub session_id: String,
+}
+
+/// Per-socket state kept by engineioxide beside the socket.
+#[derive(Default)]
+pub struct SocketData {
+    pub session: OnceLock<Session>,
+    connecting: AtomicBool,
+    /// Chats this socket receives. Changed together with the local rooms,
+    /// under this lock, so a disconnect racing a join leaves nothing behind.
+    pub chats: Mutex<HashSet<String>>,
+    disconnected: AtomicBool,
+    released: AtomicBool,
+}
+
+/// Adds a socket to a chat's local room; true when the edge must subscribe
+/// to the chat (its first local socket).
+pub fn join_chat(edge: &Edge, socket: &Arc<EioSocket>, chat_id: &str, last_seq: u64) -> bool {
+    let mut chats = socket.data.chats.lock().unwrap_or_else(|p| p.into_inner());
+    chats.insert(chat_id.to_string());
+    edge.rooms.join(chat_id, socket, last_seq)
+}
+
+/// Removes a socket from a chat's local room, unsubscribing the edge when it
+/// was the last local socket.
+pub fn leave_chat(edge: &Edge, socket: &EioSocket, chat_id: &str) {
+    let mut chats = socket.data.chats.lock().unwrap_or_else(|p| p.into_inner());
+    chats.remove(chat_id);
+    if edge.rooms.leave(chat_id, socket.id) {
+        edge.links.unsubscribe(chat_id);
+    }
+}
+
+/// Takes a closed socket out of every room, and out of presence once.
+/// Safe to call more than once, and before the session exists.
+fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
+    {
+        let mut chats = socket.data.chats.lock().unwrap_or_else(|p| p.into_inner());
+        for chat_id in chats.drain() {
+            if edge.rooms.leave(&chat_id, socket.id) {
+                edge.links.unsubscribe(&chat_id);
+            }
+        }
+    }
+    let Some(session) = socket.data.session.get() else {
+        return;
+    };
+    if socket.data.released.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    edge.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    let edge2 = edge.clone();
+    let req = pb::SessionRequest {
+        user_id: session.user_id.clone(),
+        edge_id: edge.edge_id.to_string(),
+        session_id: session.session_id.clone(),
+    };
+    edge.shutdown.spawn(async move {
+        let mut presence = edge2.presence.clone();
+        let call = presence.session_close(req);
+        match tokio::time::timeout(edge2.config.request_timeout(), call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "presence session close failed"),
+            Err(_) => tracing::warn!("presence session close timed out"),
+        }
+    });
+}
+
+pub type EioSocket = engineioxide::Socket<SocketData>;
+
+/// Queues a packet on a socket; a full queue disconnects it (slow consumer).
+pub fn send(socket: &EioSocket, packet: String) {
+    if socket.emit(Str::from(packet)).is_err() && !socket.is_closed() {
+        tracing::warn!(sid = %socket.id, "socket queue full: disconnecting slow consumer");
+        socket.close(DisconnectReason::TransportError);
+    }
+}
+
+/// The engineioxide handler: every socket of this edge goes through it.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    pub(crate) edge: Arc<Edge>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge").field("id", &self.edge_id).finish()
+    }
+}
+
+impl EngineIoHandler for Handler {
+    type Data = SocketData;
+
+    fn on_connect(self: Arc<Self>, _socket: Arc<EioSocket>) {
+        self.edge
+            .metrics
+            .engine_connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_disconnect(&self, socket: Arc<EioSocket>, reason: DisconnectReason) {
+        self.edge
+            .metrics
+            .engine_connections
+            .fetch_sub(1, Ordering::Relaxed);
+        socket.data.disconnected.store(true, Ordering::Release);
+        tracing::debug!(sid = %socket.id, ?reason, "socket closed");
+        release(&self.edge, &socket);
+    }
+
+    fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<EioSocket>) {
+        match sio::parse(&msg) {
+            Ok(Incoming::Connect { nsp, auth }) => self.connect(socket, &nsp, auth.as_ref()),
+            Ok(Incoming::Disconnect { .. }) => socket.close(DisconnectReason::TransportClose),
+            Ok(Incoming::Event {
+                nsp,
+                name,
+                args,
+                ack,
+            }) => {
+                if nsp != "/" {
+                    return; // never connected to another namespace
+                }
+                if socket.data.session.get().is_none() {
+                    if let Some(id) = ack {
+                        let e =
+                            ApiError::new(confab_common::ErrorCode::Unauthorized, "connect first");
+                        send(&socket, sio::ack(id, &e.ack(&name)));
+                    }
+                    return;
+                }
+                self.edge.metrics.events.fetch_add(1, Ordering::Relaxed);
+                events::dispatch(&self.edge, &socket, &name, args.into_iter().next(), ack);
+            }
+            Ok(Incoming::Ack) => {}
+            Ok(Incoming::Binary { ack }) => {
+                if let Some(id) = ack {
+                    let e = ApiError::validation("binary payloads are not supported");
+                    send(&socket, sio::ack(id, &e.ack("binary")));
+                }
+            }
+            Err(e) => {
+                // Like the reference server: a packet that cannot be decoded
+                // ends this connection, and only this one.
+                let correlation_id = uuid::Uuid::new_v4().to_string();
+                tracing::info!(sid = %socket.id, correlation_id, error = %e, "malformed packet: closing connection");
+                socket.close(DisconnectReason::PacketParsingError);
+            }
+        }
+    }
+
+    fn on_binary(self: &Arc<Self>, _data: bytes::Bytes, _socket: Arc<EioSocket>) {
+        // Attachments of refused binary packets: dropped.
+    }
+}
+
+impl Handler {
+    fn connect(self: &Arc<Self>, socket: Arc<EioSocket>, nsp: &str, auth: Option<&Value>) {
+        if nsp != "/" {
+            send(&socket, sio::connect_error(nsp, "Invalid namespace", None));
+            return;
+        }
+        if socket.data.session.get().is_some()
+            || socket.data.connecting.swap(true, Ordering::AcqRel)
+        {
+            return; // a repeated CONNECT is ignored
+        }
+        let parts = &socket.req_parts;
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        let identity =
+            pick_token(auth, header, parts.uri.query()).and_then(|t| self.edge.verifier.verify(&t));
+        let identity = match identity {
+            Ok(i) => i,
+            Err(e) => {
+                refuse(&socket, e);
+                return;
+            }
+        };
+        let edge = self.edge.clone();
+        self.edge.shutdown.spawn(async move {
+            if let Err(e) = start_session(&edge, &socket, identity).await {
+                let body = e.body("connect");
+                let data = json!({ "code": e.code.as_str(), "reason": body["message"] });
+                send(
+                    &socket,
+                    sio::connect_error("/", e.code.as_str(), Some(&data)),
+                );
+                socket.data.connecting.store(false, Ordering::Release);
+            }
+        });
+    }
+}
+
+fn refuse(socket: &EioSocket, e: AuthError) {
+    tracing::info!(sid = %socket.id, reason = e.reason(), "handshake refused");
+    let data = json!({ "code": "UNAUTHORIZED", "reason": e.reason() });
+    send(socket, sio::connect_error("/", "UNAUTHORIZED", Some(&data)));
+    socket.data.connecting.store(false, Ordering::Release);
+}
+
+/// Accepts the CONNECT: auto-joins the user's chats, then `session:ready`.
+async fn start_session(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    identity: crate::auth::Identity,
+) -> Result<(), ApiError> {
+    let chats = tokio::time::timeout(
+        edge.config.request_timeout(),
+        edge.store
+            .list_user_chats(&identity.user_id, edge.config.auto_join_limit),
+    )
+    .await
+    .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let user_id = identity.user_id.clone();
+    let _ = socket.data.session.set(Session {
+        user_id: user_id.clone(),
+        session_id: session_id.clone(),
+    });
+    edge.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+    send(socket, sio::connect_ok("/", &socket.id.to_string()));
+
+    // Subscribe this edge to the chats it had no socket of yet.
+    let mut waits = Vec::new();
+    let mut listed = Vec::with_capacity(chats.len());
+    for s in &chats {
+        let Some(chat) = &s.chat else { continue };
+        if join_chat(edge, socket, &chat.id, s.last_seq) {
+            waits.push(edge.links.request(
+                &chat.id,
+                &user_id,
+                pb::request::Op::Subscribe(pb::SubscribeOp {}),
+                None,
+            ));
+        }
+        listed.push(json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }));
+    }
+    for r in futures::future::join_all(waits).await {
+        if let Err(e) = crate::error::from_reply(r) {
+            tracing::warn!(user.id = %user_id, error = %e.message, "auto-join subscribe failed");
+        }
+    }
+    let ready = json!({
+        "userId": user_id,
+        "sessionId": session_id,
+        "serverTime": confab_common::time::iso8601(confab_common::time::now_ms()),
+        "chats": listed,
+    });
+    send(socket, sio::event("session:ready", &ready));
+
+    let mut presence = edge.presence.clone();
+    let req = pb::SessionRequest {
+        user_id,
+        edge_id: edge.edge_id.to_string(),
+        session_id,
+    };
+    match tokio::time::timeout(
+        edge.config.request_timeout(),
+        presence.session_open(req.clone()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "presence session open failed"),
+        Err(_) => tracing::warn!("presence session open timed out"),
+    }
+    // A disconnect that raced the start saw no session (or not every
+    // room): release what was set up since.
+    if socket.data.disconnected.load(Ordering::Acquire) {
+        release(edge, socket);
+        // The close sent by an earlier release may have overtaken the open.
+        let _ =
+            tokio::time::timeout(edge.config.request_timeout(), presence.session_close(req)).await;
+    }
+    Ok(())
+}

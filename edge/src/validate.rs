@@ -1,0 +1,104 @@
+//! Payload checks (CONTRACT §8.4, §8.13): unknown fields are ignored; a
+//! known field of the wrong JSON type or out of bounds is VALIDATION_ERROR.
+//! Lengths count Unicode scalar values.
+
+use crate::error::ApiError;
+use serde_json::{Map, Value};
+
+pub type Obj<'a> = &'a Map<String, Value>;
+
+pub fn object(v: Option<&Value>) -> Result<Obj<'_>, ApiError> {
+    match v {
+        Some(Value::Object(o)) => Ok(o),
+        Some(_) => Err(ApiError::validation("payload must be an object")),
+        None => Err(ApiError::validation("payload is missing")),
+    }
+}
+
+/// A required string of `min..=max` characters.
+pub fn string(o: Obj<'_>, field: &str, min: usize, max: usize) -> Result<String, ApiError> {
+    optional_string(o, field, min, max)?
+        .ok_or_else(|| ApiError::validation(format!("{field} is required")))
+}
+
+pub fn optional_string(
+    o: Obj<'_>,
+    field: &str,
+    min: usize,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let n = s.chars().count();
+            if n < min || n > max {
+                return Err(ApiError::validation(format!(
+                    "{field} must be {min}..{max} characters"
+                )));
+            }
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(ApiError::validation(format!("{field} must be a string"))),
+    }
+}
+
+/// An optional non-negative JSON integer.
+pub fn optional_u64(o: Obj<'_>, field: &str) -> Result<Option<u64>, ApiError> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::validation(format!("{field} must be a non-negative integer"))),
+        Some(_) => Err(ApiError::validation(format!("{field} must be an integer"))),
+    }
+}
+
+/// A message body: 1..=max characters with at least one non-whitespace one.
+pub fn body(o: Obj<'_>, max: usize) -> Result<String, ApiError> {
+    let body = string(o, "body", 1, max)?;
+    if body.chars().all(char::is_whitespace) {
+        return Err(ApiError::validation(
+            "body must contain a non-whitespace character",
+        ));
+    }
+    Ok(body)
+}
+
+/// A history page limit, 1..=100 (default 50).
+pub fn limit(o: Obj<'_>, default: u64, max: u64) -> Result<u64, ApiError> {
+    match optional_u64(o, "limit")? {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::validation(format!("limit must be 1..{max}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn o(v: &Value) -> Obj<'_> {
+        v.as_object().unwrap()
+    }
+
+    #[test]
+    fn types_and_bounds() {
+        let v =
+            json!({"chatId":"c","n":5,"s":"10","neg":-1,"f":1.5,"ws":" \u{2003}\n","emoji":"👍🏽"});
+        assert_eq!(string(o(&v), "chatId", 1, 64).unwrap(), "c");
+        assert!(string(o(&v), "missing", 1, 64).is_err());
+        assert!(string(o(&v), "n", 1, 64).is_err());
+        assert_eq!(optional_u64(o(&v), "n").unwrap(), Some(5));
+        assert!(optional_u64(o(&v), "s").is_err());
+        assert!(optional_u64(o(&v), "neg").is_err());
+        assert!(optional_u64(o(&v), "f").is_err());
+        assert!(body(o(&json!({"body": " \u{2003}\n"})), 8000).is_err());
+        assert_eq!(string(o(&v), "emoji", 2, 2).unwrap(), "👍🏽");
+        assert!(body(o(&json!({"body": "x".repeat(8001)})), 8000).is_err());
+        assert!(body(o(&json!({"body": "é".repeat(8000)})), 8000).is_ok());
+        assert!(object(Some(&json!([1]))).is_err());
+        assert!(object(None).is_err());
+    }
+}

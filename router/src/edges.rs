@@ -1,0 +1,50 @@
+//! One connected edge, as the chat writers see it.
+
+use confab_proto::v1 as pb;
+use confab_proto::v1::router_frame::Kind;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The sending half of an edge's stream. Frames are queued without waiting;
+/// an edge whose queue is full is cut off (`kill`), because waiting would
+/// stall every chat writer that serves it. The edge reconnects and recovers.
+#[derive(Clone)]
+pub(crate) struct EdgeConn {
+    key: u64,
+    tx: mpsc::Sender<Result<pb::RouterFrame, tonic::Status>>,
+    kill: CancellationToken,
+}
+
+impl EdgeConn {
+    pub(crate) fn new(
+        key: u64,
+        tx: mpsc::Sender<Result<pb::RouterFrame, tonic::Status>>,
+        kill: CancellationToken,
+    ) -> Self {
+        Self { key, tx, kill }
+    }
+
+    /// Identifies this stream (not the edge: a reconnect gets a new key).
+    pub(crate) fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// Queues a frame; false when the stream is gone or was cut off.
+    pub(crate) fn send(&self, kind: Kind) -> bool {
+        if self.kill.is_cancelled() {
+            return false;
+        }
+        match self.tx.try_send(Ok(pb::RouterFrame { kind: Some(kind) })) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    stream = self.key,
+                    "edge stream queue full: cutting the edge off"
+                );
+                self.kill.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! The embedded default: one redb file, one writer thread with group commit.
+//!
+//! Writes go through a bounded queue to a single thread that takes every
+//! write waiting (up to [`MAX_BATCH`]), applies them in one transaction and
+//! commits it (redb fsyncs on commit) before answering any of them. Reads
+//! open their own read transactions on the blocking pool.
+
+use crate::store::{AppendBatch, History, NewChat, Store, StoreError};
+use confab_proto::v1::{Chat, ChatSummary, Member, Message};
+use prost::Message as _;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+const CHATS: TableDefinition<&str, &[u8]> = TableDefinition::new("chats");
+const USER_CHATS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_chats");
+const LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("last_seq");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// (chat, sender, client id) -> (seq, created at ms)
+const CLIENT_IDS: TableDefinition<(&str, &str, &str), (u64, i64)> =
+    TableDefinition::new("client_ids");
+/// "userA\nuserB" (sorted) -> chat id
+const DM_PAIRS: TableDefinition<&str, &str> = TableDefinition::new("dm_pairs");
+/// (chat, user) -> last read seq
+const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursors");
+
+const MAX_BATCH: usize = 512;
+const WRITE_QUEUE: usize = 4096;
+
+enum Write {
+    CreateChat(NewChat, oneshot::Sender<Result<(Chat, bool), StoreError>>),
+    Append(AppendBatch, oneshot::Sender<Result<u64, StoreError>>),
+}
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    write_tx: mpsc::Sender<Write>,
+}
+
+fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(internal)?;
+        let db = Arc::new(Database::create(dir.join("confab.redb")).map_err(internal)?);
+        {
+            let tx = db.begin_write().map_err(internal)?;
+            tx.open_table(CHATS).map_err(internal)?;
+            tx.open_table(USER_CHATS).map_err(internal)?;
+            tx.open_table(LAST_SEQ).map_err(internal)?;
+            tx.open_table(MESSAGES).map_err(internal)?;
+            tx.open_table(CLIENT_IDS).map_err(internal)?;
+            tx.open_table(DM_PAIRS).map_err(internal)?;
+            tx.open_table(CURSORS).map_err(internal)?;
+            tx.commit().map_err(internal)?;
+        }
+        let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(&writer_db, write_rx))
+            .map_err(internal)?;
+        Ok(Self { db, write_tx })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read().map_err(internal)?;
+            f(&tx)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.write_tx
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+}
+
+/// The single writer: drains whatever is queued, applies it in one
+/// transaction, commits (fsync), then answers. Ends when every sender is gone.
+fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        commit_batch(db, &mut batch);
+    }
+}
+
+enum Outcome {
+    Chat(
+        oneshot::Sender<Result<(Chat, bool), StoreError>>,
+        Result<(Chat, bool), StoreError>,
+    ),
+    Seq(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
+}
+
+fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let result = (|| -> Result<(), StoreError> {
+        let tx = db.begin_write().map_err(internal)?;
+        for write in batch.drain(..) {
+            match write {
+                Write::CreateChat(chat, reply) => {
+                    let r = apply_create_chat(&tx, chat);
+                    outcomes.push(Outcome::Chat(reply, r));
+                }
+                Write::Append(b, reply) => {
+                    let r = apply_append(&tx, &b);
+                    outcomes.push(Outcome::Seq(reply, r));
+                }
+            }
+        }
+        tx.commit()
+            .map_err(|e| StoreError::Unavailable(format!("commit failed: {e}")))?;
+        Ok(())
+    })();
+    // Leftovers (when begin_write failed before draining) are answered too.
+    for write in batch.drain(..) {
+        let err = StoreError::Unavailable("store transaction failed".into());
+        match write {
+            Write::CreateChat(_, reply) => drop(reply.send(Err(err))),
+            Write::Append(_, reply) => drop(reply.send(Err(err))),
+        }
+    }
+    for outcome in outcomes {
+        match (outcome, &result) {
+            (Outcome::Chat(reply, r), Ok(())) => drop(reply.send(r)),
+            (Outcome::Seq(reply, r), Ok(())) => drop(reply.send(r)),
+            (Outcome::Chat(reply, _), Err(e)) => {
+                drop(reply.send(Err(StoreError::Unavailable(e.to_string()))))
+            }
+            (Outcome::Seq(reply, _), Err(e)) => {
+                drop(reply.send(Err(StoreError::Unavailable(e.to_string()))))
+            }
+        }
+    }
+}
+
+fn dm_key(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("{a}\n{b}")
+    } else {
+        format!("{b}\n{a}")
+    }
+}
+
+fn decode_chat(bytes: &[u8]) -> Result<Chat, StoreError> {
+    Chat::decode(bytes).map_err(internal)
+}
+
+fn apply_create_chat(
+    tx: &redb::WriteTransaction,
+    new: NewChat,
+) -> Result<(Chat, bool), StoreError> {
+    let mut chats = tx.open_table(CHATS).map_err(internal)?;
+    let dm = if new.kind == "dm" {
+        if new.member_ids.len() != 2 {
+            return Err(StoreError::Invalid("a dm has exactly two members".into()));
+        }
+        let key = dm_key(&new.member_ids[0], &new.member_ids[1]);
+        let pairs = tx.open_table(DM_PAIRS).map_err(internal)?;
+        let existing = pairs
+            .get(key.as_str())
+            .map_err(internal)?
+            .map(|v| v.value().to_string());
+        if let Some(id) = existing {
+            if let Some(bytes) = chats.get(id.as_str()).map_err(internal)? {
+                return Ok((decode_chat(bytes.value())?, false));
+            }
+        }
+        Some((pairs, key))
+    } else {
+        None
+    };
+    let now = confab_common::time::now_ms();
+    let id = confab_common::ChatId::generate().to_string();
+    let chat = Chat {
+        id: id.clone(),
+        kind: new.kind,
+        title: new.title,
+        members: new
+            .member_ids
+            .iter()
+            .map(|u| Member {
+                user_id: u.clone(),
+                role: if *u == new.created_by {
+                    "admin"
+                } else {
+                    "member"
+                }
+                .to_string(),
+                joined_at_ms: now,
+            })
+            .collect(),
+        created_by: new.created_by,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    chats
+        .insert(id.as_str(), chat.encode_to_vec().as_slice())
+        .map_err(internal)?;
+    if let Some((mut pairs, key)) = dm {
+        pairs.insert(key.as_str(), id.as_str()).map_err(internal)?;
+    }
+    let mut user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
+    for m in &chat.members {
+        user_chats
+            .insert((m.user_id.as_str(), id.as_str()), ())
+            .map_err(internal)?;
+    }
+    tx.open_table(LAST_SEQ)
+        .map_err(internal)?
+        .insert(id.as_str(), 0)
+        .map_err(internal)?;
+    Ok((chat, true))
+}
+
+fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64, StoreError> {
+    let chat_id = batch.chat_id.as_str();
+    let mut last_seq_table = tx.open_table(LAST_SEQ).map_err(internal)?;
+    let last_seq = match last_seq_table.get(chat_id).map_err(internal)? {
+        Some(v) => v.value(),
+        None => return Err(StoreError::NotFound),
+    };
+    // Validate the whole batch before writing any of it.
+    for (i, m) in batch.messages.iter().enumerate() {
+        if m.chat_id != chat_id || m.seq != last_seq + 1 + i as u64 {
+            return Err(StoreError::SeqConflict {
+                last_seq,
+                first_seq: batch.messages.first().map_or(0, |m| m.seq),
+            });
+        }
+    }
+    let Some(new_last) = batch.messages.last().map(|m| m.seq) else {
+        return Ok(last_seq);
+    };
+    let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
+    let mut client_ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
+    for m in &batch.messages {
+        messages
+            .insert((chat_id, m.seq), m.encode_to_vec().as_slice())
+            .map_err(internal)?;
+        client_ids
+            .insert(
+                (chat_id, m.sender_id.as_str(), m.client_id.as_str()),
+                (m.seq, m.created_at_ms),
+            )
+            .map_err(internal)?;
+    }
+    last_seq_table.insert(chat_id, new_last).map_err(internal)?;
+    Ok(new_last)
+}
+
+fn read_chat(tx: &redb::ReadTransaction, chat_id: &str) -> Result<Option<(Chat, u64)>, StoreError> {
+    let chats = tx.open_table(CHATS).map_err(internal)?;
+    let Some(bytes) = chats.get(chat_id).map_err(internal)? else {
+        return Ok(None);
+    };
+    let chat = decode_chat(bytes.value())?;
+    let last = tx
+        .open_table(LAST_SEQ)
+        .map_err(internal)?
+        .get(chat_id)
+        .map_err(internal)?
+        .map_or(0, |v| v.value());
+    Ok(Some((chat, last)))
+}
+
+fn read_message(
+    table: &redb::ReadOnlyTable<(&str, u64), &[u8]>,
+    chat_id: &str,
+    seq: u64,
+) -> Result<Option<Message>, StoreError> {
+    match table.get((chat_id, seq)).map_err(internal)? {
+        Some(v) => Ok(Some(Message::decode(v.value()).map_err(internal)?)),
+        None => Ok(None),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool), StoreError> {
+        self.write(|reply| Write::CreateChat(chat, reply)).await
+    }
+
+    async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError> {
+        let chat_id = chat_id.to_string();
+        self.read(move |tx| read_chat(tx, &chat_id)?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    async fn list_user_chats(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatSummary>, StoreError> {
+        let user_id = user_id.to_string();
+        self.read(move |tx| {
+            let user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
+            let cursors = tx.open_table(CURSORS).map_err(internal)?;
+            let messages = tx.open_table(MESSAGES).map_err(internal)?;
+            let mut out = Vec::new();
+            for entry in user_chats
+                .range((user_id.as_str(), "")..)
+                .map_err(internal)?
+            {
+                let (key, _) = entry.map_err(internal)?;
+                let (user, chat_id) = key.value();
+                if user != user_id {
+                    break;
+                }
+                let Some((chat, last_seq)) = read_chat(tx, chat_id)? else {
+                    continue;
+                };
+                let last_read_seq = cursors
+                    .get((chat_id, user_id.as_str()))
+                    .map_err(internal)?
+                    .map_or(0, |v| v.value());
+                let mut unread = 0;
+                let mut activity = chat.created_at_ms;
+                for m in messages
+                    .range((chat_id, last_read_seq + 1)..=(chat_id, last_seq))
+                    .map_err(internal)?
+                {
+                    let (_, v) = m.map_err(internal)?;
+                    let m = Message::decode(v.value()).map_err(internal)?;
+                    if m.sender_id != user_id {
+                        unread += 1;
+                    }
+                    activity = m.created_at_ms;
+                }
+                if last_seq > 0 && last_read_seq >= last_seq {
+                    if let Some(m) = read_message(&messages, chat_id, last_seq)? {
+                        activity = m.created_at_ms;
+                    }
+                }
+                out.push((
+                    activity,
+                    ChatSummary {
+                        chat: Some(chat),
+                        last_seq,
+                        last_read_seq,
+                        unread,
+                    },
+                ));
+            }
+            out.sort_by(|a, b| b.0.cmp(&a.0));
+            Ok(out.into_iter().take(limit).map(|(_, s)| s).collect())
+        })
+        .await
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<u64, StoreError> {
+        self.write(|reply| Write::Append(batch, reply)).await
+    }
+
+    async fn find_by_client_id(
+        &self,
+        chat_id: &str,
+        sender_id: &str,
+        client_id: &str,
+        not_before_ms: i64,
+    ) -> Result<Option<Message>, StoreError> {
+        let (chat_id, sender_id, client_id) = (
+            chat_id.to_string(),
+            sender_id.to_string(),
+            client_id.to_string(),
+        );
+        self.read(move |tx| {
+            let ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
+            let Some(v) = ids
+                .get((chat_id.as_str(), sender_id.as_str(), client_id.as_str()))
+                .map_err(internal)?
+            else {
+                return Ok(None);
+            };
+            let (seq, created) = v.value();
+            if created < not_before_ms {
+                return Ok(None);
+            }
+            let messages = tx.open_table(MESSAGES).map_err(internal)?;
+            read_message(&messages, &chat_id, seq)
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        chat_id: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<History, StoreError> {
+        let chat_id = chat_id.to_string();
+        self.read(move |tx| {
+            let (_, last_seq) = read_chat(tx, &chat_id)?.ok_or(StoreError::NotFound)?;
+            let lo = after_seq.map_or(1, |s| s.saturating_add(1));
+            let hi = before_seq.map_or(last_seq, |s| s.saturating_sub(1).min(last_seq));
+            if lo > hi || limit == 0 {
+                return Ok(History::default());
+            }
+            let messages = tx.open_table(MESSAGES).map_err(internal)?;
+            let range = messages
+                .range((chat_id.as_str(), lo)..=(chat_id.as_str(), hi))
+                .map_err(internal)?;
+            let mut out = Vec::with_capacity(limit.min(128));
+            let has_more;
+            if after_seq.is_some() {
+                for m in range.take(limit + 1) {
+                    let (_, v) = m.map_err(internal)?;
+                    out.push(Message::decode(v.value()).map_err(internal)?);
+                }
+                has_more = out.len() > limit;
+                out.truncate(limit);
+            } else {
+                for m in range.rev().take(limit + 1) {
+                    let (_, v) = m.map_err(internal)?;
+                    out.push(Message::decode(v.value()).map_err(internal)?);
+                }
+                has_more = out.len() > limit;
+                out.truncate(limit);
+                out.reverse();
+            }
+            Ok(History {
+                messages: out,
+                has_more,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(chat: &str, seq: u64) -> Message {
+        Message {
+            chat_id: chat.into(),
+            id: format!("m{seq}"),
+            seq,
+            sender_id: "alice".into(),
+            body: format!("hello {seq}"),
+            created_at_ms: seq as i64,
+            client_id: format!("c{seq}"),
+            reply_to: None,
+        }
+    }
+
+    async fn group(store: &EmbeddedStore) -> Chat {
+        let (chat, created) = store
+            .create_chat(NewChat {
+                kind: "group".into(),
+                title: Some("t".into()),
+                created_by: "alice".into(),
+                member_ids: vec!["alice".into(), "bob".into()],
+            })
+            .await
+            .unwrap();
+        assert!(created);
+        chat
+    }
+
+    #[tokio::test]
+    async fn append_must_follow_last_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        let ok = store
+            .append(AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)],
+            })
+            .await;
+        assert_eq!(ok.unwrap(), 2);
+        let repeated = store
+            .append(AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: vec![msg(&chat.id, 2)],
+            })
+            .await;
+        assert!(matches!(
+            repeated,
+            Err(StoreError::SeqConflict {
+                last_seq: 2,
+                first_seq: 2
+            })
+        ));
+        let gap = store
+            .append(AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: vec![msg(&chat.id, 4)],
+            })
+            .await;
+        assert!(matches!(gap, Err(StoreError::SeqConflict { .. })));
+        let unknown = store
+            .append(AppendBatch {
+                chat_id: "nope".into(),
+                messages: vec![msg("nope", 1)],
+            })
+            .await;
+        assert!(matches!(unknown, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn history_pages_follow_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        let msgs = (1..=10).map(|s| msg(&chat.id, s)).collect();
+        store
+            .append(AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: msgs,
+            })
+            .await
+            .unwrap();
+        let seqs = |h: &History| h.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let newest = store.history(&chat.id, None, None, 3).await.unwrap();
+        assert_eq!((seqs(&newest), newest.has_more), (vec![8, 9, 10], true));
+        let after = store.history(&chat.id, Some(7), None, 5).await.unwrap();
+        assert_eq!((seqs(&after), after.has_more), (vec![8, 9, 10], false));
+        let before = store.history(&chat.id, None, Some(4), 2).await.unwrap();
+        assert_eq!((seqs(&before), before.has_more), (vec![2, 3], true));
+        let between = store.history(&chat.id, Some(2), Some(6), 50).await.unwrap();
+        assert_eq!((seqs(&between), between.has_more), (vec![3, 4, 5], false));
+    }
+
+    #[tokio::test]
+    async fn dm_pairs_are_deduplicated_and_state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let new = |a: &str, b: &str| NewChat {
+                kind: "dm".into(),
+                title: None,
+                created_by: a.into(),
+                member_ids: vec![a.into(), b.into()],
+            };
+            let (first, created) = store.create_chat(new("alice", "bob")).await.unwrap();
+            assert!(created);
+            let (again, created) = store.create_chat(new("bob", "alice")).await.unwrap();
+            assert!(!created);
+            assert_eq!(first.id, again.id);
+            store
+                .append(AppendBatch {
+                    chat_id: first.id.clone(),
+                    messages: vec![msg(&first.id, 1)],
+                })
+                .await
+                .unwrap();
+            first.id
+        };
+        // Give the writer thread of the first instance time to release the file.
+        let mut tries = 0;
+        let store = loop {
+            match EmbeddedStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if tries < 250 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("store did not reopen: {e}"),
+            }
+        };
+        let (_, last) = store.get_chat(&id).await.unwrap();
+        assert_eq!(last, 1);
+        let found = store
+            .find_by_client_id(&id, "alice", "c1", 0)
+            .await
+            .unwrap();
+        assert_eq!(found.map(|m| m.seq), Some(1));
+        let chats = store.list_user_chats("bob", 10).await.unwrap();
+        assert_eq!(chats.len(), 1);
+        assert_eq!(chats[0].unread, 1);
+    }
+}

@@ -1,0 +1,252 @@
+//! The store over gRPC: [`StoreService`] serves any [`Store`];
+//! [`RemoteStore`] is the client side, itself a [`Store`].
+
+use crate::store::{AppendBatch, History, NewChat, Store, StoreError};
+use confab_proto::v1 as pb;
+use confab_proto::v1::store_client::StoreClient;
+use confab_proto::v1::store_server::{Store as StoreRpc, StoreServer};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// Serves a [`Store`] as the `confab.v1.Store` gRPC service.
+pub struct StoreService {
+    store: Arc<dyn Store>,
+}
+
+impl StoreService {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    pub fn into_server(self) -> StoreServer<Self> {
+        StoreServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl StoreRpc for StoreService {
+    async fn create_chat(
+        &self,
+        req: Request<pb::CreateChatRequest>,
+    ) -> Result<Response<pb::CreateChatResponse>, Status> {
+        let r = req.into_inner();
+        let (chat, created) = self
+            .store
+            .create_chat(NewChat {
+                kind: r.kind,
+                title: r.title,
+                created_by: r.created_by,
+                member_ids: r.member_ids,
+            })
+            .await?;
+        Ok(Response::new(pb::CreateChatResponse {
+            chat: Some(chat),
+            created,
+        }))
+    }
+
+    async fn get_chat(
+        &self,
+        req: Request<pb::GetChatRequest>,
+    ) -> Result<Response<pb::GetChatResponse>, Status> {
+        match self.store.get_chat(&req.into_inner().chat_id).await {
+            Ok((chat, last_seq)) => Ok(Response::new(pb::GetChatResponse {
+                chat: Some(chat),
+                last_seq,
+            })),
+            Err(StoreError::NotFound) => Ok(Response::new(pb::GetChatResponse {
+                chat: None,
+                last_seq: 0,
+            })),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list_user_chats(
+        &self,
+        req: Request<pb::ListUserChatsRequest>,
+    ) -> Result<Response<pb::ListUserChatsResponse>, Status> {
+        let r = req.into_inner();
+        let chats = self
+            .store
+            .list_user_chats(&r.user_id, r.limit as usize)
+            .await?;
+        Ok(Response::new(pb::ListUserChatsResponse { chats }))
+    }
+
+    async fn append(
+        &self,
+        req: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let r = req.into_inner();
+        let last_seq = self
+            .store
+            .append(AppendBatch {
+                chat_id: r.chat_id,
+                messages: r.messages,
+            })
+            .await?;
+        Ok(Response::new(pb::AppendResponse { last_seq }))
+    }
+
+    async fn find_by_client_id(
+        &self,
+        req: Request<pb::FindByClientIdRequest>,
+    ) -> Result<Response<pb::FindByClientIdResponse>, Status> {
+        let r = req.into_inner();
+        let message = self
+            .store
+            .find_by_client_id(&r.chat_id, &r.sender_id, &r.client_id, r.not_before_ms)
+            .await?;
+        Ok(Response::new(pb::FindByClientIdResponse { message }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = req.into_inner();
+        let h = self
+            .store
+            .history(&r.chat_id, r.after_seq, r.before_seq, r.limit as usize)
+            .await?;
+        Ok(Response::new(pb::HistoryResponse {
+            messages: h.messages,
+            has_more: h.has_more,
+        }))
+    }
+}
+
+/// A [`Store`] reached over gRPC. Every call has a deadline.
+#[derive(Clone)]
+pub struct RemoteStore {
+    client: StoreClient<Channel>,
+}
+
+impl RemoteStore {
+    /// Connects lazily to `url` (`http://host:port`); calls fail with
+    /// `Unavailable` while the store is unreachable.
+    pub fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| StoreError::Invalid(format!("bad store url {url}: {e}")))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true);
+        Ok(Self {
+            client: StoreClient::new(endpoint.connect_lazy()),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RemoteStore {
+    async fn create_chat(&self, chat: NewChat) -> Result<(pb::Chat, bool), StoreError> {
+        let r = self
+            .client
+            .clone()
+            .create_chat(pb::CreateChatRequest {
+                kind: chat.kind,
+                title: chat.title,
+                created_by: chat.created_by,
+                member_ids: chat.member_ids,
+            })
+            .await?
+            .into_inner();
+        let chat = r
+            .chat
+            .ok_or_else(|| StoreError::Internal("store returned no chat".into()))?;
+        Ok((chat, r.created))
+    }
+
+    async fn get_chat(&self, chat_id: &str) -> Result<(pb::Chat, u64), StoreError> {
+        let r = self
+            .client
+            .clone()
+            .get_chat(pb::GetChatRequest {
+                chat_id: chat_id.to_string(),
+            })
+            .await?
+            .into_inner();
+        let chat = r.chat.ok_or(StoreError::NotFound)?;
+        Ok((chat, r.last_seq))
+    }
+
+    async fn list_user_chats(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<pb::ChatSummary>, StoreError> {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let r = self
+            .client
+            .clone()
+            .list_user_chats(pb::ListUserChatsRequest {
+                user_id: user_id.to_string(),
+                limit,
+            })
+            .await?
+            .into_inner();
+        Ok(r.chats)
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<u64, StoreError> {
+        let r = self
+            .client
+            .clone()
+            .append(pb::AppendRequest {
+                chat_id: batch.chat_id,
+                messages: batch.messages,
+            })
+            .await?
+            .into_inner();
+        Ok(r.last_seq)
+    }
+
+    async fn find_by_client_id(
+        &self,
+        chat_id: &str,
+        sender_id: &str,
+        client_id: &str,
+        not_before_ms: i64,
+    ) -> Result<Option<pb::Message>, StoreError> {
+        let r = self
+            .client
+            .clone()
+            .find_by_client_id(pb::FindByClientIdRequest {
+                chat_id: chat_id.to_string(),
+                sender_id: sender_id.to_string(),
+                client_id: client_id.to_string(),
+                not_before_ms,
+            })
+            .await?
+            .into_inner();
+        Ok(r.message)
+    }
+
+    async fn history(
+        &self,
+        chat_id: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<History, StoreError> {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let r = self
+            .client
+            .clone()
+            .history(pb::HistoryRequest {
+                chat_id: chat_id.to_string(),
+                after_seq,
+                before_seq,
+                limit,
+            })
+            .await?
+            .into_inner();
+        Ok(History {
+            messages: r.messages,
+            has_more: r.has_more,
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! The storage trait: a handful of methods, so a ScyllaDB backend is a swap.
+
+use confab_proto::v1::{Chat, ChatSummary, Message};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// The append did not follow the chat's last seq.
+    #[error("seq conflict: chat is at {last_seq}, append started at {first_seq}")]
+    SeqConflict { last_seq: u64, first_seq: u64 },
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => tonic::Status::not_found("not found"),
+            StoreError::SeqConflict { .. } => tonic::Status::failed_precondition(e.to_string()),
+            StoreError::Invalid(m) => tonic::Status::invalid_argument(m),
+            StoreError::Unavailable(m) => tonic::Status::unavailable(m),
+            StoreError::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+impl From<tonic::Status> for StoreError {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        match s.code() {
+            Code::NotFound => StoreError::NotFound,
+            Code::FailedPrecondition => StoreError::Invalid(s.message().to_string()),
+            Code::InvalidArgument => StoreError::Invalid(s.message().to_string()),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                StoreError::Unavailable(s.message().to_string())
+            }
+            _ => StoreError::Internal(s.message().to_string()),
+        }
+    }
+}
+
+/// A chat to create.
+#[derive(Debug, Clone)]
+pub struct NewChat {
+    /// "dm" or "group".
+    pub kind: String,
+    pub title: Option<String>,
+    pub created_by: String,
+    /// Every member in the order given, creator included; the creator is admin.
+    pub member_ids: Vec<String>,
+}
+
+/// Messages of one chat to append, with consecutive seqs.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    pub chat_id: String,
+    pub messages: Vec<Message>,
+}
+
+/// One page of history.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a chat; for a dm whose pair already has one, returns it and `false`.
+    async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool), StoreError>;
+    /// The chat and its last seq.
+    async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError>;
+    /// The user's chats, most recently active first, at most `limit`.
+    async fn list_user_chats(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatSummary>, StoreError>;
+    /// Durably appends; returns the new last seq.
+    async fn append(&self, batch: AppendBatch) -> Result<u64, StoreError>;
+    /// The message a sender sent with `client_id`, if not older than `not_before_ms`.
+    async fn find_by_client_id(
+        &self,
+        chat_id: &str,
+        sender_id: &str,
+        client_id: &str,
+        not_before_ms: i64,
+    ) -> Result<Option<Message>, StoreError>;
+    /// A page of history (CONTRACT §8.2).
+    async fn history(
+        &self,
+        chat_id: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<History, StoreError>;
+}
