@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// An HTTP status other than the code's own (413 for a body too large).
+    pub http_status: Option<u16>,
 }
 
 impl ApiError {
@@ -19,10 +21,18 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            http_status: None,
         }
     }
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::ValidationError, message)
+    }
+    /// A request body over the payload limit (HTTP 413).
+    pub fn too_large() -> Self {
+        Self {
+            http_status: Some(413),
+            ..Self::validation("body is larger than the payload limit")
+        }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Forbidden, message)

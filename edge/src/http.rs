@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status())
+        let status = StatusCode::from_u16(self.http_status.unwrap_or(self.code.http_status()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, axum::Json(self.body("http"))).into_response()
     }
@@ -52,7 +52,7 @@ fn json_body(
 ) -> Result<Value, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::validation("body too large")
+            ApiError::too_large()
         } else {
             ApiError::validation(format!("unreadable body: {r}"))
         }

@@ -1,1 +1,286 @@
-//! placeholder
+//! The cluster harness for confab's end-to-end tests.
+//!
+//! [`Cluster::builder`] starts store-svc, presence-svc, routers and edges in
+//! this process, each through its crate's `run(config, listener, shutdown)`
+//! on an ephemeral loopback port, so every hop is real gRPC. [`client`] is a
+//! small Socket.IO v5 client over tokio-tungstenite for driving it from
+//! Rust; the official `socket.io-client` drives it from `tests/node`.
+
+pub mod client;
+
+use anyhow::{bail, Context};
+use confab_common::Shutdown;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+pub const SECRET: &str = "confab-test-secret";
+
+/// A running in-process cluster. Dropping it stops every service.
+pub struct Cluster {
+    pub edges: Vec<String>,
+    pub routers: Vec<String>,
+    pub store_url: String,
+    pub presence_url: String,
+    shutdown: Shutdown,
+    _data: Option<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+#[derive(Default)]
+pub struct ClusterBuilder {
+    edges: usize,
+    routers: usize,
+    data_dir: Option<PathBuf>,
+    edge_tweak: Option<Box<dyn Fn(&mut confab_edge::Config)>>,
+}
+
+async fn loopback() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let url = format!("http://{}", l.local_addr().expect("local addr"));
+    (l, url)
+}
+
+impl ClusterBuilder {
+    pub fn edges(mut self, n: usize) -> Self {
+        self.edges = n;
+        self
+    }
+    pub fn routers(mut self, n: usize) -> Self {
+        self.routers = n;
+        self
+    }
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+    /// Changes every edge's configuration (limits, windows) before start.
+    pub fn edge_config(mut self, f: impl Fn(&mut confab_edge::Config) + 'static) -> Self {
+        self.edge_tweak = Some(Box::new(f));
+        self
+    }
+
+    pub async fn build(self) -> Cluster {
+        let shutdown = Shutdown::new();
+        let (tmp, data_dir) = match self.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("temp dir");
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let (store_l, store_url) = loopback().await;
+        let (presence_l, presence_url) = loopback().await;
+        let store = confab_store::run(
+            confab_store::Config::for_test(data_dir),
+            store_l,
+            shutdown.clone(),
+        );
+        shutdown.spawn(async move { store.await.expect("store-svc") });
+        let presence = confab_presence::run(
+            confab_presence::Config::default(),
+            presence_l,
+            shutdown.clone(),
+        );
+        shutdown.spawn(async move { presence.await.expect("presence-svc") });
+
+        let mut router_ls = Vec::new();
+        for _ in 0..self.routers.max(1) {
+            router_ls.push(loopback().await);
+        }
+        let routers: Vec<String> = router_ls.iter().map(|(_, u)| u.clone()).collect();
+        for (l, url) in router_ls {
+            let config = confab_router::Config::for_test(url, routers.clone(), store_url.clone());
+            let router = confab_router::run(config, l, shutdown.clone());
+            shutdown.spawn(async move { router.await.expect("router") });
+        }
+        let mut edges = Vec::new();
+        for _ in 0..self.edges.max(1) {
+            let (l, url) = loopback().await;
+            let mut config = confab_edge::Config::for_test(
+                routers.clone(),
+                store_url.clone(),
+                presence_url.clone(),
+                SECRET.into(),
+            );
+            if let Some(f) = &self.edge_tweak {
+                f(&mut config);
+            }
+            let edge = confab_edge::run(config, l, shutdown.clone());
+            shutdown.spawn(async move { edge.await.expect("edge") });
+            edges.push(url);
+        }
+        let cluster = Cluster {
+            edges,
+            routers,
+            store_url,
+            presence_url,
+            shutdown,
+            _data: tmp,
+            http: reqwest::Client::new(),
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+}
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// Waits until every edge answers `/readyz` with 200.
+    pub async fn wait_ready(&self) {
+        for edge in &self.edges {
+            let url = format!("{edge}/readyz");
+            let http = self.http.clone();
+            wait_until(Duration::from_secs(10), || {
+                let (http, url) = (http.clone(), url.clone());
+                async move { matches!(http.get(&url).send().await, Ok(r) if r.status() == 200) }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("edge {edge} never became ready"));
+        }
+    }
+
+    pub fn edge(&self, i: usize) -> &str {
+        &self.edges[i]
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        token(user)
+    }
+
+    /// An HTTP request to edge 0 as `user`.
+    pub async fn http(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        http_call(
+            &self.http,
+            method,
+            &format!("{}{path}", self.edges[0]),
+            Some(&self.token(user)),
+            body,
+        )
+        .await
+    }
+
+    /// Creates a chat as `creator` and returns its id.
+    pub async fn create_chat(&self, creator: &str, kind: &str, members: &[&str]) -> String {
+        let body = serde_json::json!({ "type": kind, "title": "test", "memberIds": members });
+        let (status, chat) = self
+            .http(reqwest::Method::POST, "/v1/chats", creator, Some(body))
+            .await;
+        assert!(
+            status == 201 || status == 200,
+            "create chat: {status} {chat}"
+        );
+        chat["id"].as_str().expect("chat id").to_string()
+    }
+
+    /// Connects `user` to edge `i` and waits for `session:ready`.
+    pub async fn connect(&self, i: usize, user: &str) -> client::Client {
+        let mut c = client::Client::connect(
+            &self.edges[i],
+            serde_json::json!({ "token": self.token(user) }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connect {user}: {e:?}"));
+        c.expect_event("session:ready", Duration::from_secs(5))
+            .await;
+        c
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+pub fn token(user: &str) -> String {
+    confab_edge::auth::mint_hs256(SECRET.as_bytes(), user, None, 3600)
+}
+
+/// One HTTP call; returns the status and the JSON body (Null when empty).
+pub async fn http_call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.request(method, url).timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("http request");
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Polls `predicate` until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut predicate: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if predicate().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `confab` binary built beside the test executables. The test command
+/// builds it first (`cargo build -p confab`); a missing one fails loudly.
+pub fn confab_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
+    let bin = dir.join("confab");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build -p confab` (scripts/test does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The repository root (for `tests/node`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Logs to the test output when `CONFAB_LOG` is set (for debugging).
+pub fn init_test_logging() {
+    if std::env::var_os("CONFAB_LOG").is_some() {
+        confab_common::telemetry::init("debug", false);
+    }
+}
