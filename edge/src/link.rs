@@ -116,7 +116,7 @@ impl Links {
         async move {
             let (link, id, rx) = match queued {
                 Ok(q) => q,
-                Err(e) => return e,
+                Err(why) => return unavailable(why),
             };
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(r)) => r,
@@ -138,13 +138,10 @@ impl Links {
         user_id: &str,
         op: pb::request::Op,
         on_reply: Option<OnReply>,
-    ) -> Result<(Arc<Link>, u64, oneshot::Receiver<ReplyResult>), ReplyResult> {
-        let link = self
-            .link_for(chat_id)
-            .ok_or_else(|| unavailable("no router configured"))?
-            .clone();
+    ) -> Result<(Arc<Link>, u64, oneshot::Receiver<ReplyResult>), &'static str> {
+        let link = self.link_for(chat_id).ok_or("no router configured")?.clone();
         if !link.connected.load(Ordering::Relaxed) {
-            return Err(unavailable("router unreachable"));
+            return Err("router unreachable");
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -165,7 +162,7 @@ impl Links {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
-            return Err(unavailable("router queue full"));
+            return Err("router queue full");
         }
         Ok((link, id, rx))
     }

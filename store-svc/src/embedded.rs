@@ -373,7 +373,7 @@ impl Store for EmbeddedStore {
                     },
                 ));
             }
-            out.sort_by(|a, b| b.0.cmp(&a.0));
+            out.sort_by_key(|s| std::cmp::Reverse(s.0));
             Ok(out.into_iter().take(limit).map(|(_, s)| s).collect())
         })
         .await

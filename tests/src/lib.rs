@@ -28,12 +28,15 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
+/// Changes an edge's configuration before it starts.
+type EdgeTweak = Box<dyn Fn(&mut confab_edge::Config)>;
+
 #[derive(Default)]
 pub struct ClusterBuilder {
     edges: usize,
     routers: usize,
     data_dir: Option<PathBuf>,
-    edge_tweak: Option<Box<dyn Fn(&mut confab_edge::Config)>>,
+    edge_tweak: Option<EdgeTweak>,
 }
 
 async fn loopback() -> (TcpListener, String) {

@@ -1,0 +1,102 @@
+// Drives a confab edge with the official socket.io-client (CONTRACT §1).
+// Usage: CONFAB_URL=http://127.0.0.1:PORT ALICE=<jwt> BOB=<jwt> node compat.mjs
+import { io } from "socket.io-client";
+import assert from "node:assert/strict";
+
+const url = process.env.CONFAB_URL;
+const tokens = { alice: process.env.ALICE, bob: process.env.BOB };
+assert.ok(url && tokens.alice && tokens.bob, "CONFAB_URL, ALICE and BOB must be set");
+
+const deadline = (ms, what) =>
+  new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms).unref());
+const within = (p, what, ms = 5000) => Promise.race([p, deadline(ms, what)]);
+const once = (socket, event) => within(new Promise((r) => socket.once(event, r)), event);
+const ack = (socket, event, payload) => within(socket.timeout(5000).emitWithAck(event, payload), event);
+
+function connect(user, opts = {}) {
+  const socket = io(url, { auth: { token: tokens[user] }, reconnection: false, ...opts });
+  const ready = once(socket, "session:ready");
+  return { socket, ready };
+}
+
+let passed = 0;
+async function step(name, fn) {
+  await fn();
+  passed += 1;
+  console.log(`ok - ${name}`);
+}
+
+const res = await fetch(`${url}/v1/chats`, {
+  method: "POST",
+  headers: { authorization: `Bearer ${tokens.alice}`, "content-type": "application/json" },
+  body: JSON.stringify({ type: "group", title: "compat", memberIds: ["bob"] }),
+});
+assert.equal(res.status, 201);
+const chat = await res.json();
+
+const alice = connect("alice", { transports: ["websocket"] });
+const bob = connect("bob"); // long-polling first, then the upgrade
+let bobSocket = bob.socket;
+
+await step("connect with a token and get session:ready", async () => {
+  const [a, b] = await Promise.all([alice.ready, bob.ready]);
+  assert.equal(a.userId, "alice");
+  assert.equal(b.userId, "bob");
+  assert.deepEqual(b.chats.map((c) => c.chatId), [chat.id]);
+});
+
+await step("join, send with ack, receive on another socket", async () => {
+  const join = await ack(bobSocket, "room:join", { chatId: chat.id });
+  assert.equal(join.ok, true);
+  const received = once(bobSocket, "message:new");
+  const sent = await ack(alice.socket, "message:send", { chatId: chat.id, body: "hello", clientId: "m1" });
+  assert.equal(sent.ok, true);
+  assert.equal(sent.data.seq, 1);
+  assert.equal(sent.data.clientId, "m1");
+  const msg = await received;
+  assert.equal(msg.seq, 1);
+  assert.equal(msg.body, "hello");
+  assert.equal(msg.senderId, "alice");
+  assert.equal(msg.id, sent.data.serverId);
+});
+
+await step("errors come back in the ack", async () => {
+  const bad = await ack(alice.socket, "message:send", { chatId: chat.id, body: "", clientId: "x" });
+  assert.equal(bad.ok, false);
+  assert.equal(bad.error, "VALIDATION_ERROR");
+  assert.match(bad.correlationId, /^[0-9a-f-]{36}$/);
+});
+
+await step("disconnect, miss messages, reconnect with sinceSeq", async () => {
+  bobSocket.disconnect();
+  for (const i of [2, 3, 4]) {
+    const r = await ack(alice.socket, "message:send", { chatId: chat.id, body: `m${i}`, clientId: `m${i}` });
+    assert.equal(r.data.seq, i);
+  }
+  const again = connect("bob", { transports: ["polling"] });
+  bobSocket = again.socket;
+  await again.ready;
+  const join = await ack(bobSocket, "room:join", { chatId: chat.id, sinceSeq: 1 });
+  assert.equal(join.ok, true);
+  assert.deepEqual(join.data.missed.map((m) => m.seq), [2, 3, 4]);
+  assert.deepEqual(join.data.missed.map((m) => m.body), ["m2", "m3", "m4"]);
+  assert.equal(join.data.hasMore, false);
+  assert.equal(join.data.lastSeq, 4);
+  // Live delivery resumes on the recovered socket.
+  const received = once(bobSocket, "message:new");
+  await ack(alice.socket, "message:send", { chatId: chat.id, body: "m5", clientId: "m5" });
+  assert.equal((await received).seq, 5);
+});
+
+await step("a refused handshake is a connect_error with code and reason", async () => {
+  const socket = io(url, { auth: { token: "not-a-token" }, reconnection: false });
+  const err = await once(socket, "connect_error");
+  assert.equal(err.message, "UNAUTHORIZED");
+  assert.deepEqual(err.data, { code: "UNAUTHORIZED", reason: "invalid_token" });
+  socket.close();
+});
+
+alice.socket.close();
+bobSocket.close();
+console.log(`compat: ${passed} passed, 0 failed`);
+process.exit(0);
