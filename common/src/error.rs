@@ -51,9 +51,7 @@ impl ErrorCode {
             Code::NotFound => Self::NotFound,
             Code::Unauthenticated => Self::Unauthorized,
             Code::ResourceExhausted => Self::RateLimited,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
-                Self::Unavailable
-            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => Self::Unavailable,
             _ => Self::Internal,
         }
     }

@@ -11,8 +11,8 @@ pub fn now_ms() -> i64 {
 
 /// `2026-01-01T00:00:00.000Z`.
 pub fn iso8601(ms: i64) -> String {
-    let dt = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let dt =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         dt.year(),
@@ -39,9 +39,6 @@ mod tests {
     fn formats_with_millis_and_z() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
-        assert_eq!(
-            parse_iso8601("2026-01-01T00:00:00.123Z"),
-            Some(1_767_225_600_123)
-        );
+        assert_eq!(parse_iso8601("2026-01-01T00:00:00.123Z"), Some(1_767_225_600_123));
     }
 }

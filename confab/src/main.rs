@@ -67,11 +67,7 @@ struct DevArgs {
     #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
     /// Directory of the embedded store.
-    #[arg(
-        long = "data-dir",
-        env = "CONFAB_DATA_DIR",
-        default_value = "./confab-data"
-    )]
+    #[arg(long = "data-dir", env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
     data_dir: PathBuf,
     /// HS256 secret; generated and printed when absent.
     #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
@@ -105,8 +101,7 @@ fn parse_ttl(s: &str) -> Result<i64, String> {
         "d" => 86400,
         _ => return Err(format!("bad duration unit in {s:?}: use s, m, h or d")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("duration {s:?} is too long"))
+    n.checked_mul(mult).ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -120,19 +115,12 @@ fn main() -> anyhow::Result<()> {
     if let Command::Token(t) = &cli.command {
         println!(
             "{}",
-            confab_edge::auth::mint_hs256(
-                t.jwt_secret.as_bytes(),
-                &t.user,
-                t.name.as_deref(),
-                t.ttl
-            )
+            confab_edge::auth::mint_hs256(t.jwt_secret.as_bytes(), &t.user, t.name.as_deref(), t.ttl)
         );
         return Ok(());
     }
     confab_common::telemetry::init("info", cli.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async_main(cli.command))
 }
 
@@ -146,26 +134,18 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
     });
     let result = match command {
         Command::Dev(args) => dev(args, shutdown.clone()).await,
-        Command::Edge { listen, config } => {
-            confab_edge::run(config, bind(listen).await?, shutdown.clone())
-                .await
-                .map_err(Into::into)
-        }
-        Command::Router { listen, config } => {
-            confab_router::run(config, bind(listen).await?, shutdown.clone())
-                .await
-                .map_err(Into::into)
-        }
-        Command::Store { listen, config } => {
-            confab_store::run(config, bind(listen).await?, shutdown.clone())
-                .await
-                .map_err(Into::into)
-        }
-        Command::Presence { listen, config } => {
-            confab_presence::run(config, bind(listen).await?, shutdown.clone())
-                .await
-                .map_err(Into::into)
-        }
+        Command::Edge { listen, config } => confab_edge::run(config, bind(listen).await?, shutdown.clone())
+            .await
+            .map_err(Into::into),
+        Command::Router { listen, config } => confab_router::run(config, bind(listen).await?, shutdown.clone())
+            .await
+            .map_err(Into::into),
+        Command::Store { listen, config } => confab_store::run(config, bind(listen).await?, shutdown.clone())
+            .await
+            .map_err(Into::into),
+        Command::Presence { listen, config } => confab_presence::run(config, bind(listen).await?, shutdown.clone())
+            .await
+            .map_err(Into::into),
         Command::Token(_) => Ok(()),
     };
     if !shutdown.drain(Duration::from_secs(10)).await {
@@ -182,15 +162,10 @@ fn random_secret() -> String {
 
 async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let (store_l, presence_l, router_l) = (
-        bind(loopback).await?,
-        bind(loopback).await?,
-        bind(loopback).await?,
-    );
+    let (store_l, presence_l, router_l) = (bind(loopback).await?, bind(loopback).await?, bind(loopback).await?);
     let edge_l = bind(args.listen).await?;
     let url = |l: &TcpListener| l.local_addr().map(|a| format!("http://{a}"));
-    let (store_url, presence_url, router_url) =
-        (url(&store_l)?, url(&presence_l)?, url(&router_l)?);
+    let (store_url, presence_url, router_url) = (url(&store_l)?, url(&presence_l)?, url(&router_l)?);
     let edge_addr = edge_l.local_addr()?;
     let generated = args.jwt_secret.is_none();
     let secret = args.jwt_secret.unwrap_or_else(random_secret);
@@ -200,19 +175,11 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         store_l,
         shutdown.clone(),
     );
-    let presence = confab_presence::run(
-        confab_presence::Config::default(),
-        presence_l,
-        shutdown.clone(),
-    );
-    let router_config = confab_router::Config::for_test(
-        router_url.clone(),
-        vec![router_url.clone()],
-        store_url.clone(),
-    );
+    let presence = confab_presence::run(confab_presence::Config::default(), presence_l, shutdown.clone());
+    let router_config =
+        confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], store_url.clone());
     let router = confab_router::run(router_config, router_l, shutdown.clone());
-    let edge_config =
-        confab_edge::Config::for_test(vec![router_url], store_url, presence_url, secret.clone());
+    let edge_config = confab_edge::Config::for_test(vec![router_url], store_url, presence_url, secret.clone());
     let edge = confab_edge::run(edge_config, edge_l, shutdown.clone());
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);

@@ -76,12 +76,10 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
+        })?;
         let c = data.claims;
         let user_id = c
             .sub
@@ -133,15 +131,9 @@ pub fn pick_token<'a>(
     next(authorization, query)
 }
 
-fn next<'a>(
-    authorization: Option<&'a str>,
-    query: Option<&'a str>,
-) -> Result<std::borrow::Cow<'a, str>, AuthError> {
+fn next<'a>(authorization: Option<&'a str>, query: Option<&'a str>) -> Result<std::borrow::Cow<'a, str>, AuthError> {
     if let Some(h) = authorization {
-        return match h
-            .strip_prefix("Bearer ")
-            .or_else(|| h.strip_prefix("bearer "))
-        {
+        return match h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
             Some(t) => Ok(t.trim().into()),
             None => Err(AuthError::Invalid),
         };
@@ -203,10 +195,7 @@ mod tests {
         let v = Verifier::hs256(SECRET, 0);
         let good = mint_hs256(SECRET, "alice", Some("Alice"), 60);
         let id = v.verify(&good).unwrap();
-        assert_eq!(
-            (id.user_id.as_str(), id.name.as_deref()),
-            ("alice", Some("Alice"))
-        );
+        assert_eq!((id.user_id.as_str(), id.name.as_deref()), ("alice", Some("Alice")));
         assert_eq!(
             v.verify(&mint_hs256(SECRET, "alice", None, -10)),
             Err(AuthError::Expired)
@@ -246,26 +235,17 @@ mod tests {
     #[test]
     fn the_first_token_present_counts() {
         let auth = json!({"token": "a"});
-        assert_eq!(
-            pick_token(Some(&auth), Some("Bearer b"), Some("token=c")).unwrap(),
-            "a"
-        );
+        assert_eq!(pick_token(Some(&auth), Some("Bearer b"), Some("token=c")).unwrap(), "a");
         assert_eq!(
             pick_token(Some(&json!({})), Some("Bearer b"), Some("token=c")).unwrap(),
             "b"
         );
-        assert_eq!(
-            pick_token(None, None, Some("x=1&token=c%2Bd")).unwrap(),
-            "c+d"
-        );
+        assert_eq!(pick_token(None, None, Some("x=1&token=c%2Bd")).unwrap(), "c+d");
         assert_eq!(pick_token(None, None, Some("x=1")), Err(AuthError::Missing));
         assert_eq!(
             pick_token(Some(&json!({"token": 5})), None, None),
             Err(AuthError::Invalid)
         );
-        assert_eq!(
-            pick_token(None, Some("Basic xyz"), None),
-            Err(AuthError::Invalid)
-        );
+        assert_eq!(pick_token(None, Some("Basic xyz"), None), Err(AuthError::Invalid));
     }
 }

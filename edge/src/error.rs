@@ -72,9 +72,7 @@ impl From<confab_store::StoreError> for ApiError {
         match e {
             E::NotFound => Self::not_found("no such chat"),
             E::Invalid(m) => Self::validation(m),
-            E::SeqConflict { .. } | E::Unavailable(_) => {
-                Self::unavailable("storage unavailable, retry")
-            }
+            E::SeqConflict { .. } | E::Unavailable(_) => Self::unavailable("storage unavailable, retry"),
             E::Internal(m) => Self::new(ErrorCode::Internal, m),
         }
     }

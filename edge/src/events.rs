@@ -18,19 +18,8 @@ use std::sync::Arc;
 /// Longest chat id accepted from a client.
 pub const MAX_ID: usize = 128;
 
-pub fn dispatch(
-    edge: &Arc<Edge>,
-    socket: &Arc<EioSocket>,
-    name: &str,
-    payload: Option<Value>,
-    ack: Option<u64>,
-) {
-    let user = socket
-        .data
-        .session
-        .get()
-        .map(|s| s.user_id.clone())
-        .unwrap_or_default();
+pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: Option<Value>, ack: Option<u64>) {
+    let user = socket.data.session.get().map(|s| s.user_id.clone()).unwrap_or_default();
     let payload = payload.as_ref();
     let queued: Result<Pending, ApiError> = match name {
         "room:join" => room_join(edge, socket, &user, payload),
@@ -73,9 +62,7 @@ pub enum Pending {
     Later(BoxFut),
 }
 
-fn later(
-    f: impl Future<Output = Result<Value, ApiError>> + Send + 'static,
-) -> Result<Pending, ApiError> {
+fn later(f: impl Future<Output = Result<Value, ApiError>> + Send + 'static) -> Result<Pending, ApiError> {
     Ok(Pending::Later(Box::pin(f)))
 }
 
@@ -124,11 +111,7 @@ fn room_join(
     })
 }
 
-fn room_leave(
-    edge: &Arc<Edge>,
-    socket: &Arc<EioSocket>,
-    payload: Option<&Value>,
-) -> Result<Pending, ApiError> {
+fn room_leave(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Value>) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = match o.get("chatId") {
         Some(Value::String(s)) => s.clone(),
@@ -145,8 +128,7 @@ pub fn queue_send(
     user: &str,
     o: Obj<'_>,
     chat_id: String,
-) -> Result<impl Future<Output = Result<(pb::Message, bool), ApiError>> + Send + 'static, ApiError>
-{
+) -> Result<impl Future<Output = Result<(pb::Message, bool), ApiError>> + Send + 'static, ApiError> {
     let body = validate::body(o, edge.config.max_body_chars)?;
     let client_id = validate::string(o, "clientId", 1, 64)?;
     let reply_to = validate::optional_string(o, "replyTo", 1, MAX_ID)?;
@@ -174,11 +156,7 @@ pub fn queue_send(
     })
 }
 
-fn message_send(
-    edge: &Arc<Edge>,
-    user: &str,
-    payload: Option<&Value>,
-) -> Result<Pending, ApiError> {
+fn message_send(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let fut = queue_send(edge, user, o, chat_id)?;
@@ -206,28 +184,19 @@ pub async fn history(
     }
     let page = tokio::time::timeout(
         timeout,
-        edge.store
-            .history(chat_id, after_seq, before_seq, limit as usize),
+        edge.store.history(chat_id, after_seq, before_seq, limit as usize),
     )
     .await
     .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
     Ok(json!({ "messages": wire::messages(&page.messages), "hasMore": page.has_more }))
 }
 
-fn message_history(
-    edge: &Arc<Edge>,
-    user: &str,
-    payload: Option<&Value>,
-) -> Result<Pending, ApiError> {
+fn message_history(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let before_seq = validate::optional_u64(o, "beforeSeq")?;
     let after_seq = validate::optional_u64(o, "afterSeq")?;
-    let limit = validate::limit(
-        o,
-        edge.config.history_default_limit,
-        edge.config.history_max_limit,
-    )?;
+    let limit = validate::limit(o, edge.config.history_default_limit, edge.config.history_max_limit)?;
     let (edge, user) = (edge.clone(), user.to_string());
     later(async move { history(&edge, &user, &chat_id, after_seq, before_seq, limit).await })
 }

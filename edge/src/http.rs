@@ -32,24 +32,15 @@ fn json_response(status: StatusCode, v: Value) -> Response {
 
 /// The caller, from `Authorization: Bearer`.
 fn caller(edge: &Edge, headers: &HeaderMap) -> Result<String, ApiError> {
-    let h = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok());
+    let h = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     crate::auth::pick_token(None, h, None)
         .and_then(|t| edge.verifier.verify(&t))
         .map(|i| i.user_id)
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                format!("token refused: {}", e.reason()),
-            )
-        })
+        .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("token refused: {}", e.reason())))
 }
 
 /// Parses a JSON object body; a body over the limit is 413.
-fn json_body(
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Value, ApiError> {
+fn json_body(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Value, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large()
@@ -57,8 +48,7 @@ fn json_body(
             ApiError::validation(format!("unreadable body: {r}"))
         }
     })?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| ApiError::validation("body is not valid JSON"))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| ApiError::validation("body is not valid JSON"))?;
     if !v.is_object() {
         return Err(ApiError::validation("body must be a JSON object"));
     }
@@ -90,11 +80,7 @@ async fn create_chat(
     let title = validate::optional_string(o, "title", 0, 200)?;
     let ids = match o.get("memberIds") {
         Some(Value::Array(a)) => a,
-        Some(_) => {
-            return Err(ApiError::validation(
-                "memberIds must be an array of strings",
-            ))
-        }
+        Some(_) => return Err(ApiError::validation("memberIds must be an array of strings")),
         None => return Err(ApiError::validation("memberIds is required")),
     };
     if ids.len() > edge.config.max_members {
@@ -106,9 +92,7 @@ async fn create_chat(
     let mut members = vec![user.clone()];
     for id in ids {
         let Value::String(id) = id else {
-            return Err(ApiError::validation(
-                "memberIds must be an array of strings",
-            ));
+            return Err(ApiError::validation("memberIds must be an array of strings"));
         };
         let n = id.chars().count();
         if n == 0 || n > events::MAX_ID {
@@ -130,11 +114,7 @@ async fn create_chat(
         member_ids: members,
     };
     let (chat, created) = timed(&edge, edge.store.create_chat(new)).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(json_response(status, wire::chat(&chat)))
 }
 
@@ -145,11 +125,7 @@ async fn list_chats(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> ApiRes
     Ok(json_response(StatusCode::OK, json!({ "chats": chats })))
 }
 
-async fn get_chat(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-    Path(chat_id): Path<String>,
-) -> ApiResult {
+async fn get_chat(State(edge): State<Arc<Edge>>, headers: HeaderMap, Path(chat_id): Path<String>) -> ApiResult {
     let user = caller(&edge, &headers)?;
     let (chat, _) = timed(&edge, edge.store.get_chat(&chat_id)).await?;
     if !chat.members.iter().any(|m| m.user_id == user) {
@@ -165,9 +141,7 @@ fn query_u64(q: &HashMap<String, String>, field: &str) -> Result<Option<u64>, Ap
             .parse()
             .map(Some)
             .map_err(|_| ApiError::validation(format!("{field} is out of range"))),
-        Some(_) => Err(ApiError::validation(format!(
-            "{field} must be decimal digits"
-        ))),
+        Some(_) => Err(ApiError::validation(format!("{field} must be decimal digits"))),
     }
 }
 
@@ -204,11 +178,7 @@ async fn post_message(
     let body = json_body(body)?;
     let o = validate::object(Some(&body))?;
     let (m, duplicate) = events::queue_send(&edge, &user, o, chat_id)?.await?;
-    let status = if duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok(json_response(status, wire::send_ack(&m)))
 }
 
@@ -260,10 +230,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
     Router::new()
         .route("/v1/chats", get(list_chats).post(create_chat))
         .route("/v1/chats/{chat_id}", get(get_chat))
-        .route(
-            "/v1/chats/{chat_id}/messages",
-            get(get_messages).post(post_message),
-        )
+        .route("/v1/chats/{chat_id}/messages", get(get_messages).post(post_message))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -60,35 +60,19 @@ pub struct Config {
     #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
     /// Leeway for `exp` and `nbf`, in seconds.
-    #[arg(
-        long = "jwt-leeway-secs",
-        env = "CONFAB_JWT_LEEWAY_SECS",
-        default_value_t = 0
-    )]
+    #[arg(long = "jwt-leeway-secs", env = "CONFAB_JWT_LEEWAY_SECS", default_value_t = 0)]
     pub jwt_leeway_secs: u64,
     /// Largest packet or HTTP body, in bytes.
     #[arg(long = "max-payload", env = "CONFAB_MAX_PAYLOAD", default_value_t = 1024 * 1024)]
     pub max_payload: usize,
     /// Longest message body, in Unicode characters.
-    #[arg(
-        long = "max-body-chars",
-        env = "CONFAB_MAX_BODY_CHARS",
-        default_value_t = 8000
-    )]
+    #[arg(long = "max-body-chars", env = "CONFAB_MAX_BODY_CHARS", default_value_t = 8000)]
     pub max_body_chars: usize,
     /// Chats a new socket is subscribed to (most recently active first).
-    #[arg(
-        long = "auto-join-limit",
-        env = "CONFAB_AUTO_JOIN_LIMIT",
-        default_value_t = 1000
-    )]
+    #[arg(long = "auto-join-limit", env = "CONFAB_AUTO_JOIN_LIMIT", default_value_t = 1000)]
     pub auto_join_limit: usize,
     /// Most messages returned in `room:join.missed`.
-    #[arg(
-        long = "join-missed-limit",
-        env = "CONFAB_JOIN_MISSED_LIMIT",
-        default_value_t = 100
-    )]
+    #[arg(long = "join-missed-limit", env = "CONFAB_JOIN_MISSED_LIMIT", default_value_t = 100)]
     pub join_missed_limit: u32,
     #[arg(
         long = "history-default-limit",
@@ -96,18 +80,10 @@ pub struct Config {
         default_value_t = 50
     )]
     pub history_default_limit: u64,
-    #[arg(
-        long = "history-max-limit",
-        env = "CONFAB_HISTORY_MAX_LIMIT",
-        default_value_t = 100
-    )]
+    #[arg(long = "history-max-limit", env = "CONFAB_HISTORY_MAX_LIMIT", default_value_t = 100)]
     pub history_max_limit: u64,
     /// Most members given when creating a chat.
-    #[arg(
-        long = "max-members",
-        env = "CONFAB_MAX_MEMBERS",
-        default_value_t = 1000
-    )]
+    #[arg(long = "max-members", env = "CONFAB_MAX_MEMBERS", default_value_t = 1000)]
     pub max_members: usize,
     /// Deadline of every call to another service, in milliseconds.
     #[arg(
@@ -117,41 +93,20 @@ pub struct Config {
     )]
     pub request_timeout_ms: u64,
     /// Engine.IO ping interval and timeout, in milliseconds.
-    #[arg(
-        long = "ping-interval-ms",
-        env = "CONFAB_PING_INTERVAL_MS",
-        default_value_t = 25000
-    )]
+    #[arg(long = "ping-interval-ms", env = "CONFAB_PING_INTERVAL_MS", default_value_t = 25000)]
     pub ping_interval_ms: u64,
-    #[arg(
-        long = "ping-timeout-ms",
-        env = "CONFAB_PING_TIMEOUT_MS",
-        default_value_t = 20000
-    )]
+    #[arg(long = "ping-timeout-ms", env = "CONFAB_PING_TIMEOUT_MS", default_value_t = 20000)]
     pub ping_timeout_ms: u64,
     /// Packets queued towards one socket before it is cut off as too slow.
-    #[arg(
-        long = "socket-queue",
-        env = "CONFAB_SOCKET_QUEUE",
-        default_value_t = 256
-    )]
+    #[arg(long = "socket-queue", env = "CONFAB_SOCKET_QUEUE", default_value_t = 256)]
     pub socket_queue: usize,
     /// Requests queued towards one router before new ones get UNAVAILABLE.
-    #[arg(
-        long = "router-queue",
-        env = "CONFAB_ROUTER_QUEUE",
-        default_value_t = 65536
-    )]
+    #[arg(long = "router-queue", env = "CONFAB_ROUTER_QUEUE", default_value_t = 65536)]
     pub router_queue: usize,
 }
 
 impl Config {
-    pub fn for_test(
-        routers: Vec<String>,
-        store_url: String,
-        presence_url: String,
-        jwt_secret: String,
-    ) -> Self {
+    pub fn for_test(routers: Vec<String>, store_url: String, presence_url: String, jwt_secret: String) -> Self {
         Self {
             routers,
             store_url,
@@ -219,10 +174,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     }
     let edge_id = EdgeId::generate();
     let timeout = config.request_timeout();
-    let store: Arc<dyn Store> = Arc::new(
-        RemoteStore::connect_lazy(&config.store_url, timeout)
-            .map_err(|e| Error::Config(e.to_string()))?,
-    );
+    let store: Arc<dyn Store> =
+        Arc::new(RemoteStore::connect_lazy(&config.store_url, timeout).map_err(|e| Error::Config(e.to_string()))?);
     let presence = Endpoint::from_shared(config.presence_url.clone())
         .map_err(|e| Error::Config(format!("bad presence url: {e}")))?
         .connect_timeout(timeout)

@@ -93,9 +93,7 @@ impl Links {
     }
 
     pub fn any_connected(&self) -> bool {
-        self.links
-            .values()
-            .any(|l| l.connected.load(Ordering::Relaxed))
+        self.links.values().any(|l| l.connected.load(Ordering::Relaxed))
     }
 
     fn link_for(&self, chat_id: &str) -> Option<&Arc<Link>> {
@@ -122,10 +120,7 @@ impl Links {
                 Ok(Ok(r)) => r,
                 Ok(Err(_)) => unavailable("router stream closed"),
                 Err(_) => {
-                    link.pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    link.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     unavailable("router did not answer in time")
                 }
             }
@@ -158,10 +153,7 @@ impl Links {
             })),
         };
         if link.out_tx.try_send(frame).is_err() {
-            link.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            link.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             return Err("router queue full");
         }
         Ok((link, id, rx))
@@ -169,12 +161,7 @@ impl Links {
 
     /// Fire-and-forget unsubscribe (the reply is ignored).
     pub fn unsubscribe(&self, chat_id: &str) {
-        let fut = self.request(
-            chat_id,
-            "",
-            pb::request::Op::Unsubscribe(pb::UnsubscribeOp {}),
-            None,
-        );
+        let fut = self.request(chat_id, "", pb::request::Op::Unsubscribe(pb::UnsubscribeOp {}), None);
         tokio::spawn(async move {
             let _ = fut.await;
         });
@@ -282,11 +269,7 @@ async fn connect_once(
 fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
     match frame.kind {
         Some(pb::router_frame::Kind::Reply(reply)) => {
-            let pending = link
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&reply.id);
+            let pending = link.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&reply.id);
             let Some(pending) = pending else { return };
             let result = reply.result.unwrap_or_else(|| unavailable("empty reply"));
             if let Some(f) = pending.on_reply {

@@ -78,9 +78,7 @@ pub fn parse(msg: &str) -> Result<Incoming, ParseError> {
         if digits > 15 {
             return Err(ParseError::AckId);
         }
-        let id = rest[..digits]
-            .parse::<u64>()
-            .map_err(|_| ParseError::AckId)?;
+        let id = rest[..digits].parse::<u64>().map_err(|_| ParseError::AckId)?;
         rest = &rest[digits..];
         Some(id)
     } else {
@@ -107,12 +105,7 @@ pub fn parse(msg: &str) -> Result<Incoming, ParseError> {
             let Value::String(name) = args.remove(0) else {
                 return Err(ParseError::EventShape);
             };
-            Ok(Incoming::Event {
-                nsp,
-                name,
-                args,
-                ack,
-            })
+            Ok(Incoming::Event { nsp, name, args, ack })
         }
         '3' => Ok(Incoming::Ack),
         '5' | '6' => Ok(Incoming::Binary { ack }),
@@ -214,10 +207,7 @@ mod tests {
                 ack: None
             }
         );
-        assert_eq!(
-            parse("1").unwrap(),
-            Incoming::Disconnect { nsp: "/".into() }
-        );
+        assert_eq!(parse("1").unwrap(), Incoming::Disconnect { nsp: "/".into() });
         assert_eq!(
             parse("51-3[\"x\",{\"_placeholder\":true,\"num\":0}]").unwrap(),
             Incoming::Binary { ack: Some(3) }
@@ -232,10 +222,7 @@ mod tests {
         assert_eq!(parse("2{}"), Err(ParseError::EventShape));
         assert_eq!(parse("2[]"), Err(ParseError::EventShape));
         assert_eq!(parse("2[1,2]"), Err(ParseError::EventShape));
-        assert_eq!(
-            parse("2999999999999999999999[\"x\"]"),
-            Err(ParseError::AckId)
-        );
+        assert_eq!(parse("2999999999999999999999[\"x\"]"), Err(ParseError::AckId));
         assert_eq!(parse("5x[\"x\"]"), Err(ParseError::Attachments));
         assert_eq!(parse("4{}"), Err(ParseError::ServerOnly('4')));
         // Multi-byte first characters do not panic.

@@ -112,17 +112,11 @@ impl EngineIoHandler for Handler {
     type Data = SocketData;
 
     fn on_connect(self: Arc<Self>, _socket: Arc<EioSocket>) {
-        self.edge
-            .metrics
-            .engine_connections
-            .fetch_add(1, Ordering::Relaxed);
+        self.edge.metrics.engine_connections.fetch_add(1, Ordering::Relaxed);
     }
 
     fn on_disconnect(&self, socket: Arc<EioSocket>, reason: DisconnectReason) {
-        self.edge
-            .metrics
-            .engine_connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.edge.metrics.engine_connections.fetch_sub(1, Ordering::Relaxed);
         socket.data.disconnected.store(true, Ordering::Release);
         tracing::debug!(sid = %socket.id, ?reason, "socket closed");
         release(&self.edge, &socket);
@@ -132,19 +126,13 @@ impl EngineIoHandler for Handler {
         match sio::parse(&msg) {
             Ok(Incoming::Connect { nsp, auth }) => self.connect(socket, &nsp, auth.as_ref()),
             Ok(Incoming::Disconnect { .. }) => socket.close(DisconnectReason::TransportClose),
-            Ok(Incoming::Event {
-                nsp,
-                name,
-                args,
-                ack,
-            }) => {
+            Ok(Incoming::Event { nsp, name, args, ack }) => {
                 if nsp != "/" {
                     return; // never connected to another namespace
                 }
                 if socket.data.session.get().is_none() {
                     if let Some(id) = ack {
-                        let e =
-                            ApiError::new(confab_common::ErrorCode::Unauthorized, "connect first");
+                        let e = ApiError::new(confab_common::ErrorCode::Unauthorized, "connect first");
                         send(&socket, sio::ack(id, &e.ack(&name)));
                     }
                     return;
@@ -180,9 +168,7 @@ impl Handler {
             send(&socket, sio::connect_error(nsp, "Invalid namespace", None));
             return;
         }
-        if socket.data.session.get().is_some()
-            || socket.data.connecting.swap(true, Ordering::AcqRel)
-        {
+        if socket.data.session.get().is_some() || socket.data.connecting.swap(true, Ordering::AcqRel) {
             return; // a repeated CONNECT is ignored
         }
         let parts = &socket.req_parts;
@@ -190,8 +176,7 @@ impl Handler {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
-        let identity =
-            pick_token(auth, header, parts.uri.query()).and_then(|t| self.edge.verifier.verify(&t));
+        let identity = pick_token(auth, header, parts.uri.query()).and_then(|t| self.edge.verifier.verify(&t));
         let identity = match identity {
             Ok(i) => i,
             Err(e) => {
@@ -204,10 +189,7 @@ impl Handler {
             if let Err(e) = start_session(&edge, &socket, identity).await {
                 let body = e.body("connect");
                 let data = json!({ "code": e.code.as_str(), "reason": body["message"] });
-                send(
-                    &socket,
-                    sio::connect_error("/", e.code.as_str(), Some(&data)),
-                );
+                send(&socket, sio::connect_error("/", e.code.as_str(), Some(&data)));
                 socket.data.connecting.store(false, Ordering::Release);
             }
         });
@@ -249,14 +231,14 @@ async fn start_session(
     for s in &chats {
         let Some(chat) = &s.chat else { continue };
         if join_chat(edge, socket, &chat.id, s.last_seq) {
-            waits.push(edge.links.request(
-                &chat.id,
-                &user_id,
-                pb::request::Op::Subscribe(pb::SubscribeOp {}),
-                None,
-            ));
+            waits.push(
+                edge.links
+                    .request(&chat.id, &user_id, pb::request::Op::Subscribe(pb::SubscribeOp {}), None),
+            );
         }
-        listed.push(json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }));
+        listed.push(
+            json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }),
+        );
     }
     for r in futures::future::join_all(waits).await {
         if let Err(e) = crate::error::from_reply(r) {
@@ -277,12 +259,7 @@ async fn start_session(
         edge_id: edge.edge_id.to_string(),
         session_id,
     };
-    match tokio::time::timeout(
-        edge.config.request_timeout(),
-        presence.session_open(req.clone()),
-    )
-    .await
-    {
+    match tokio::time::timeout(edge.config.request_timeout(), presence.session_open(req.clone())).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "presence session open failed"),
         Err(_) => tracing::warn!("presence session open timed out"),
@@ -292,8 +269,7 @@ async fn start_session(
     if socket.data.disconnected.load(Ordering::Acquire) {
         release(edge, socket);
         // The close sent by an earlier release may have overtaken the open.
-        let _ =
-            tokio::time::timeout(edge.config.request_timeout(), presence.session_close(req)).await;
+        let _ = tokio::time::timeout(edge.config.request_timeout(), presence.session_close(req)).await;
     }
     Ok(())
 }

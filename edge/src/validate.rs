@@ -17,24 +17,16 @@ pub fn object(v: Option<&Value>) -> Result<Obj<'_>, ApiError> {
 
 /// A required string of `min..=max` characters.
 pub fn string(o: Obj<'_>, field: &str, min: usize, max: usize) -> Result<String, ApiError> {
-    optional_string(o, field, min, max)?
-        .ok_or_else(|| ApiError::validation(format!("{field} is required")))
+    optional_string(o, field, min, max)?.ok_or_else(|| ApiError::validation(format!("{field} is required")))
 }
 
-pub fn optional_string(
-    o: Obj<'_>,
-    field: &str,
-    min: usize,
-    max: usize,
-) -> Result<Option<String>, ApiError> {
+pub fn optional_string(o: Obj<'_>, field: &str, min: usize, max: usize) -> Result<Option<String>, ApiError> {
     match o.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             let n = s.chars().count();
             if n < min || n > max {
-                return Err(ApiError::validation(format!(
-                    "{field} must be {min}..{max} characters"
-                )));
+                return Err(ApiError::validation(format!("{field} must be {min}..{max} characters")));
             }
             Ok(Some(s.clone()))
         }
@@ -58,9 +50,7 @@ pub fn optional_u64(o: Obj<'_>, field: &str) -> Result<Option<u64>, ApiError> {
 pub fn body(o: Obj<'_>, max: usize) -> Result<String, ApiError> {
     let body = string(o, "body", 1, max)?;
     if body.chars().all(char::is_whitespace) {
-        return Err(ApiError::validation(
-            "body must contain a non-whitespace character",
-        ));
+        return Err(ApiError::validation("body must contain a non-whitespace character"));
     }
     Ok(body)
 }
@@ -85,8 +75,7 @@ mod tests {
 
     #[test]
     fn types_and_bounds() {
-        let v =
-            json!({"chatId":"c","n":5,"s":"10","neg":-1,"f":1.5,"ws":" \u{2003}\n","emoji":"👍🏽"});
+        let v = json!({"chatId":"c","n":5,"s":"10","neg":-1,"f":1.5,"ws":" \u{2003}\n","emoji":"👍🏽"});
         assert_eq!(string(o(&v), "chatId", 1, 64).unwrap(), "c");
         assert!(string(o(&v), "missing", 1, 64).is_err());
         assert!(string(o(&v), "n", 1, 64).is_err());

@@ -70,9 +70,7 @@ impl PresenceStore for MemoryPresence {
     fn open(&self, user: &str, edge: &str, session: &str) -> UserPresence {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let entry = users.entry(user.to_string()).or_default();
-        entry
-            .sessions
-            .insert((edge.to_string(), session.to_string()));
+        entry.sessions.insert((edge.to_string(), session.to_string()));
         entry.last_seen_ms = Some(now_ms());
         Self::state(Some(entry))
     }
@@ -80,10 +78,7 @@ impl PresenceStore for MemoryPresence {
     fn close(&self, user: &str, edge: &str, session: &str) -> UserPresence {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let entry = users.entry(user.to_string()).or_default();
-        if entry
-            .sessions
-            .remove(&(edge.to_string(), session.to_string()))
-        {
+        if entry.sessions.remove(&(edge.to_string(), session.to_string())) {
             entry.last_seen_ms = Some(now_ms());
         }
         Self::state(Some(entry))
@@ -116,19 +111,14 @@ fn reply(user_id: String, p: UserPresence) -> Response<pb::PresenceState> {
 
 fn check(r: &pb::SessionRequest) -> Result<(), Status> {
     if r.user_id.is_empty() || r.edge_id.is_empty() || r.session_id.is_empty() {
-        return Err(Status::invalid_argument(
-            "user_id, edge_id and session_id are required",
-        ));
+        return Err(Status::invalid_argument("user_id, edge_id and session_id are required"));
     }
     Ok(())
 }
 
 #[tonic::async_trait]
 impl PresenceRpc for PresenceService {
-    async fn session_open(
-        &self,
-        req: Request<pb::SessionRequest>,
-    ) -> Result<Response<pb::PresenceState>, Status> {
+    async fn session_open(&self, req: Request<pb::SessionRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let r = req.into_inner();
         check(&r)?;
         let p = self.store.open(&r.user_id, &r.edge_id, &r.session_id);
@@ -136,10 +126,7 @@ impl PresenceRpc for PresenceService {
         Ok(reply(r.user_id, p))
     }
 
-    async fn session_close(
-        &self,
-        req: Request<pb::SessionRequest>,
-    ) -> Result<Response<pb::PresenceState>, Status> {
+    async fn session_close(&self, req: Request<pb::SessionRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let r = req.into_inner();
         check(&r)?;
         let p = self.store.close(&r.user_id, &r.edge_id, &r.session_id);
@@ -147,10 +134,7 @@ impl PresenceRpc for PresenceService {
         Ok(reply(r.user_id, p))
     }
 
-    async fn get(
-        &self,
-        req: Request<pb::GetPresenceRequest>,
-    ) -> Result<Response<pb::PresenceState>, Status> {
+    async fn get(&self, req: Request<pb::GetPresenceRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let user_id = req.into_inner().user_id;
         let p = self.store.get(&user_id);
         Ok(reply(user_id, p))

@@ -100,11 +100,7 @@ fn reply(edge: &EdgeConn, id: u64, result: ReplyResult) {
 
 /// Runs the writer of `chat_id` until it has been idle (no command and no
 /// subscriber) for `settings.idle`, or its queue closes.
-pub(crate) async fn run_chat(
-    chat_id: String,
-    mut rx: mpsc::Receiver<ChatCmd>,
-    settings: ChatSettings,
-) {
+pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<ChatCmd>, settings: ChatSettings) {
     let store = settings.store.clone();
     let mut state = match store.get_chat(&chat_id).await {
         Ok((chat, last_seq)) => ChatState {
@@ -163,9 +159,7 @@ pub(crate) fn refuse(cmd: ChatCmd, result: ReplyResult) {
         ChatCmd::Send { req_id, edge, .. }
         | ChatCmd::Join { req_id, edge, .. }
         | ChatCmd::Subscribe { req_id, edge, .. } => reply(&edge, req_id, result),
-        ChatCmd::Unsubscribe { req_id, edge } => {
-            reply(&edge, req_id, ReplyResult::Ok(pb::Empty {}))
-        }
+        ChatCmd::Unsubscribe { req_id, edge } => reply(&edge, req_id, ReplyResult::Ok(pb::Empty {})),
         ChatCmd::EdgeGone { .. } => {}
     }
 }
@@ -175,25 +169,10 @@ impl ChatState {
         self.chat.members.iter().any(|m| m.user_id == user)
     }
 
-    async fn handle_now(
-        &mut self,
-        cmd: ChatCmd,
-        batch: &mut Vec<PendingSend>,
-        store: &Arc<dyn Store>,
-    ) {
+    async fn handle_now(&mut self, cmd: ChatCmd, batch: &mut Vec<PendingSend>, store: &Arc<dyn Store>) {
         match cmd {
-            ChatCmd::Send {
-                req_id,
-                user,
-                op,
-                edge,
-            } => {
-                batch.push(PendingSend {
-                    req_id,
-                    user,
-                    op,
-                    edge,
-                });
+            ChatCmd::Send { req_id, user, op, edge } => {
+                batch.push(PendingSend { req_id, user, op, edge });
             }
             other => {
                 // Anything else sees the effect of every send queued before it.
@@ -206,26 +185,11 @@ impl ChatState {
     async fn handle_other(&mut self, cmd: ChatCmd, store: &Arc<dyn Store>) {
         match cmd {
             // Sends never get here: handle_now batches them.
-            ChatCmd::Send {
-                req_id,
-                user,
-                op,
-                edge,
-            } => {
-                let mut one = vec![PendingSend {
-                    req_id,
-                    user,
-                    op,
-                    edge,
-                }];
+            ChatCmd::Send { req_id, user, op, edge } => {
+                let mut one = vec![PendingSend { req_id, user, op, edge }];
                 self.flush(&mut one, store).await;
             }
-            ChatCmd::Join {
-                req_id,
-                user,
-                op,
-                edge,
-            } => {
+            ChatCmd::Join { req_id, user, op, edge } => {
                 if !self.is_member(&user) {
                     return reply(
                         &edge,
@@ -303,12 +267,7 @@ impl ChatState {
             return Ok(None);
         }
         store
-            .find_by_client_id(
-                &self.chat_id,
-                user,
-                client_id,
-                now_ms() - IDEMPOTENCY_WINDOW_MS,
-            )
+            .find_by_client_id(&self.chat_id, user, client_id, now_ms() - IDEMPOTENCY_WINDOW_MS)
             .await
     }
 

@@ -37,10 +37,7 @@ impl EdgeConn {
         match self.tx.try_send(Ok(pb::RouterFrame { kind: Some(kind) })) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    stream = self.key,
-                    "edge stream queue full: cutting the edge off"
-                );
+                tracing::warn!(stream = self.key, "edge stream queue full: cutting the edge off");
                 self.kill.cancel();
                 false
             }

@@ -49,32 +49,16 @@ pub struct Config {
     )]
     pub store_url: String,
     /// Deadline of every store call, in milliseconds.
-    #[arg(
-        long = "store-timeout-ms",
-        env = "CONFAB_STORE_TIMEOUT_MS",
-        default_value_t = 5000
-    )]
+    #[arg(long = "store-timeout-ms", env = "CONFAB_STORE_TIMEOUT_MS", default_value_t = 5000)]
     pub store_timeout_ms: u64,
     /// Frames queued towards one edge before it is cut off as too slow.
-    #[arg(
-        long = "edge-queue",
-        env = "CONFAB_ROUTER_EDGE_QUEUE",
-        default_value_t = 65536
-    )]
+    #[arg(long = "edge-queue", env = "CONFAB_ROUTER_EDGE_QUEUE", default_value_t = 65536)]
     pub edge_queue: usize,
     /// Commands queued for one chat before new ones get UNAVAILABLE.
-    #[arg(
-        long = "chat-queue",
-        env = "CONFAB_ROUTER_CHAT_QUEUE",
-        default_value_t = 1024
-    )]
+    #[arg(long = "chat-queue", env = "CONFAB_ROUTER_CHAT_QUEUE", default_value_t = 1024)]
     pub chat_queue: usize,
     /// Seconds a chat writer with no subscriber and no command stays loaded.
-    #[arg(
-        long = "chat-idle-secs",
-        env = "CONFAB_ROUTER_CHAT_IDLE_SECS",
-        default_value_t = 300
-    )]
+    #[arg(long = "chat-idle-secs", env = "CONFAB_ROUTER_CHAT_IDLE_SECS", default_value_t = 300)]
     pub chat_idle_secs: u64,
 }
 
@@ -151,9 +135,7 @@ impl RouterService {
                     store: inner.store.clone(),
                     idle: Duration::from_secs(inner.config.chat_idle_secs),
                 };
-                inner
-                    .shutdown
-                    .spawn(chat::run_chat(chat_id.to_string(), rx, settings));
+                inner.shutdown.spawn(chat::run_chat(chat_id.to_string(), rx, settings));
                 tx
             });
             match tx.try_send(cmd) {
@@ -241,17 +223,13 @@ fn unavailable(message: &str) -> pb::reply::Result {
     })
 }
 
-type FrameStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RouterFrame, Status>> + Send>>;
+type FrameStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RouterFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RouterRpc for RouterService {
     type EdgeStreamStream = FrameStream;
 
-    async fn edge_stream(
-        &self,
-        req: Request<Streaming<pb::EdgeFrame>>,
-    ) -> Result<Response<FrameStream>, Status> {
+    async fn edge_stream(&self, req: Request<Streaming<pb::EdgeFrame>>) -> Result<Response<FrameStream>, Status> {
         let mut inbound = req.into_inner();
         let key = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.inner.config.edge_queue);
@@ -289,8 +267,7 @@ impl RouterRpc for RouterService {
             }
             tracing::info!(stream = key, "edge detached");
         });
-        let out =
-            tokio_stream::wrappers::ReceiverStream::new(rx).take_until(kill.cancelled_owned());
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx).take_until(kill.cancelled_owned());
         Ok(Response::new(Box::pin(out)))
     }
 }
@@ -298,10 +275,8 @@ impl RouterRpc for RouterService {
 /// Serves the router on `listener` until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     let timeout = Duration::from_millis(config.store_timeout_ms);
-    let store: Arc<dyn Store> = Arc::new(
-        RemoteStore::connect_lazy(&config.store_url, timeout)
-            .map_err(|e| Error::Config(e.to_string()))?,
-    );
+    let store: Arc<dyn Store> =
+        Arc::new(RemoteStore::connect_lazy(&config.store_url, timeout).map_err(|e| Error::Config(e.to_string()))?);
     let service = RouterService::new(config, store, shutdown.clone())?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!(node.id = %service.inner.advertise, "router serving");

@@ -34,9 +34,7 @@ pub struct Ring {
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring")
-            .field("routers", &self.routers)
-            .finish()
+        f.debug_struct("Ring").field("routers", &self.routers).finish()
     }
 }
 
@@ -65,9 +63,7 @@ impl Ring {
 
     /// The router that owns `chat_id`, or `None` for an empty ring.
     pub fn owner(&self, chat_id: &str) -> Option<&str> {
-        self.ring
-            .get(&chat_id)
-            .map(|v| self.routers[v.router].as_str())
+        self.ring.get(&chat_id).map(|v| self.routers[v.router].as_str())
     }
 
     pub fn routers(&self) -> &[String] {
@@ -81,16 +77,8 @@ mod tests {
 
     #[test]
     fn placement_ignores_listing_order() {
-        let a = Ring::new([
-            "http://r1".to_string(),
-            "http://r2".into(),
-            "http://r3".into(),
-        ]);
-        let b = Ring::new([
-            "http://r3".to_string(),
-            "http://r1".into(),
-            "http://r2".into(),
-        ]);
+        let a = Ring::new(["http://r1".to_string(), "http://r2".into(), "http://r3".into()]);
+        let b = Ring::new(["http://r3".to_string(), "http://r1".into(), "http://r2".into()]);
         for i in 0..1000 {
             let chat = format!("chat-{i}");
             assert_eq!(a.owner(&chat), b.owner(&chat));

@@ -18,8 +18,7 @@ const USER_CHATS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user
 const LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("last_seq");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// (chat, sender, client id) -> (seq, created at ms)
-const CLIENT_IDS: TableDefinition<(&str, &str, &str), (u64, i64)> =
-    TableDefinition::new("client_ids");
+const CLIENT_IDS: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinition::new("client_ids");
 /// "userA\nuserB" (sorted) -> chat id
 const DM_PAIRS: TableDefinition<&str, &str> = TableDefinition::new("dm_pairs");
 /// (chat, user) -> last read seq
@@ -117,10 +116,7 @@ enum Outcome {
         oneshot::Sender<Result<(Chat, bool), StoreError>>,
         Result<(Chat, bool), StoreError>,
     ),
-    Seq(
-        oneshot::Sender<Result<u64, StoreError>>,
-        Result<u64, StoreError>,
-    ),
+    Seq(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
 }
 
 fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
@@ -155,12 +151,8 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
         match (outcome, &result) {
             (Outcome::Chat(reply, r), Ok(())) => drop(reply.send(r)),
             (Outcome::Seq(reply, r), Ok(())) => drop(reply.send(r)),
-            (Outcome::Chat(reply, _), Err(e)) => {
-                drop(reply.send(Err(StoreError::Unavailable(e.to_string()))))
-            }
-            (Outcome::Seq(reply, _), Err(e)) => {
-                drop(reply.send(Err(StoreError::Unavailable(e.to_string()))))
-            }
+            (Outcome::Chat(reply, _), Err(e)) => drop(reply.send(Err(StoreError::Unavailable(e.to_string())))),
+            (Outcome::Seq(reply, _), Err(e)) => drop(reply.send(Err(StoreError::Unavailable(e.to_string())))),
         }
     }
 }
@@ -177,10 +169,7 @@ fn decode_chat(bytes: &[u8]) -> Result<Chat, StoreError> {
     Chat::decode(bytes).map_err(internal)
 }
 
-fn apply_create_chat(
-    tx: &redb::WriteTransaction,
-    new: NewChat,
-) -> Result<(Chat, bool), StoreError> {
+fn apply_create_chat(tx: &redb::WriteTransaction, new: NewChat) -> Result<(Chat, bool), StoreError> {
     let mut chats = tx.open_table(CHATS).map_err(internal)?;
     let dm = if new.kind == "dm" {
         if new.member_ids.len() != 2 {
@@ -212,12 +201,7 @@ fn apply_create_chat(
             .iter()
             .map(|u| Member {
                 user_id: u.clone(),
-                role: if *u == new.created_by {
-                    "admin"
-                } else {
-                    "member"
-                }
-                .to_string(),
+                role: if *u == new.created_by { "admin" } else { "member" }.to_string(),
                 joined_at_ms: now,
             })
             .collect(),
@@ -318,21 +302,14 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn list_user_chats(
-        &self,
-        user_id: &str,
-        limit: usize,
-    ) -> Result<Vec<ChatSummary>, StoreError> {
+    async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
         let user_id = user_id.to_string();
         self.read(move |tx| {
             let user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
             let cursors = tx.open_table(CURSORS).map_err(internal)?;
             let messages = tx.open_table(MESSAGES).map_err(internal)?;
             let mut out = Vec::new();
-            for entry in user_chats
-                .range((user_id.as_str(), "")..)
-                .map_err(internal)?
-            {
+            for entry in user_chats.range((user_id.as_str(), "")..).map_err(internal)? {
                 let (key, _) = entry.map_err(internal)?;
                 let (user, chat_id) = key.value();
                 if user != user_id {
@@ -390,11 +367,7 @@ impl Store for EmbeddedStore {
         client_id: &str,
         not_before_ms: i64,
     ) -> Result<Option<Message>, StoreError> {
-        let (chat_id, sender_id, client_id) = (
-            chat_id.to_string(),
-            sender_id.to_string(),
-            client_id.to_string(),
-        );
+        let (chat_id, sender_id, client_id) = (chat_id.to_string(), sender_id.to_string(), client_id.to_string());
         self.read(move |tx| {
             let ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
             let Some(v) = ids
@@ -595,10 +568,7 @@ mod tests {
         };
         let (_, last) = store.get_chat(&id).await.unwrap();
         assert_eq!(last, 1);
-        let found = store
-            .find_by_client_id(&id, "alice", "c1", 0)
-            .await
-            .unwrap();
+        let found = store.find_by_client_id(&id, "alice", "c1", 0).await.unwrap();
         assert_eq!(found.map(|m| m.seq), Some(1));
         let chats = store.list_user_chats("bob", 10).await.unwrap();
         assert_eq!(chats.len(), 1);

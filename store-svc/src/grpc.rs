@@ -47,10 +47,7 @@ impl StoreRpc for StoreService {
         }))
     }
 
-    async fn get_chat(
-        &self,
-        req: Request<pb::GetChatRequest>,
-    ) -> Result<Response<pb::GetChatResponse>, Status> {
+    async fn get_chat(&self, req: Request<pb::GetChatRequest>) -> Result<Response<pb::GetChatResponse>, Status> {
         match self.store.get_chat(&req.into_inner().chat_id).await {
             Ok((chat, last_seq)) => Ok(Response::new(pb::GetChatResponse {
                 chat: Some(chat),
@@ -69,17 +66,11 @@ impl StoreRpc for StoreService {
         req: Request<pb::ListUserChatsRequest>,
     ) -> Result<Response<pb::ListUserChatsResponse>, Status> {
         let r = req.into_inner();
-        let chats = self
-            .store
-            .list_user_chats(&r.user_id, r.limit as usize)
-            .await?;
+        let chats = self.store.list_user_chats(&r.user_id, r.limit as usize).await?;
         Ok(Response::new(pb::ListUserChatsResponse { chats }))
     }
 
-    async fn append(
-        &self,
-        req: Request<pb::AppendRequest>,
-    ) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let r = req.into_inner();
         let last_seq = self
             .store
@@ -103,10 +94,7 @@ impl StoreRpc for StoreService {
         Ok(Response::new(pb::FindByClientIdResponse { message }))
     }
 
-    async fn history(
-        &self,
-        req: Request<pb::HistoryRequest>,
-    ) -> Result<Response<pb::HistoryResponse>, Status> {
+    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let r = req.into_inner();
         let h = self
             .store
@@ -173,11 +161,7 @@ impl Store for RemoteStore {
         Ok((chat, r.last_seq))
     }
 
-    async fn list_user_chats(
-        &self,
-        user_id: &str,
-        limit: usize,
-    ) -> Result<Vec<pb::ChatSummary>, StoreError> {
+    async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<pb::ChatSummary>, StoreError> {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
         let r = self
             .client

@@ -32,11 +32,7 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Directory of the embedded store's files.
-    #[arg(
-        long = "data-dir",
-        env = "CONFAB_DATA_DIR",
-        default_value = "./confab-data"
-    )]
+    #[arg(long = "data-dir", env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
     pub data_dir: PathBuf,
 }
 
@@ -47,21 +43,13 @@ impl Config {
 }
 
 /// Serves the store over gRPC on `listener` until `shutdown` fires.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: Shutdown,
-) -> Result<(), StoreError> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), StoreError> {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
     serve(store, listener, shutdown).await
 }
 
 /// Serves any `Store` over gRPC.
-pub async fn serve(
-    store: Arc<dyn Store>,
-    listener: TcpListener,
-    shutdown: Shutdown,
-) -> Result<(), StoreError> {
+pub async fn serve(store: Arc<dyn Store>, listener: TcpListener, shutdown: Shutdown) -> Result<(), StoreError> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!("store-svc serving");
     tonic::transport::Server::builder()

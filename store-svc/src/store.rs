@@ -76,11 +76,7 @@ pub trait Store: Send + Sync + 'static {
     /// The chat and its last seq.
     async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError>;
     /// The user's chats, most recently active first, at most `limit`.
-    async fn list_user_chats(
-        &self,
-        user_id: &str,
-        limit: usize,
-    ) -> Result<Vec<ChatSummary>, StoreError>;
+    async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError>;
     /// Durably appends; returns the new last seq.
     async fn append(&self, batch: AppendBatch) -> Result<u64, StoreError>;
     /// The message a sender sent with `client_id`, if not older than `not_before_ms`.

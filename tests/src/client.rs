@@ -56,18 +56,13 @@ impl Client {
             .into_client_request()
             .map_err(|e| ConnectError::Io(e.to_string()))?;
         if let Some(b) = bearer {
-            req.headers_mut().insert(
-                "authorization",
-                format!("Bearer {b}").parse().expect("header"),
-            );
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {b}").parse().expect("header"));
         }
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio_tungstenite::connect_async(req),
-        )
-        .await
-        .map_err(|_| ConnectError::Io("websocket connect timed out".into()))?
-        .map_err(|e| ConnectError::Io(e.to_string()))?;
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
+            .await
+            .map_err(|_| ConnectError::Io("websocket connect timed out".into()))?
+            .map_err(|e| ConnectError::Io(e.to_string()))?;
         let (mut sink, mut stream) = ws.split();
         // Engine.IO open packet.
         match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
@@ -186,12 +181,8 @@ impl Client {
         let id = self.next_ack;
         let (tx, rx) = oneshot::channel();
         self.acks.lock().unwrap().insert(id, tx);
-        self.send_raw(format!("42{id}{}", json!([event, data])))
-            .await;
-        tokio::time::timeout(timeout, rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
+        self.send_raw(format!("42{id}{}", json!([event, data]))).await;
+        tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok)
     }
 
     /// The next event named `name` within `timeout`; others are kept.
@@ -220,10 +211,7 @@ impl Client {
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + window;
         while let Some(v) = self
-            .next_event(
-                name,
-                deadline.saturating_duration_since(tokio::time::Instant::now()),
-            )
+            .next_event(name, deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await
         {
             out.push(v);
@@ -234,9 +222,7 @@ impl Client {
     /// True once the server has closed the connection (within `timeout`).
     pub async fn closed_within(&mut self, timeout: Duration) -> bool {
         let mut rx = self.closed_rx.clone();
-        let closed = tokio::time::timeout(timeout, rx.wait_for(|c| *c))
-            .await
-            .is_ok();
+        let closed = tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await.is_ok();
         closed
     }
 

@@ -40,9 +40,7 @@ pub struct ClusterBuilder {
 }
 
 async fn loopback() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let url = format!("http://{}", l.local_addr().expect("local addr"));
     (l, url)
 }
@@ -78,17 +76,9 @@ impl ClusterBuilder {
         };
         let (store_l, store_url) = loopback().await;
         let (presence_l, presence_url) = loopback().await;
-        let store = confab_store::run(
-            confab_store::Config::for_test(data_dir),
-            store_l,
-            shutdown.clone(),
-        );
+        let store = confab_store::run(confab_store::Config::for_test(data_dir), store_l, shutdown.clone());
         shutdown.spawn(async move { store.await.expect("store-svc") });
-        let presence = confab_presence::run(
-            confab_presence::Config::default(),
-            presence_l,
-            shutdown.clone(),
-        );
+        let presence = confab_presence::run(confab_presence::Config::default(), presence_l, shutdown.clone());
         shutdown.spawn(async move { presence.await.expect("presence-svc") });
 
         let mut router_ls = Vec::new();
@@ -104,12 +94,8 @@ impl ClusterBuilder {
         let mut edges = Vec::new();
         for _ in 0..self.edges.max(1) {
             let (l, url) = loopback().await;
-            let mut config = confab_edge::Config::for_test(
-                routers.clone(),
-                store_url.clone(),
-                presence_url.clone(),
-                SECRET.into(),
-            );
+            let mut config =
+                confab_edge::Config::for_test(routers.clone(), store_url.clone(), presence_url.clone(), SECRET.into());
             if let Some(f) = &self.edge_tweak {
                 f(&mut config);
             }
@@ -179,26 +165,17 @@ impl Cluster {
     /// Creates a chat as `creator` and returns its id.
     pub async fn create_chat(&self, creator: &str, kind: &str, members: &[&str]) -> String {
         let body = serde_json::json!({ "type": kind, "title": "test", "memberIds": members });
-        let (status, chat) = self
-            .http(reqwest::Method::POST, "/v1/chats", creator, Some(body))
-            .await;
-        assert!(
-            status == 201 || status == 200,
-            "create chat: {status} {chat}"
-        );
+        let (status, chat) = self.http(reqwest::Method::POST, "/v1/chats", creator, Some(body)).await;
+        assert!(status == 201 || status == 200, "create chat: {status} {chat}");
         chat["id"].as_str().expect("chat id").to_string()
     }
 
     /// Connects `user` to edge `i` and waits for `session:ready`.
     pub async fn connect(&self, i: usize, user: &str) -> client::Client {
-        let mut c = client::Client::connect(
-            &self.edges[i],
-            serde_json::json!({ "token": self.token(user) }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("connect {user}: {e:?}"));
-        c.expect_event("session:ready", Duration::from_secs(5))
-            .await;
+        let mut c = client::Client::connect(&self.edges[i], serde_json::json!({ "token": self.token(user) }))
+            .await
+            .unwrap_or_else(|e| panic!("connect {user}: {e:?}"));
+        c.expect_event("session:ready", Duration::from_secs(5)).await;
         c
     }
 }
@@ -231,10 +208,7 @@ pub async fn http_call(
     let res = req.send().await.expect("http request");
     let status = res.status().as_u16();
     let text = res.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 /// Polls `predicate` until it holds or `timeout` passes.

@@ -15,7 +15,12 @@ fn now() -> i64 {
 }
 
 fn hs256(claims: &Value) -> String {
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 async fn refused(result: Result<Client, ConnectError>) -> String {
@@ -35,33 +40,67 @@ async fn refused_handshakes_name_their_reason() {
     let cluster = Cluster::builder().build().await;
     let url = cluster.edge(0);
     assert_eq!(refused(Client::connect(url, json!({})).await).await, "missing_token");
-    assert_eq!(refused(Client::connect_with(url, "", None, None).await).await, "missing_token");
-    assert_eq!(refused(Client::connect(url, json!({ "token": "not.a.jwt" })).await).await, "invalid_token");
-    assert_eq!(refused(Client::connect(url, json!({ "token": 42 })).await).await, "invalid_token");
+    assert_eq!(
+        refused(Client::connect_with(url, "", None, None).await).await,
+        "missing_token"
+    );
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": "not.a.jwt" })).await).await,
+        "invalid_token"
+    );
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": 42 })).await).await,
+        "invalid_token"
+    );
     let expired = hs256(&json!({ "sub": "alice", "exp": now() - 5 }));
-    assert_eq!(refused(Client::connect(url, json!({ "token": expired })).await).await, "expired_token");
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": expired })).await).await,
+        "expired_token"
+    );
     let no_exp = hs256(&json!({ "sub": "alice" }));
-    assert_eq!(refused(Client::connect(url, json!({ "token": no_exp })).await).await, "invalid_token");
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": no_exp })).await).await,
+        "invalid_token"
+    );
     let no_user = hs256(&json!({ "name": "x", "exp": now() + 60 }));
-    assert_eq!(refused(Client::connect(url, json!({ "token": no_user })).await).await, "invalid_token");
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": no_user })).await).await,
+        "invalid_token"
+    );
     let not_yet = hs256(&json!({ "sub": "alice", "exp": now() + 600, "nbf": now() + 300 }));
-    assert_eq!(refused(Client::connect(url, json!({ "token": not_yet })).await).await, "invalid_token");
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": not_yet })).await).await,
+        "invalid_token"
+    );
     let other_key = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({ "sub": "alice", "exp": now() + 60 }),
         &jsonwebtoken::EncodingKey::from_secret(b"another secret"),
     )
     .unwrap();
-    assert_eq!(refused(Client::connect(url, json!({ "token": other_key })).await).await, "invalid_token");
-    let none = format!("{}.{}.", b64(&json!({ "alg": "none", "typ": "JWT" })), b64(&json!({ "sub": "alice", "exp": now() + 60 })));
-    assert_eq!(refused(Client::connect(url, json!({ "token": none })).await).await, "invalid_token");
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": other_key })).await).await,
+        "invalid_token"
+    );
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({ "alg": "none", "typ": "JWT" })),
+        b64(&json!({ "sub": "alice", "exp": now() + 60 }))
+    );
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": none })).await).await,
+        "invalid_token"
+    );
     let hs512 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
         &json!({ "sub": "alice", "exp": now() + 60 }),
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    assert_eq!(refused(Client::connect(url, json!({ "token": hs512 })).await).await, "invalid_token");
+    assert_eq!(
+        refused(Client::connect(url, json!({ "token": hs512 })).await).await,
+        "invalid_token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,12 +109,28 @@ async fn the_first_token_present_is_the_one_checked() {
     let url = cluster.edge(0);
     let good = cluster.token("alice");
     // Header alone, query alone.
-    let mut c = Client::connect_with(url, "", Some(json!({})), Some(&good)).await.unwrap();
-    assert_eq!(c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"], "alice");
-    let mut c = Client::connect_with(url, &format!("&token={good}"), None, None).await.unwrap();
-    assert_eq!(c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"], "alice");
+    let mut c = Client::connect_with(url, "", Some(json!({})), Some(&good))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"],
+        "alice"
+    );
+    let mut c = Client::connect_with(url, &format!("&token={good}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"],
+        "alice"
+    );
     // A bad auth token is refused even with a good header and query.
-    let r = Client::connect_with(url, &format!("&token={good}"), Some(json!({ "token": "bad" })), Some(&good)).await;
+    let r = Client::connect_with(
+        url,
+        &format!("&token={good}"),
+        Some(json!({ "token": "bad" })),
+        Some(&good),
+    )
+    .await;
     assert_eq!(refused(r).await, "invalid_token");
     // A bad header is refused even with a good query token.
     let r = Client::connect_with(url, &format!("&token={good}"), None, Some("bad")).await;
@@ -83,5 +138,8 @@ async fn the_first_token_present_is_the_one_checked() {
     // `userId` stands in for a missing `sub`; `name` is optional.
     let t = hs256(&json!({ "userId": "bob", "name": "Bob", "exp": now() + 60 }));
     let mut c = Client::connect(url, json!({ "token": t })).await.unwrap();
-    assert_eq!(c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"], "bob");
+    assert_eq!(
+        c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"],
+        "bob"
+    );
 }

@@ -16,26 +16,17 @@ fn data(ack: &Value) -> &Value {
 fn error(ack: &Value, code: &str) {
     assert_eq!(ack["ok"], false, "expected {code}, got {ack}");
     assert_eq!(ack["error"], code, "{ack}");
-    assert!(
-        ack["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{ack}"
-    );
-    assert!(
-        ack["correlationId"].as_str().is_some_and(|c| c.len() == 36),
-        "{ack}"
-    );
+    assert!(ack["message"].as_str().is_some_and(|m| !m.is_empty()), "{ack}");
+    assert!(ack["correlationId"].as_str().is_some_and(|c| c.len() == 36), "{ack}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_ready_lists_the_users_chats() {
     let cluster = Cluster::builder().build().await;
     let chat = cluster.create_chat("alice", "group", &["bob"]).await;
-    let mut c = confab_tests::client::Client::connect(
-        cluster.edge(0),
-        json!({ "token": cluster.token("bob") }),
-    )
-    .await
-    .unwrap();
+    let mut c = confab_tests::client::Client::connect(cluster.edge(0), json!({ "token": cluster.token("bob") }))
+        .await
+        .unwrap();
     let ready = c.expect_event("session:ready", T).await;
     assert_eq!(ready["userId"], "bob");
     assert!(ready["sessionId"].as_str().is_some_and(|s| !s.is_empty()));
@@ -54,9 +45,7 @@ async fn session_ready_lists_the_users_chats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_reaches_every_member_on_every_edge_once_in_order() {
     let cluster = Cluster::builder().edges(2).build().await;
-    let chat = cluster
-        .create_chat("alice", "group", &["bob", "carol"])
-        .await;
+    let chat = cluster.create_chat("alice", "group", &["bob", "carol"]).await;
     let mut alice = cluster.connect(0, "alice").await;
     let mut bob = cluster.connect(1, "bob").await;
     let mut carol = cluster.connect(0, "carol").await;
@@ -74,9 +63,7 @@ async fn a_message_reaches_every_member_on_every_edge_once_in_order() {
         assert!(d["createdAt"].as_str().is_some_and(|s| s.ends_with('Z')));
     }
     for client in [&mut alice, &mut bob, &mut carol] {
-        let got = client
-            .collect("message:new", Duration::from_millis(500))
-            .await;
+        let got = client.collect("message:new", Duration::from_millis(500)).await;
         let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
         assert_eq!(got[0]["body"], "m1");
@@ -115,12 +102,7 @@ async fn a_repeated_client_id_returns_the_first_message_and_broadcasts_nothing()
         )
         .await;
     assert_eq!((status, &body["seq"]), (200, &json!(1)));
-    assert_eq!(
-        bob.collect("message:new", Duration::from_millis(400))
-            .await
-            .len(),
-        1
-    );
+    assert_eq!(bob.collect("message:new", Duration::from_millis(400)).await.len(), 1);
     // A different sender may use the same clientId.
     let bobs = bob
         .call(
@@ -138,10 +120,7 @@ async fn reconnect_with_since_seq_recovers_exactly_what_was_missed() {
     let mut alice = cluster.connect(0, "alice").await;
     let mut bob = cluster.connect(1, "bob").await;
     alice
-        .call(
-            "message:send",
-            json!({ "chatId": chat, "body": "1", "clientId": "1" }),
-        )
+        .call("message:send", json!({ "chatId": chat, "body": "1", "clientId": "1" }))
         .await;
     let seen = bob.expect_event("message:new", T).await;
     assert_eq!(seen["seq"], 1);
@@ -156,9 +135,7 @@ async fn reconnect_with_since_seq_recovers_exactly_what_was_missed() {
         data(&ack);
     }
     let mut bob = cluster.connect(0, "bob").await;
-    let join = bob
-        .call("room:join", json!({ "chatId": chat, "sinceSeq": 1 }))
-        .await;
+    let join = bob.call("room:join", json!({ "chatId": chat, "sinceSeq": 1 })).await;
     let d = data(&join);
     assert_eq!(d["chatId"], chat);
     assert_eq!(d["lastSeq"], 130);
@@ -203,18 +180,11 @@ async fn room_leave_stops_delivery_to_that_socket_only() {
         &json!({})
     );
     assert_eq!(
-        data(
-            &bob1
-                .call("room:leave", json!({ "chatId": "never-joined" }))
-                .await
-        ),
+        data(&bob1.call("room:leave", json!({ "chatId": "never-joined" })).await),
         &json!({})
     );
     alice
-        .call(
-            "message:send",
-            json!({ "chatId": chat, "body": "x", "clientId": "1" }),
-        )
+        .call("message:send", json!({ "chatId": chat, "body": "x", "clientId": "1" }))
         .await;
     assert_eq!(bob2.expect_event("message:new", T).await["seq"], 1);
     assert!(bob1
@@ -224,10 +194,7 @@ async fn room_leave_stops_delivery_to_that_socket_only() {
     // Joining again resumes delivery.
     data(&bob1.call("room:join", json!({ "chatId": chat })).await);
     alice
-        .call(
-            "message:send",
-            json!({ "chatId": chat, "body": "y", "clientId": "2" }),
-        )
+        .call("message:send", json!({ "chatId": chat, "body": "y", "clientId": "2" }))
         .await;
     assert_eq!(bob1.expect_event("message:new", T).await["seq"], 2);
 }
@@ -238,29 +205,19 @@ async fn non_members_get_forbidden_and_unknown_chats_not_found() {
     let chat = cluster.create_chat("alice", "group", &["bob"]).await;
     let mut alice = cluster.connect(0, "alice").await;
     let mut mallory = cluster.connect(0, "mallory").await;
-    error(
-        &mallory.call("room:join", json!({ "chatId": chat })).await,
-        "FORBIDDEN",
-    );
+    error(&mallory.call("room:join", json!({ "chatId": chat })).await, "FORBIDDEN");
     error(
         &mallory
-            .call(
-                "message:send",
-                json!({ "chatId": chat, "body": "x", "clientId": "1" }),
-            )
+            .call("message:send", json!({ "chatId": chat, "body": "x", "clientId": "1" }))
             .await,
         "FORBIDDEN",
     );
     error(
-        &mallory
-            .call("message:history", json!({ "chatId": chat }))
-            .await,
+        &mallory.call("message:history", json!({ "chatId": chat })).await,
         "FORBIDDEN",
     );
     error(
-        &mallory
-            .call("room:join", json!({ "chatId": "no-such-chat" }))
-            .await,
+        &mallory.call("room:join", json!({ "chatId": "no-such-chat" })).await,
         "NOT_FOUND",
     );
     error(
@@ -273,9 +230,7 @@ async fn non_members_get_forbidden_and_unknown_chats_not_found() {
         "NOT_FOUND",
     );
     // The failed attempts wrote nothing.
-    let h = alice
-        .call("message:history", json!({ "chatId": chat }))
-        .await;
+    let h = alice.call("message:history", json!({ "chatId": chat })).await;
     assert_eq!(data(&h)["messages"], json!([]));
     let (status, body) = cluster
         .http(
@@ -287,12 +242,7 @@ async fn non_members_get_forbidden_and_unknown_chats_not_found() {
         .await;
     assert_eq!((status, body["error"].as_str()), (403, Some("FORBIDDEN")));
     let (status, _) = cluster
-        .http(
-            reqwest::Method::GET,
-            &format!("/v1/chats/{chat}"),
-            "mallory",
-            None,
-        )
+        .http(reqwest::Method::GET, &format!("/v1/chats/{chat}"), "mallory", None)
         .await;
     assert_eq!(status, 403);
     let (status, body) = cluster
@@ -359,26 +309,13 @@ async fn history_pages_follow_the_contract() {
             None,
         )
         .await;
-    assert_eq!(
-        (status, seqs(&page), &page["hasMore"]),
-        (200, vec![11], &json!(true))
-    );
+    assert_eq!((status, seqs(&page), &page["hasMore"]), (200, vec![11], &json!(true)));
     let m = &page["messages"][0];
     assert_eq!(
-        (
-            m["body"].as_str(),
-            m["clientId"].as_str(),
-            m["senderId"].as_str()
-        ),
+        (m["body"].as_str(), m["clientId"].as_str(), m["senderId"].as_str()),
         (Some("b11"), Some("c11"), Some("alice"))
     );
-    for bad in [
-        "limit=0",
-        "limit=101",
-        "limit=ten",
-        "afterSeq=-1",
-        "beforeSeq=1.5",
-    ] {
+    for bad in ["limit=0", "limit=101", "limit=ten", "afterSeq=-1", "beforeSeq=1.5"] {
         let (status, body) = cluster
             .http(
                 reqwest::Method::GET,
@@ -398,10 +335,7 @@ async fn history_pages_follow_the_contract() {
         json!({ "chatId": chat, "limit": "10" }),
         json!({ "chatId": chat, "afterSeq": -2 }),
     ] {
-        error(
-            &alice.call("message:history", bad).await,
-            "VALIDATION_ERROR",
-        );
+        error(&alice.call("message:history", bad).await, "VALIDATION_ERROR");
     }
 }
 
@@ -449,10 +383,7 @@ async fn http_chats_api() {
             Some(json!({ "type": "dm", "memberIds": ["bob", "carol"] })),
         )
         .await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("VALIDATION_ERROR"))
-    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("VALIDATION_ERROR")));
     // Unread follows other people's messages.
     let id = chat["id"].as_str().unwrap();
     cluster
@@ -471,9 +402,7 @@ async fn http_chats_api() {
             Some(json!({ "body": "2", "clientId": "2" })),
         )
         .await;
-    let (status, list) = cluster
-        .http(reqwest::Method::GET, "/v1/chats", "alice", None)
-        .await;
+    let (status, list) = cluster.http(reqwest::Method::GET, "/v1/chats", "alice", None).await;
     assert_eq!(status, 200);
     let chats = list["chats"].as_array().unwrap();
     assert_eq!(chats.len(), 2);
@@ -489,12 +418,7 @@ async fn http_chats_api() {
     // The most recently active chat comes first.
     assert_eq!(chats[0]["id"], id);
     let (status, one) = cluster
-        .http(
-            reqwest::Method::GET,
-            &format!("/v1/chats/{id}"),
-            "carol",
-            None,
-        )
+        .http(reqwest::Method::GET, &format!("/v1/chats/{id}"), "carol", None)
         .await;
     assert_eq!((status, &one["id"]), (200, &json!(id)));
     let (status, body) = cluster
@@ -508,18 +432,9 @@ async fn http_errors_health_and_readiness() {
     let cluster = Cluster::builder().build().await;
     let http = reqwest::Client::new();
     let base = cluster.edge(0);
-    let (status, body) = confab_tests::http_call(
-        &http,
-        reqwest::Method::GET,
-        &format!("{base}/v1/chats"),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("UNAUTHORIZED"))
-    );
+    let (status, body) =
+        confab_tests::http_call(&http, reqwest::Method::GET, &format!("{base}/v1/chats"), None, None).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("UNAUTHORIZED")));
     assert!(body["correlationId"].as_str().is_some());
     let (status, _) = confab_tests::http_call(
         &http,
@@ -530,9 +445,7 @@ async fn http_errors_health_and_readiness() {
     )
     .await;
     assert_eq!(status, 401);
-    let (status, body) = cluster
-        .http(reqwest::Method::GET, "/v1/nothing", "alice", None)
-        .await;
+    let (status, body) = cluster.http(reqwest::Method::GET, "/v1/nothing", "alice", None).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("NOT_FOUND")));
     let res = http
         .delete(format!("{base}/v1/chats"))
@@ -541,13 +454,7 @@ async fn http_errors_health_and_readiness() {
         .await
         .unwrap();
     assert_eq!(res.status(), 405);
-    let allow = res
-        .headers()
-        .get("allow")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let allow = res.headers().get("allow").unwrap().to_str().unwrap().to_string();
     assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "VALIDATION_ERROR");
@@ -555,10 +462,7 @@ async fn http_errors_health_and_readiness() {
     let (status, body) = cluster
         .http(reqwest::Method::POST, "/v1/chats", "alice", Some(big))
         .await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (413, Some("VALIDATION_ERROR"))
-    );
+    assert_eq!((status, body["error"].as_str()), (413, Some("VALIDATION_ERROR")));
     let res = http
         .post(format!("{base}/v1/chats"))
         .bearer_auth(cluster.token("alice"))
