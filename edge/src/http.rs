@@ -114,6 +114,13 @@ async fn create_chat(
         member_ids: members,
     };
     let (chat, created) = timed(&edge, edge.store.create_chat(new)).await?;
+    if created {
+        // The owner tells every edge, which subscribes the members' sockets.
+        let op = confab_proto::v1::request::Op::Announce(confab_proto::v1::AnnounceOp {});
+        if let Err(e) = crate::error::from_reply(edge.links.request(&chat.id, &chat.created_by, op, None).await) {
+            tracing::warn!(chat.id = %chat.id, error = %e.message, "chat created but not announced");
+        }
+    }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(json_response(status, wire::chat(&chat)))
 }

@@ -277,6 +277,30 @@ fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
             }
             let _ = pending.tx.send(result);
         }
+        // The owner subscribed this edge when it announced the chat; with no
+        // member socket here, the edge unsubscribes again.
+        Some(pb::router_frame::Kind::Delivery(pb::Delivery {
+            event: Some(pb::delivery::Event::ChatUpdate(chat)),
+            ..
+        })) if !rooms.apply_chat_update(&chat) => {
+            let op = pb::request::Op::Unsubscribe(pb::UnsubscribeOp {});
+            let frame = pb::Request {
+                id: 0,
+                chat_id: chat.id,
+                user_id: String::new(),
+                op: Some(op),
+            };
+            let frame = pb::EdgeFrame {
+                kind: Some(pb::edge_frame::Kind::Request(frame)),
+            };
+            if link.out_tx.try_send(frame).is_err() {
+                tracing::warn!("router queue full: unsubscribe dropped");
+            }
+        }
+        Some(pb::router_frame::Kind::Delivery(pb::Delivery {
+            event: Some(pb::delivery::Event::ChatUpdate(_)),
+            ..
+        })) => {}
         Some(pb::router_frame::Kind::Delivery(d)) => rooms.deliver(d),
         None => {}
     }

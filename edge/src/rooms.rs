@@ -22,11 +22,67 @@ struct Room {
 #[derive(Default)]
 pub struct Rooms {
     rooms: RwLock<HashMap<String, Room>>,
+    /// The personal rooms `user:<userId>`: every local socket of a user.
+    users: RwLock<HashMap<String, HashMap<Sid, Arc<EioSocket>>>>,
 }
 
 impl Rooms {
+    /// Adds a socket to its user's personal room.
+    pub fn join_user(&self, user_id: &str, socket: &Arc<EioSocket>) {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        users
+            .entry(user_id.to_string())
+            .or_default()
+            .insert(socket.id, socket.clone());
+    }
+
+    pub fn leave_user(&self, user_id: &str, sid: Sid) {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(sockets) = users.get_mut(user_id) {
+            sockets.remove(&sid);
+            if sockets.is_empty() {
+                users.remove(user_id);
+            }
+        }
+    }
+
+    /// The local sockets of a user.
+    pub fn user_sockets(&self, user_id: &str) -> Vec<Arc<EioSocket>> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        users
+            .get(user_id)
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds a socket to a chat, recording it in the socket's own set under
+    /// that set's lock (so a disconnect racing the join leaves nothing
+    /// behind); true when it is the chat's first local socket.
+    pub fn join_socket(&self, chat_id: &str, socket: &Arc<EioSocket>, last_seq: u64) -> bool {
+        if socket.data.is_disconnected() {
+            return false;
+        }
+        let mut chats = socket.data.chats.lock().unwrap_or_else(|p| p.into_inner());
+        chats.insert(chat_id.to_string());
+        self.join(chat_id, socket, last_seq)
+    }
+
+    /// A chat was created or changed: its members' local sockets join it and
+    /// get `chat:update`. Runs in the router link's reader, before any later
+    /// delivery of the chat. False when no local socket is in the chat.
+    pub fn apply_chat_update(&self, chat: &pb::Chat) -> bool {
+        let packet: Str = sio::event("chat:update", &serde_json::json!({ "chat": crate::wire::chat(chat) })).into();
+        for member in &chat.members {
+            for socket in self.user_sockets(&member.user_id) {
+                self.join_socket(&chat.id, &socket, 0);
+                let _ = socket.emit(packet.clone());
+            }
+        }
+        self.has(&chat.id)
+    }
+
     /// Adds a socket; true when it is the chat's first local socket.
-    pub fn join(&self, chat_id: &str, socket: &Arc<EioSocket>, last_seq: u64) -> bool {
+    fn join(&self, chat_id: &str, socket: &Arc<EioSocket>, last_seq: u64) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
         let first = !rooms.contains_key(chat_id);
         let room = rooms.entry(chat_id.to_string()).or_insert_with(|| Room {
@@ -51,6 +107,13 @@ impl Rooms {
             return true;
         }
         false
+    }
+
+    pub fn has(&self, chat_id: &str) -> bool {
+        self.rooms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(chat_id)
     }
 
     pub fn chats(&self) -> Vec<String> {

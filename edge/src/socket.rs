@@ -33,12 +33,16 @@ pub struct SocketData {
     released: AtomicBool,
 }
 
+impl SocketData {
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected.load(Ordering::Acquire)
+    }
+}
+
 /// Adds a socket to a chat's local room; true when the edge must subscribe
 /// to the chat (its first local socket).
 pub fn join_chat(edge: &Edge, socket: &Arc<EioSocket>, chat_id: &str, last_seq: u64) -> bool {
-    let mut chats = socket.data.chats.lock().unwrap_or_else(|p| p.into_inner());
-    chats.insert(chat_id.to_string());
-    edge.rooms.join(chat_id, socket, last_seq)
+    edge.rooms.join_socket(chat_id, socket, last_seq)
 }
 
 /// Removes a socket from a chat's local room, unsubscribing the edge when it
@@ -65,6 +69,7 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
     let Some(session) = socket.data.session.get() else {
         return;
     };
+    edge.rooms.leave_user(&session.user_id, socket.id);
     if socket.data.released.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -223,6 +228,7 @@ async fn start_session(
         session_id: session_id.clone(),
     });
     edge.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+    edge.rooms.join_user(&user_id, socket);
     send(socket, sio::connect_ok("/", &socket.id.to_string()));
 
     // Subscribe this edge to the chats it had no socket of yet.

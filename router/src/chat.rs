@@ -46,6 +46,10 @@ pub(crate) enum ChatCmd {
         req_id: u64,
         edge: EdgeConn,
     },
+    Announce {
+        req_id: u64,
+        edge: EdgeConn,
+    },
     EdgeGone {
         edge_key: u64,
     },
@@ -53,6 +57,8 @@ pub(crate) enum ChatCmd {
 
 pub(crate) struct ChatSettings {
     pub store: Arc<dyn Store>,
+    /// Every edge stream attached to this router.
+    pub edges: crate::edges::EdgeRegistry,
     pub idle: Duration,
 }
 
@@ -130,9 +136,9 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<ChatCmd>, s
                     rx.close();
                     // Anything that raced in is still served before stopping.
                     while let Ok(cmd) = rx.try_recv() {
-                        state.handle_now(cmd, &mut batch, &store).await;
+                        state.handle_now(cmd, &mut batch, &settings).await;
                     }
-                    state.flush(&mut batch, &store).await;
+                    state.flush(&mut batch, &settings.store).await;
                     return;
                 }
                 Err(_) => continue,
@@ -141,16 +147,16 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<ChatCmd>, s
             match rx.try_recv() {
                 Ok(cmd) if batch.len() < MAX_SEND_BATCH => cmd,
                 Ok(cmd) => {
-                    state.flush(&mut batch, &store).await;
+                    state.flush(&mut batch, &settings.store).await;
                     cmd
                 }
                 Err(_) => {
-                    state.flush(&mut batch, &store).await;
+                    state.flush(&mut batch, &settings.store).await;
                     continue;
                 }
             }
         };
-        state.handle_now(cmd, &mut batch, &store).await;
+        state.handle_now(cmd, &mut batch, &settings).await;
     }
 }
 
@@ -160,6 +166,7 @@ pub(crate) fn refuse(cmd: ChatCmd, result: ReplyResult) {
         | ChatCmd::Join { req_id, edge, .. }
         | ChatCmd::Subscribe { req_id, edge, .. } => reply(&edge, req_id, result),
         ChatCmd::Unsubscribe { req_id, edge } => reply(&edge, req_id, ReplyResult::Ok(pb::Empty {})),
+        ChatCmd::Announce { req_id, edge } => reply(&edge, req_id, result),
         ChatCmd::EdgeGone { .. } => {}
     }
 }
@@ -169,7 +176,8 @@ impl ChatState {
         self.chat.members.iter().any(|m| m.user_id == user)
     }
 
-    async fn handle_now(&mut self, cmd: ChatCmd, batch: &mut Vec<PendingSend>, store: &Arc<dyn Store>) {
+    async fn handle_now(&mut self, cmd: ChatCmd, batch: &mut Vec<PendingSend>, settings: &ChatSettings) {
+        let store = &settings.store;
         match cmd {
             ChatCmd::Send { req_id, user, op, edge } => {
                 batch.push(PendingSend { req_id, user, op, edge });
@@ -177,12 +185,13 @@ impl ChatState {
             other => {
                 // Anything else sees the effect of every send queued before it.
                 self.flush(batch, store).await;
-                self.handle_other(other, store).await;
+                self.handle_other(other, settings).await;
             }
         }
     }
 
-    async fn handle_other(&mut self, cmd: ChatCmd, store: &Arc<dyn Store>) {
+    async fn handle_other(&mut self, cmd: ChatCmd, settings: &ChatSettings) {
+        let store = &settings.store;
         match cmd {
             // Sends never get here: handle_now batches them.
             ChatCmd::Send { req_id, user, op, edge } => {
@@ -249,6 +258,25 @@ impl ChatState {
             }
             ChatCmd::EdgeGone { edge_key } => {
                 self.subscribers.remove(&edge_key);
+            }
+            ChatCmd::Announce { req_id, edge } => {
+                match store.get_chat(&self.chat_id).await {
+                    Ok((chat, _)) => self.chat = chat,
+                    Err(e) => return reply(&edge, req_id, store_error(&e)),
+                }
+                let frame = Kind::Delivery(pb::Delivery {
+                    chat_id: self.chat_id.clone(),
+                    event: Some(pb::delivery::Event::ChatUpdate(self.chat.clone())),
+                });
+                // Every edge is subscribed before it hears of the chat, so no
+                // message can slip between; edges with no member sockets
+                // unsubscribe again.
+                for other in settings.edges.all() {
+                    if other.send(frame.clone()) {
+                        self.subscribers.insert(other.key(), other);
+                    }
+                }
+                reply(&edge, req_id, ReplyResult::Ok(pb::Empty {}));
             }
         }
     }

@@ -2,6 +2,8 @@
 
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_frame::Kind;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -43,5 +45,33 @@ impl EdgeConn {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+}
+
+/// Every edge stream attached to a router, for events that go to all edges.
+#[derive(Clone, Default)]
+pub(crate) struct EdgeRegistry {
+    edges: Arc<Mutex<HashMap<u64, EdgeConn>>>,
+}
+
+impl EdgeRegistry {
+    pub(crate) fn insert(&self, edge: EdgeConn) {
+        self.edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(edge.key, edge);
+    }
+
+    pub(crate) fn remove(&self, key: u64) {
+        self.edges.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    }
+
+    pub(crate) fn all(&self) -> Vec<EdgeConn> {
+        self.edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }

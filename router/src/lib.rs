@@ -21,7 +21,7 @@ use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_server::{Router as RouterRpc, RouterServer};
 use confab_store::{RemoteStore, Store};
-use edges::EdgeConn;
+use edges::{EdgeConn, EdgeRegistry};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +89,7 @@ struct Inner {
     ring: Ring,
     store: Arc<dyn Store>,
     chats: Mutex<HashMap<String, mpsc::Sender<ChatCmd>>>,
+    edges: EdgeRegistry,
     config: Config,
     shutdown: Shutdown,
     next_stream: AtomicU64,
@@ -115,6 +116,7 @@ impl RouterService {
                 ring,
                 store,
                 chats: Mutex::new(HashMap::new()),
+                edges: EdgeRegistry::default(),
                 config,
                 shutdown,
                 next_stream: AtomicU64::new(1),
@@ -133,6 +135,7 @@ impl RouterService {
                 let (tx, rx) = mpsc::channel(inner.config.chat_queue);
                 let settings = ChatSettings {
                     store: inner.store.clone(),
+                    edges: inner.edges.clone(),
                     idle: Duration::from_secs(inner.config.chat_idle_secs),
                 };
                 inner.shutdown.spawn(chat::run_chat(chat_id.to_string(), rx, settings));
@@ -200,6 +203,7 @@ impl RouterService {
                 subscribed.remove(&chat_id);
                 ChatCmd::Unsubscribe { req_id: id, edge }
             }
+            Some(pb::request::Op::Announce(_)) => ChatCmd::Announce { req_id: id, edge },
             None => {
                 let err = pb::Error {
                     code: pb::ErrorCode::Validation as i32,
@@ -235,6 +239,7 @@ impl RouterRpc for RouterService {
         let (tx, rx) = mpsc::channel(self.inner.config.edge_queue);
         let kill = CancellationToken::new();
         let edge = EdgeConn::new(key, tx, kill.clone());
+        self.inner.edges.insert(edge.clone());
         let this = self.clone();
         let shutdown = self.inner.shutdown.clone();
         let reader_kill = kill.clone();
@@ -262,6 +267,7 @@ impl RouterRpc for RouterService {
                 }
             }
             reader_kill.cancel();
+            this.inner.edges.remove(key);
             for chat_id in subscribed {
                 this.dispatch(&chat_id, ChatCmd::EdgeGone { edge_key: key });
             }

@@ -485,3 +485,72 @@ async fn http_errors_health_and_readiness() {
         .unwrap();
     assert!(metrics.contains("confab_edge_sessions"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_chat_reaches_its_members_connected_sockets_on_every_edge() {
+    let cluster = Cluster::builder().edges(2).build().await;
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob1 = cluster.connect(0, "bob").await;
+    let mut bob2 = cluster.connect(1, "bob").await;
+    let mut carol = cluster.connect(1, "carol").await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    for c in [&mut alice, &mut bob1, &mut bob2] {
+        let update = c.expect_event("chat:update", T).await;
+        assert_eq!(update["chat"]["id"], chat);
+        assert_eq!(update["chat"]["memberIds"], json!(["alice", "bob"]));
+    }
+    assert!(carol
+        .next_event("chat:update", Duration::from_millis(200))
+        .await
+        .is_none());
+    // Without reconnecting or joining, every device of every member receives.
+    let ack = alice
+        .call(
+            "message:send",
+            json!({ "chatId": chat, "body": "welcome", "clientId": "w" }),
+        )
+        .await;
+    data(&ack);
+    for c in [&mut alice, &mut bob1, &mut bob2] {
+        assert_eq!(c.expect_event("message:new", T).await["body"], "welcome");
+    }
+    assert!(carol
+        .next_event("message:new", Duration::from_millis(200))
+        .await
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_the_session_lifecycle() {
+    use confab_proto::v1::{presence_client::PresenceClient, GetPresenceRequest};
+    let cluster = Cluster::builder().build().await;
+    let presence = PresenceClient::connect(cluster.presence_url.clone()).await.unwrap();
+    let get = move |user: &str| {
+        let req = GetPresenceRequest {
+            user_id: user.to_string(),
+        };
+        let mut p = presence.clone();
+        async move { p.get(req).await.unwrap().into_inner() }
+    };
+    let never = get("alice").await;
+    assert_eq!((never.status.as_str(), never.last_seen_ms), ("offline", None));
+    let a1 = cluster.connect(0, "alice").await;
+    let a2 = cluster.connect(0, "alice").await;
+    confab_tests::wait_until(T, || {
+        let f = get("alice");
+        async move { f.await.status == "online" }
+    })
+    .await
+    .expect("alice online");
+    a1.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get("alice").await.status, "online", "one socket is still connected");
+    a2.disconnect().await;
+    confab_tests::wait_until(T, || {
+        let f = get("alice");
+        async move { f.await.status == "offline" }
+    })
+    .await
+    .expect("alice offline after her last socket closed");
+    assert!(get("alice").await.last_seen_ms.is_some());
+}
