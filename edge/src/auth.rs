@@ -45,38 +45,101 @@ struct Claims {
     exp: i64,
 }
 
-/// Verifies tokens with the configured key.
+/// Which keys and claims tokens are checked against (CONTRACT §2, §8.8).
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// RS256 or ES256 public key (PEM); the algorithm follows the key.
+    pub public_key_pem: Option<String>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Leeway for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+/// Verifies tokens: the header's `alg` must be one configured, with its key.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    keys: Vec<(Algorithm, DecodingKey)>,
     validation: Validation,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier")
-            .field("algorithms", &self.validation.algorithms)
-            .finish()
+        let algs: Vec<Algorithm> = self.keys.iter().map(|(a, _)| *a).collect();
+        f.debug_struct("Verifier").field("algorithms", &algs).finish()
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(String);
+
 impl Verifier {
-    /// HS256 with a shared secret; `leeway_secs` for `exp` and `nbf`.
-    pub fn hs256(secret: &[u8], leeway_secs: u64) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = leeway_secs;
+    pub fn new(settings: &AuthSettings) -> Result<Self, KeyError> {
+        let mut keys = Vec::new();
+        if let Some(secret) = settings.secret.as_deref().filter(|s| !s.is_empty()) {
+            keys.push((Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes())));
+        }
+        if let Some(pem) = &settings.public_key_pem {
+            let key = if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+                (Algorithm::RS256, k)
+            } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+                (Algorithm::ES256, k)
+            } else {
+                return Err(KeyError("the public key is neither an RSA nor a P-256 PEM key".into()));
+            };
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(KeyError("no JWT key: set a secret or a public key".into()));
+        }
+        let mut validation = Validation::new(keys[0].0);
+        validation.leeway = settings.leeway_secs;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
-        validation.validate_aud = false;
-        Self {
-            key: DecodingKey::from_secret(secret),
-            validation,
+        let mut required = vec!["exp"];
+        match &settings.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
         }
+        if let Some(iss) = &settings.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Self { keys, validation })
+    }
+
+    /// HS256 with a shared secret; `leeway_secs` for `exp` and `nbf`.
+    pub fn hs256(secret: &[u8], leeway_secs: u64) -> Self {
+        let settings = AuthSettings {
+            secret: Some(String::from_utf8_lossy(secret).into_owned()),
+            leeway_secs,
+            ..AuthSettings::default()
+        };
+        Self::new(&settings).unwrap_or_else(|_| Self {
+            keys: Vec::new(),
+            validation: Validation::default(),
+        })
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let (alg, key) = self
+            .keys
+            .iter()
+            .find(|(a, _)| *a == header.alg)
+            .ok_or(AuthError::Invalid)?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![*alg];
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid,
         })?;

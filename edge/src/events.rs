@@ -26,6 +26,7 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
         "room:leave" => room_leave(edge, socket, payload),
         "message:send" => message_send(edge, &user, payload),
         "message:history" => message_history(edge, &user, payload),
+        "auth:refresh" => auth_refresh(edge, socket, payload),
         _ => Err(ApiError::validation(format!("unknown event {name:?}"))),
     };
     let Some(ack_id) = ack else {
@@ -199,4 +200,26 @@ fn message_history(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Res
     let limit = validate::limit(o, edge.config.history_default_limit, edge.config.history_max_limit)?;
     let (edge, user) = (edge.clone(), user.to_string());
     later(async move { history(&edge, &user, &chat_id, after_seq, before_seq, limit).await })
+}
+
+fn auth_refresh(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Value>) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let token = match o.get("token") {
+        Some(Value::String(t)) => t,
+        _ => return Err(ApiError::validation("token must be a string")),
+    };
+    let unauthorized = |why: &str| ApiError::new(confab_common::ErrorCode::Unauthorized, why.to_string());
+    let identity = edge
+        .verifier
+        .verify(token)
+        .map_err(|e| unauthorized(&format!("token refused: {}", e.reason())))?;
+    let session = socket.data.session.get().ok_or_else(|| unauthorized("no session"))?;
+    if identity.user_id != session.user_id {
+        return Err(unauthorized("the token names another user"));
+    }
+    session.set_expires_at(identity.expires_at);
+    edge.expiry.watch(identity.expires_at, socket);
+    Ok(Pending::Now(
+        json!({ "expiresAt": confab_common::time::iso8601(identity.expires_at * 1000) }),
+    ))
 }

@@ -12,6 +12,7 @@
 pub mod auth;
 mod error;
 mod events;
+mod expiry;
 mod http;
 mod link;
 mod rooms;
@@ -58,7 +59,16 @@ pub struct Config {
     pub presence_url: String,
     /// HS256 secret that client tokens are signed with.
     #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256 or ES256 tokens (the algorithm follows the key).
+    #[arg(long = "jwt-public-key-file", env = "CONFAB_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long = "jwt-issuer", env = "CONFAB_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long = "jwt-audience", env = "CONFAB_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Leeway for `exp` and `nbf`, in seconds.
     #[arg(long = "jwt-leeway-secs", env = "CONFAB_JWT_LEEWAY_SECS", default_value_t = 0)]
     pub jwt_leeway_secs: u64,
@@ -92,6 +102,9 @@ pub struct Config {
         default_value_t = 5000
     )]
     pub request_timeout_ms: u64,
+    /// How often sessions are checked for an expired token, in milliseconds.
+    #[arg(long = "expiry-check-ms", env = "CONFAB_EXPIRY_CHECK_MS", default_value_t = 1000)]
+    pub expiry_check_ms: u64,
     /// Engine.IO ping interval and timeout, in milliseconds.
     #[arg(long = "ping-interval-ms", env = "CONFAB_PING_INTERVAL_MS", default_value_t = 25000)]
     pub ping_interval_ms: u64,
@@ -111,8 +124,12 @@ impl Config {
             routers,
             store_url,
             presence_url,
-            jwt_secret,
+            jwt_secret: Some(jwt_secret),
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             jwt_leeway_secs: 0,
+            expiry_check_ms: 1000,
             max_payload: 1024 * 1024,
             max_body_chars: 8000,
             auto_join_limit: 1000,
@@ -156,6 +173,7 @@ pub(crate) struct Edge {
     pub verifier: auth::Verifier,
     pub links: Arc<link::Links>,
     pub rooms: Arc<rooms::Rooms>,
+    pub expiry: Arc<expiry::Expiry>,
     pub store: Arc<dyn Store>,
     pub presence: PresenceClient<Channel>,
     pub shutdown: Shutdown,
@@ -164,11 +182,20 @@ pub(crate) struct Edge {
 
 /// Serves Socket.IO and HTTP on `listener` until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
-    if config.jwt_secret.is_empty() {
-        return Err(Error::Config(
-            "a JWT secret is required (--jwt-secret or CONFAB_JWT_SECRET)".into(),
-        ));
-    }
+    let public_key_pem = match &config.jwt_public_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let verifier = auth::Verifier::new(&auth::AuthSettings {
+        secret: config.jwt_secret.clone(),
+        public_key_pem,
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        leeway_secs: config.jwt_leeway_secs,
+    })
+    .map_err(|e| Error::Config(format!("{e} (--jwt-secret or --jwt-public-key-file)")))?;
     if config.routers.is_empty() {
         return Err(Error::Config("at least one router is required".into()));
     }
@@ -200,7 +227,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .max_buffer_size(config.socket_queue)
         .build();
     let edge = Arc::new(Edge {
-        verifier: auth::Verifier::hs256(config.jwt_secret.as_bytes(), config.jwt_leeway_secs),
+        verifier,
+        expiry: Arc::default(),
         config,
         edge_id: edge_id.clone(),
         links,
@@ -210,6 +238,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         shutdown: shutdown.clone(),
         metrics: Metrics::default(),
     });
+    let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
+    shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });
     let app = http::router(edge).layer(EngineIoLayer::from_config(handler, engine_config));
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");

@@ -11,7 +11,7 @@ use engineioxide::handler::EngineIoHandler;
 use engineioxide::{DisconnectReason, Str};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Who is on a socket, once its CONNECT was accepted.
@@ -19,6 +19,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct Session {
     pub user_id: String,
     pub session_id: String,
+    /// The token's `exp` (seconds); moved on by `auth:refresh`.
+    expires_at: AtomicI64,
+}
+
+impl Session {
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at.load(Ordering::Acquire)
+    }
+
+    pub fn set_expires_at(&self, exp: i64) {
+        self.expires_at.store(exp, Ordering::Release);
+    }
 }
 
 /// Per-socket state kept by engineioxide beside the socket.
@@ -226,9 +238,11 @@ async fn start_session(
     let _ = socket.data.session.set(Session {
         user_id: user_id.clone(),
         session_id: session_id.clone(),
+        expires_at: AtomicI64::new(identity.expires_at),
     });
     edge.metrics.sessions.fetch_add(1, Ordering::Relaxed);
     edge.rooms.join_user(&user_id, socket);
+    edge.expiry.watch(identity.expires_at, socket);
     send(socket, sio::connect_ok("/", &socket.id.to_string()));
 
     // Subscribe this edge to the chats it had no socket of yet.
