@@ -27,6 +27,13 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
         "message:send" => message_send(edge, &user, payload),
         "message:history" => message_history(edge, &user, payload),
         "auth:refresh" => auth_refresh(edge, socket, payload),
+        "message:edit" => message_edit(edge, &user, payload),
+        "message:delete" => message_delete(edge, &user, payload),
+        "reaction:add" => reaction(edge, &user, payload, true),
+        "reaction:remove" => reaction(edge, &user, payload, false),
+        "receipt:read" => receipt_read(edge, &user, payload),
+        "typing:start" => typing(edge, socket, &user, payload, true),
+        "typing:stop" => typing(edge, socket, &user, payload, false),
         _ => Err(ApiError::validation(format!("unknown event {name:?}"))),
     };
     let Some(ack_id) = ack else {
@@ -222,4 +229,96 @@ fn auth_refresh(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Valu
     Ok(Pending::Now(
         json!({ "expiresAt": confab_common::time::iso8601(identity.expires_at * 1000) }),
     ))
+}
+
+/// Queues an operation whose reply is the client's ack data as JSON.
+fn json_op(edge: &Arc<Edge>, chat_id: &str, user: &str, op: pb::request::Op) -> Result<Pending, ApiError> {
+    let fut = edge.links.request(chat_id, user, op, None);
+    later(async move {
+        match error::from_reply(fut.await)? {
+            ReplyResult::Json(text) => serde_json::from_str(&text)
+                .map_err(|_| ApiError::new(confab_common::ErrorCode::Internal, "unreadable router reply")),
+            _ => Err(ApiError::new(
+                confab_common::ErrorCode::Internal,
+                "unexpected router reply",
+            )),
+        }
+    })
+}
+
+fn message_id(o: Obj<'_>) -> Result<String, ApiError> {
+    validate::string(o, "messageId", 1, MAX_ID)
+}
+
+fn message_edit(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    let message_id = message_id(o)?;
+    let body = validate::body(o, edge.config.max_body_chars)?;
+    json_op(
+        edge,
+        &chat_id,
+        user,
+        pb::request::Op::Edit(pb::EditOp { message_id, body }),
+    )
+}
+
+fn message_delete(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    let message_id = message_id(o)?;
+    json_op(
+        edge,
+        &chat_id,
+        user,
+        pb::request::Op::Delete(pb::DeleteOp { message_id }),
+    )
+}
+
+fn reaction(edge: &Arc<Edge>, user: &str, payload: Option<&Value>, add: bool) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    let message_id = message_id(o)?;
+    let emoji = validate::string(o, "emoji", 1, 16)?;
+    if emoji.chars().all(char::is_whitespace) {
+        return Err(ApiError::validation("emoji must not be blank"));
+    }
+    json_op(
+        edge,
+        &chat_id,
+        user,
+        pb::request::Op::React(pb::ReactOp { message_id, emoji, add }),
+    )
+}
+
+fn receipt_read(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    let message_id = validate::optional_string(o, "messageId", 1, MAX_ID)?;
+    let seq = validate::optional_u64(o, "seq")?;
+    let op = match (message_id, seq) {
+        (Some(message_id), _) => pb::ReadOp { message_id, seq: None },
+        (None, Some(seq)) => pb::ReadOp {
+            message_id: String::new(),
+            seq: Some(seq),
+        },
+        (None, None) => return Err(ApiError::validation("messageId or seq is required")),
+    };
+    json_op(edge, &chat_id, user, pb::request::Op::Read(op))
+}
+
+/// Typing is fire and forget: no ack, and bad payloads are dropped.
+fn typing(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    user: &str,
+    payload: Option<&Value>,
+    start: bool,
+) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    socket::note_typing(socket, &chat_id, start);
+    edge.links
+        .send_only(&chat_id, user, pb::request::Op::Typing(pb::TypingOp { start }));
+    Ok(Pending::Now(json!({})))
 }

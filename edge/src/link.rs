@@ -159,6 +159,27 @@ impl Links {
         Ok((link, id, rx))
     }
 
+    /// Queues a request that gets no reply (typing); dropped when the
+    /// router is unreachable or its queue is full.
+    pub fn send_only(&self, chat_id: &str, user_id: &str, op: pb::request::Op) {
+        let Some(link) = self.link_for(chat_id) else { return };
+        let request = pb::Request {
+            id: 0,
+            chat_id: chat_id.to_string(),
+            user_id: user_id.to_string(),
+            op: Some(op),
+        };
+        let frame = pb::EdgeFrame {
+            kind: Some(pb::edge_frame::Kind::Request(request)),
+        };
+        if link.connected.load(Ordering::Relaxed) && link.out_tx.try_send(frame).is_err() {
+            tracing::debug!(
+                chat.id = chat_id,
+                "router queue full: dropped a fire-and-forget request"
+            );
+        }
+    }
+
     /// Fire-and-forget unsubscribe (the reply is ignored).
     pub fn unsubscribe(&self, chat_id: &str) {
         let fut = self.request(chat_id, "", pb::request::Op::Unsubscribe(pb::UnsubscribeOp {}), None);

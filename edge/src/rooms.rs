@@ -126,22 +126,46 @@ impl Rooms {
     }
 
     pub fn deliver(&self, d: pb::Delivery) {
-        let Some(pb::delivery::Event::MessageNew(m)) = d.event else {
-            return;
-        };
+        match d.event {
+            Some(pb::delivery::Event::MessageNew(m)) => self.deliver_message(&d.chat_id, &m),
+            Some(pb::delivery::Event::ChatEvent(e)) => self.deliver_event(&d.chat_id, &e),
+            Some(pb::delivery::Event::ChatUpdate(_)) | None => {}
+        }
+    }
+
+    fn deliver_message(&self, chat_id: &str, m: &pb::Message) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
-        let Some(room) = rooms.get(&d.chat_id) else {
-            return;
-        };
+        let Some(room) = rooms.get(chat_id) else { return };
         if room.last_seq.fetch_max(m.seq, Ordering::Relaxed) >= m.seq {
             return;
         }
-        let packet: Str = sio::event("message:new", &crate::wire::message(&m)).into();
+        let packet: Str = sio::event("message:new", &crate::wire::message(m)).into();
         for socket in room.sockets.values() {
-            if socket.emit(packet.clone()).is_err() {
-                tracing::warn!(sid = %socket.id, "socket queue full: disconnecting slow consumer");
-                socket.close(DisconnectReason::TransportError);
+            emit(socket, &packet);
+        }
+    }
+
+    /// An event the router already put in the client's JSON shape.
+    fn deliver_event(&self, chat_id: &str, e: &pb::Event) {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        let Some(room) = rooms.get(chat_id) else { return };
+        let packet: Str = sio::raw_event(&e.name, &e.json).into();
+        for socket in room.sockets.values() {
+            let skip = match (&e.except_user, socket.data.session.get()) {
+                (Some(user), Some(session)) => &session.user_id == user,
+                _ => false,
+            };
+            if !skip {
+                emit(socket, &packet);
             }
         }
+    }
+}
+
+/// Queues a packet; a socket whose queue is full is disconnected.
+fn emit(socket: &EioSocket, packet: &Str) {
+    if socket.emit(packet.clone()).is_err() && !socket.is_closed() {
+        tracing::warn!(sid = %socket.id, "socket queue full: disconnecting slow consumer");
+        socket.close(DisconnectReason::TransportError);
     }
 }

@@ -43,6 +43,18 @@ pub struct SocketData {
     pub chats: Mutex<HashSet<String>>,
     disconnected: AtomicBool,
     released: AtomicBool,
+    /// Chats this socket has sent `typing:start` in (stopped on disconnect).
+    typing: Mutex<HashSet<String>>,
+}
+
+/// Remembers where a socket is typing, so its disconnect can stop it.
+pub fn note_typing(socket: &EioSocket, chat_id: &str, start: bool) {
+    let mut typing = socket.data.typing.lock().unwrap_or_else(|p| p.into_inner());
+    if start {
+        typing.insert(chat_id.to_string());
+    } else {
+        typing.remove(chat_id);
+    }
 }
 
 impl SocketData {
@@ -84,6 +96,17 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
     edge.rooms.leave_user(&session.user_id, socket.id);
     if socket.data.released.swap(true, Ordering::AcqRel) {
         return;
+    }
+    let typing: Vec<String> = socket
+        .data
+        .typing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    for chat_id in typing {
+        let op = pb::request::Op::Typing(pb::TypingOp { start: false });
+        edge.links.send_only(&chat_id, &session.user_id, op);
     }
     edge.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
     let edge2 = edge.clone();

@@ -17,6 +17,20 @@ pub fn message(m: &pb::Message) -> Value {
     if let Some(r) = &m.reply_to {
         o.insert("replyTo".into(), Value::String(r.clone()));
     }
+    if let Some(at) = m.edited_at_ms {
+        o.insert("editedAt".into(), Value::String(iso8601(at)));
+    }
+    if m.deleted {
+        o.insert("deleted".into(), Value::Bool(true));
+    }
+    if !m.reactions.is_empty() {
+        let counts: Map<String, Value> = m
+            .reactions
+            .iter()
+            .map(|r| (r.emoji.clone(), json!(r.user_ids.len())))
+            .collect();
+        o.insert("reactions".into(), Value::Object(counts));
+    }
     Value::Object(o)
 }
 

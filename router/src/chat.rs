@@ -5,9 +5,12 @@
 //! Sends that are waiting together are appended as one batch (one store
 //! round trip, one fsync); the task then delivers each message once per
 //! subscribed edge and answers each sender. Nothing is delivered or acked
-//! before the store has said it is durable.
+//! before the store has said it is durable. Edits, deletes, reactions,
+//! receipts and typing go through the same task, so every subscriber sees a
+//! chat's events in one order.
 
-use crate::edges::EdgeConn;
+use crate::edges::{EdgeConn, EdgeRegistry};
+use crate::events;
 use confab_common::time::now_ms;
 use confab_proto::v1 as pb;
 use confab_proto::v1::{reply::Result as ReplyResult, router_frame::Kind};
@@ -16,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How long a client id is remembered (CONTRACT §5).
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
@@ -24,49 +28,45 @@ const RECENT_CLIENT_IDS: usize = 4096;
 /// Sends appended in one store call at most.
 const MAX_SEND_BATCH: usize = 128;
 
-pub(crate) enum ChatCmd {
-    Send {
-        req_id: u64,
-        user: String,
-        op: pb::SendOp,
-        edge: EdgeConn,
-    },
-    Join {
-        req_id: u64,
-        user: String,
-        op: pb::JoinOp,
-        edge: EdgeConn,
-    },
-    Subscribe {
-        req_id: u64,
-        user: String,
-        edge: EdgeConn,
-    },
-    Unsubscribe {
-        req_id: u64,
-        edge: EdgeConn,
-    },
-    Announce {
-        req_id: u64,
-        edge: EdgeConn,
-    },
-    EdgeGone {
-        edge_key: u64,
-    },
+pub(crate) struct Cmd {
+    pub req_id: u64,
+    pub user: String,
+    pub edge: EdgeConn,
+    pub op: Op,
 }
 
+pub(crate) enum Op {
+    Send(pb::SendOp),
+    Join(pb::JoinOp),
+    Subscribe,
+    Unsubscribe,
+    Announce,
+    Edit(pb::EditOp),
+    Delete(pb::DeleteOp),
+    React(pb::ReactOp),
+    Typing(pb::TypingOp),
+    Read(pb::ReadOp),
+    /// The edge stream `Cmd::edge` ended.
+    EdgeGone,
+}
+
+/// Timing rules of a chat writer (CONTRACT §5, §9).
+#[derive(Clone)]
 pub(crate) struct ChatSettings {
     pub store: Arc<dyn Store>,
     /// Every edge stream attached to this router.
-    pub edges: crate::edges::EdgeRegistry,
+    pub edges: EdgeRegistry,
+    /// A writer with no subscriber and no command for this long stops.
     pub idle: Duration,
+    /// Typing stops this long after the last start.
+    pub typing_ttl: Duration,
+    /// A start within this long of the last broadcast one is not re-broadcast.
+    pub typing_debounce: Duration,
 }
 
-struct PendingSend {
-    req_id: u64,
-    user: String,
-    op: pb::SendOp,
-    edge: EdgeConn,
+struct Typing {
+    last_broadcast: Instant,
+    expires: Instant,
 }
 
 struct ChatState {
@@ -76,7 +76,11 @@ struct ChatState {
     subscribers: HashMap<u64, EdgeConn>,
     recent: HashMap<(String, String), pb::Message>,
     recent_order: VecDeque<(String, String)>,
+    cursors: HashMap<String, u64>,
+    typing: HashMap<String, Typing>,
 }
+
+type OpResult = Result<ReplyResult, ReplyResult>;
 
 fn error(code: pb::ErrorCode, message: impl Into<String>) -> ReplyResult {
     ReplyResult::Error(pb::Error {
@@ -85,13 +89,25 @@ fn error(code: pb::ErrorCode, message: impl Into<String>) -> ReplyResult {
     })
 }
 
+fn forbidden(message: &str) -> ReplyResult {
+    error(pb::ErrorCode::Forbidden, message)
+}
+
+fn not_found(message: &str) -> ReplyResult {
+    error(pb::ErrorCode::NotFound, message)
+}
+
+fn json(v: serde_json::Value) -> ReplyResult {
+    ReplyResult::Json(v.to_string())
+}
+
 fn store_error(e: &StoreError) -> ReplyResult {
     match e {
-        StoreError::NotFound => error(pb::ErrorCode::NotFound, "no such chat"),
+        StoreError::NotFound => not_found("no such chat"),
         StoreError::Invalid(m) => error(pb::ErrorCode::Validation, m.clone()),
         StoreError::SeqConflict { .. } | StoreError::Unavailable(_) => error(
             pb::ErrorCode::Unavailable,
-            "storage unavailable, retry with the same clientId",
+            "storage unavailable, retry with the same ids",
         ),
         StoreError::Internal(_) => error(pb::ErrorCode::Internal, "storage error"),
     }
@@ -104,11 +120,19 @@ fn reply(edge: &EdgeConn, id: u64, result: ReplyResult) {
     }));
 }
 
-/// Runs the writer of `chat_id` until it has been idle (no command and no
-/// subscriber) for `settings.idle`, or its queue closes.
-pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<ChatCmd>, settings: ChatSettings) {
-    let store = settings.store.clone();
-    let mut state = match store.get_chat(&chat_id).await {
+/// Answers a command that will not be served (typing gets no answer).
+pub(crate) fn refuse(cmd: Cmd, result: ReplyResult) {
+    match cmd.op {
+        Op::Typing(_) | Op::EdgeGone => {}
+        Op::Unsubscribe => reply(&cmd.edge, cmd.req_id, ReplyResult::Ok(pb::Empty {})),
+        _ => reply(&cmd.edge, cmd.req_id, result),
+    }
+}
+
+/// Runs the writer of `chat_id` until it has been idle (no command, no
+/// subscriber, no one typing) for `settings.idle`, or its queue closes.
+pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, settings: ChatSettings) {
+    let mut state = match settings.store.get_chat(&chat_id).await {
         Ok((chat, last_seq)) => ChatState {
             chat_id: chat_id.clone(),
             chat,
@@ -116,6 +140,8 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<ChatCmd>, s
             subscribers: HashMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
+            cursors: HashMap::new(),
+            typing: HashMap::new(),
         },
         Err(e) => {
             // Answer what is queued, then stop: the next command starts afresh.
@@ -126,158 +152,325 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<ChatCmd>, s
             return;
         }
     };
-    let mut batch: Vec<PendingSend> = Vec::new();
+    let mut batch: Vec<Cmd> = Vec::new();
+    let mut last_command = Instant::now();
     loop {
-        let cmd = if batch.is_empty() {
-            match tokio::time::timeout(settings.idle, rx.recv()).await {
-                Ok(Some(cmd)) => cmd,
-                Ok(None) => return,
-                Err(_) if state.subscribers.is_empty() => {
+        if !batch.is_empty() {
+            match rx.try_recv() {
+                Ok(cmd) if batch.len() < MAX_SEND_BATCH => state.handle(cmd, &mut batch, &settings).await,
+                Ok(cmd) => {
+                    state.flush(&mut batch, &settings.store).await;
+                    state.handle(cmd, &mut batch, &settings).await;
+                }
+                Err(_) => state.flush(&mut batch, &settings.store).await,
+            }
+            continue;
+        }
+        let idle_at = last_command + settings.idle;
+        let wake = state
+            .typing
+            .values()
+            .map(|t| t.expires)
+            .min()
+            .map_or(idle_at, |t| t.min(idle_at));
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => {
+                    last_command = Instant::now();
+                    state.handle(cmd, &mut batch, &settings).await;
+                }
+                None => return,
+            },
+            () = tokio::time::sleep_until(wake) => {
+                state.expire_typing(Instant::now());
+                if Instant::now() >= idle_at && state.subscribers.is_empty() && state.typing.is_empty() {
                     rx.close();
                     // Anything that raced in is still served before stopping.
                     while let Ok(cmd) = rx.try_recv() {
-                        state.handle_now(cmd, &mut batch, &settings).await;
+                        state.handle(cmd, &mut batch, &settings).await;
                     }
                     state.flush(&mut batch, &settings.store).await;
                     return;
                 }
-                Err(_) => continue,
             }
-        } else {
-            match rx.try_recv() {
-                Ok(cmd) if batch.len() < MAX_SEND_BATCH => cmd,
-                Ok(cmd) => {
-                    state.flush(&mut batch, &settings.store).await;
-                    cmd
-                }
-                Err(_) => {
-                    state.flush(&mut batch, &settings.store).await;
-                    continue;
-                }
-            }
-        };
-        state.handle_now(cmd, &mut batch, &settings).await;
-    }
-}
-
-pub(crate) fn refuse(cmd: ChatCmd, result: ReplyResult) {
-    match cmd {
-        ChatCmd::Send { req_id, edge, .. }
-        | ChatCmd::Join { req_id, edge, .. }
-        | ChatCmd::Subscribe { req_id, edge, .. } => reply(&edge, req_id, result),
-        ChatCmd::Unsubscribe { req_id, edge } => reply(&edge, req_id, ReplyResult::Ok(pb::Empty {})),
-        ChatCmd::Announce { req_id, edge } => reply(&edge, req_id, result),
-        ChatCmd::EdgeGone { .. } => {}
+        }
     }
 }
 
 impl ChatState {
-    fn is_member(&self, user: &str) -> bool {
-        self.chat.members.iter().any(|m| m.user_id == user)
+    fn member(&self, user: &str) -> Option<&pb::Member> {
+        self.chat.members.iter().find(|m| m.user_id == user)
     }
 
-    async fn handle_now(&mut self, cmd: ChatCmd, batch: &mut Vec<PendingSend>, settings: &ChatSettings) {
+    fn is_member(&self, user: &str) -> bool {
+        self.member(user).is_some()
+    }
+
+    /// Sends are batched; anything else first sees every send queued before it.
+    async fn handle(&mut self, cmd: Cmd, batch: &mut Vec<Cmd>, settings: &ChatSettings) {
+        if matches!(cmd.op, Op::Send(_)) {
+            batch.push(cmd);
+            return;
+        }
+        self.flush(batch, &settings.store).await;
+        let Cmd { req_id, user, edge, op } = cmd;
         let store = &settings.store;
-        match cmd {
-            ChatCmd::Send { req_id, user, op, edge } => {
-                batch.push(PendingSend { req_id, user, op, edge });
+        let result: OpResult = match op {
+            Op::Send(_) => return,
+            Op::Join(op) => self.join(store, &user, &edge, op).await,
+            Op::Subscribe => {
+                // An empty user is the edge re-subscribing after a reconnect.
+                if !user.is_empty() && !self.is_member(&user) {
+                    Err(forbidden("not a member of this chat"))
+                } else {
+                    self.subscribers.insert(edge.key(), edge.clone());
+                    Ok(ReplyResult::Join(pb::JoinResult {
+                        last_seq: self.last_seq,
+                        ..Default::default()
+                    }))
+                }
             }
-            other => {
-                // Anything else sees the effect of every send queued before it.
-                self.flush(batch, store).await;
-                self.handle_other(other, settings).await;
+            Op::Unsubscribe => {
+                self.subscribers.remove(&edge.key());
+                Ok(ReplyResult::Ok(pb::Empty {}))
+            }
+            Op::EdgeGone => {
+                self.subscribers.remove(&edge.key());
+                return;
+            }
+            Op::Announce => self.announce(store, &settings.edges).await,
+            Op::Edit(op) => self.edit(store, &user, op).await,
+            Op::Delete(op) => self.delete(store, &user, op).await,
+            Op::React(op) => self.react(store, &user, op).await,
+            Op::Read(op) => self.read(store, &user, op).await,
+            Op::Typing(op) => {
+                self.typing(&user, op.start, Instant::now(), settings);
+                return;
+            }
+        };
+        reply(&edge, req_id, result.unwrap_or_else(|e| e));
+    }
+
+    async fn join(&mut self, store: &Arc<dyn Store>, user: &str, edge: &EdgeConn, op: pb::JoinOp) -> OpResult {
+        if !self.is_member(user) {
+            return Err(forbidden("not a member of this chat"));
+        }
+        let (missed, has_more) = match op.since_seq {
+            Some(since) if since < self.last_seq => {
+                let limit = op.limit.clamp(1, 1000) as usize;
+                let h = store
+                    .history(&self.chat_id, Some(since), Some(self.last_seq + 1), limit)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                (h.messages, h.has_more)
+            }
+            _ => (Vec::new(), false),
+        };
+        let last_read_seq = self.cursor(store, user).await?;
+        self.subscribers.insert(edge.key(), edge.clone());
+        Ok(ReplyResult::Join(pb::JoinResult {
+            last_seq: self.last_seq,
+            last_read_seq,
+            missed,
+            has_more,
+        }))
+    }
+
+    /// Reloads the chat and tells every edge. Every edge is subscribed before
+    /// it hears of the chat, so no message can slip between; edges with no
+    /// member sockets unsubscribe again.
+    async fn announce(&mut self, store: &Arc<dyn Store>, edges: &EdgeRegistry) -> OpResult {
+        let (chat, _) = store.get_chat(&self.chat_id).await.map_err(|e| store_error(&e))?;
+        self.chat = chat;
+        let frame = Kind::Delivery(pb::Delivery {
+            chat_id: self.chat_id.clone(),
+            event: Some(pb::delivery::Event::ChatUpdate(self.chat.clone())),
+        });
+        for other in edges.all() {
+            if other.send(frame.clone()) {
+                self.subscribers.insert(other.key(), other);
+            }
+        }
+        Ok(ReplyResult::Ok(pb::Empty {}))
+    }
+
+    /// A live (not deleted) message of this chat, for a member.
+    async fn live_message(
+        &self,
+        store: &Arc<dyn Store>,
+        user: &str,
+        message_id: &str,
+    ) -> Result<pb::Message, ReplyResult> {
+        if !self.is_member(user) {
+            return Err(forbidden("not a member of this chat"));
+        }
+        match store.get_message(&self.chat_id, message_id, 0).await {
+            Ok(Some(m)) if !m.deleted => Ok(m),
+            Ok(_) => Err(not_found("no such message")),
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
+    async fn edit(&mut self, store: &Arc<dyn Store>, user: &str, op: pb::EditOp) -> OpResult {
+        let mut m = self.live_message(store, user, &op.message_id).await?;
+        if m.sender_id != user {
+            return Err(forbidden("only the sender may edit a message"));
+        }
+        m.body = op.body;
+        m.edited_at_ms = Some(now_ms());
+        store.put_message(m.clone()).await.map_err(|e| store_error(&e))?;
+        self.broadcast(events::message_updated(&m), None);
+        Ok(json(events::edit_ack(&m)))
+    }
+
+    async fn delete(&mut self, store: &Arc<dyn Store>, user: &str, op: pb::DeleteOp) -> OpResult {
+        let Some(member) = self.member(user) else {
+            return Err(forbidden("not a member of this chat"));
+        };
+        let admin = member.role == "admin";
+        let mut m = match store.get_message(&self.chat_id, &op.message_id, 0).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(not_found("no such message")),
+            Err(e) => return Err(store_error(&e)),
+        };
+        if m.sender_id != user && !admin {
+            return Err(forbidden("only the sender or a chat admin may delete a message"));
+        }
+        if !m.deleted {
+            m.deleted = true;
+            m.body.clear();
+            m.reactions.clear();
+            store.put_message(m.clone()).await.map_err(|e| store_error(&e))?;
+            self.broadcast(events::message_deleted(&m), None);
+        }
+        Ok(json(serde_json::json!({ "messageId": m.id })))
+    }
+
+    async fn react(&mut self, store: &Arc<dyn Store>, user: &str, op: pb::ReactOp) -> OpResult {
+        let mut m = self.live_message(store, user, &op.message_id).await?;
+        let changed = if op.add {
+            match m.reactions.iter_mut().find(|r| r.emoji == op.emoji) {
+                Some(r) if r.user_ids.iter().any(|u| u == user) => false,
+                Some(r) => {
+                    r.user_ids.push(user.to_string());
+                    true
+                }
+                None => {
+                    m.reactions.push(pb::Reaction {
+                        emoji: op.emoji.clone(),
+                        user_ids: vec![user.to_string()],
+                    });
+                    true
+                }
+            }
+        } else {
+            let before: usize = m.reactions.iter().map(|r| r.user_ids.len()).sum();
+            for r in &mut m.reactions {
+                if r.emoji == op.emoji {
+                    r.user_ids.retain(|u| u != user);
+                }
+            }
+            m.reactions.retain(|r| !r.user_ids.is_empty());
+            m.reactions.iter().map(|r| r.user_ids.len()).sum::<usize>() != before
+        };
+        if changed {
+            store.put_message(m.clone()).await.map_err(|e| store_error(&e))?;
+            self.broadcast(events::reaction_update(&m, &op.emoji, user, op.add), None);
+        }
+        Ok(json(serde_json::json!({})))
+    }
+
+    async fn cursor(&mut self, store: &Arc<dyn Store>, user: &str) -> Result<u64, ReplyResult> {
+        if let Some(c) = self.cursors.get(user) {
+            return Ok(*c);
+        }
+        let c = store
+            .get_cursor(&self.chat_id, user)
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.cursors.insert(user.to_string(), c);
+        Ok(c)
+    }
+
+    async fn read(&mut self, store: &Arc<dyn Store>, user: &str, op: pb::ReadOp) -> OpResult {
+        if !self.is_member(user) {
+            return Err(forbidden("not a member of this chat"));
+        }
+        let target = if op.message_id.is_empty() {
+            let seq = op.seq.unwrap_or(0);
+            if seq > self.last_seq {
+                return Err(error(
+                    pb::ErrorCode::Validation,
+                    "seq is beyond the chat's last message",
+                ));
+            }
+            match store.get_message(&self.chat_id, "", seq).await {
+                Ok(Some(m)) => m,
+                Ok(None) => pb::Message {
+                    seq,
+                    ..Default::default()
+                },
+                Err(e) => return Err(store_error(&e)),
+            }
+        } else {
+            match store.get_message(&self.chat_id, &op.message_id, 0).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(not_found("no such message")),
+                Err(e) => return Err(store_error(&e)),
+            }
+        };
+        let current = self.cursor(store, user).await?;
+        let read_at = now_ms();
+        if target.seq <= current {
+            return Ok(json(events::read_ack(current, read_at)));
+        }
+        let now_at = store
+            .set_cursor(&self.chat_id, user, target.seq)
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.cursors.insert(user.to_string(), now_at);
+        self.broadcast(events::receipt_update(&self.chat_id, user, &target, read_at), None);
+        Ok(json(events::read_ack(now_at, read_at)))
+    }
+
+    /// Typing (CONTRACT §5, §8.12): non-members are ignored silently; a start
+    /// within the debounce window is not re-broadcast but renews the expiry.
+    fn typing(&mut self, user: &str, start: bool, now: Instant, settings: &ChatSettings) {
+        if !self.is_member(user) {
+            return;
+        }
+        if !start {
+            if self.typing.remove(user).is_some() {
+                self.broadcast(events::typing(&self.chat_id, user, false), Some(user));
+            }
+            return;
+        }
+        let expires = now + settings.typing_ttl;
+        match self.typing.get_mut(user) {
+            Some(t) if now < t.last_broadcast + settings.typing_debounce => t.expires = expires,
+            _ => {
+                self.typing.insert(
+                    user.to_string(),
+                    Typing {
+                        last_broadcast: now,
+                        expires,
+                    },
+                );
+                self.broadcast(events::typing(&self.chat_id, user, true), Some(user));
             }
         }
     }
 
-    async fn handle_other(&mut self, cmd: ChatCmd, settings: &ChatSettings) {
-        let store = &settings.store;
-        match cmd {
-            // Sends never get here: handle_now batches them.
-            ChatCmd::Send { req_id, user, op, edge } => {
-                let mut one = vec![PendingSend { req_id, user, op, edge }];
-                self.flush(&mut one, store).await;
-            }
-            ChatCmd::Join { req_id, user, op, edge } => {
-                if !self.is_member(&user) {
-                    return reply(
-                        &edge,
-                        req_id,
-                        error(pb::ErrorCode::Forbidden, "not a member of this chat"),
-                    );
-                }
-                let (missed, has_more) = match op.since_seq {
-                    Some(since) if since < self.last_seq => {
-                        let limit = op.limit.clamp(1, 1000) as usize;
-                        match store
-                            .history(&self.chat_id, Some(since), Some(self.last_seq + 1), limit)
-                            .await
-                        {
-                            Ok(h) => (h.messages, h.has_more),
-                            Err(e) => return reply(&edge, req_id, store_error(&e)),
-                        }
-                    }
-                    _ => (Vec::new(), false),
-                };
-                self.subscribers.insert(edge.key(), edge.clone());
-                reply(
-                    &edge,
-                    req_id,
-                    ReplyResult::Join(pb::JoinResult {
-                        last_seq: self.last_seq,
-                        last_read_seq: 0,
-                        missed,
-                        has_more,
-                    }),
-                );
-            }
-            ChatCmd::Subscribe { req_id, user, edge } => {
-                // An empty user is the edge re-subscribing after a reconnect.
-                if !user.is_empty() && !self.is_member(&user) {
-                    return reply(
-                        &edge,
-                        req_id,
-                        error(pb::ErrorCode::Forbidden, "not a member of this chat"),
-                    );
-                }
-                self.subscribers.insert(edge.key(), edge.clone());
-                reply(
-                    &edge,
-                    req_id,
-                    ReplyResult::Join(pb::JoinResult {
-                        last_seq: self.last_seq,
-                        last_read_seq: 0,
-                        missed: Vec::new(),
-                        has_more: false,
-                    }),
-                );
-            }
-            ChatCmd::Unsubscribe { req_id, edge } => {
-                self.subscribers.remove(&edge.key());
-                reply(&edge, req_id, ReplyResult::Ok(pb::Empty {}));
-            }
-            ChatCmd::EdgeGone { edge_key } => {
-                self.subscribers.remove(&edge_key);
-            }
-            ChatCmd::Announce { req_id, edge } => {
-                match store.get_chat(&self.chat_id).await {
-                    Ok((chat, _)) => self.chat = chat,
-                    Err(e) => return reply(&edge, req_id, store_error(&e)),
-                }
-                let frame = Kind::Delivery(pb::Delivery {
-                    chat_id: self.chat_id.clone(),
-                    event: Some(pb::delivery::Event::ChatUpdate(self.chat.clone())),
-                });
-                // Every edge is subscribed before it hears of the chat, so no
-                // message can slip between; edges with no member sockets
-                // unsubscribe again.
-                for other in settings.edges.all() {
-                    if other.send(frame.clone()) {
-                        self.subscribers.insert(other.key(), other);
-                    }
-                }
-                reply(&edge, req_id, ReplyResult::Ok(pb::Empty {}));
-            }
+    fn expire_typing(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .typing
+            .iter()
+            .filter(|(_, t)| t.expires <= now)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in expired {
+            self.typing.remove(&user);
+            self.broadcast(events::typing(&self.chat_id, &user, false), Some(&user));
         }
     }
 
@@ -288,14 +481,12 @@ impl ChatState {
         user: &str,
         client_id: &str,
     ) -> Result<Option<pb::Message>, StoreError> {
+        let not_before = now_ms() - IDEMPOTENCY_WINDOW_MS;
         if let Some(m) = self.recent.get(&(user.to_string(), client_id.to_string())) {
-            if m.created_at_ms >= now_ms() - IDEMPOTENCY_WINDOW_MS {
-                return Ok(Some(m.clone()));
-            }
-            return Ok(None);
+            return Ok((m.created_at_ms >= not_before).then(|| m.clone()));
         }
         store
-            .find_by_client_id(&self.chat_id, user, client_id, now_ms() - IDEMPOTENCY_WINDOW_MS)
+            .find_by_client_id(&self.chat_id, user, client_id, not_before)
             .await
     }
 
@@ -311,62 +502,80 @@ impl ChatState {
         }
     }
 
+    /// Checks one send; `Ok(Some(m))` is a repeat answered with `m`.
+    async fn check_send(
+        &self,
+        store: &Arc<dyn Store>,
+        fresh: &[pb::Message],
+        user: &str,
+        op: &pb::SendOp,
+    ) -> Result<Option<pb::Message>, ReplyResult> {
+        if !self.is_member(user) {
+            return Err(forbidden("not a member of this chat"));
+        }
+        if let Some(m) = fresh
+            .iter()
+            .find(|m| m.sender_id == user && m.client_id == op.client_id)
+        {
+            return Ok(Some(m.clone()));
+        }
+        if let Some(m) = self
+            .known(store, user, &op.client_id)
+            .await
+            .map_err(|e| store_error(&e))?
+        {
+            return Ok(Some(m));
+        }
+        if let Some(target) = &op.reply_to {
+            if !fresh.iter().any(|m| &m.id == target) {
+                match store.get_message(&self.chat_id, target, 0).await {
+                    Ok(Some(m)) if !m.deleted => {}
+                    Ok(_) => return Err(not_found("replyTo names no message of this chat")),
+                    Err(e) => return Err(store_error(&e)),
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Appends the waiting sends as one batch, then delivers and acks them.
-    async fn flush(&mut self, batch: &mut Vec<PendingSend>, store: &Arc<dyn Store>) {
+    async fn flush(&mut self, batch: &mut Vec<Cmd>, store: &Arc<dyn Store>) {
         if batch.is_empty() {
             return;
         }
-        // (send, message, whether the message is a repeat of an earlier one)
-        let mut answers: Vec<(PendingSend, pb::Message, bool)> = Vec::with_capacity(batch.len());
+        // (edge, request id, message, whether it repeats an earlier one)
+        let mut answers: Vec<(EdgeConn, u64, pb::Message, bool)> = Vec::with_capacity(batch.len());
         let mut fresh: Vec<pb::Message> = Vec::with_capacity(batch.len());
-        for send in batch.drain(..) {
-            if !self.is_member(&send.user) {
-                reply(
-                    &send.edge,
-                    send.req_id,
-                    error(pb::ErrorCode::Forbidden, "not a member of this chat"),
-                );
-                continue;
-            }
-            // A repeat inside this batch is answered with the batch's message.
-            if let Some(m) = fresh
-                .iter()
-                .find(|m| m.sender_id == send.user && m.client_id == send.op.client_id)
-            {
-                let m = m.clone();
-                answers.push((send, m, true));
-                continue;
-            }
-            match self.known(store, &send.user, &send.op.client_id).await {
+        for cmd in batch.drain(..) {
+            let Op::Send(op) = cmd.op else { continue };
+            match self.check_send(store, &fresh, &cmd.user, &op).await {
+                Err(e) => reply(&cmd.edge, cmd.req_id, e),
+                Ok(Some(m)) if fresh.iter().any(|f| f.seq == m.seq && f.id == m.id) => {
+                    answers.push((cmd.edge, cmd.req_id, m, true));
+                }
                 Ok(Some(m)) => {
-                    reply(
-                        &send.edge,
-                        send.req_id,
-                        ReplyResult::Send(pb::SendResult {
-                            message: Some(m),
-                            duplicate: true,
-                        }),
-                    );
-                    continue;
+                    let result = ReplyResult::Send(pb::SendResult {
+                        message: Some(m),
+                        duplicate: true,
+                    });
+                    reply(&cmd.edge, cmd.req_id, result);
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    reply(&send.edge, send.req_id, store_error(&e));
-                    continue;
+                Ok(None) => {
+                    let message = pb::Message {
+                        chat_id: self.chat_id.clone(),
+                        id: uuid::Uuid::now_v7().to_string(),
+                        seq: self.last_seq + 1 + fresh.len() as u64,
+                        sender_id: cmd.user,
+                        body: op.body,
+                        created_at_ms: now_ms(),
+                        client_id: op.client_id,
+                        reply_to: op.reply_to,
+                        ..Default::default()
+                    };
+                    fresh.push(message.clone());
+                    answers.push((cmd.edge, cmd.req_id, message, false));
                 }
             }
-            let message = pb::Message {
-                chat_id: self.chat_id.clone(),
-                id: uuid::Uuid::now_v7().to_string(),
-                seq: self.last_seq + 1 + fresh.len() as u64,
-                sender_id: send.user.clone(),
-                body: send.op.body.clone(),
-                created_at_ms: now_ms(),
-                client_id: send.op.client_id.clone(),
-                reply_to: send.op.reply_to.clone(),
-            };
-            fresh.push(message.clone());
-            answers.push((send, message, false));
         }
         if fresh.is_empty() {
             return;
@@ -384,10 +593,10 @@ impl ChatState {
                     self.remember(m);
                     self.deliver(m);
                 }
-                for (send, m, duplicate) in answers {
+                for (edge, req_id, m, duplicate) in answers {
                     reply(
-                        &send.edge,
-                        send.req_id,
+                        &edge,
+                        req_id,
                         ReplyResult::Send(pb::SendResult {
                             message: Some(m),
                             duplicate,
@@ -402,8 +611,8 @@ impl ChatState {
                     self.last_seq = last;
                 }
                 let result = store_error(&e);
-                for (send, _, _) in answers {
-                    reply(&send.edge, send.req_id, result.clone());
+                for (edge, req_id, _, _) in answers {
+                    reply(&edge, req_id, result.clone());
                 }
             }
         }
@@ -412,9 +621,21 @@ impl ChatState {
     /// One delivery per subscribed edge; an edge whose queue is full is cut
     /// off (it reconnects and recovers from the store).
     fn deliver(&mut self, m: &pb::Message) {
+        self.send_all(pb::delivery::Event::MessageNew(m.clone()));
+    }
+
+    fn broadcast(&mut self, (name, payload): (&'static str, serde_json::Value), except_user: Option<&str>) {
+        self.send_all(pb::delivery::Event::ChatEvent(pb::Event {
+            name: name.to_string(),
+            json: payload.to_string(),
+            except_user: except_user.map(str::to_string),
+        }));
+    }
+
+    fn send_all(&mut self, event: pb::delivery::Event) {
         let frame = Kind::Delivery(pb::Delivery {
             chat_id: self.chat_id.clone(),
-            event: Some(pb::delivery::Event::MessageNew(m.clone())),
+            event: Some(event),
         });
         self.subscribers.retain(|_, edge| edge.send(frame.clone()));
     }

@@ -12,11 +12,12 @@
 
 mod chat;
 mod edges;
+mod events;
 pub mod ring;
 
 pub use ring::Ring;
 
-use chat::{ChatCmd, ChatSettings};
+use chat::{ChatSettings, Cmd, Op};
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_server::{Router as RouterRpc, RouterServer};
@@ -60,6 +61,16 @@ pub struct Config {
     /// Seconds a chat writer with no subscriber and no command stays loaded.
     #[arg(long = "chat-idle-secs", env = "CONFAB_ROUTER_CHAT_IDLE_SECS", default_value_t = 300)]
     pub chat_idle_secs: u64,
+    /// Typing stops this many milliseconds after the last start.
+    #[arg(long = "typing-ttl-ms", env = "CONFAB_TYPING_TTL_MS", default_value_t = 5000)]
+    pub typing_ttl_ms: u64,
+    /// A typing start within this many milliseconds of the last broadcast one is not re-broadcast.
+    #[arg(
+        long = "typing-debounce-ms",
+        env = "CONFAB_TYPING_DEBOUNCE_MS",
+        default_value_t = 2000
+    )]
+    pub typing_debounce_ms: u64,
 }
 
 impl Config {
@@ -72,6 +83,8 @@ impl Config {
             edge_queue: 65536,
             chat_queue: 1024,
             chat_idle_secs: 300,
+            typing_ttl_ms: 5000,
+            typing_debounce_ms: 2000,
         }
     }
 }
@@ -87,9 +100,9 @@ pub enum Error {
 struct Inner {
     advertise: String,
     ring: Ring,
-    store: Arc<dyn Store>,
-    chats: Mutex<HashMap<String, mpsc::Sender<ChatCmd>>>,
+    chats: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
     edges: EdgeRegistry,
+    chat_settings: ChatSettings,
     config: Config,
     shutdown: Shutdown,
     next_stream: AtomicU64,
@@ -110,13 +123,20 @@ impl RouterService {
                 config.advertise, config.routers
             )));
         }
+        let edges = EdgeRegistry::default();
         Ok(Self {
             inner: Arc::new(Inner {
                 advertise: config.advertise.clone(),
                 ring,
-                store,
                 chats: Mutex::new(HashMap::new()),
-                edges: EdgeRegistry::default(),
+                edges: edges.clone(),
+                chat_settings: ChatSettings {
+                    store,
+                    edges,
+                    idle: Duration::from_secs(config.chat_idle_secs),
+                    typing_ttl: Duration::from_millis(config.typing_ttl_ms),
+                    typing_debounce: Duration::from_millis(config.typing_debounce_ms),
+                },
                 config,
                 shutdown,
                 next_stream: AtomicU64::new(1),
@@ -126,19 +146,16 @@ impl RouterService {
 
     /// Hands a command to the chat's writer, starting it if needed. A full
     /// queue is answered with UNAVAILABLE rather than waited on.
-    fn dispatch(&self, chat_id: &str, cmd: ChatCmd) {
+    fn dispatch(&self, chat_id: &str, cmd: Cmd) {
         let inner = &self.inner;
         let mut chats = inner.chats.lock().unwrap_or_else(|p| p.into_inner());
         let mut cmd = cmd;
         for _ in 0..2 {
             let tx = chats.entry(chat_id.to_string()).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(inner.config.chat_queue);
-                let settings = ChatSettings {
-                    store: inner.store.clone(),
-                    edges: inner.edges.clone(),
-                    idle: Duration::from_secs(inner.config.chat_idle_secs),
-                };
-                inner.shutdown.spawn(chat::run_chat(chat_id.to_string(), rx, settings));
+                inner
+                    .shutdown
+                    .spawn(chat::run_chat(chat_id.to_string(), rx, inner.chat_settings.clone()));
                 tx
             });
             match tx.try_send(cmd) {
@@ -163,60 +180,51 @@ impl RouterService {
             user_id,
             op,
         } = r;
-        if self.inner.ring.owner(&chat_id) != Some(self.inner.advertise.as_str()) {
+        let reply_error = |code: pb::ErrorCode, message: &str| {
             let err = pb::Error {
-                code: pb::ErrorCode::NotOwner as i32,
-                message: "not the owner of this chat".into(),
+                code: code as i32,
+                message: message.into(),
             };
             edge.send(pb::router_frame::Kind::Reply(pb::Reply {
                 id,
                 result: Some(pb::reply::Result::Error(err)),
             }));
-            return;
+        };
+        if self.inner.ring.owner(&chat_id) != Some(self.inner.advertise.as_str()) {
+            return reply_error(pb::ErrorCode::NotOwner, "not the owner of this chat");
         }
-        let edge = edge.clone();
-        let cmd = match op {
-            Some(pb::request::Op::Send(op)) => ChatCmd::Send {
+        use pb::request::Op as P;
+        let op = match op {
+            Some(P::Send(op)) => Op::Send(op),
+            Some(P::Join(op)) => {
+                subscribed.insert(chat_id.clone());
+                Op::Join(op)
+            }
+            Some(P::Subscribe(_)) => {
+                subscribed.insert(chat_id.clone());
+                Op::Subscribe
+            }
+            Some(P::Unsubscribe(_)) => {
+                subscribed.remove(&chat_id);
+                Op::Unsubscribe
+            }
+            Some(P::Announce(_)) => Op::Announce,
+            Some(P::Edit(op)) => Op::Edit(op),
+            Some(P::Delete(op)) => Op::Delete(op),
+            Some(P::React(op)) => Op::React(op),
+            Some(P::Typing(op)) => Op::Typing(op),
+            Some(P::Read(op)) => Op::Read(op),
+            None => return reply_error(pb::ErrorCode::Validation, "request without op"),
+        };
+        self.dispatch(
+            &chat_id,
+            Cmd {
                 req_id: id,
                 user: user_id,
+                edge: edge.clone(),
                 op,
-                edge,
             },
-            Some(pb::request::Op::Join(op)) => {
-                subscribed.insert(chat_id.clone());
-                ChatCmd::Join {
-                    req_id: id,
-                    user: user_id,
-                    op,
-                    edge,
-                }
-            }
-            Some(pb::request::Op::Subscribe(_)) => {
-                subscribed.insert(chat_id.clone());
-                ChatCmd::Subscribe {
-                    req_id: id,
-                    user: user_id,
-                    edge,
-                }
-            }
-            Some(pb::request::Op::Unsubscribe(_)) => {
-                subscribed.remove(&chat_id);
-                ChatCmd::Unsubscribe { req_id: id, edge }
-            }
-            Some(pb::request::Op::Announce(_)) => ChatCmd::Announce { req_id: id, edge },
-            None => {
-                let err = pb::Error {
-                    code: pb::ErrorCode::Validation as i32,
-                    message: "request without op".into(),
-                };
-                edge.send(pb::router_frame::Kind::Reply(pb::Reply {
-                    id,
-                    result: Some(pb::reply::Result::Error(err)),
-                }));
-                return;
-            }
-        };
-        self.dispatch(&chat_id, cmd);
+        );
     }
 }
 
@@ -269,7 +277,13 @@ impl RouterRpc for RouterService {
             reader_kill.cancel();
             this.inner.edges.remove(key);
             for chat_id in subscribed {
-                this.dispatch(&chat_id, ChatCmd::EdgeGone { edge_key: key });
+                let cmd = Cmd {
+                    req_id: 0,
+                    user: String::new(),
+                    edge: edge.clone(),
+                    op: Op::EdgeGone,
+                };
+                this.dispatch(&chat_id, cmd);
             }
             tracing::info!(stream = key, "edge detached");
         });

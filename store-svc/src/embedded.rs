@@ -21,6 +21,8 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mess
 const CLIENT_IDS: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinition::new("client_ids");
 /// "userA\nuserB" (sorted) -> chat id
 const DM_PAIRS: TableDefinition<&str, &str> = TableDefinition::new("dm_pairs");
+/// (chat, message id) -> seq
+const MESSAGE_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("message_ids");
 /// (chat, user) -> last read seq
 const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursors");
 
@@ -30,6 +32,8 @@ const WRITE_QUEUE: usize = 4096;
 enum Write {
     CreateChat(NewChat, oneshot::Sender<Result<(Chat, bool), StoreError>>),
     Append(AppendBatch, oneshot::Sender<Result<u64, StoreError>>),
+    Put(Message, oneshot::Sender<Result<u64, StoreError>>),
+    SetCursor(String, String, u64, oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// The embedded store. Cheap to clone.
@@ -57,6 +61,7 @@ impl EmbeddedStore {
             tx.open_table(CLIENT_IDS).map_err(internal)?;
             tx.open_table(DM_PAIRS).map_err(internal)?;
             tx.open_table(CURSORS).map_err(internal)?;
+            tx.open_table(MESSAGE_IDS).map_err(internal)?;
             tx.commit().map_err(internal)?;
         }
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
@@ -133,6 +138,14 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
                     let r = apply_append(&tx, &b);
                     outcomes.push(Outcome::Seq(reply, r));
                 }
+                Write::Put(m, reply) => {
+                    let r = apply_put(&tx, &m);
+                    outcomes.push(Outcome::Seq(reply, r));
+                }
+                Write::SetCursor(chat, user, seq, reply) => {
+                    let r = apply_cursor(&tx, &chat, &user, seq);
+                    outcomes.push(Outcome::Seq(reply, r));
+                }
             }
         }
         tx.commit()
@@ -144,7 +157,9 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
         let err = StoreError::Unavailable("store transaction failed".into());
         match write {
             Write::CreateChat(_, reply) => drop(reply.send(Err(err))),
-            Write::Append(_, reply) => drop(reply.send(Err(err))),
+            Write::Append(_, reply) | Write::Put(_, reply) | Write::SetCursor(_, _, _, reply) => {
+                drop(reply.send(Err(err)))
+            }
         }
     }
     for outcome in outcomes {
@@ -249,7 +264,9 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64,
     };
     let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
     let mut client_ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
+    let mut ids = tx.open_table(MESSAGE_IDS).map_err(internal)?;
     for m in &batch.messages {
+        ids.insert((chat_id, m.id.as_str()), m.seq).map_err(internal)?;
         messages
             .insert((chat_id, m.seq), m.encode_to_vec().as_slice())
             .map_err(internal)?;
@@ -262,6 +279,33 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64,
     }
     last_seq_table.insert(chat_id, new_last).map_err(internal)?;
     Ok(new_last)
+}
+
+fn apply_put(tx: &redb::WriteTransaction, m: &Message) -> Result<u64, StoreError> {
+    let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
+    let key = (m.chat_id.as_str(), m.seq);
+    let same = match messages.get(key).map_err(internal)? {
+        Some(old) => Message::decode(old.value()).map_err(internal)?.id == m.id,
+        None => return Err(StoreError::NotFound),
+    };
+    if !same {
+        return Err(StoreError::Invalid("message id does not match its seq".into()));
+    }
+    messages.insert(key, m.encode_to_vec().as_slice()).map_err(internal)?;
+    Ok(m.seq)
+}
+
+fn apply_cursor(tx: &redb::WriteTransaction, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+    let mut cursors = tx.open_table(CURSORS).map_err(internal)?;
+    let current = cursors
+        .get((chat_id, user_id))
+        .map_err(internal)?
+        .map_or(0, |v| v.value());
+    if seq > current {
+        cursors.insert((chat_id, user_id), seq).map_err(internal)?;
+        return Ok(seq);
+    }
+    Ok(current)
 }
 
 fn read_chat(tx: &redb::ReadTransaction, chat_id: &str) -> Result<Option<(Chat, u64)>, StoreError> {
@@ -330,7 +374,7 @@ impl Store for EmbeddedStore {
                 {
                     let (_, v) = m.map_err(internal)?;
                     let m = Message::decode(v.value()).map_err(internal)?;
-                    if m.sender_id != user_id {
+                    if m.sender_id != user_id && !m.deleted {
                         unread += 1;
                     }
                     activity = m.created_at_ms;
@@ -384,6 +428,45 @@ impl Store for EmbeddedStore {
             read_message(&messages, &chat_id, seq)
         })
         .await
+    }
+
+    async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError> {
+        let (chat_id, message_id) = (chat_id.to_string(), message_id.to_string());
+        self.read(move |tx| {
+            let seq = if message_id.is_empty() {
+                seq
+            } else {
+                let ids = tx.open_table(MESSAGE_IDS).map_err(internal)?;
+                match ids.get((chat_id.as_str(), message_id.as_str())).map_err(internal)? {
+                    Some(v) => v.value(),
+                    None => return Ok(None),
+                }
+            };
+            let messages = tx.open_table(MESSAGES).map_err(internal)?;
+            read_message(&messages, &chat_id, seq)
+        })
+        .await
+    }
+
+    async fn put_message(&self, message: Message) -> Result<(), StoreError> {
+        self.write(|reply| Write::Put(message, reply)).await.map(|_| ())
+    }
+
+    async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {
+        let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
+        self.read(move |tx| {
+            let cursors = tx.open_table(CURSORS).map_err(internal)?;
+            Ok(cursors
+                .get((chat_id.as_str(), user_id.as_str()))
+                .map_err(internal)?
+                .map_or(0, |v| v.value()))
+        })
+        .await
+    }
+
+    async fn set_cursor(&self, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+        let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
+        self.write(|reply| Write::SetCursor(chat_id, user_id, seq, reply)).await
     }
 
     async fn history(
@@ -445,7 +528,7 @@ mod tests {
             body: format!("hello {seq}"),
             created_at_ms: seq as i64,
             client_id: format!("c{seq}"),
-            reply_to: None,
+            ..Default::default()
         }
     }
 
@@ -502,6 +585,43 @@ mod tests {
             })
             .await;
         assert!(matches!(unknown, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn messages_are_replaced_by_id_and_cursors_never_move_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        let batch = AppendBatch {
+            chat_id: chat.id.clone(),
+            messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)],
+        };
+        store.append(batch).await.unwrap();
+        let mut m = store.get_message(&chat.id, "m2", 0).await.unwrap().unwrap();
+        assert_eq!(m.seq, 2);
+        m.body = "edited".into();
+        store.put_message(m.clone()).await.unwrap();
+        assert_eq!(
+            store.get_message(&chat.id, "", 2).await.unwrap().unwrap().body,
+            "edited"
+        );
+        // A put must keep the id of the message at that seq.
+        let wrong = pb_with(&m, "other");
+        assert!(matches!(store.put_message(wrong).await, Err(StoreError::Invalid(_))));
+        let absent = pb_with(&msg(&chat.id, 9), "m9");
+        assert!(matches!(store.put_message(absent).await, Err(StoreError::NotFound)));
+        assert_eq!(store.get_message(&chat.id, "nope", 0).await.unwrap(), None);
+        assert_eq!(store.get_cursor(&chat.id, "bob").await.unwrap(), 0);
+        assert_eq!(store.set_cursor(&chat.id, "bob", 2).await.unwrap(), 2);
+        assert_eq!(store.set_cursor(&chat.id, "bob", 1).await.unwrap(), 2);
+        assert_eq!(store.get_cursor(&chat.id, "bob").await.unwrap(), 2);
+    }
+
+    fn pb_with(m: &Message, id: &str) -> Message {
+        Message {
+            id: id.into(),
+            ..m.clone()
+        }
     }
 
     #[tokio::test]

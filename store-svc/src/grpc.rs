@@ -94,6 +94,36 @@ impl StoreRpc for StoreService {
         Ok(Response::new(pb::FindByClientIdResponse { message }))
     }
 
+    async fn get_message(
+        &self,
+        req: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let r = req.into_inner();
+        let message = self.store.get_message(&r.chat_id, &r.message_id, r.seq).await?;
+        Ok(Response::new(pb::GetMessageResponse { message }))
+    }
+
+    async fn put_message(&self, req: Request<pb::PutMessageRequest>) -> Result<Response<pb::Empty>, Status> {
+        let m = req
+            .into_inner()
+            .message
+            .ok_or_else(|| Status::invalid_argument("message is required"))?;
+        self.store.put_message(m).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_cursor(&self, req: Request<pb::CursorRequest>) -> Result<Response<pb::CursorResponse>, Status> {
+        let r = req.into_inner();
+        let seq = self.store.get_cursor(&r.chat_id, &r.user_id).await?;
+        Ok(Response::new(pb::CursorResponse { seq }))
+    }
+
+    async fn set_cursor(&self, req: Request<pb::SetCursorRequest>) -> Result<Response<pb::CursorResponse>, Status> {
+        let r = req.into_inner();
+        let seq = self.store.set_cursor(&r.chat_id, &r.user_id, r.seq).await?;
+        Ok(Response::new(pb::CursorResponse { seq }))
+    }
+
     async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let r = req.into_inner();
         let h = self
@@ -207,6 +237,40 @@ impl Store for RemoteStore {
             .await?
             .into_inner();
         Ok(r.message)
+    }
+
+    async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<pb::Message>, StoreError> {
+        let req = pb::GetMessageRequest {
+            chat_id: chat_id.to_string(),
+            message_id: message_id.to_string(),
+            seq,
+        };
+        Ok(self.client.clone().get_message(req).await?.into_inner().message)
+    }
+
+    async fn put_message(&self, message: pb::Message) -> Result<(), StoreError> {
+        self.client
+            .clone()
+            .put_message(pb::PutMessageRequest { message: Some(message) })
+            .await?;
+        Ok(())
+    }
+
+    async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {
+        let req = pb::CursorRequest {
+            chat_id: chat_id.to_string(),
+            user_id: user_id.to_string(),
+        };
+        Ok(self.client.clone().get_cursor(req).await?.into_inner().seq)
+    }
+
+    async fn set_cursor(&self, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+        let req = pb::SetCursorRequest {
+            chat_id: chat_id.to_string(),
+            user_id: user_id.to_string(),
+            seq,
+        };
+        Ok(self.client.clone().set_cursor(req).await?.into_inner().seq)
     }
 
     async fn history(

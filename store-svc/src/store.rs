@@ -87,6 +87,14 @@ pub trait Store: Send + Sync + 'static {
         client_id: &str,
         not_before_ms: i64,
     ) -> Result<Option<Message>, StoreError>;
+    /// One message by id, or by seq when `message_id` is empty.
+    async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError>;
+    /// Replaces a stored message (same chat and seq); `NotFound` if absent.
+    async fn put_message(&self, message: Message) -> Result<(), StoreError>;
+    /// A member's read cursor (0 when never set).
+    async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError>;
+    /// Moves a read cursor forward (never back); returns it after the call.
+    async fn set_cursor(&self, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError>;
     /// A page of history (CONTRACT §8.2).
     async fn history(
         &self,

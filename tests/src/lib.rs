@@ -30,6 +30,8 @@ pub struct Cluster {
 
 /// Changes an edge's configuration before it starts.
 type EdgeTweak = Box<dyn Fn(&mut confab_edge::Config)>;
+/// Changes a router's configuration before it starts.
+type RouterTweak = Box<dyn Fn(&mut confab_router::Config)>;
 
 #[derive(Default)]
 pub struct ClusterBuilder {
@@ -37,6 +39,7 @@ pub struct ClusterBuilder {
     routers: usize,
     data_dir: Option<PathBuf>,
     edge_tweak: Option<EdgeTweak>,
+    router_tweak: Option<RouterTweak>,
 }
 
 async fn loopback() -> (TcpListener, String) {
@@ -64,6 +67,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Changes every router's configuration (windows, queues) before start.
+    pub fn router_config(mut self, f: impl Fn(&mut confab_router::Config) + 'static) -> Self {
+        self.router_tweak = Some(Box::new(f));
+        self
+    }
+
     pub async fn build(self) -> Cluster {
         let shutdown = Shutdown::new();
         let (tmp, data_dir) = match self.data_dir {
@@ -87,7 +96,10 @@ impl ClusterBuilder {
         }
         let routers: Vec<String> = router_ls.iter().map(|(_, u)| u.clone()).collect();
         for (l, url) in router_ls {
-            let config = confab_router::Config::for_test(url, routers.clone(), store_url.clone());
+            let mut config = confab_router::Config::for_test(url, routers.clone(), store_url.clone());
+            if let Some(f) = &self.router_tweak {
+                f(&mut config);
+            }
             let router = confab_router::run(config, l, shutdown.clone());
             shutdown.spawn(async move { router.await.expect("router") });
         }
