@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// An HTTP status other than the code's own (413 for a body too large).
     pub http_status: Option<u16>,
+    /// RATE_LIMITED: when to retry, also sent as `data.retryAfterMs`.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             code,
             message: message.into(),
             http_status: None,
+            retry_after_ms: None,
         }
     }
     pub fn validation(message: impl Into<String>) -> Self {
@@ -53,7 +56,11 @@ impl ApiError {
             }
             _ => tracing::info!(correlation_id, code = %self.code, context, "{}", self.message),
         }
-        json!({ "error": self.code.as_str(), "message": self.message, "correlationId": correlation_id })
+        let mut body = json!({ "error": self.code.as_str(), "message": self.message, "correlationId": correlation_id });
+        if let Some(ms) = self.retry_after_ms {
+            body["data"] = json!({ "retryAfterMs": ms });
+        }
+        body
     }
 
     /// The ack payload of a failed event.
@@ -87,9 +94,13 @@ pub fn from_reply(r: ReplyResult) -> Result<ReplyResult, ApiError> {
                 pb::ErrorCode::Forbidden => ErrorCode::Forbidden,
                 pb::ErrorCode::NotFound => ErrorCode::NotFound,
                 pb::ErrorCode::Unavailable | pb::ErrorCode::NotOwner => ErrorCode::Unavailable,
+                pb::ErrorCode::RateLimited => ErrorCode::RateLimited,
                 pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorCode::Internal,
             };
-            Err(ApiError::new(code, e.message))
+            Err(ApiError {
+                retry_after_ms: e.retry_after_ms,
+                ..ApiError::new(code, e.message)
+            })
         }
         other => Ok(other),
     }

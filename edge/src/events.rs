@@ -24,7 +24,7 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
     let queued: Result<Pending, ApiError> = match name {
         "room:join" => room_join(edge, socket, &user, payload),
         "room:leave" => room_leave(edge, socket, payload),
-        "message:send" => message_send(edge, &user, payload),
+        "message:send" => message_send(edge, socket, &user, payload),
         "message:history" => message_history(edge, &user, payload),
         "auth:refresh" => auth_refresh(edge, socket, payload),
         "message:edit" => message_edit(edge, &user, payload),
@@ -131,31 +131,63 @@ fn room_leave(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Value>
 }
 
 /// Checks a send and queues it; shared by the socket event and HTTP.
+///
+/// Sends of one socket pass the rate limit one after another (`order`
+/// chains them), so they still reach the router in the order emitted. A
+/// sender over the limit is still forwarded, flagged: the router answers a
+/// repeated clientId with the stored message (CONTRACT §8.22) and refuses
+/// anything new with RATE_LIMITED. A repeat gives its slot back (§8.14).
 pub fn queue_send(
     edge: &Arc<Edge>,
     user: &str,
     o: Obj<'_>,
     chat_id: String,
+    order: Option<&EioSocket>,
 ) -> Result<impl Future<Output = Result<(pb::Message, bool), ApiError>> + Send + 'static, ApiError> {
     let body = validate::body(o, edge.config.max_body_chars)?;
     let client_id = validate::string(o, "clientId", 1, 64)?;
     let reply_to = validate::optional_string(o, "replyTo", 1, MAX_ID)?;
-    let fut = edge.links.request(
-        &chat_id,
-        user,
-        pb::request::Op::Send(pb::SendOp {
+    let (previous, done) = match order {
+        Some(socket) => {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let prev = socket
+                .data
+                .send_chain
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(rx);
+            (prev, Some(tx))
+        }
+        None => (None, None),
+    };
+    let (edge, user) = (edge.clone(), user.to_string());
+    Ok(async move {
+        if let Some(prev) = previous {
+            let _ = prev.await; // resolves (or is dropped) once the previous send is queued
+        }
+        let slot = crate::limits::acquire(&edge, &user).await;
+        let rate_limited_retry_ms = match slot {
+            crate::limits::Slot::Refused(ms) => Some(ms),
+            _ => None,
+        };
+        let op = pb::SendOp {
             body,
             client_id,
             reply_to,
-        }),
-        None,
-    );
-    Ok(async move {
+            rate_limited_retry_ms,
+        };
+        let fut = edge.links.request(&chat_id, &user, pb::request::Op::Send(op), None);
+        drop(done);
         match error::from_reply(fut.await)? {
             ReplyResult::Send(pb::SendResult {
                 message: Some(m),
                 duplicate,
-            }) => Ok((m, duplicate)),
+            }) => {
+                if duplicate {
+                    crate::limits::release(&edge, &user, slot);
+                }
+                Ok((m, duplicate))
+            }
             _ => Err(ApiError::new(
                 confab_common::ErrorCode::Internal,
                 "unexpected router reply",
@@ -164,10 +196,15 @@ pub fn queue_send(
     })
 }
 
-fn message_send(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+fn message_send(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    user: &str,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
-    let fut = queue_send(edge, user, o, chat_id)?;
+    let fut = queue_send(edge, user, o, chat_id, Some(socket))?;
     later(async move {
         let (m, _) = fut.await?;
         Ok(wire::send_ack(&m))

@@ -20,7 +20,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.http_status.unwrap_or(self.code.http_status()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body("http"))).into_response()
+        let mut res = (status, axum::Json(self.body("http"))).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            // Whole seconds, rounded up (CONTRACT §8.26).
+            if let Ok(v) = header::HeaderValue::from_str(&ms.div_ceil(1000).to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        res
     }
 }
 
@@ -184,7 +191,7 @@ async fn post_message(
     let user = caller(&edge, &headers)?;
     let body = json_body(body)?;
     let o = validate::object(Some(&body))?;
-    let (m, duplicate) = events::queue_send(&edge, &user, o, chat_id)?.await?;
+    let (m, duplicate) = events::queue_send(&edge, &user, o, chat_id, None)?.await?;
     let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok(json_response(status, wire::send_ack(&m)))
 }

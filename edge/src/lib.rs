@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod expiry;
 mod http;
+mod limits;
 mod link;
 mod rooms;
 pub mod sio;
@@ -102,6 +103,20 @@ pub struct Config {
         default_value_t = 5000
     )]
     pub request_timeout_ms: u64,
+    /// Messages a user may send per window, over all sockets, edges and HTTP.
+    #[arg(
+        long = "rate-limit-messages",
+        env = "CONFAB_RATE_LIMIT_MESSAGES",
+        default_value_t = 10
+    )]
+    pub rate_limit_messages: u32,
+    /// The rate limit's sliding window, in milliseconds.
+    #[arg(
+        long = "rate-limit-window-ms",
+        env = "CONFAB_RATE_LIMIT_WINDOW_MS",
+        default_value_t = 10_000
+    )]
+    pub rate_limit_window_ms: u64,
     /// How often sessions are checked for an expired token, in milliseconds.
     #[arg(long = "expiry-check-ms", env = "CONFAB_EXPIRY_CHECK_MS", default_value_t = 1000)]
     pub expiry_check_ms: u64,
@@ -130,6 +145,8 @@ impl Config {
             jwt_audience: None,
             jwt_leeway_secs: 0,
             expiry_check_ms: 1000,
+            rate_limit_messages: 10,
+            rate_limit_window_ms: 10_000,
             max_payload: 1024 * 1024,
             max_body_chars: 8000,
             auto_join_limit: 1000,

@@ -52,6 +52,7 @@ fn unavailable(msg: &str) -> ReplyResult {
     ReplyResult::Error(pb::Error {
         code: pb::ErrorCode::Unavailable as i32,
         message: msg.to_string(),
+        retry_after_ms: None,
     })
 }
 

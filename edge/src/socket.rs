@@ -45,6 +45,9 @@ pub struct SocketData {
     released: AtomicBool,
     /// Chats this socket has sent `typing:start` in (stopped on disconnect).
     typing: Mutex<HashSet<String>>,
+    /// Resolves when this socket's latest send has been queued to its
+    /// router: the next send waits for it, keeping the emitted order.
+    pub send_chain: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 /// Remembers where a socket is typing, so its disconnect can stop it.

@@ -7,9 +7,12 @@
 //! is the production swap. Status beyond online/offline, subscriptions, grace
 //! windows and edge leases build on this lifecycle.
 
+pub mod limits;
+
 use confab_common::{time::now_ms, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_server::{Presence as PresenceRpc, PresenceServer};
+use limits::{Acquired, MemoryLimiter};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -93,11 +96,15 @@ impl PresenceStore for MemoryPresence {
 /// Serves a [`PresenceStore`] as the `confab.v1.Presence` gRPC service.
 pub struct PresenceService {
     store: Arc<dyn PresenceStore>,
+    limiter: MemoryLimiter,
 }
 
 impl PresenceService {
     pub fn new(store: Arc<dyn PresenceStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            limiter: MemoryLimiter::default(),
+        }
     }
 }
 
@@ -132,6 +139,32 @@ impl PresenceRpc for PresenceService {
         let p = self.store.close(&r.user_id, &r.edge_id, &r.session_id);
         tracing::debug!(user.id = %r.user_id, edge.id = %r.edge_id, "session close");
         Ok(reply(r.user_id, p))
+    }
+
+    async fn acquire(&self, req: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+        let r = req.into_inner();
+        if r.key.is_empty() || r.limit == 0 || r.window_ms == 0 {
+            return Err(Status::invalid_argument("key, limit and window_ms are required"));
+        }
+        let answer = match self.limiter.acquire(&r.key, r.limit, r.window_ms, now_ms()) {
+            Acquired::Allowed { slot_ms } => pb::AcquireResponse {
+                allowed: true,
+                retry_after_ms: 0,
+                slot_ms,
+            },
+            Acquired::Refused { retry_after_ms } => pb::AcquireResponse {
+                allowed: false,
+                retry_after_ms,
+                slot_ms: 0,
+            },
+        };
+        Ok(Response::new(answer))
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        self.limiter.release(&r.key, r.slot_ms);
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn get(&self, req: Request<pb::GetPresenceRequest>) -> Result<Response<pb::PresenceState>, Status> {

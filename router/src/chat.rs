@@ -86,6 +86,7 @@ fn error(code: pb::ErrorCode, message: impl Into<String>) -> ReplyResult {
     ReplyResult::Error(pb::Error {
         code: code as i32,
         message: message.into(),
+        retry_after_ms: None,
     })
 }
 
@@ -525,6 +526,13 @@ impl ChatState {
             .map_err(|e| store_error(&e))?
         {
             return Ok(Some(m));
+        }
+        if let Some(retry_after_ms) = op.rate_limited_retry_ms {
+            return Err(ReplyResult::Error(pb::Error {
+                code: pb::ErrorCode::RateLimited as i32,
+                message: "too many messages, retry later".into(),
+                retry_after_ms: Some(retry_after_ms),
+            }));
         }
         if let Some(target) = &op.reply_to {
             if !fresh.iter().any(|m| &m.id == target) {

@@ -184,6 +184,7 @@ impl RouterService {
             let err = pb::Error {
                 code: code as i32,
                 message: message.into(),
+                retry_after_ms: None,
             };
             edge.send(pb::router_frame::Kind::Reply(pb::Reply {
                 id,
@@ -232,6 +233,7 @@ fn unavailable(message: &str) -> pb::reply::Result {
     pb::reply::Result::Error(pb::Error {
         code: pb::ErrorCode::Unavailable as i32,
         message: message.into(),
+        retry_after_ms: None,
     })
 }
 

@@ -169,6 +169,12 @@ impl Client {
         self.send_raw(format!("42{}", json!([event, data]))).await;
     }
 
+    /// Emits asking for an ack with `id`, without waiting for it (the ack is
+    /// dropped): for pipelining many events.
+    pub async fn emit_with_ack_id(&self, id: u64, event: &str, data: Value) {
+        self.send_raw(format!("42{id}{}", json!([event, data]))).await;
+    }
+
     /// Emits and waits for the ack (at most 10 s).
     pub async fn call(&mut self, event: &str, data: Value) -> Value {
         self.try_call(event, data, Duration::from_secs(10))

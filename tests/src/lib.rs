@@ -108,6 +108,8 @@ impl ClusterBuilder {
             let (l, url) = loopback().await;
             let mut config =
                 confab_edge::Config::for_test(routers.clone(), store_url.clone(), presence_url.clone(), SECRET.into());
+            // Tests send bursts; the limiter's own tests set the contract's limit.
+            config.rate_limit_messages = 100_000;
             if let Some(f) = &self.edge_tweak {
                 f(&mut config);
             }

@@ -20,6 +20,7 @@ async fn start_dev(data_dir: &Path) -> (Child, String) {
         .arg(data_dir)
         .env("CONFAB_JWT_SECRET", SECRET)
         .env("CONFAB_LOG", "warn")
+        .env("CONFAB_RATE_LIMIT_MESSAGES", "100000")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
