@@ -32,6 +32,11 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
         "reaction:add" => reaction(edge, &user, payload, true),
         "reaction:remove" => reaction(edge, &user, payload, false),
         "receipt:read" => receipt_read(edge, &user, payload),
+        "presence:set" => presence_set(edge, &user, payload),
+        "presence:subscribe" => presence_subscribe(edge, socket, &user, payload),
+        "presence:unsubscribe" => presence_unsubscribe(edge, socket, payload),
+        "presence:ping" => Ok(Pending::Now(crate::presence::server_time())),
+        "room:members" => room_members(edge, &user, payload),
         "typing:start" => typing(edge, socket, &user, payload, true),
         "typing:stop" => typing(edge, socket, &user, payload, false),
         _ => Err(ApiError::validation(format!("unknown event {name:?}"))),
@@ -358,4 +363,100 @@ fn typing(
     edge.links
         .send_only(&chat_id, user, pb::request::Op::Typing(pb::TypingOp { start }));
     Ok(Pending::Now(json!({})))
+}
+
+fn presence_set(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let status = validate::string(o, "status", 1, 16)?;
+    if !["online", "away", "busy", "invisible"].contains(&status.as_str()) {
+        return Err(ApiError::validation("status must be online, away, busy or invisible"));
+    }
+    let req = pb::SetStatusRequest {
+        user_id: user.to_string(),
+        status: status.clone(),
+    };
+    let edge = edge.clone();
+    later(async move {
+        let mut p = edge.presence.clone();
+        tokio::time::timeout(edge.config.request_timeout(), p.set_status(req))
+            .await
+            .map_err(|_| ApiError::unavailable("presence did not answer in time"))?
+            .map_err(|e| ApiError::unavailable(format!("presence unavailable: {}", e.message())))?;
+        Ok(json!({ "status": status }))
+    })
+}
+
+/// `userIds`: an array of 1..=max user id strings.
+fn user_ids(o: Obj<'_>, max: usize) -> Result<Vec<String>, ApiError> {
+    let Some(Value::Array(ids)) = o.get("userIds") else {
+        return Err(ApiError::validation("userIds must be an array of strings"));
+    };
+    if ids.len() > max {
+        return Err(ApiError::validation(format!("at most {max} userIds")));
+    }
+    ids.iter()
+        .map(|v| match v {
+            Value::String(s) if (1..=MAX_ID).contains(&s.chars().count()) => Ok(s.clone()),
+            _ => Err(ApiError::validation("userIds must be strings of 1..128 characters")),
+        })
+        .collect()
+}
+
+fn presence_subscribe(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    user: &str,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let ids = user_ids(o, edge.config.presence_subscribe_max)?;
+    let (edge, socket, user) = (edge.clone(), socket.clone(), user.to_string());
+    later(async move {
+        let visible = crate::presence::visible_to(&edge, &user).await?;
+        let watch: Vec<String> = ids.iter().filter(|u| visible.contains(*u)).cloned().collect();
+        // Watch first, then read: an update racing the snapshot is not lost.
+        let fresh = edge.watchers.add(&socket, &watch);
+        crate::presence::report(&edge, fresh, Vec::new());
+        let presence = crate::presence::visible_snapshot(&edge, &user, &ids).await?;
+        Ok(json!({ "presence": presence }))
+    })
+}
+
+fn presence_unsubscribe(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let ids = user_ids(o, edge.config.presence_subscribe_max)?;
+    let gone = edge.watchers.remove(socket, Some(&ids));
+    crate::presence::report(edge, Vec::new(), gone);
+    Ok(Pending::Now(json!({})))
+}
+
+fn room_members(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+    let o = validate::object(payload)?;
+    let chat_id = chat_id(o)?;
+    let (edge, user) = (edge.clone(), user.to_string());
+    later(async move {
+        let (chat, _) = tokio::time::timeout(edge.config.request_timeout(), edge.store.get_chat(&chat_id))
+            .await
+            .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+        if !chat.members.iter().any(|m| m.user_id == user) {
+            return Err(ApiError::forbidden("not a member of this chat"));
+        }
+        let ids: Vec<String> = chat.members.iter().map(|m| m.user_id.clone()).collect();
+        let states = crate::presence::states(&edge, &user, &ids).await?;
+        let members: Vec<Value> = chat
+            .members
+            .iter()
+            .zip(states.iter())
+            .map(|(m, s)| {
+                let mut v = crate::presence::snapshot(s);
+                v["role"] = json!(m.role);
+                v
+            })
+            .collect();
+        Ok(json!({ "members": members }))
+    })
 }

@@ -196,6 +196,15 @@ async fn post_message(
     Ok(json_response(status, wire::send_ack(&m)))
 }
 
+async fn user_presence(State(edge): State<Arc<Edge>>, headers: HeaderMap, Path(user_id): Path<String>) -> ApiResult {
+    let viewer = caller(&edge, &headers)?;
+    let snapshot = crate::presence::visible_snapshot(&edge, &viewer, &[user_id]).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        snapshot.into_iter().next().unwrap_or(Value::Null),
+    ))
+}
+
 async fn healthz() -> Response {
     json_response(StatusCode::OK, json!({ "status": "ok" }))
 }
@@ -245,6 +254,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v1/chats", get(list_chats).post(create_chat))
         .route("/v1/chats/{chat_id}", get(get_chat))
         .route("/v1/chats/{chat_id}/messages", get(get_messages).post(post_message))
+        .route("/v1/users/{user_id}/presence", get(user_presence))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

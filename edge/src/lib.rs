@@ -16,6 +16,7 @@ mod expiry;
 mod http;
 mod limits;
 mod link;
+mod presence;
 mod rooms;
 pub mod sio;
 mod socket;
@@ -93,6 +94,13 @@ pub struct Config {
     pub history_default_limit: u64,
     #[arg(long = "history-max-limit", env = "CONFAB_HISTORY_MAX_LIMIT", default_value_t = 100)]
     pub history_max_limit: u64,
+    /// Most user ids in one `presence:subscribe`.
+    #[arg(
+        long = "presence-subscribe-max",
+        env = "CONFAB_PRESENCE_SUBSCRIBE_MAX",
+        default_value_t = 500
+    )]
+    pub presence_subscribe_max: usize,
     /// Most members given when creating a chat.
     #[arg(long = "max-members", env = "CONFAB_MAX_MEMBERS", default_value_t = 1000)]
     pub max_members: usize,
@@ -117,6 +125,13 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub rate_limit_window_ms: u64,
+    /// How often this edge renews its presence lease, in milliseconds.
+    #[arg(
+        long = "presence-heartbeat-ms",
+        env = "CONFAB_PRESENCE_HEARTBEAT_MS",
+        default_value_t = 10_000
+    )]
+    pub presence_heartbeat_ms: u64,
     /// How often sessions are checked for an expired token, in milliseconds.
     #[arg(long = "expiry-check-ms", env = "CONFAB_EXPIRY_CHECK_MS", default_value_t = 1000)]
     pub expiry_check_ms: u64,
@@ -145,6 +160,7 @@ impl Config {
             jwt_audience: None,
             jwt_leeway_secs: 0,
             expiry_check_ms: 1000,
+            presence_heartbeat_ms: 10_000,
             rate_limit_messages: 10,
             rate_limit_window_ms: 10_000,
             max_payload: 1024 * 1024,
@@ -154,6 +170,7 @@ impl Config {
             history_default_limit: 50,
             history_max_limit: 100,
             max_members: 1000,
+            presence_subscribe_max: 500,
             request_timeout_ms: 5000,
             ping_interval_ms: 25000,
             ping_timeout_ms: 20000,
@@ -191,6 +208,7 @@ pub(crate) struct Edge {
     pub links: Arc<link::Links>,
     pub rooms: Arc<rooms::Rooms>,
     pub expiry: Arc<expiry::Expiry>,
+    pub watchers: presence::Watchers,
     pub store: Arc<dyn Store>,
     pub presence: PresenceClient<Channel>,
     pub shutdown: Shutdown,
@@ -246,6 +264,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let edge = Arc::new(Edge {
         verifier,
         expiry: Arc::default(),
+        watchers: presence::Watchers::default(),
         config,
         edge_id: edge_id.clone(),
         links,
@@ -255,6 +274,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         shutdown: shutdown.clone(),
         metrics: Metrics::default(),
     });
+    let heartbeat = Duration::from_millis(edge.config.presence_heartbeat_ms.max(10));
+    shutdown.spawn(presence::run(edge.clone(), heartbeat));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });

@@ -48,6 +48,8 @@ pub struct SocketData {
     /// Resolves when this socket's latest send has been queued to its
     /// router: the next send waits for it, keeping the emitted order.
     pub send_chain: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// Users whose presence this socket watches.
+    pub watching: Mutex<HashSet<String>>,
 }
 
 /// Remembers where a socket is typing, so its disconnect can stop it.

@@ -1,144 +1,261 @@
-//! presence-svc: which users are connected, on which edges, and when each was
-//! last seen. Edges report every session open and close; anyone may ask for a
-//! user's state.
+//! presence-svc: who is connected, with which status, and who wants to know.
 //!
-//! The state sits behind the narrow [`PresenceStore`] trait;
-//! [`MemoryPresence`] is the default (and the test double). A Redis backend
-//! is the production swap. Status beyond online/offline, subscriptions, grace
-//! windows and edge leases build on this lifecycle.
+//! Edges report every session open and close and renew a lease; users set
+//! their status; edges say which users their sockets watch and receive
+//! those users' updates on one stream per edge. The rules (online while any
+//! session is open, offline after a grace window, invisible shown as
+//! offline, one update per user per interval with the last state always
+//! delivered, a silent edge's users going offline) live in [`hub::Hub`] as
+//! pure logic. It also keeps the per-user send rate limit ([`limits`]).
+//!
+//! State is in memory (the `confab dev` default). A Redis backend is the
+//! production swap; it is not built yet.
 
+pub mod hub;
 pub mod limits;
 
 use confab_common::{time::now_ms, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_server::{Presence as PresenceRpc, PresenceServer};
+use hub::{Hub, Seen, Windows};
 use limits::{Acquired, MemoryLimiter};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 /// Configuration of a presence-svc process.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Config {}
-
-/// A user's presence as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserPresence {
-    pub online: bool,
-    pub last_seen_ms: Option<i64>,
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// A user goes offline this long after their last socket closes.
+    #[arg(
+        long = "offline-grace-ms",
+        env = "CONFAB_PRESENCE_OFFLINE_GRACE_MS",
+        default_value_t = 5000
+    )]
+    pub offline_grace_ms: i64,
+    /// At most one presence update per user per this long.
+    #[arg(
+        long = "presence-interval-ms",
+        env = "CONFAB_PRESENCE_INTERVAL_MS",
+        default_value_t = 2000
+    )]
+    pub update_interval_ms: i64,
+    /// An edge that does not renew its lease for this long loses its users.
+    #[arg(
+        long = "edge-lease-ms",
+        env = "CONFAB_PRESENCE_EDGE_LEASE_MS",
+        default_value_t = 30_000
+    )]
+    pub lease_ms: i64,
+    /// How often the clocks above are checked.
+    #[arg(long = "presence-tick-ms", env = "CONFAB_PRESENCE_TICK_MS", default_value_t = 100)]
+    pub tick_ms: u64,
 }
 
-/// Where presence lives.
-pub trait PresenceStore: Send + Sync + 'static {
-    /// Records a session; returns the user's state after it.
-    fn open(&self, user: &str, edge: &str, session: &str) -> UserPresence;
-    /// Forgets a session; returns the user's state after it.
-    fn close(&self, user: &str, edge: &str, session: &str) -> UserPresence;
-    fn get(&self, user: &str) -> UserPresence;
-}
-
-#[derive(Default)]
-struct Entry {
-    sessions: HashSet<(String, String)>,
-    last_seen_ms: Option<i64>,
-}
-
-/// In-memory presence: the `confab dev` default.
-#[derive(Default)]
-pub struct MemoryPresence {
-    users: Mutex<HashMap<String, Entry>>,
-}
-
-impl MemoryPresence {
-    fn state(entry: Option<&Entry>) -> UserPresence {
-        match entry {
-            Some(e) if !e.sessions.is_empty() => UserPresence {
-                online: true,
-                last_seen_ms: Some(now_ms()),
-            },
-            Some(e) => UserPresence {
-                online: false,
-                last_seen_ms: e.last_seen_ms,
-            },
-            None => UserPresence {
-                online: false,
-                last_seen_ms: None,
-            },
+impl Default for Config {
+    fn default() -> Self {
+        let w = Windows::default();
+        Self {
+            offline_grace_ms: w.offline_grace_ms,
+            update_interval_ms: w.update_interval_ms,
+            lease_ms: w.lease_ms,
+            tick_ms: 100,
         }
     }
 }
 
-impl PresenceStore for MemoryPresence {
-    fn open(&self, user: &str, edge: &str, session: &str) -> UserPresence {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = users.entry(user.to_string()).or_default();
-        entry.sessions.insert((edge.to_string(), session.to_string()));
-        entry.last_seen_ms = Some(now_ms());
-        Self::state(Some(entry))
-    }
+/// Updates queued towards one edge before new ones are dropped.
+const EDGE_QUEUE: usize = 4096;
 
-    fn close(&self, user: &str, edge: &str, session: &str) -> UserPresence {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = users.entry(user.to_string()).or_default();
-        if entry.sessions.remove(&(edge.to_string(), session.to_string())) {
-            entry.last_seen_ms = Some(now_ms());
-        }
-        Self::state(Some(entry))
-    }
-
-    fn get(&self, user: &str) -> UserPresence {
-        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        Self::state(users.get(user))
-    }
+#[derive(Default)]
+struct Watches {
+    streams: HashMap<String, mpsc::Sender<Result<pb::PresenceState, Status>>>,
+    /// user -> edges watching it
+    by_user: HashMap<String, HashSet<String>>,
+    /// edge -> users it watches
+    by_edge: HashMap<String, HashSet<String>>,
 }
 
-/// Serves a [`PresenceStore`] as the `confab.v1.Presence` gRPC service.
+/// The `confab.v1.Presence` service.
+#[derive(Clone)]
 pub struct PresenceService {
-    store: Arc<dyn PresenceStore>,
-    limiter: MemoryLimiter,
+    hub: Arc<Mutex<Hub>>,
+    watches: Arc<Mutex<Watches>>,
+    limiter: Arc<MemoryLimiter>,
+}
+
+fn state(s: Seen) -> pb::PresenceState {
+    pb::PresenceState {
+        user_id: s.user_id,
+        status: s.status.to_string(),
+        last_seen_ms: s.last_seen_ms,
+        since_ms: s.since_ms,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl PresenceService {
-    pub fn new(store: Arc<dyn PresenceStore>) -> Self {
+    pub fn new(windows: Windows) -> Self {
         Self {
-            store,
-            limiter: MemoryLimiter::default(),
+            hub: Arc::new(Mutex::new(Hub::new(windows))),
+            watches: Arc::default(),
+            limiter: Arc::default(),
+        }
+    }
+
+    /// Sends updates to the edges watching their users.
+    fn publish(&self, updates: Vec<Seen>) {
+        if updates.is_empty() {
+            return;
+        }
+        let watches = lock(&self.watches);
+        for s in updates {
+            let Some(edges) = watches.by_user.get(&s.user_id) else {
+                continue;
+            };
+            let update = state(s);
+            for edge in edges {
+                if let Some(tx) = watches.streams.get(edge) {
+                    if tx.try_send(Ok(update.clone())).is_err() {
+                        tracing::warn!(edge.id = %edge, "presence stream full or gone: update dropped");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the hub's clocks until shutdown.
+    pub async fn run_clock(self, every: Duration, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.triggered() => return,
+            }
+            let updates = lock(&self.hub).tick(now_ms());
+            self.publish(updates);
         }
     }
 }
 
-fn reply(user_id: String, p: UserPresence) -> Response<pb::PresenceState> {
-    Response::new(pb::PresenceState {
-        user_id,
-        status: if p.online { "online" } else { "offline" }.to_string(),
-        last_seen_ms: p.last_seen_ms,
-    })
-}
-
-fn check(r: &pb::SessionRequest) -> Result<(), Status> {
+fn check_session(r: &pb::SessionRequest) -> Result<(), Status> {
     if r.user_id.is_empty() || r.edge_id.is_empty() || r.session_id.is_empty() {
         return Err(Status::invalid_argument("user_id, edge_id and session_id are required"));
     }
     Ok(())
 }
 
+type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::PresenceState, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl PresenceRpc for PresenceService {
+    type WatchStream = WatchStream;
+
     async fn session_open(&self, req: Request<pb::SessionRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let r = req.into_inner();
-        check(&r)?;
-        let p = self.store.open(&r.user_id, &r.edge_id, &r.session_id);
-        tracing::debug!(user.id = %r.user_id, edge.id = %r.edge_id, "session open");
-        Ok(reply(r.user_id, p))
+        check_session(&r)?;
+        let now = now_ms();
+        let (updates, seen) = {
+            let mut hub = lock(&self.hub);
+            let updates = hub.open(&r.user_id, &r.edge_id, &r.session_id, now);
+            (updates, hub.seen_by(&r.user_id, &r.user_id, now))
+        };
+        self.publish(updates);
+        Ok(Response::new(state(seen)))
     }
 
     async fn session_close(&self, req: Request<pb::SessionRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let r = req.into_inner();
-        check(&r)?;
-        let p = self.store.close(&r.user_id, &r.edge_id, &r.session_id);
-        tracing::debug!(user.id = %r.user_id, edge.id = %r.edge_id, "session close");
-        Ok(reply(r.user_id, p))
+        check_session(&r)?;
+        let now = now_ms();
+        let (updates, seen) = {
+            let mut hub = lock(&self.hub);
+            let updates = hub.close(&r.user_id, &r.edge_id, &r.session_id, now);
+            (updates, hub.seen_by(&r.user_id, &r.user_id, now))
+        };
+        self.publish(updates);
+        Ok(Response::new(state(seen)))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::Empty>, Status> {
+        lock(&self.hub).heartbeat(&req.into_inner().edge_id, now_ms());
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn set_status(&self, req: Request<pb::SetStatusRequest>) -> Result<Response<pb::PresenceState>, Status> {
+        let r = req.into_inner();
+        let status = hub::parse_status(&r.status).ok_or_else(|| Status::invalid_argument("unknown status"))?;
+        let now = now_ms();
+        let (updates, seen) = {
+            let mut hub = lock(&self.hub);
+            let updates = hub.set_status(&r.user_id, status, now);
+            (updates, hub.seen_by(&r.user_id, &r.user_id, now))
+        };
+        self.publish(updates);
+        Ok(Response::new(state(seen)))
+    }
+
+    async fn get_many(&self, req: Request<pb::GetManyRequest>) -> Result<Response<pb::GetManyResponse>, Status> {
+        let r = req.into_inner();
+        let now = now_ms();
+        let hub = lock(&self.hub);
+        let states = r
+            .user_ids
+            .iter()
+            .map(|u| state(hub.seen_by(u, &r.viewer, now)))
+            .collect();
+        Ok(Response::new(pb::GetManyResponse { states }))
+    }
+
+    async fn get(&self, req: Request<pb::GetPresenceRequest>) -> Result<Response<pb::PresenceState>, Status> {
+        let user = req.into_inner().user_id;
+        let seen = lock(&self.hub).seen_by(&user, "", now_ms());
+        Ok(Response::new(state(seen)))
+    }
+
+    async fn watching(&self, req: Request<pb::WatchingRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        let mut w = lock(&self.watches);
+        let Watches { by_user, by_edge, .. } = &mut *w;
+        let mine = by_edge.entry(r.edge_id.clone()).or_default();
+        if r.reset {
+            for user in mine.drain() {
+                if let Some(edges) = by_user.get_mut(&user) {
+                    edges.remove(&r.edge_id);
+                }
+            }
+        }
+        for user in r.remove {
+            mine.remove(&user);
+            if let Some(edges) = by_user.get_mut(&user) {
+                edges.remove(&r.edge_id);
+                if edges.is_empty() {
+                    by_user.remove(&user);
+                }
+            }
+        }
+        for user in r.add {
+            by_user.entry(user.clone()).or_default().insert(r.edge_id.clone());
+            mine.insert(user);
+        }
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let edge = req.into_inner().edge_id;
+        if edge.is_empty() {
+            return Err(Status::invalid_argument("edge_id is required"));
+        }
+        let (tx, rx) = mpsc::channel(EDGE_QUEUE);
+        lock(&self.watches).streams.insert(edge, tx);
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn acquire(&self, req: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
@@ -166,12 +283,6 @@ impl PresenceRpc for PresenceService {
         self.limiter.release(&r.key, r.slot_ms);
         Ok(Response::new(pb::Empty {}))
     }
-
-    async fn get(&self, req: Request<pb::GetPresenceRequest>) -> Result<Response<pb::PresenceState>, Status> {
-        let user_id = req.into_inner().user_id;
-        let p = self.store.get(&user_id);
-        Ok(reply(user_id, p))
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,38 +290,23 @@ impl PresenceRpc for PresenceService {
 pub struct Error(#[from] tonic::transport::Error);
 
 /// Serves presence over gRPC on `listener` until `shutdown` fires.
-pub async fn run(_config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
-    let store: Arc<dyn PresenceStore> = Arc::new(MemoryPresence::default());
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+    let windows = Windows {
+        offline_grace_ms: config.offline_grace_ms,
+        update_interval_ms: config.update_interval_ms,
+        lease_ms: config.lease_ms,
+    };
+    let service = PresenceService::new(windows);
+    shutdown.spawn(
+        service
+            .clone()
+            .run_clock(Duration::from_millis(config.tick_ms.max(10)), shutdown.clone()),
+    );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!("presence-svc serving");
     tonic::transport::Server::builder()
-        .add_service(PresenceServer::new(PresenceService::new(store)))
+        .add_service(PresenceServer::new(service))
         .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn online_while_any_session_is_open() {
-        let p = MemoryPresence::default();
-        assert_eq!(
-            p.get("u"),
-            UserPresence {
-                online: false,
-                last_seen_ms: None
-            }
-        );
-        assert!(p.open("u", "e1", "s1").online);
-        assert!(p.open("u", "e2", "s2").online);
-        assert!(p.close("u", "e1", "s1").online);
-        let after = p.close("u", "e2", "s2");
-        assert!(!after.online);
-        assert!(after.last_seen_ms.is_some());
-        // Closing an unknown session changes nothing.
-        assert_eq!(p.close("u", "e9", "s9"), after);
-    }
 }

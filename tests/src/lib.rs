@@ -32,6 +32,8 @@ pub struct Cluster {
 type EdgeTweak = Box<dyn Fn(&mut confab_edge::Config)>;
 /// Changes a router's configuration before it starts.
 type RouterTweak = Box<dyn Fn(&mut confab_router::Config)>;
+/// Changes presence-svc's configuration before it starts.
+type PresenceTweak = Box<dyn Fn(&mut confab_presence::Config)>;
 
 #[derive(Default)]
 pub struct ClusterBuilder {
@@ -40,6 +42,7 @@ pub struct ClusterBuilder {
     data_dir: Option<PathBuf>,
     edge_tweak: Option<EdgeTweak>,
     router_tweak: Option<RouterTweak>,
+    presence_tweak: Option<PresenceTweak>,
 }
 
 async fn loopback() -> (TcpListener, String) {
@@ -73,6 +76,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Changes presence-svc's configuration (windows, lease) before start.
+    pub fn presence_config(mut self, f: impl Fn(&mut confab_presence::Config) + 'static) -> Self {
+        self.presence_tweak = Some(Box::new(f));
+        self
+    }
+
     pub async fn build(self) -> Cluster {
         let shutdown = Shutdown::new();
         let (tmp, data_dir) = match self.data_dir {
@@ -87,7 +96,11 @@ impl ClusterBuilder {
         let (presence_l, presence_url) = loopback().await;
         let store = confab_store::run(confab_store::Config::for_test(data_dir), store_l, shutdown.clone());
         shutdown.spawn(async move { store.await.expect("store-svc") });
-        let presence = confab_presence::run(confab_presence::Config::default(), presence_l, shutdown.clone());
+        let mut presence_config = confab_presence::Config::default();
+        if let Some(f) = &self.presence_tweak {
+            f(&mut presence_config);
+        }
+        let presence = confab_presence::run(presence_config, presence_l, shutdown.clone());
         shutdown.spawn(async move { presence.await.expect("presence-svc") });
 
         let mut router_ls = Vec::new();

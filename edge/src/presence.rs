@@ -1,0 +1,219 @@
+//! Presence on the edge: sessions and the lease reported to presence-svc,
+//! which users this edge's sockets watch, and the `presence:update`s that
+//! presence-svc streams back for them (encoded once per edge).
+
+use crate::error::ApiError;
+use crate::socket::{self, EioSocket};
+use crate::{sio, Edge};
+use confab_common::time::{iso8601, now_ms};
+use confab_proto::v1 as pb;
+use engineioxide::socket::Sid;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// user -> the local sockets watching them.
+#[derive(Default)]
+pub struct Watchers {
+    by_user: Mutex<HashMap<String, HashMap<Sid, Arc<EioSocket>>>>,
+}
+
+impl Watchers {
+    /// Adds watches; returns the users no local socket watched before.
+    pub fn add(&self, socket: &Arc<EioSocket>, users: &[String]) -> Vec<String> {
+        if socket.data.is_disconnected() {
+            return Vec::new();
+        }
+        let mut mine = socket.data.watching.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = Vec::new();
+        for user in users {
+            let sockets = by_user.entry(user.clone()).or_default();
+            if sockets.is_empty() {
+                fresh.push(user.clone());
+            }
+            sockets.insert(socket.id, socket.clone());
+            mine.insert(user.clone());
+        }
+        fresh
+    }
+
+    /// Removes watches (all of the socket's when `users` is `None`); returns
+    /// the users no local socket watches any more.
+    pub fn remove(&self, socket: &EioSocket, users: Option<&[String]>) -> Vec<String> {
+        let mut mine = socket.data.watching.lock().unwrap_or_else(|p| p.into_inner());
+        let users: Vec<String> = match users {
+            Some(u) => u.iter().filter(|u| mine.contains(*u)).cloned().collect(),
+            None => mine.iter().cloned().collect(),
+        };
+        let mut by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gone = Vec::new();
+        for user in users {
+            mine.remove(&user);
+            if let Some(sockets) = by_user.get_mut(&user) {
+                sockets.remove(&socket.id);
+                if sockets.is_empty() {
+                    by_user.remove(&user);
+                    gone.push(user);
+                }
+            }
+        }
+        gone
+    }
+
+    fn watched(&self) -> Vec<String> {
+        self.by_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn deliver(&self, s: &pb::PresenceState) {
+        let sockets: Vec<Arc<EioSocket>> = {
+            let by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+            match by_user.get(&s.user_id) {
+                Some(m) => m.values().cloned().collect(),
+                None => return,
+            }
+        };
+        let payload = json!({
+            "userId": s.user_id,
+            "status": s.status,
+            "lastSeenAt": s.last_seen_ms.map(iso8601),
+            "timestamp": iso8601(s.since_ms),
+        });
+        let packet = sio::event("presence:update", &payload);
+        for socket in sockets {
+            socket::send(&socket, packet.clone());
+        }
+    }
+}
+
+/// `{ userId, status, lastSeenAt }` of a snapshot.
+pub fn snapshot(s: &pb::PresenceState) -> Value {
+    json!({ "userId": s.user_id, "status": s.status, "lastSeenAt": s.last_seen_ms.map(iso8601) })
+}
+
+fn hidden(user: &str) -> Value {
+    json!({ "userId": user, "status": "offline", "lastSeenAt": Value::Null })
+}
+
+/// Tells presence-svc about watches that changed (best effort, bounded).
+pub fn report(edge: &Arc<Edge>, add: Vec<String>, remove: Vec<String>) {
+    if add.is_empty() && remove.is_empty() {
+        return;
+    }
+    let req = pb::WatchingRequest {
+        edge_id: edge.edge_id.to_string(),
+        add,
+        remove,
+        reset: false,
+    };
+    let (edge2, timeout) = (edge.clone(), edge.config.request_timeout());
+    edge.shutdown.spawn(async move {
+        let mut p = edge2.presence.clone();
+        if let Ok(Err(e)) = tokio::time::timeout(timeout, p.watching(req)).await {
+            tracing::warn!(error = %e, "presence watching update failed");
+        }
+    });
+}
+
+/// The users `viewer` may watch: everyone sharing a chat with them, and themselves.
+pub async fn visible_to(edge: &Edge, viewer: &str) -> Result<HashSet<String>, ApiError> {
+    let chats = tokio::time::timeout(
+        edge.config.request_timeout(),
+        edge.store.list_user_chats(viewer, usize::MAX),
+    )
+    .await
+    .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+    let mut out: HashSet<String> = chats
+        .iter()
+        .filter_map(|s| s.chat.as_ref())
+        .flat_map(|c| c.members.iter().map(|m| m.user_id.clone()))
+        .collect();
+    out.insert(viewer.to_string());
+    Ok(out)
+}
+
+/// Current states of `users` as `viewer` sees them, in the order asked.
+pub async fn states(edge: &Edge, viewer: &str, users: &[String]) -> Result<Vec<pb::PresenceState>, ApiError> {
+    let req = pb::GetManyRequest {
+        user_ids: users.to_vec(),
+        viewer: viewer.to_string(),
+    };
+    let mut p = edge.presence.clone();
+    let r = tokio::time::timeout(edge.config.request_timeout(), p.get_many(req))
+        .await
+        .map_err(|_| ApiError::unavailable("presence did not answer in time"))?
+        .map_err(|e| ApiError::unavailable(format!("presence unavailable: {}", e.message())))?;
+    Ok(r.into_inner().states)
+}
+
+/// Snapshot entries for `users`, hiding those `viewer` may not see.
+pub async fn visible_snapshot(edge: &Edge, viewer: &str, users: &[String]) -> Result<Vec<Value>, ApiError> {
+    let visible = visible_to(edge, viewer).await?;
+    let shown: Vec<String> = users.iter().filter(|u| visible.contains(*u)).cloned().collect();
+    let states = states(edge, viewer, &shown).await?;
+    let by_id: HashMap<&str, &pb::PresenceState> = states.iter().map(|s| (s.user_id.as_str(), s)).collect();
+    Ok(users
+        .iter()
+        .map(|u| by_id.get(u.as_str()).map_or_else(|| hidden(u), |s| snapshot(s)))
+        .collect())
+}
+
+/// Keeps the lease alive and the watch stream open, until shutdown.
+pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
+    let shutdown = edge.shutdown.clone();
+    let mut backoff = Duration::from_millis(50);
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !shutdown.is_triggered() {
+        let mut p = edge.presence.clone();
+        let stream = p
+            .watch(pb::WatchRequest {
+                edge_id: edge.edge_id.to_string(),
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence watch failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.triggered() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let reset = pb::WatchingRequest {
+            edge_id: edge.edge_id.to_string(),
+            add: edge.watchers.watched(),
+            remove: vec![],
+            reset: true,
+        };
+        let _ = tokio::time::timeout(edge.config.request_timeout(), p.watching(reset)).await;
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    let hb = pb::HeartbeatRequest { edge_id: edge.edge_id.to_string() };
+                    let _ = tokio::time::timeout(edge.config.request_timeout(), p.heartbeat(hb)).await;
+                }
+                msg = stream.message() => match msg {
+                    Ok(Some(s)) => edge.watchers.deliver(&s),
+                    _ => break,
+                },
+                () = shutdown.triggered() => return,
+            }
+        }
+    }
+}
+
+/// `serverTime` for `presence:ping`.
+pub fn server_time() -> Value {
+    json!({ "serverTime": iso8601(now_ms()) })
+}

@@ -1,0 +1,197 @@
+//! Presence (CONTRACT §5, §8.11, §8.20, §8.23, §8.28) with short windows:
+//! online while any socket is connected on any edge, offline after the
+//! grace window, statuses, throttling, visibility and edge leases.
+
+use confab_proto::v1::{presence_client::PresenceClient, SessionRequest};
+use confab_tests::Cluster;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(5);
+const GRACE_MS: i64 = 400;
+const INTERVAL_MS: i64 = 300;
+
+async fn cluster() -> Cluster {
+    Cluster::builder()
+        .edges(2)
+        .presence_config(|c| {
+            c.offline_grace_ms = GRACE_MS;
+            c.update_interval_ms = INTERVAL_MS;
+            c.lease_ms = 600;
+            c.tick_ms = 20;
+        })
+        .edge_config(|c| c.presence_heartbeat_ms = 100)
+        .build()
+        .await
+}
+
+fn data(ack: &Value) -> &Value {
+    assert_eq!(ack["ok"], true, "expected success, got {ack}");
+    &ack["data"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_on_any_edge_and_offline_after_the_grace_window() {
+    let cluster = cluster().await;
+    cluster.create_chat("alice", "group", &["bob"]).await;
+    let mut bob = cluster.connect(0, "bob").await;
+    let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+    assert_eq!(
+        data(&snap)["presence"],
+        json!([{ "userId": "alice", "status": "offline", "lastSeenAt": null }])
+    );
+
+    let a1 = cluster.connect(1, "alice").await;
+    let up = bob.expect_event("presence:update", T).await;
+    assert_eq!(
+        (up["userId"].as_str(), up["status"].as_str()),
+        (Some("alice"), Some("online"))
+    );
+    assert!(up["timestamp"].as_str().is_some() && up["lastSeenAt"].as_str().is_some());
+
+    // A second socket, then a quick reconnect: nothing is broadcast.
+    let a2 = cluster.connect(0, "alice").await;
+    a1.disconnect().await;
+    a2.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a3 = cluster.connect(1, "alice").await;
+    assert!(bob
+        .next_event("presence:update", Duration::from_millis(GRACE_MS as u64 + 300))
+        .await
+        .is_none());
+
+    let closed = Instant::now();
+    a3.disconnect().await;
+    let off = bob.expect_event("presence:update", T).await;
+    assert!(
+        closed.elapsed() >= Duration::from_millis(GRACE_MS as u64 - 50),
+        "offline came before the grace window ended"
+    );
+    assert_eq!(off["status"], "offline");
+    assert_eq!(
+        off["timestamp"], off["lastSeenAt"],
+        "offline began when the last socket closed"
+    );
+    let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+    assert_eq!(data(&snap)["presence"][0]["lastSeenAt"], off["lastSeenAt"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_invisible_and_throttling() {
+    let cluster = cluster().await;
+    cluster.create_chat("alice", "group", &["bob"]).await;
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    data(&bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await);
+    tokio::time::sleep(Duration::from_millis(INTERVAL_MS as u64 + 50)).await;
+    assert_eq!(
+        data(&alice.call("presence:set", json!({ "status": "away" })).await),
+        &json!({ "status": "away" })
+    );
+    assert_eq!(bob.expect_event("presence:update", T).await["status"], "away");
+    // A burst of changes: at most one update per interval, and the last one arrives.
+    let burst = Instant::now();
+    for s in ["busy", "online", "away", "busy"] {
+        data(&alice.call("presence:set", json!({ "status": s })).await);
+    }
+    let got = bob
+        .collect("presence:update", Duration::from_millis(INTERVAL_MS as u64 * 3))
+        .await;
+    assert_eq!(got.last().unwrap()["status"], "busy", "{got:?}");
+    assert!(got.len() <= 2, "throttled to one per interval: {got:?}");
+    assert!(burst.elapsed() >= Duration::from_millis(INTERVAL_MS as u64));
+    // Invisible shows as offline to others, and as set to the user.
+    data(&alice.call("presence:set", json!({ "status": "invisible" })).await);
+    assert_eq!(bob.expect_event("presence:update", T).await["status"], "offline");
+    let mine = alice.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+    assert_eq!(data(&mine)["presence"][0]["status"], "invisible");
+    let theirs = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+    assert_eq!(data(&theirs)["presence"][0]["status"], "offline");
+    let (_, http) = cluster
+        .http(reqwest::Method::GET, "/v1/users/alice/presence", "bob", None)
+        .await;
+    assert_eq!(http["status"], "offline");
+    // Bad statuses.
+    for bad in [json!({ "status": "gone" }), json!({ "status": 1 }), json!({})] {
+        assert_eq!(alice.call("presence:set", bad).await["error"], "VALIDATION_ERROR");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_users_sharing_a_chat_are_visible() {
+    let cluster = cluster().await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    let _alice = cluster.connect(0, "alice").await;
+    let mut mallory = cluster.connect(1, "mallory").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    let snap = mallory
+        .call("presence:subscribe", json!({ "userIds": ["alice", "nobody", "alice"] }))
+        .await;
+    let hidden = json!({ "userId": "alice", "status": "offline", "lastSeenAt": null });
+    assert_eq!(
+        data(&snap)["presence"],
+        json!([hidden, { "userId": "nobody", "status": "offline", "lastSeenAt": null }, hidden])
+    );
+    let (status, body) = cluster
+        .http(reqwest::Method::GET, "/v1/users/alice/presence", "mallory", None)
+        .await;
+    assert_eq!((status, body), (200, hidden.clone()));
+    let (_, body) = cluster
+        .http(reqwest::Method::GET, "/v1/users/alice/presence", "bob", None)
+        .await;
+    assert_eq!(body["status"], "online");
+    assert!(body["lastSeenAt"].as_str().is_some());
+    // room:members: members only, with each member's status.
+    let members = bob.call("room:members", json!({ "chatId": chat })).await;
+    let list = data(&members)["members"].as_array().unwrap().clone();
+    let alice = list.iter().find(|m| m["userId"] == "alice").unwrap();
+    assert_eq!(
+        (alice["role"].as_str(), alice["status"].as_str()),
+        (Some("admin"), Some("online"))
+    );
+    assert_eq!(list.iter().find(|m| m["userId"] == "bob").unwrap()["role"], "member");
+    assert_eq!(
+        mallory.call("room:members", json!({ "chatId": chat })).await["error"],
+        "FORBIDDEN"
+    );
+    // Limits and shapes.
+    let many: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
+    assert_eq!(
+        bob.call("presence:subscribe", json!({ "userIds": many })).await["error"],
+        "VALIDATION_ERROR"
+    );
+    assert_eq!(
+        bob.call("presence:subscribe", json!({ "userIds": "alice" })).await["error"],
+        "VALIDATION_ERROR"
+    );
+    assert_eq!(
+        data(&bob.call("presence:unsubscribe", json!({ "userIds": ["alice"] })).await),
+        &json!({})
+    );
+    let ping = bob.call("presence:ping", json!({})).await;
+    assert!(data(&ping)["serverTime"].as_str().is_some_and(|t| t.ends_with('Z')));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_stops_reporting_takes_its_users_offline() {
+    let cluster = cluster().await;
+    cluster.create_chat("ghost", "group", &["bob"]).await;
+    let mut bob = cluster.connect(0, "bob").await;
+    data(&bob.call("presence:subscribe", json!({ "userIds": ["ghost"] })).await);
+    // A fake edge opens a session over gRPC and then falls silent.
+    let mut p = PresenceClient::connect(cluster.presence_url.clone()).await.unwrap();
+    let req = SessionRequest {
+        user_id: "ghost".into(),
+        edge_id: "edge-that-dies".into(),
+        session_id: "s1".into(),
+    };
+    p.session_open(req).await.unwrap();
+    assert_eq!(bob.expect_event("presence:update", T).await["status"], "online");
+    let silent = Instant::now();
+    let off = bob.expect_event("presence:update", T).await;
+    assert_eq!(off["status"], "offline");
+    assert!(
+        silent.elapsed() >= Duration::from_millis(500),
+        "offline before the lease lapsed"
+    );
+}
