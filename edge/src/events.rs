@@ -386,22 +386,6 @@ fn presence_set(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
     })
 }
 
-/// `userIds`: an array of 1..=max user id strings.
-fn user_ids(o: Obj<'_>, max: usize) -> Result<Vec<String>, ApiError> {
-    let Some(Value::Array(ids)) = o.get("userIds") else {
-        return Err(ApiError::validation("userIds must be an array of strings"));
-    };
-    if ids.len() > max {
-        return Err(ApiError::validation(format!("at most {max} userIds")));
-    }
-    ids.iter()
-        .map(|v| match v {
-            Value::String(s) if (1..=MAX_ID).contains(&s.chars().count()) => Ok(s.clone()),
-            _ => Err(ApiError::validation("userIds must be strings of 1..128 characters")),
-        })
-        .collect()
-}
-
 fn presence_subscribe(
     edge: &Arc<Edge>,
     socket: &Arc<EioSocket>,
@@ -409,7 +393,7 @@ fn presence_subscribe(
     payload: Option<&Value>,
 ) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
-    let ids = user_ids(o, edge.config.presence_subscribe_max)?;
+    let ids = validate::id_list(o, "userIds", edge.config.presence_subscribe_max)?;
     let (edge, socket, user) = (edge.clone(), socket.clone(), user.to_string());
     later(async move {
         let visible = crate::presence::visible_to(&edge, &user).await?;
@@ -428,7 +412,7 @@ fn presence_unsubscribe(
     payload: Option<&Value>,
 ) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
-    let ids = user_ids(o, edge.config.presence_subscribe_max)?;
+    let ids = validate::id_list(o, "userIds", edge.config.presence_subscribe_max)?;
     let gone = edge.watchers.remove(socket, Some(&ids));
     crate::presence::report(edge, Vec::new(), gone);
     Ok(Pending::Now(json!({})))

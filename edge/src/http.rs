@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use confab_common::ErrorCode;
+use confab_proto::v1 as pb;
 use confab_store::NewChat;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -85,28 +86,10 @@ async fn create_chat(
         return Err(ApiError::validation("type must be \"dm\" or \"group\""));
     }
     let title = validate::optional_string(o, "title", 0, 200)?;
-    let ids = match o.get("memberIds") {
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(ApiError::validation("memberIds must be an array of strings")),
-        None => return Err(ApiError::validation("memberIds is required")),
-    };
-    if ids.len() > edge.config.max_members {
-        return Err(ApiError::validation(format!(
-            "at most {} members",
-            edge.config.max_members
-        )));
-    }
     let mut members = vec![user.clone()];
-    for id in ids {
-        let Value::String(id) = id else {
-            return Err(ApiError::validation("memberIds must be an array of strings"));
-        };
-        let n = id.chars().count();
-        if n == 0 || n > events::MAX_ID {
-            return Err(ApiError::validation("member ids must be 1..128 characters"));
-        }
-        if !members.contains(id) {
-            members.push(id.clone());
+    for id in validate::id_list(o, "memberIds", edge.config.max_members)? {
+        if !members.contains(&id) {
+            members.push(id);
         }
     }
     if kind == "dm" && members.len() != 2 {
@@ -205,6 +188,73 @@ async fn user_presence(State(edge): State<Arc<Edge>>, headers: HeaderMap, Path(u
     ))
 }
 
+/// Sends a change of the chat to its writer; answers 200 with the new `Chat`.
+async fn manage(edge: &Arc<Edge>, user: &str, chat_id: &str, change: pb::manage_op::Change) -> ApiResult {
+    let op = pb::request::Op::Manage(pb::ManageOp { change: Some(change) });
+    match crate::error::from_reply(edge.links.request(chat_id, user, op, None).await)? {
+        pb::reply::Result::Chat(chat) => Ok(json_response(StatusCode::OK, wire::chat(&chat))),
+        _ => Err(ApiError::new(ErrorCode::Internal, "unexpected router reply")),
+    }
+}
+
+async fn patch_chat(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(chat_id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    let body = json_body(body)?;
+    let title = validate::string(validate::object(Some(&body))?, "title", 0, 200)?;
+    manage(&edge, &user, &chat_id, pb::manage_op::Change::Title(title)).await
+}
+
+async fn add_members(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(chat_id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    let body = json_body(body)?;
+    let ids = validate::id_list(validate::object(Some(&body))?, "userIds", edge.config.max_members)?;
+    if ids.is_empty() {
+        return Err(ApiError::validation("userIds must not be empty"));
+    }
+    manage(
+        &edge,
+        &user,
+        &chat_id,
+        pb::manage_op::Change::AddMembers(pb::UserIds { user_ids: ids }),
+    )
+    .await
+}
+
+async fn remove_member(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path((chat_id, member)): Path<(String, String)>,
+) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    manage(&edge, &user, &chat_id, pb::manage_op::Change::RemoveMember(member)).await
+}
+
+async fn set_role(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path((chat_id, member)): Path<(String, String)>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let user = caller(&edge, &headers)?;
+    let body = json_body(body)?;
+    let role = validate::string(validate::object(Some(&body))?, "role", 1, 16)?;
+    if role != "admin" && role != "member" {
+        return Err(ApiError::validation("role must be admin or member"));
+    }
+    let change = pb::manage_op::Change::SetRole(pb::RoleChange { user_id: member, role });
+    manage(&edge, &user, &chat_id, change).await
+}
+
 async fn healthz() -> Response {
     json_response(StatusCode::OK, json!({ "status": "ok" }))
 }
@@ -252,7 +302,12 @@ pub fn router(edge: Arc<Edge>) -> Router {
     let limit = edge.config.max_payload;
     Router::new()
         .route("/v1/chats", get(list_chats).post(create_chat))
-        .route("/v1/chats/{chat_id}", get(get_chat))
+        .route("/v1/chats/{chat_id}", get(get_chat).patch(patch_chat))
+        .route("/v1/chats/{chat_id}/members", axum::routing::post(add_members))
+        .route(
+            "/v1/chats/{chat_id}/members/{user_id}",
+            axum::routing::delete(remove_member).patch(set_role),
+        )
         .route("/v1/chats/{chat_id}/messages", get(get_messages).post(post_message))
         .route("/v1/users/{user_id}/presence", get(user_presence))
         .route("/healthz", get(healthz))

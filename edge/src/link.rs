@@ -302,13 +302,13 @@ fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
         // The owner subscribed this edge when it announced the chat; with no
         // member socket here, the edge unsubscribes again.
         Some(pb::router_frame::Kind::Delivery(pb::Delivery {
-            event: Some(pb::delivery::Event::ChatUpdate(chat)),
-            ..
-        })) if !rooms.apply_chat_update(&chat) => {
+            chat_id,
+            event: Some(pb::delivery::Event::ChatUpdate(update)),
+        })) if !rooms.apply_chat_update(&update) => {
             let op = pb::request::Op::Unsubscribe(pb::UnsubscribeOp {});
             let frame = pb::Request {
                 id: 0,
-                chat_id: chat.id,
+                chat_id,
                 user_id: String::new(),
                 op: Some(op),
             };

@@ -67,15 +67,35 @@ impl Rooms {
         self.join(chat_id, socket, last_seq)
     }
 
-    /// A chat was created or changed: its members' local sockets join it and
-    /// get `chat:update`. Runs in the router link's reader, before any later
-    /// delivery of the chat. False when no local socket is in the chat.
-    pub fn apply_chat_update(&self, chat: &pb::Chat) -> bool {
-        let packet: Str = sio::event("chat:update", &serde_json::json!({ "chat": crate::wire::chat(chat) })).into();
-        for member in &chat.members {
-            for socket in self.user_sockets(&member.user_id) {
+    /// Takes a socket out of a chat (its own set and the room).
+    fn leave_socket(&self, chat_id: &str, socket: &EioSocket) {
+        let mut chats = socket.data.chats.lock().unwrap_or_else(|p| p.into_inner());
+        chats.remove(chat_id);
+        self.leave(chat_id, socket.id);
+    }
+
+    /// A chat was created or changed: added members' local sockets join it,
+    /// removed members' leave it, and all of them get `chat:update`. Runs in
+    /// the router link's reader, before any later delivery of the chat.
+    /// False when no local socket is left in the chat.
+    pub fn apply_chat_update(&self, update: &pb::ChatUpdate) -> bool {
+        let Some(chat) = &update.chat else { return self.has("") };
+        let payload = serde_json::json!({ "chat": crate::wire::chat(chat) });
+        let packet: Str = sio::event("chat:update", &payload).into();
+        for user in &update.added_user_ids {
+            for socket in self.user_sockets(user) {
                 self.join_socket(&chat.id, &socket, 0);
-                let _ = socket.emit(packet.clone());
+            }
+        }
+        let current = chat.members.iter().map(|m| &m.user_id);
+        for user in current.chain(update.removed_user_ids.iter()) {
+            for socket in self.user_sockets(user) {
+                emit(&socket, &packet);
+            }
+        }
+        for user in &update.removed_user_ids {
+            for socket in self.user_sockets(user) {
+                self.leave_socket(&chat.id, &socket);
             }
         }
         self.has(&chat.id)

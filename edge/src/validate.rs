@@ -46,6 +46,24 @@ pub fn optional_u64(o: Obj<'_>, field: &str) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// A required array of at most `max` ids, each a string of 1..=128 characters.
+pub fn id_list(o: Obj<'_>, field: &str, max: usize) -> Result<Vec<String>, ApiError> {
+    let Some(Value::Array(ids)) = o.get(field) else {
+        return Err(ApiError::validation(format!("{field} must be an array of strings")));
+    };
+    if ids.len() > max {
+        return Err(ApiError::validation(format!("{field} holds at most {max} ids")));
+    }
+    ids.iter()
+        .map(|id| match id {
+            Value::String(s) if (1..=128).contains(&s.chars().count()) => Ok(s.clone()),
+            _ => Err(ApiError::validation(format!(
+                "{field} must hold strings of 1..128 characters"
+            ))),
+        })
+        .collect()
+}
+
 /// A message body: 1..=max characters with at least one non-whitespace one.
 pub fn body(o: Obj<'_>, max: usize) -> Result<String, ApiError> {
     let body = string(o, "body", 1, max)?;

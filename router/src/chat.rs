@@ -46,6 +46,7 @@ pub(crate) enum Op {
     React(pb::ReactOp),
     Typing(pb::TypingOp),
     Read(pb::ReadOp),
+    Manage(pb::ManageOp),
     /// The edge stream `Cmd::edge` ended.
     EdgeGone,
 }
@@ -209,6 +210,10 @@ impl ChatState {
 
     /// Sends are batched; anything else first sees every send queued before it.
     async fn handle(&mut self, cmd: Cmd, batch: &mut Vec<Cmd>, settings: &ChatSettings) {
+        if self.chat.members.is_empty() {
+            // The group was deleted when its last member left.
+            return refuse(cmd, not_found("no such chat"));
+        }
         if matches!(cmd.op, Op::Send(_)) {
             batch.push(cmd);
             return;
@@ -244,6 +249,7 @@ impl ChatState {
             Op::Delete(op) => self.delete(store, &user, op).await,
             Op::React(op) => self.react(store, &user, op).await,
             Op::Read(op) => self.read(store, &user, op).await,
+            Op::Manage(op) => self.manage(store, &settings.edges, &user, op).await,
             Op::Typing(op) => {
                 self.typing(&user, op.start, Instant::now(), settings);
                 return;
@@ -277,22 +283,124 @@ impl ChatState {
         }))
     }
 
-    /// Reloads the chat and tells every edge. Every edge is subscribed before
-    /// it hears of the chat, so no message can slip between; edges with no
-    /// member sockets unsubscribe again.
+    /// Reloads the chat (just created) and tells every edge.
     async fn announce(&mut self, store: &Arc<dyn Store>, edges: &EdgeRegistry) -> OpResult {
         let (chat, _) = store.get_chat(&self.chat_id).await.map_err(|e| store_error(&e))?;
         self.chat = chat;
+        let added = self.chat.members.iter().map(|m| m.user_id.clone()).collect();
+        self.publish_chat(edges, added, Vec::new());
+        Ok(ReplyResult::Ok(pb::Empty {}))
+    }
+
+    /// Sends `chat:update` through every edge. Every edge is subscribed
+    /// before it hears of the change, so no message can slip between; edges
+    /// with no member sockets unsubscribe again.
+    fn publish_chat(&mut self, edges: &EdgeRegistry, added: Vec<String>, removed: Vec<String>) {
         let frame = Kind::Delivery(pb::Delivery {
             chat_id: self.chat_id.clone(),
-            event: Some(pb::delivery::Event::ChatUpdate(self.chat.clone())),
+            event: Some(pb::delivery::Event::ChatUpdate(pb::ChatUpdate {
+                chat: Some(self.chat.clone()),
+                added_user_ids: added,
+                removed_user_ids: removed,
+            })),
         });
         for other in edges.all() {
             if other.send(frame.clone()) {
                 self.subscribers.insert(other.key(), other);
             }
         }
-        Ok(ReplyResult::Ok(pb::Empty {}))
+    }
+
+    /// Title, members and roles (CONTRACT §7, §8.10, §8.27).
+    async fn manage(&mut self, store: &Arc<dyn Store>, edges: &EdgeRegistry, user: &str, op: pb::ManageOp) -> OpResult {
+        use pb::manage_op::Change;
+        let validation = |m: &str| error(pb::ErrorCode::Validation, m);
+        let caller_admin = match self.member(user) {
+            Some(m) => m.role == "admin",
+            None => return Err(forbidden("not a member of this chat")),
+        };
+        let mut chat = self.chat.clone();
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        let now = now_ms();
+        match op.change {
+            None => return Err(validation("no change given")),
+            Some(Change::Title(title)) => {
+                if !caller_admin {
+                    return Err(forbidden("only an admin may rename the chat"));
+                }
+                if chat.title.as_deref() == Some(title.as_str()) {
+                    return Ok(ReplyResult::Chat(chat));
+                }
+                chat.title = Some(title);
+            }
+            Some(Change::AddMembers(ids)) => {
+                if !caller_admin {
+                    return Err(forbidden("only an admin may add members"));
+                }
+                if chat.kind == "dm" {
+                    return Err(validation("a dm's members cannot change"));
+                }
+                for id in ids.user_ids {
+                    if !chat.members.iter().any(|m| m.user_id == id) {
+                        chat.members.push(pb::Member {
+                            user_id: id.clone(),
+                            role: "member".into(),
+                            joined_at_ms: now,
+                        });
+                        added.push(id);
+                    }
+                }
+                if added.is_empty() {
+                    return Ok(ReplyResult::Chat(chat));
+                }
+            }
+            Some(Change::RemoveMember(target)) => {
+                if target != user && !caller_admin {
+                    return Err(forbidden("only an admin may remove another member"));
+                }
+                if chat.kind == "dm" {
+                    return Err(validation("a dm's members cannot change"));
+                }
+                let Some(i) = chat.members.iter().position(|m| m.user_id == target) else {
+                    return Err(not_found("not a member of this chat"));
+                };
+                chat.members.remove(i);
+                removed.push(target);
+                // The longest-standing member inherits a group left without an admin.
+                if !chat.members.is_empty() && !chat.members.iter().any(|m| m.role == "admin") {
+                    chat.members[0].role = "admin".into();
+                }
+            }
+            Some(Change::SetRole(change)) => {
+                if !caller_admin {
+                    return Err(forbidden("only an admin may change roles"));
+                }
+                if change.role != "admin" && change.role != "member" {
+                    return Err(validation("role must be admin or member"));
+                }
+                let admins = chat.members.iter().filter(|m| m.role == "admin").count();
+                let Some(m) = chat.members.iter_mut().find(|m| m.user_id == change.user_id) else {
+                    return Err(not_found("not a member of this chat"));
+                };
+                if m.role == change.role {
+                    return Ok(ReplyResult::Chat(chat));
+                }
+                if m.role == "admin" && admins == 1 {
+                    return Err(validation("the last admin cannot be demoted"));
+                }
+                m.role = change.role;
+            }
+        }
+        chat.updated_at_ms = now;
+        let delete = chat.members.is_empty();
+        store
+            .save_chat(chat.clone(), removed.clone(), delete)
+            .await
+            .map_err(|e| store_error(&e))?;
+        self.chat = chat;
+        self.publish_chat(edges, added, removed);
+        Ok(ReplyResult::Chat(self.chat.clone()))
     }
 
     /// A live (not deleted) message of this chat, for a member.

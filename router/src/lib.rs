@@ -215,6 +215,7 @@ impl RouterService {
             Some(P::React(op)) => Op::React(op),
             Some(P::Typing(op)) => Op::Typing(op),
             Some(P::Read(op)) => Op::Read(op),
+            Some(P::Manage(op)) => Op::Manage(op),
             None => return reply_error(pb::ErrorCode::Validation, "request without op"),
         };
         self.dispatch(

@@ -34,6 +34,7 @@ enum Write {
     Append(AppendBatch, oneshot::Sender<Result<u64, StoreError>>),
     Put(Message, oneshot::Sender<Result<u64, StoreError>>),
     SetCursor(String, String, u64, oneshot::Sender<Result<u64, StoreError>>),
+    SaveChat(Chat, Vec<String>, bool, oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// The embedded store. Cheap to clone.
@@ -146,6 +147,10 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
                     let r = apply_cursor(&tx, &chat, &user, seq);
                     outcomes.push(Outcome::Seq(reply, r));
                 }
+                Write::SaveChat(chat, removed, delete, reply) => {
+                    let r = apply_save_chat(&tx, &chat, &removed, delete).map(|()| 0);
+                    outcomes.push(Outcome::Seq(reply, r));
+                }
             }
         }
         tx.commit()
@@ -157,9 +162,10 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
         let err = StoreError::Unavailable("store transaction failed".into());
         match write {
             Write::CreateChat(_, reply) => drop(reply.send(Err(err))),
-            Write::Append(_, reply) | Write::Put(_, reply) | Write::SetCursor(_, _, _, reply) => {
-                drop(reply.send(Err(err)))
-            }
+            Write::Append(_, reply)
+            | Write::Put(_, reply)
+            | Write::SetCursor(_, _, _, reply)
+            | Write::SaveChat(_, _, _, reply) => drop(reply.send(Err(err))),
         }
     }
     for outcome in outcomes {
@@ -293,6 +299,35 @@ fn apply_put(tx: &redb::WriteTransaction, m: &Message) -> Result<u64, StoreError
     }
     messages.insert(key, m.encode_to_vec().as_slice()).map_err(internal)?;
     Ok(m.seq)
+}
+
+fn apply_save_chat(
+    tx: &redb::WriteTransaction,
+    chat: &Chat,
+    removed: &[String],
+    delete: bool,
+) -> Result<(), StoreError> {
+    let id = chat.id.as_str();
+    let mut chats = tx.open_table(CHATS).map_err(internal)?;
+    if chats.get(id).map_err(internal)?.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    let mut user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
+    for user in removed {
+        user_chats.remove((user.as_str(), id)).map_err(internal)?;
+    }
+    if delete {
+        for m in &chat.members {
+            user_chats.remove((m.user_id.as_str(), id)).map_err(internal)?;
+        }
+        chats.remove(id).map_err(internal)?;
+        return Ok(());
+    }
+    for m in &chat.members {
+        user_chats.insert((m.user_id.as_str(), id), ()).map_err(internal)?;
+    }
+    chats.insert(id, chat.encode_to_vec().as_slice()).map_err(internal)?;
+    Ok(())
 }
 
 fn apply_cursor(tx: &redb::WriteTransaction, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
@@ -450,6 +485,12 @@ impl Store for EmbeddedStore {
 
     async fn put_message(&self, message: Message) -> Result<(), StoreError> {
         self.write(|reply| Write::Put(message, reply)).await.map(|_| ())
+    }
+
+    async fn save_chat(&self, chat: Chat, removed: Vec<String>, delete: bool) -> Result<(), StoreError> {
+        self.write(|reply| Write::SaveChat(chat, removed, delete, reply))
+            .await
+            .map(|_| ())
     }
 
     async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {

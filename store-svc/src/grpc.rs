@@ -112,6 +112,13 @@ impl StoreRpc for StoreService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn save_chat(&self, req: Request<pb::SaveChatRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        let chat = r.chat.ok_or_else(|| Status::invalid_argument("chat is required"))?;
+        self.store.save_chat(chat, r.removed_user_ids, r.delete).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn get_cursor(&self, req: Request<pb::CursorRequest>) -> Result<Response<pb::CursorResponse>, Status> {
         let r = req.into_inner();
         let seq = self.store.get_cursor(&r.chat_id, &r.user_id).await?;
@@ -253,6 +260,16 @@ impl Store for RemoteStore {
             .clone()
             .put_message(pb::PutMessageRequest { message: Some(message) })
             .await?;
+        Ok(())
+    }
+
+    async fn save_chat(&self, chat: pb::Chat, removed: Vec<String>, delete: bool) -> Result<(), StoreError> {
+        let req = pb::SaveChatRequest {
+            chat: Some(chat),
+            removed_user_ids: removed,
+            delete,
+        };
+        self.client.clone().save_chat(req).await?;
         Ok(())
     }
 

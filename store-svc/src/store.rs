@@ -91,6 +91,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError>;
     /// Replaces a stored message (same chat and seq); `NotFound` if absent.
     async fn put_message(&self, message: Message) -> Result<(), StoreError>;
+    /// Writes a chat's new state; `removed` members forget it; `delete`
+    /// removes the chat (its id then answers `NotFound`).
+    async fn save_chat(&self, chat: Chat, removed: Vec<String>, delete: bool) -> Result<(), StoreError>;
     /// A member's read cursor (0 when never set).
     async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError>;
     /// Moves a read cursor forward (never back); returns it after the call.

@@ -524,7 +524,10 @@ async fn a_new_chat_reaches_its_members_connected_sockets_on_every_edge() {
 async fn presence_follows_the_session_lifecycle() {
     use confab_proto::v1::{presence_client::PresenceClient, GetPresenceRequest};
     // A short grace window; presence.rs checks the window itself.
-    let cluster = Cluster::builder().presence_config(|c| c.offline_grace_ms = 200).build().await;
+    let cluster = Cluster::builder()
+        .presence_config(|c| c.offline_grace_ms = 200)
+        .build()
+        .await;
     let presence = PresenceClient::connect(cluster.presence_url.clone()).await.unwrap();
     let get = move |user: &str| {
         let req = GetPresenceRequest {
