@@ -1,11 +1,11 @@
 // Drives a confab edge with the official socket.io-client (CONTRACT §1).
-// Usage: CONFAB_URL=http://127.0.0.1:PORT ALICE=<jwt> BOB=<jwt> node compat.mjs
+// Usage: CONFAB_URL=http://127.0.0.1:PORT ALICE=<jwt> BOB=<jwt> CAROL=<jwt> node compat.mjs
 import { io } from "socket.io-client";
 import assert from "node:assert/strict";
 
 const url = process.env.CONFAB_URL;
-const tokens = { alice: process.env.ALICE, bob: process.env.BOB };
-assert.ok(url && tokens.alice && tokens.bob, "CONFAB_URL, ALICE and BOB must be set");
+const tokens = { alice: process.env.ALICE, bob: process.env.BOB, carol: process.env.CAROL };
+assert.ok(url && tokens.alice && tokens.bob && tokens.carol, "CONFAB_URL, ALICE, BOB and CAROL must be set");
 
 const deadline = (ms, what) =>
   new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms).unref());
@@ -94,6 +94,89 @@ await step("a refused handshake is a connect_error with code and reason", async 
   assert.equal(err.message, "UNAUTHORIZED");
   assert.deepEqual(err.data, { code: "UNAUTHORIZED", reason: "invalid_token" });
   socket.close();
+});
+
+await step("edit, react and delete reach the other member", async () => {
+  const sent = await ack(alice.socket, "message:send", { chatId: chat.id, body: "draft", clientId: "e1" });
+  const id = sent.data.serverId;
+  const updated = once(bobSocket, "message:updated");
+  const edit = await ack(alice.socket, "message:edit", { chatId: chat.id, messageId: id, body: "final" });
+  assert.equal(edit.ok, true);
+  assert.equal((await updated).body, "final");
+  const reacted = once(bobSocket, "reaction:update");
+  assert.equal((await ack(alice.socket, "reaction:add", { chatId: chat.id, messageId: id, emoji: "🎉" })).ok, true);
+  assert.deepEqual((await reacted).counts, { "🎉": 1 });
+  const deleted = once(bobSocket, "message:deleted");
+  assert.equal((await ack(alice.socket, "message:delete", { chatId: chat.id, messageId: id })).ok, true);
+  assert.equal((await deleted).messageId, id);
+});
+
+await step("typing goes to the other member, not back to the typist", async () => {
+  let echoed = false;
+  alice.socket.on("typing:update", () => (echoed = true));
+  const started = once(bobSocket, "typing:update");
+  alice.socket.emit("typing:start", { chatId: chat.id });
+  assert.deepEqual(await started, { chatId: chat.id, userId: "alice", state: "start" });
+  const stopped = once(bobSocket, "typing:update");
+  alice.socket.emit("typing:stop", { chatId: chat.id });
+  assert.equal((await stopped).state, "stop");
+  assert.equal(echoed, false);
+});
+
+await step("read receipts move the cursor and reach the chat", async () => {
+  const receipt = once(alice.socket, "receipt:update");
+  const read = await ack(bobSocket, "receipt:read", { chatId: chat.id, seq: 5 });
+  assert.equal(read.ok, true);
+  assert.equal(read.data.lastReadSeq, 5);
+  const r = await receipt;
+  assert.equal(r.userId, "bob");
+  assert.equal(r.seq, 5);
+});
+
+await step("presence: subscribe, status changes, room members", async () => {
+  const snap = await ack(bobSocket, "presence:subscribe", { userIds: ["alice"] });
+  assert.equal(snap.ok, true);
+  assert.equal(snap.data.presence[0].status, "online");
+  const update = once(bobSocket, "presence:update");
+  assert.deepEqual((await ack(alice.socket, "presence:set", { status: "busy" })).data, { status: "busy" });
+  const u = await within(update, "presence:update", 8000);
+  assert.equal(u.userId, "alice");
+  assert.equal(u.status, "busy");
+  const members = await ack(bobSocket, "room:members", { chatId: chat.id });
+  const a = members.data.members.find((m) => m.userId === "alice");
+  assert.equal(a.role, "admin");
+  assert.equal(a.status, "busy");
+});
+
+await step("chat management: a new member's socket receives at once, a removed one stops", async () => {
+  const carol = connect("carol");
+  await carol.ready;
+  const update = once(carol.socket, "chat:update");
+  const add = await fetch(`${url}/v1/chats/${chat.id}/members`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${tokens.alice}`, "content-type": "application/json" },
+    body: JSON.stringify({ userIds: ["carol"] }),
+  });
+  assert.equal(add.status, 200);
+  assert.deepEqual((await update).chat.memberIds, ["alice", "bob", "carol"]);
+  const received = once(carol.socket, "message:new");
+  await ack(alice.socket, "message:send", { chatId: chat.id, body: "welcome carol", clientId: "w1" });
+  assert.equal((await received).body, "welcome carol");
+  const removed = once(carol.socket, "chat:update");
+  const del = await fetch(`${url}/v1/chats/${chat.id}/members/carol`, {
+    method: "DELETE",
+    headers: { authorization: `Bearer ${tokens.alice}` },
+  });
+  assert.equal(del.status, 200);
+  assert.deepEqual((await removed).chat.memberIds, ["alice", "bob"]);
+  let leaked = false;
+  carol.socket.on("message:new", () => (leaked = true));
+  await ack(alice.socket, "message:send", { chatId: chat.id, body: "carol is gone", clientId: "w2" });
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(leaked, false);
+  const refused = await ack(carol.socket, "message:send", { chatId: chat.id, body: "x", clientId: "c1" });
+  assert.equal(refused.error, "FORBIDDEN");
+  carol.socket.close();
 });
 
 alice.socket.close();

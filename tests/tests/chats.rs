@@ -255,3 +255,52 @@ async fn a_dms_membership_cannot_change() {
         .1;
     assert_eq!(chat["memberIds"], json!(["alice", "bob"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_chat_endpoint_refuses_non_members_and_non_admins() {
+    let cluster = Cluster::builder().build().await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    let calls = [
+        (
+            Method::PATCH,
+            format!("/v1/chats/{chat}"),
+            Some(json!({ "title": "x" })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/chats/{chat}/members"),
+            Some(json!({ "userIds": ["zed"] })),
+        ),
+        (Method::DELETE, format!("/v1/chats/{chat}/members/alice"), None),
+        (
+            Method::PATCH,
+            format!("/v1/chats/{chat}/members/alice"),
+            Some(json!({ "role": "member" })),
+        ),
+    ];
+    for user in ["mallory", "bob"] {
+        for (method, path, body) in &calls {
+            let (status, res) = cluster.http(method.clone(), path, user, body.clone()).await;
+            assert_eq!(
+                (status, res["error"].as_str()),
+                (403, Some("FORBIDDEN")),
+                "{user} {method} {path}"
+            );
+        }
+    }
+    for (method, path) in [
+        (Method::GET, format!("/v1/chats/{chat}")),
+        (Method::GET, format!("/v1/chats/{chat}/messages")),
+    ] {
+        let (status, _) = cluster.http(method.clone(), &path, "mallory", None).await;
+        assert_eq!(status, 403, "mallory {method} {path}");
+    }
+    // Nothing changed.
+    let (_, after) = cluster
+        .http(Method::GET, &format!("/v1/chats/{chat}"), "alice", None)
+        .await;
+    assert_eq!(
+        (after["title"].as_str(), &after["memberIds"], &after["adminIds"]),
+        (Some("test"), &json!(["alice", "bob"]), &json!(["alice"]))
+    );
+}
