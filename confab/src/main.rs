@@ -85,6 +85,18 @@ struct DevArgs {
     /// HS256 secret; generated and printed when absent.
     #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// Typing stops this many milliseconds after the last start.
+    #[arg(long = "typing-ttl-ms", env = "CONFAB_TYPING_TTL_MS", default_value_t = 5000)]
+    typing_ttl_ms: u64,
+    /// A typing start within this many milliseconds of the last broadcast one is not re-broadcast.
+    #[arg(
+        long = "typing-debounce-ms",
+        env = "CONFAB_TYPING_DEBOUNCE_MS",
+        default_value_t = 2000
+    )]
+    typing_debounce_ms: u64,
+    #[command(flatten)]
+    presence: confab_presence::Config,
 }
 
 #[derive(Args)]
@@ -188,9 +200,11 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         store_l,
         shutdown.clone(),
     );
-    let presence = confab_presence::run(confab_presence::Config::default(), presence_l, shutdown.clone());
-    let router_config =
+    let presence = confab_presence::run(args.presence, presence_l, shutdown.clone());
+    let mut router_config =
         confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], store_url.clone());
+    router_config.typing_ttl_ms = args.typing_ttl_ms;
+    router_config.typing_debounce_ms = args.typing_debounce_ms;
     let router = confab_router::run(router_config, router_l, shutdown.clone());
     let mut edge_config = confab_edge::Config::for_test(vec![router_url], store_url, presence_url, secret.clone());
     edge_config.rate_limit_messages = args.rate_limit_messages;
@@ -230,4 +244,20 @@ async fn stop_all_on_exit<E: std::error::Error + Send + Sync + 'static>(
     let r = service.await;
     shutdown.trigger();
     r.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("7d"), Ok(7 * 86400));
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
 }

@@ -243,7 +243,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect_lazy();
-    let rooms = Arc::new(rooms::Rooms::default());
+    let (removals_tx, removals_rx) = tokio::sync::mpsc::channel(1024);
+    let rooms = Arc::new(rooms::Rooms::new(removals_tx));
     let links = link::Links::start(
         &config.routers,
         edge_id.as_str(),
@@ -276,6 +277,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     });
     let heartbeat = Duration::from_millis(edge.config.presence_heartbeat_ms.max(10));
     shutdown.spawn(presence::run(edge.clone(), heartbeat));
+    shutdown.spawn(presence::run_rechecks(edge.clone(), removals_rx));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });

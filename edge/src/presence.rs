@@ -62,6 +62,16 @@ impl Watchers {
         gone
     }
 
+    /// (watched user, watching socket) for every watch of `users`.
+    fn watches_of(&self, users: &HashSet<&String>) -> Vec<(String, Arc<EioSocket>)> {
+        let by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+        users
+            .iter()
+            .filter_map(|u| by_user.get(*u).map(|s| (u, s)))
+            .flat_map(|(u, sockets)| sockets.values().map(move |s| ((*u).clone(), s.clone())))
+            .collect()
+    }
+
     fn watched(&self) -> Vec<String> {
         self.by_user
             .lock()
@@ -216,4 +226,43 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
 /// `serverTime` for `presence:ping`.
 pub fn server_time() -> Value {
     json!({ "serverTime": iso8601(now_ms()) })
+}
+
+/// Ends the watches between removed members and the chat's remaining
+/// members that no longer share any chat (CONTRACT §8.20); a new
+/// `presence:subscribe` is needed to watch them again.
+pub async fn run_rechecks(edge: Arc<Edge>, mut changes: tokio::sync::mpsc::Receiver<crate::rooms::MembershipChange>) {
+    loop {
+        let (members, removed) = tokio::select! {
+            c = changes.recv() => match c { Some(c) => c, None => return },
+            () = edge.shutdown.triggered() => return,
+        };
+        let members: HashSet<&String> = members.iter().collect();
+        let removed: HashSet<&String> = removed.iter().collect();
+        let all: HashSet<&String> = members.union(&removed).copied().collect();
+        let mut visible: HashMap<String, HashSet<String>> = HashMap::new();
+        for (watched, socket) in edge.watchers.watches_of(&all) {
+            let Some(viewer) = socket.data.session.get().map(|s| s.user_id.clone()) else {
+                continue;
+            };
+            let crosses = (removed.contains(&watched) && members.contains(&viewer))
+                || (members.contains(&watched) && removed.contains(&viewer));
+            if !crosses {
+                continue;
+            }
+            if !visible.contains_key(&viewer) {
+                match visible_to(&edge, &viewer).await {
+                    Ok(v) => visible.insert(viewer.clone(), v),
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "presence re-check skipped");
+                        continue;
+                    }
+                };
+            }
+            if !visible.get(&viewer).is_some_and(|v| v.contains(&watched)) {
+                let gone = edge.watchers.remove(&socket, Some(std::slice::from_ref(&watched)));
+                report(&edge, Vec::new(), gone);
+            }
+        }
+    }
 }

@@ -19,14 +19,26 @@ struct Room {
     last_seq: AtomicU64,
 }
 
+/// A membership change: (the chat's members now, the users removed).
+pub type MembershipChange = (Vec<String>, Vec<String>);
+
 #[derive(Default)]
 pub struct Rooms {
+    /// Removals are passed on here, so presence watches can be re-checked.
+    removals: Option<tokio::sync::mpsc::Sender<MembershipChange>>,
     rooms: RwLock<HashMap<String, Room>>,
     /// The personal rooms `user:<userId>`: every local socket of a user.
     users: RwLock<HashMap<String, HashMap<Sid, Arc<EioSocket>>>>,
 }
 
 impl Rooms {
+    pub fn new(removals: tokio::sync::mpsc::Sender<MembershipChange>) -> Self {
+        Self {
+            removals: Some(removals),
+            ..Self::default()
+        }
+    }
+
     /// Adds a socket to its user's personal room.
     pub fn join_user(&self, user_id: &str, socket: &Arc<EioSocket>) {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
@@ -77,9 +89,10 @@ impl Rooms {
     /// A chat was created or changed: added members' local sockets join it,
     /// removed members' leave it, and all of them get `chat:update`. Runs in
     /// the router link's reader, before any later delivery of the chat.
-    /// False when no local socket is left in the chat.
+    /// False when no local socket is left in the chat (nothing to do with a
+    /// malformed update, which counts as true).
     pub fn apply_chat_update(&self, update: &pb::ChatUpdate) -> bool {
-        let Some(chat) = &update.chat else { return self.has("") };
+        let Some(chat) = &update.chat else { return true };
         let payload = serde_json::json!({ "chat": crate::wire::chat(chat) });
         let packet: Str = sio::event("chat:update", &payload).into();
         for user in &update.added_user_ids {
@@ -96,6 +109,12 @@ impl Rooms {
         for user in &update.removed_user_ids {
             for socket in self.user_sockets(user) {
                 self.leave_socket(&chat.id, &socket);
+            }
+        }
+        if let (Some(tx), false) = (&self.removals, update.removed_user_ids.is_empty()) {
+            let members = chat.members.iter().map(|m| m.user_id.clone()).collect();
+            if tx.try_send((members, update.removed_user_ids.clone())).is_err() {
+                tracing::warn!("membership change queue full: presence watches not re-checked");
             }
         }
         self.has(&chat.id)

@@ -195,3 +195,37 @@ async fn an_edge_that_stops_reporting_takes_its_users_offline() {
         "offline before the lease lapsed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_the_last_shared_chat_ends_the_subscription() {
+    let cluster = cluster().await;
+    let first = cluster.create_chat("alice", "group", &["bob", "carol"]).await;
+    let second = cluster.create_chat("alice", "group", &["carol"]).await;
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    let mut carol = cluster.connect(1, "carol").await;
+    for c in [&mut bob, &mut carol] {
+        data(&c.call("presence:subscribe", json!({ "userIds": ["alice"] })).await);
+    }
+    tokio::time::sleep(Duration::from_millis(INTERVAL_MS as u64 + 50)).await;
+    // alice removes bob and carol from the first chat; carol still shares the second.
+    for user in ["bob", "carol"] {
+        let (status, _) = cluster
+            .http(
+                reqwest::Method::DELETE,
+                &format!("/v1/chats/{first}/members/{user}"),
+                "alice",
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    data(&alice.call("presence:set", json!({ "status": "away" })).await);
+    assert_eq!(carol.expect_event("presence:update", T).await["status"], "away");
+    assert!(bob
+        .next_event("presence:update", Duration::from_millis(INTERVAL_MS as u64 * 2))
+        .await
+        .is_none());
+    let _ = second;
+}
