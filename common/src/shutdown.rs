@@ -20,10 +20,7 @@ impl Shutdown {
 
     /// A child that stops when this one does, and can also be stopped alone.
     pub fn child(&self) -> Self {
-        Self {
-            token: self.token.child_token(),
-            tracker: TaskTracker::new(),
-        }
+        Self { token: self.token.child_token(), tracker: TaskTracker::new() }
     }
 
     pub fn token(&self) -> &CancellationToken {

@@ -12,11 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(
-    name = "confab",
-    version,
-    about = "A sharded real-time chat backend speaking Socket.IO"
-)]
+#[command(name = "confab", version, about = "A sharded real-time chat backend speaking Socket.IO")]
 struct Cli {
     /// Log lines as JSON.
     #[arg(long, env = "CONFAB_LOG_JSON", global = true)]
@@ -70,17 +66,9 @@ struct DevArgs {
     #[arg(long = "data-dir", env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
     data_dir: PathBuf,
     /// Messages a user may send per window (see `confab edge --help`).
-    #[arg(
-        long = "rate-limit-messages",
-        env = "CONFAB_RATE_LIMIT_MESSAGES",
-        default_value_t = 10
-    )]
+    #[arg(long = "rate-limit-messages", env = "CONFAB_RATE_LIMIT_MESSAGES", default_value_t = 10)]
     rate_limit_messages: u32,
-    #[arg(
-        long = "rate-limit-window-ms",
-        env = "CONFAB_RATE_LIMIT_WINDOW_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long = "rate-limit-window-ms", env = "CONFAB_RATE_LIMIT_WINDOW_MS", default_value_t = 10_000)]
     rate_limit_window_ms: u64,
     /// HS256 secret; generated and printed when absent.
     #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
@@ -89,11 +77,7 @@ struct DevArgs {
     #[arg(long = "typing-ttl-ms", env = "CONFAB_TYPING_TTL_MS", default_value_t = 5000)]
     typing_ttl_ms: u64,
     /// A typing start within this many milliseconds of the last broadcast one is not re-broadcast.
-    #[arg(
-        long = "typing-debounce-ms",
-        env = "CONFAB_TYPING_DEBOUNCE_MS",
-        default_value_t = 2000
-    )]
+    #[arg(long = "typing-debounce-ms", env = "CONFAB_TYPING_DEBOUNCE_MS", default_value_t = 2000)]
     typing_debounce_ms: u64,
     #[command(flatten)]
     presence: confab_presence::Config,
@@ -116,9 +100,7 @@ struct TokenArgs {
 
 fn parse_ttl(s: &str) -> Result<i64, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?}: use e.g. 90s, 30m, 1h, 7d"))?;
+    let n: i64 = num.parse().map_err(|_| format!("bad duration {s:?}: use e.g. 90s, 30m, 1h, 7d"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -130,18 +112,13 @@ fn parse_ttl(s: &str) -> Result<i64, String> {
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Token(t) = &cli.command {
-        println!(
-            "{}",
-            confab_edge::auth::mint_hs256(t.jwt_secret.as_bytes(), &t.user, t.name.as_deref(), t.ttl)
-        );
+        println!("{}", confab_edge::auth::mint_hs256(t.jwt_secret.as_bytes(), &t.user, t.name.as_deref(), t.ttl));
         return Ok(());
     }
     confab_common::telemetry::init("info", cli.log_json);
@@ -159,18 +136,18 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
     });
     let result = match command {
         Command::Dev(args) => dev(args, shutdown.clone()).await,
-        Command::Edge { listen, config } => confab_edge::run(config, bind(listen).await?, shutdown.clone())
-            .await
-            .map_err(Into::into),
-        Command::Router { listen, config } => confab_router::run(config, bind(listen).await?, shutdown.clone())
-            .await
-            .map_err(Into::into),
-        Command::Store { listen, config } => confab_store::run(config, bind(listen).await?, shutdown.clone())
-            .await
-            .map_err(Into::into),
-        Command::Presence { listen, config } => confab_presence::run(config, bind(listen).await?, shutdown.clone())
-            .await
-            .map_err(Into::into),
+        Command::Edge { listen, config } => {
+            confab_edge::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+        }
+        Command::Router { listen, config } => {
+            confab_router::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+        }
+        Command::Store { listen, config } => {
+            confab_store::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+        }
+        Command::Presence { listen, config } => {
+            confab_presence::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+        }
         Command::Token(_) => Ok(()),
     };
     if !shutdown.drain(Duration::from_secs(10)).await {
@@ -195,11 +172,7 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let generated = args.jwt_secret.is_none();
     let secret = args.jwt_secret.unwrap_or_else(random_secret);
 
-    let store = confab_store::run(
-        confab_store::Config::for_test(args.data_dir.clone()),
-        store_l,
-        shutdown.clone(),
-    );
+    let store = confab_store::run(confab_store::Config::for_test(args.data_dir.clone()), store_l, shutdown.clone());
     let presence = confab_presence::run(args.presence, presence_l, shutdown.clone());
     let mut router_config =
         confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], store_url.clone());

@@ -119,11 +119,7 @@ impl Verifier {
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
-        let (alg, key) = self
-            .keys
-            .iter()
-            .find(|(a, _)| *a == header.alg)
-            .ok_or(AuthError::Invalid)?;
+        let (alg, key) = self.keys.iter().find(|(a, _)| *a == header.alg).ok_or(AuthError::Invalid)?;
         let mut validation = self.validation.clone();
         validation.algorithms = vec![*alg];
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
@@ -131,19 +127,12 @@ impl Verifier {
             _ => AuthError::Invalid,
         })?;
         let c = data.claims;
-        let user_id = c
-            .sub
-            .filter(|s| !s.is_empty())
-            .or(c.user_id.filter(|s| !s.is_empty()))
-            .ok_or(AuthError::Invalid)?;
+        let user_id =
+            c.sub.filter(|s| !s.is_empty()).or(c.user_id.filter(|s| !s.is_empty())).ok_or(AuthError::Invalid)?;
         if user_id.chars().count() > 128 {
             return Err(AuthError::Invalid);
         }
-        Ok(Identity {
-            user_id,
-            name: c.name,
-            expires_at: c.exp,
-        })
+        Ok(Identity { user_id, name: c.name, expires_at: c.exp })
     }
 }
 
@@ -155,12 +144,7 @@ pub fn mint_hs256(secret: &[u8], user_id: &str, name: Option<&str>, ttl_secs: i6
         name: name.map(str::to_string),
         exp: confab_common::time::now_ms() / 1000 + ttl_secs,
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap_or_default()
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap_or_default()
 }
 
 /// Picks the one token that counts: the CONNECT auth's `token`, else the
@@ -242,31 +226,19 @@ mod tests {
 
     #[test]
     fn verifies_good_tokens_and_names_the_reason_for_bad_ones() {
-        let settings = AuthSettings {
-            secret: Some("test-secret".into()),
-            ..AuthSettings::default()
-        };
+        let settings = AuthSettings { secret: Some("test-secret".into()), ..AuthSettings::default() };
         let v = Verifier::new(&settings).unwrap();
         let good = mint_hs256(SECRET, "alice", Some("Alice"), 60);
         let id = v.verify(&good).unwrap();
         assert_eq!((id.user_id.as_str(), id.name.as_deref()), ("alice", Some("Alice")));
-        assert_eq!(
-            v.verify(&mint_hs256(SECRET, "alice", None, -10)),
-            Err(AuthError::Expired)
-        );
-        assert_eq!(
-            v.verify(&mint_hs256(b"other", "alice", None, 60)),
-            Err(AuthError::Invalid)
-        );
+        assert_eq!(v.verify(&mint_hs256(SECRET, "alice", None, -10)), Err(AuthError::Expired));
+        assert_eq!(v.verify(&mint_hs256(b"other", "alice", None, 60)), Err(AuthError::Invalid));
         assert_eq!(v.verify("garbage"), Err(AuthError::Invalid));
         // alg: none, unsigned.
         let none = format!(
             "{}.{}.",
             b64(r#"{"alg":"none","typ":"JWT"}"#),
-            b64(&format!(
-                r#"{{"sub":"alice","exp":{}}}"#,
-                confab_common::time::now_ms() / 1000 + 60
-            ))
+            b64(&format!(r#"{{"sub":"alice","exp":{}}}"#, confab_common::time::now_ms() / 1000 + 60))
         );
         assert_eq!(v.verify(&none), Err(AuthError::Invalid));
     }
@@ -290,16 +262,10 @@ mod tests {
     fn the_first_token_present_counts() {
         let auth = json!({"token": "a"});
         assert_eq!(pick_token(Some(&auth), Some("Bearer b"), Some("token=c")).unwrap(), "a");
-        assert_eq!(
-            pick_token(Some(&json!({})), Some("Bearer b"), Some("token=c")).unwrap(),
-            "b"
-        );
+        assert_eq!(pick_token(Some(&json!({})), Some("Bearer b"), Some("token=c")).unwrap(), "b");
         assert_eq!(pick_token(None, None, Some("x=1&token=c%2Bd")).unwrap(), "c+d");
         assert_eq!(pick_token(None, None, Some("x=1")), Err(AuthError::Missing));
-        assert_eq!(
-            pick_token(Some(&json!({"token": 5})), None, None),
-            Err(AuthError::Invalid)
-        );
+        assert_eq!(pick_token(Some(&json!({"token": 5})), None, None), Err(AuthError::Invalid));
         assert_eq!(pick_token(None, Some("Basic xyz"), None), Err(AuthError::Invalid));
     }
 }

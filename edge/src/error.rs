@@ -20,22 +20,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            http_status: None,
-            retry_after_ms: None,
-        }
+        Self { code, message: message.into(), http_status: None, retry_after_ms: None }
     }
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::ValidationError, message)
     }
     /// A request body over the payload limit (HTTP 413).
     pub fn too_large() -> Self {
-        Self {
-            http_status: Some(413),
-            ..Self::validation("body is larger than the payload limit")
-        }
+        Self { http_status: Some(413), ..Self::validation("body is larger than the payload limit") }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Forbidden, message)
@@ -79,7 +71,7 @@ impl From<confab_store::StoreError> for ApiError {
         match e {
             E::NotFound => Self::not_found("no such chat"),
             E::Invalid(m) => Self::validation(m),
-            E::SeqConflict { .. } | E::Unavailable(_) => Self::unavailable("storage unavailable, retry"),
+            E::SeqConflict { .. } | E::Unavailable(_) | E::Fenced => Self::unavailable("storage unavailable, retry"),
             E::Internal(m) => Self::new(ErrorCode::Internal, m),
         }
     }
@@ -97,10 +89,7 @@ pub fn from_reply(r: ReplyResult) -> Result<ReplyResult, ApiError> {
                 pb::ErrorCode::RateLimited => ErrorCode::RateLimited,
                 pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorCode::Internal,
             };
-            Err(ApiError {
-                retry_after_ms: e.retry_after_ms,
-                ..ApiError::new(code, e.message)
-            })
+            Err(ApiError { retry_after_ms: e.retry_after_ms, ..ApiError::new(code, e.message) })
         }
         other => Ok(other),
     }

@@ -92,10 +92,7 @@ fn room_join(
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let since_seq = validate::optional_u64(o, "sinceSeq")?;
-    let op = pb::JoinOp {
-        since_seq,
-        limit: edge.config.join_missed_limit,
-    };
+    let op = pb::JoinOp { since_seq, limit: edge.config.join_missed_limit };
     // The socket enters the local room in the link's reader, right where the
     // router subscribed the edge: no message falls between the two.
     let (edge2, socket2, room) = (edge.clone(), socket.clone(), chat_id.clone());
@@ -104,9 +101,7 @@ fn room_join(
             socket::join_chat(&edge2, &socket2, &room, j.last_seq);
         }
     });
-    let fut = edge
-        .links
-        .request(&chat_id, user, pb::request::Op::Join(op), Some(on_reply));
+    let fut = edge.links.request(&chat_id, user, pb::request::Op::Join(op), Some(on_reply));
     later(async move {
         match error::from_reply(fut.await)? {
             ReplyResult::Join(j) => Ok(json!({
@@ -116,10 +111,7 @@ fn room_join(
                 "missed": wire::messages(&j.missed),
                 "hasMore": j.has_more,
             })),
-            _ => Err(ApiError::new(
-                confab_common::ErrorCode::Internal,
-                "unexpected router reply",
-            )),
+            _ => Err(ApiError::new(confab_common::ErrorCode::Internal, "unexpected router reply")),
         }
     })
 }
@@ -155,12 +147,7 @@ pub fn queue_send(
     let (previous, done) = match order {
         Some(socket) => {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let prev = socket
-                .data
-                .send_chain
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .replace(rx);
+            let prev = socket.data.send_chain.lock().unwrap_or_else(|p| p.into_inner()).replace(rx);
             (prev, Some(tx))
         }
         None => (None, None),
@@ -175,28 +162,17 @@ pub fn queue_send(
             crate::limits::Slot::Refused(ms) => Some(ms),
             _ => None,
         };
-        let op = pb::SendOp {
-            body,
-            client_id,
-            reply_to,
-            rate_limited_retry_ms,
-        };
+        let op = pb::SendOp { body, client_id, reply_to, rate_limited_retry_ms };
         let fut = edge.links.request(&chat_id, &user, pb::request::Op::Send(op), None);
         drop(done);
         match error::from_reply(fut.await)? {
-            ReplyResult::Send(pb::SendResult {
-                message: Some(m),
-                duplicate,
-            }) => {
+            ReplyResult::Send(pb::SendResult { message: Some(m), duplicate }) => {
                 if duplicate {
                     crate::limits::release(&edge, &user, slot);
                 }
                 Ok((m, duplicate))
             }
-            _ => Err(ApiError::new(
-                confab_common::ErrorCode::Internal,
-                "unexpected router reply",
-            )),
+            _ => Err(ApiError::new(confab_common::ErrorCode::Internal, "unexpected router reply")),
         }
     })
 }
@@ -232,12 +208,9 @@ pub async fn history(
     if !chat.members.iter().any(|m| m.user_id == user) {
         return Err(ApiError::forbidden("not a member of this chat"));
     }
-    let page = tokio::time::timeout(
-        timeout,
-        edge.store.history(chat_id, after_seq, before_seq, limit as usize),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+    let page = tokio::time::timeout(timeout, edge.store.history(chat_id, after_seq, before_seq, limit as usize))
+        .await
+        .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
     Ok(json!({ "messages": wire::messages(&page.messages), "hasMore": page.has_more }))
 }
 
@@ -258,19 +231,14 @@ fn auth_refresh(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Valu
         _ => return Err(ApiError::validation("token must be a string")),
     };
     let unauthorized = |why: &str| ApiError::new(confab_common::ErrorCode::Unauthorized, why.to_string());
-    let identity = edge
-        .verifier
-        .verify(token)
-        .map_err(|e| unauthorized(&format!("token refused: {}", e.reason())))?;
+    let identity = edge.verifier.verify(token).map_err(|e| unauthorized(&format!("token refused: {}", e.reason())))?;
     let session = socket.data.session.get().ok_or_else(|| unauthorized("no session"))?;
     if identity.user_id != session.user_id {
         return Err(unauthorized("the token names another user"));
     }
     session.set_expires_at(identity.expires_at);
     edge.expiry.watch(identity.expires_at, socket);
-    Ok(Pending::Now(
-        json!({ "expiresAt": confab_common::time::iso8601(identity.expires_at * 1000) }),
-    ))
+    Ok(Pending::Now(json!({ "expiresAt": confab_common::time::iso8601(identity.expires_at * 1000) })))
 }
 
 /// Queues an operation whose reply is the client's ack data as JSON.
@@ -280,10 +248,7 @@ fn json_op(edge: &Arc<Edge>, chat_id: &str, user: &str, op: pb::request::Op) -> 
         match error::from_reply(fut.await)? {
             ReplyResult::Json(text) => serde_json::from_str(&text)
                 .map_err(|_| ApiError::new(confab_common::ErrorCode::Internal, "unreadable router reply")),
-            _ => Err(ApiError::new(
-                confab_common::ErrorCode::Internal,
-                "unexpected router reply",
-            )),
+            _ => Err(ApiError::new(confab_common::ErrorCode::Internal, "unexpected router reply")),
         }
     })
 }
@@ -297,24 +262,14 @@ fn message_edit(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
     let chat_id = chat_id(o)?;
     let message_id = message_id(o)?;
     let body = validate::body(o, edge.config.max_body_chars)?;
-    json_op(
-        edge,
-        &chat_id,
-        user,
-        pb::request::Op::Edit(pb::EditOp { message_id, body }),
-    )
+    json_op(edge, &chat_id, user, pb::request::Op::Edit(pb::EditOp { message_id, body }))
 }
 
 fn message_delete(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let message_id = message_id(o)?;
-    json_op(
-        edge,
-        &chat_id,
-        user,
-        pb::request::Op::Delete(pb::DeleteOp { message_id }),
-    )
+    json_op(edge, &chat_id, user, pb::request::Op::Delete(pb::DeleteOp { message_id }))
 }
 
 fn reaction(edge: &Arc<Edge>, user: &str, payload: Option<&Value>, add: bool) -> Result<Pending, ApiError> {
@@ -325,12 +280,7 @@ fn reaction(edge: &Arc<Edge>, user: &str, payload: Option<&Value>, add: bool) ->
     if emoji.chars().all(char::is_whitespace) {
         return Err(ApiError::validation("emoji must not be blank"));
     }
-    json_op(
-        edge,
-        &chat_id,
-        user,
-        pb::request::Op::React(pb::ReactOp { message_id, emoji, add }),
-    )
+    json_op(edge, &chat_id, user, pb::request::Op::React(pb::ReactOp { message_id, emoji, add }))
 }
 
 fn receipt_read(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
@@ -340,10 +290,7 @@ fn receipt_read(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
     let seq = validate::optional_u64(o, "seq")?;
     let op = match (message_id, seq) {
         (Some(message_id), _) => pb::ReadOp { message_id, seq: None },
-        (None, Some(seq)) => pb::ReadOp {
-            message_id: String::new(),
-            seq: Some(seq),
-        },
+        (None, Some(seq)) => pb::ReadOp { message_id: String::new(), seq: Some(seq) },
         (None, None) => return Err(ApiError::validation("messageId or seq is required")),
     };
     json_op(edge, &chat_id, user, pb::request::Op::Read(op))
@@ -360,8 +307,7 @@ fn typing(
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     socket::note_typing(socket, &chat_id, start);
-    edge.links
-        .send_only(&chat_id, user, pb::request::Op::Typing(pb::TypingOp { start }));
+    edge.links.send_only(&chat_id, user, pb::request::Op::Typing(pb::TypingOp { start }));
     Ok(Pending::Now(json!({})))
 }
 
@@ -371,10 +317,7 @@ fn presence_set(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
     if !["online", "away", "busy", "invisible"].contains(&status.as_str()) {
         return Err(ApiError::validation("status must be online, away, busy or invisible"));
     }
-    let req = pb::SetStatusRequest {
-        user_id: user.to_string(),
-        status: status.clone(),
-    };
+    let req = pb::SetStatusRequest { user_id: user.to_string(), status: status.clone() };
     let edge = edge.clone();
     later(async move {
         let mut p = edge.presence.clone();

@@ -23,10 +23,7 @@ pub struct Expiry {
 impl Expiry {
     /// Watches `socket`, whose token expires at `exp` (seconds since the epoch).
     pub fn watch(&self, exp: i64, socket: &Arc<EioSocket>) {
-        self.due
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((exp, socket.id), Arc::downgrade(socket));
+        self.due.lock().unwrap_or_else(|p| p.into_inner()).insert((exp, socket.id), Arc::downgrade(socket));
     }
 
     /// Takes every entry whose token is expired at `now` (seconds): a token

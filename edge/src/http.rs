@@ -93,16 +93,9 @@ async fn create_chat(
         }
     }
     if kind == "dm" && members.len() != 2 {
-        return Err(ApiError::validation(
-            "a dm has exactly two members: the caller and one other user",
-        ));
+        return Err(ApiError::validation("a dm has exactly two members: the caller and one other user"));
     }
-    let new = NewChat {
-        kind,
-        title,
-        created_by: user,
-        member_ids: members,
-    };
+    let new = NewChat { kind, title, created_by: user, member_ids: members };
     let (chat, created) = timed(&edge, edge.store.create_chat(new)).await?;
     if created {
         // The owner tells every edge, which subscribes the members' sockets.
@@ -134,10 +127,9 @@ async fn get_chat(State(edge): State<Arc<Edge>>, headers: HeaderMap, Path(chat_i
 fn query_u64(q: &HashMap<String, String>, field: &str) -> Result<Option<u64>, ApiError> {
     match q.get(field) {
         None => Ok(None),
-        Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::validation(format!("{field} is out of range"))),
+        Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().map(Some).map_err(|_| ApiError::validation(format!("{field} is out of range")))
+        }
         Some(_) => Err(ApiError::validation(format!("{field} must be decimal digits"))),
     }
 }
@@ -154,12 +146,7 @@ async fn get_messages(
     let limit = match query_u64(&q, "limit")? {
         None => edge.config.history_default_limit,
         Some(n) if (1..=edge.config.history_max_limit).contains(&n) => n,
-        Some(_) => {
-            return Err(ApiError::validation(format!(
-                "limit must be 1..{}",
-                edge.config.history_max_limit
-            )))
-        }
+        Some(_) => return Err(ApiError::validation(format!("limit must be 1..{}", edge.config.history_max_limit))),
     };
     let page = events::history(&edge, &user, &chat_id, after, before, limit).await?;
     Ok(json_response(StatusCode::OK, page))
@@ -182,10 +169,7 @@ async fn post_message(
 async fn user_presence(State(edge): State<Arc<Edge>>, headers: HeaderMap, Path(user_id): Path<String>) -> ApiResult {
     let viewer = caller(&edge, &headers)?;
     let snapshot = crate::presence::visible_snapshot(&edge, &viewer, &[user_id]).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        snapshot.into_iter().next().unwrap_or(Value::Null),
-    ))
+    Ok(json_response(StatusCode::OK, snapshot.into_iter().next().unwrap_or(Value::Null)))
 }
 
 /// Sends a change of the chat to its writer; answers 200 with the new `Chat`.
@@ -221,13 +205,7 @@ async fn add_members(
     if ids.is_empty() {
         return Err(ApiError::validation("userIds must not be empty"));
     }
-    manage(
-        &edge,
-        &user,
-        &chat_id,
-        pb::manage_op::Change::AddMembers(pb::UserIds { user_ids: ids }),
-    )
-    .await
+    manage(&edge, &user, &chat_id, pb::manage_op::Change::AddMembers(pb::UserIds { user_ids: ids })).await
 }
 
 async fn remove_member(
@@ -304,10 +282,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v1/chats", get(list_chats).post(create_chat))
         .route("/v1/chats/{chat_id}", get(get_chat).patch(patch_chat))
         .route("/v1/chats/{chat_id}/members", axum::routing::post(add_members))
-        .route(
-            "/v1/chats/{chat_id}/members/{user_id}",
-            axum::routing::delete(remove_member).patch(set_role),
-        )
+        .route("/v1/chats/{chat_id}/members/{user_id}", axum::routing::delete(remove_member).patch(set_role))
         .route("/v1/chats/{chat_id}/messages", get(get_messages).post(post_message))
         .route("/v1/users/{user_id}/presence", get(user_presence))
         .route("/healthz", get(healthz))

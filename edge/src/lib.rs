@@ -38,26 +38,13 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Router addresses, comma separated (they form the ring).
-    #[arg(
-        long = "routers",
-        env = "CONFAB_ROUTERS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:7002"
-    )]
+    #[arg(long = "routers", env = "CONFAB_ROUTERS", value_delimiter = ',', default_value = "http://127.0.0.1:7002")]
     pub routers: Vec<String>,
     /// store-svc address (history and chat reads).
-    #[arg(
-        long = "store-url",
-        env = "CONFAB_STORE_URL",
-        default_value = "http://127.0.0.1:7003"
-    )]
+    #[arg(long = "store-url", env = "CONFAB_STORE_URL", default_value = "http://127.0.0.1:7003")]
     pub store_url: String,
     /// presence-svc address.
-    #[arg(
-        long = "presence-url",
-        env = "CONFAB_PRESENCE_URL",
-        default_value = "http://127.0.0.1:7004"
-    )]
+    #[arg(long = "presence-url", env = "CONFAB_PRESENCE_URL", default_value = "http://127.0.0.1:7004")]
     pub presence_url: String,
     /// HS256 secret that client tokens are signed with.
     #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
@@ -86,51 +73,27 @@ pub struct Config {
     /// Most messages returned in `room:join.missed`.
     #[arg(long = "join-missed-limit", env = "CONFAB_JOIN_MISSED_LIMIT", default_value_t = 100)]
     pub join_missed_limit: u32,
-    #[arg(
-        long = "history-default-limit",
-        env = "CONFAB_HISTORY_DEFAULT_LIMIT",
-        default_value_t = 50
-    )]
+    #[arg(long = "history-default-limit", env = "CONFAB_HISTORY_DEFAULT_LIMIT", default_value_t = 50)]
     pub history_default_limit: u64,
     #[arg(long = "history-max-limit", env = "CONFAB_HISTORY_MAX_LIMIT", default_value_t = 100)]
     pub history_max_limit: u64,
     /// Most user ids in one `presence:subscribe`.
-    #[arg(
-        long = "presence-subscribe-max",
-        env = "CONFAB_PRESENCE_SUBSCRIBE_MAX",
-        default_value_t = 500
-    )]
+    #[arg(long = "presence-subscribe-max", env = "CONFAB_PRESENCE_SUBSCRIBE_MAX", default_value_t = 500)]
     pub presence_subscribe_max: usize,
     /// Most members given when creating a chat.
     #[arg(long = "max-members", env = "CONFAB_MAX_MEMBERS", default_value_t = 1000)]
     pub max_members: usize,
     /// Deadline of every call to another service, in milliseconds.
-    #[arg(
-        long = "request-timeout-ms",
-        env = "CONFAB_REQUEST_TIMEOUT_MS",
-        default_value_t = 5000
-    )]
+    #[arg(long = "request-timeout-ms", env = "CONFAB_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
     /// Messages a user may send per window, over all sockets, edges and HTTP.
-    #[arg(
-        long = "rate-limit-messages",
-        env = "CONFAB_RATE_LIMIT_MESSAGES",
-        default_value_t = 10
-    )]
+    #[arg(long = "rate-limit-messages", env = "CONFAB_RATE_LIMIT_MESSAGES", default_value_t = 10)]
     pub rate_limit_messages: u32,
     /// The rate limit's sliding window, in milliseconds.
-    #[arg(
-        long = "rate-limit-window-ms",
-        env = "CONFAB_RATE_LIMIT_WINDOW_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long = "rate-limit-window-ms", env = "CONFAB_RATE_LIMIT_WINDOW_MS", default_value_t = 10_000)]
     pub rate_limit_window_ms: u64,
     /// How often this edge renews its presence lease, in milliseconds.
-    #[arg(
-        long = "presence-heartbeat-ms",
-        env = "CONFAB_PRESENCE_HEARTBEAT_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long = "presence-heartbeat-ms", env = "CONFAB_PRESENCE_HEARTBEAT_MS", default_value_t = 10_000)]
     pub presence_heartbeat_ms: u64,
     /// How often sessions are checked for an expired token, in milliseconds.
     #[arg(long = "expiry-check-ms", env = "CONFAB_EXPIRY_CHECK_MS", default_value_t = 1000)]
@@ -245,14 +208,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .connect_lazy();
     let (removals_tx, removals_rx) = tokio::sync::mpsc::channel(1024);
     let rooms = Arc::new(rooms::Rooms::new(removals_tx));
-    let links = link::Links::start(
-        &config.routers,
-        edge_id.as_str(),
-        rooms.clone(),
-        config.router_queue,
-        timeout,
-        &shutdown,
-    );
+    let links =
+        link::Links::start(&config.routers, edge_id.as_str(), rooms.clone(), config.router_queue, timeout, &shutdown);
     let engine_config = EngineIoConfig::builder()
         .req_path("/socket.io")
         .ping_interval(Duration::from_millis(config.ping_interval_ms))

@@ -45,10 +45,7 @@ pub async fn acquire(edge: &Edge, user: &str) -> Slot {
 /// Gives a slot back (a repeated clientId does not count).
 pub fn release(edge: &std::sync::Arc<Edge>, user: &str, slot: Slot) {
     let Slot::Allowed(slot_ms) = slot else { return };
-    let req = pb::ReleaseRequest {
-        key: format!("send:{user}"),
-        slot_ms,
-    };
+    let req = pb::ReleaseRequest { key: format!("send:{user}"), slot_ms };
     let (edge, timeout) = (edge.clone(), edge.config.request_timeout());
     edge.shutdown.clone().spawn(async move {
         let mut presence = edge.presence.clone();

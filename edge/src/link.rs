@@ -76,21 +76,10 @@ impl Links {
                 pending: Mutex::new(HashMap::new()),
                 connected: AtomicBool::new(false),
             });
-            shutdown.spawn(run_link(
-                link.clone(),
-                out_rx,
-                edge_id.to_string(),
-                rooms.clone(),
-                shutdown.clone(),
-            ));
+            shutdown.spawn(run_link(link.clone(), out_rx, edge_id.to_string(), rooms.clone(), shutdown.clone()));
             links.insert(addr.clone(), link);
         }
-        Arc::new(Self {
-            ring,
-            links,
-            next_id: AtomicU64::new(1),
-            timeout,
-        })
+        Arc::new(Self { ring, links, next_id: AtomicU64::new(1), timeout })
     }
 
     pub fn any_connected(&self) -> bool {
@@ -141,10 +130,7 @@ impl Links {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        link.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Pending { tx, on_reply });
+        link.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Pending { tx, on_reply });
         let frame = pb::EdgeFrame {
             kind: Some(pb::edge_frame::Kind::Request(pb::Request {
                 id,
@@ -164,20 +150,10 @@ impl Links {
     /// router is unreachable or its queue is full.
     pub fn send_only(&self, chat_id: &str, user_id: &str, op: pb::request::Op) {
         let Some(link) = self.link_for(chat_id) else { return };
-        let request = pb::Request {
-            id: 0,
-            chat_id: chat_id.to_string(),
-            user_id: user_id.to_string(),
-            op: Some(op),
-        };
-        let frame = pb::EdgeFrame {
-            kind: Some(pb::edge_frame::Kind::Request(request)),
-        };
+        let request = pb::Request { id: 0, chat_id: chat_id.to_string(), user_id: user_id.to_string(), op: Some(op) };
+        let frame = pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(request)) };
         if link.connected.load(Ordering::Relaxed) && link.out_tx.try_send(frame).is_err() {
-            tracing::debug!(
-                chat.id = chat_id,
-                "router queue full: dropped a fire-and-forget request"
-            );
+            tracing::debug!(chat.id = chat_id, "router queue full: dropped a fire-and-forget request");
         }
     }
 
@@ -247,16 +223,9 @@ async fn connect_once(
     // whatever the edge queues.
     let (stream_tx, stream_rx) = mpsc::channel::<pb::EdgeFrame>(1024);
     stream_tx
-        .send(pb::EdgeFrame {
-            kind: Some(pb::edge_frame::Kind::Hello(pb::Hello {
-                edge_id: edge_id.to_string(),
-            })),
-        })
+        .send(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(pb::Hello { edge_id: edge_id.to_string() })) })
         .await?;
-    let mut inbound = client
-        .edge_stream(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
-        .await?
-        .into_inner();
+    let mut inbound = client.edge_stream(tokio_stream::wrappers::ReceiverStream::new(stream_rx)).await?.into_inner();
     link.connected.store(true, Ordering::Relaxed);
     tracing::info!(router = %link.addr, "router stream up");
     // Chats with local sockets are subscribed again on the new stream.
@@ -306,15 +275,8 @@ fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
             event: Some(pb::delivery::Event::ChatUpdate(update)),
         })) if !rooms.apply_chat_update(&update) => {
             let op = pb::request::Op::Unsubscribe(pb::UnsubscribeOp {});
-            let frame = pb::Request {
-                id: 0,
-                chat_id,
-                user_id: String::new(),
-                op: Some(op),
-            };
-            let frame = pb::EdgeFrame {
-                kind: Some(pb::edge_frame::Kind::Request(frame)),
-            };
+            let frame = pb::Request { id: 0, chat_id, user_id: String::new(), op: Some(op) };
+            let frame = pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(frame)) };
             if link.out_tx.try_send(frame).is_err() {
                 tracing::warn!("router queue full: unsubscribe dropped");
             }

@@ -73,12 +73,7 @@ impl Watchers {
     }
 
     fn watched(&self) -> Vec<String> {
-        self.by_user
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.by_user.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
     fn deliver(&self, s: &pb::PresenceState) {
@@ -116,12 +111,7 @@ pub fn report(edge: &Arc<Edge>, add: Vec<String>, remove: Vec<String>) {
     if add.is_empty() && remove.is_empty() {
         return;
     }
-    let req = pb::WatchingRequest {
-        edge_id: edge.edge_id.to_string(),
-        add,
-        remove,
-        reset: false,
-    };
+    let req = pb::WatchingRequest { edge_id: edge.edge_id.to_string(), add, remove, reset: false };
     let (edge2, timeout) = (edge.clone(), edge.config.request_timeout());
     edge.shutdown.spawn(async move {
         let mut p = edge2.presence.clone();
@@ -133,12 +123,9 @@ pub fn report(edge: &Arc<Edge>, add: Vec<String>, remove: Vec<String>) {
 
 /// The users `viewer` may watch: everyone sharing a chat with them, and themselves.
 pub async fn visible_to(edge: &Edge, viewer: &str) -> Result<HashSet<String>, ApiError> {
-    let chats = tokio::time::timeout(
-        edge.config.request_timeout(),
-        edge.store.list_user_chats(viewer, usize::MAX),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+    let chats = tokio::time::timeout(edge.config.request_timeout(), edge.store.list_user_chats(viewer, usize::MAX))
+        .await
+        .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
     let mut out: HashSet<String> = chats
         .iter()
         .filter_map(|s| s.chat.as_ref())
@@ -150,10 +137,7 @@ pub async fn visible_to(edge: &Edge, viewer: &str) -> Result<HashSet<String>, Ap
 
 /// Current states of `users` as `viewer` sees them, in the order asked.
 pub async fn states(edge: &Edge, viewer: &str, users: &[String]) -> Result<Vec<pb::PresenceState>, ApiError> {
-    let req = pb::GetManyRequest {
-        user_ids: users.to_vec(),
-        viewer: viewer.to_string(),
-    };
+    let req = pb::GetManyRequest { user_ids: users.to_vec(), viewer: viewer.to_string() };
     let mut p = edge.presence.clone();
     let r = tokio::time::timeout(edge.config.request_timeout(), p.get_many(req))
         .await
@@ -168,10 +152,7 @@ pub async fn visible_snapshot(edge: &Edge, viewer: &str, users: &[String]) -> Re
     let shown: Vec<String> = users.iter().filter(|u| visible.contains(*u)).cloned().collect();
     let states = states(edge, viewer, &shown).await?;
     let by_id: HashMap<&str, &pb::PresenceState> = states.iter().map(|s| (s.user_id.as_str(), s)).collect();
-    Ok(users
-        .iter()
-        .map(|u| by_id.get(u.as_str()).map_or_else(|| hidden(u), |s| snapshot(s)))
-        .collect())
+    Ok(users.iter().map(|u| by_id.get(u.as_str()).map_or_else(|| hidden(u), |s| snapshot(s))).collect())
 }
 
 /// Keeps the lease alive and the watch stream open, until shutdown.
@@ -182,11 +163,7 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shutdown.is_triggered() {
         let mut p = edge.presence.clone();
-        let stream = p
-            .watch(pb::WatchRequest {
-                edge_id: edge.edge_id.to_string(),
-            })
-            .await;
+        let stream = p.watch(pb::WatchRequest { edge_id: edge.edge_id.to_string() }).await;
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
             Err(e) => {

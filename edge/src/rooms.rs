@@ -33,19 +33,13 @@ pub struct Rooms {
 
 impl Rooms {
     pub fn new(removals: tokio::sync::mpsc::Sender<MembershipChange>) -> Self {
-        Self {
-            removals: Some(removals),
-            ..Self::default()
-        }
+        Self { removals: Some(removals), ..Self::default() }
     }
 
     /// Adds a socket to its user's personal room.
     pub fn join_user(&self, user_id: &str, socket: &Arc<EioSocket>) {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
-        users
-            .entry(user_id.to_string())
-            .or_default()
-            .insert(socket.id, socket.clone());
+        users.entry(user_id.to_string()).or_default().insert(socket.id, socket.clone());
     }
 
     pub fn leave_user(&self, user_id: &str, sid: Sid) {
@@ -61,10 +55,7 @@ impl Rooms {
     /// The local sockets of a user.
     pub fn user_sockets(&self, user_id: &str) -> Vec<Arc<EioSocket>> {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
-        users
-            .get(user_id)
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default()
+        users.get(user_id).map(|s| s.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Adds a socket to a chat, recording it in the socket's own set under
@@ -124,10 +115,9 @@ impl Rooms {
     fn join(&self, chat_id: &str, socket: &Arc<EioSocket>, last_seq: u64) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
         let first = !rooms.contains_key(chat_id);
-        let room = rooms.entry(chat_id.to_string()).or_insert_with(|| Room {
-            sockets: HashMap::new(),
-            last_seq: AtomicU64::new(last_seq),
-        });
+        let room = rooms
+            .entry(chat_id.to_string())
+            .or_insert_with(|| Room { sockets: HashMap::new(), last_seq: AtomicU64::new(last_seq) });
         room.sockets.insert(socket.id, socket.clone());
         first
     }
@@ -149,19 +139,11 @@ impl Rooms {
     }
 
     pub fn has(&self, chat_id: &str) -> bool {
-        self.rooms
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(chat_id)
+        self.rooms.read().unwrap_or_else(|p| p.into_inner()).contains_key(chat_id)
     }
 
     pub fn chats(&self) -> Vec<String> {
-        self.rooms
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.rooms.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
     pub fn deliver(&self, d: pb::Delivery) {

@@ -16,12 +16,7 @@ pub enum Incoming {
     /// DISCONNECT from `nsp`.
     Disconnect { nsp: String },
     /// EVENT `name` with its arguments (the first one is the payload).
-    Event {
-        nsp: String,
-        name: String,
-        args: Vec<Value>,
-        ack: Option<u64>,
-    },
+    Event { nsp: String, name: String, args: Vec<Value>, ack: Option<u64> },
     /// ACK from the client (the server asks for none, so these are ignored).
     Ack,
     /// BINARY_EVENT or BINARY_ACK: refused; `ack` is the id if one was sent.
@@ -86,11 +81,8 @@ pub fn parse(msg: &str) -> Result<Incoming, ParseError> {
     };
     match kind {
         '0' => {
-            let auth = if rest.is_empty() {
-                None
-            } else {
-                Some(serde_json::from_str(rest).map_err(|_| ParseError::Json)?)
-            };
+            let auth =
+                if rest.is_empty() { None } else { Some(serde_json::from_str(rest).map_err(|_| ParseError::Json)?) };
             Ok(Incoming::Connect { nsp, auth })
         }
         '1' => Ok(Incoming::Disconnect { nsp }),
@@ -180,26 +172,14 @@ mod tests {
 
     #[test]
     fn parses_what_socket_io_client_sends() {
-        assert_eq!(
-            parse("0").unwrap(),
-            Incoming::Connect {
-                nsp: "/".into(),
-                auth: None
-            }
-        );
+        assert_eq!(parse("0").unwrap(), Incoming::Connect { nsp: "/".into(), auth: None });
         assert_eq!(
             parse(r#"0{"token":"x"}"#).unwrap(),
-            Incoming::Connect {
-                nsp: "/".into(),
-                auth: Some(json!({"token":"x"}))
-            }
+            Incoming::Connect { nsp: "/".into(), auth: Some(json!({"token":"x"})) }
         );
         assert_eq!(
             parse(r#"0/admin,{"token":"x"}"#).unwrap(),
-            Incoming::Connect {
-                nsp: "/admin".into(),
-                auth: Some(json!({"token":"x"}))
-            }
+            Incoming::Connect { nsp: "/admin".into(), auth: Some(json!({"token":"x"})) }
         );
         assert_eq!(
             parse(r#"212["message:send",{"chatId":"c"}]"#).unwrap(),
@@ -220,10 +200,7 @@ mod tests {
             }
         );
         assert_eq!(parse("1").unwrap(), Incoming::Disconnect { nsp: "/".into() });
-        assert_eq!(
-            parse("51-3[\"x\",{\"_placeholder\":true,\"num\":0}]").unwrap(),
-            Incoming::Binary { ack: Some(3) }
-        );
+        assert_eq!(parse("51-3[\"x\",{\"_placeholder\":true,\"num\":0}]").unwrap(), Incoming::Binary { ack: Some(3) });
     }
 
     #[test]
@@ -245,17 +222,10 @@ mod tests {
     fn encodes_server_packets() {
         assert_eq!(connect_ok("/", "abc"), r#"0{"sid":"abc"}"#);
         assert_eq!(
-            connect_error(
-                "/",
-                "UNAUTHORIZED",
-                Some(&json!({"code":"UNAUTHORIZED","reason":"missing_token"}))
-            ),
+            connect_error("/", "UNAUTHORIZED", Some(&json!({"code":"UNAUTHORIZED","reason":"missing_token"}))),
             r#"4{"data":{"code":"UNAUTHORIZED","reason":"missing_token"},"message":"UNAUTHORIZED"}"#
         );
-        assert_eq!(
-            connect_error("/x", "Invalid namespace", None),
-            r#"4/x,{"message":"Invalid namespace"}"#
-        );
+        assert_eq!(connect_error("/x", "Invalid namespace", None), r#"4/x,{"message":"Invalid namespace"}"#);
         assert_eq!(event("a", &json!({"b":1})), r#"2["a",{"b":1}]"#);
         assert_eq!(raw_event("a\"b", r#"{"b":1}"#), r#"2["a\"b",{"b":1}]"#);
         assert_eq!(ack(7, &json!({"ok":true})), r#"37[{"ok":true}]"#);

@@ -102,13 +102,7 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
     if socket.data.released.swap(true, Ordering::AcqRel) {
         return;
     }
-    let typing: Vec<String> = socket
-        .data
-        .typing
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .collect();
+    let typing: Vec<String> = socket.data.typing.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
     for chat_id in typing {
         let op = pb::request::Op::Typing(pb::TypingOp { start: false });
         edge.links.send_only(&chat_id, &session.user_id, op);
@@ -217,10 +211,7 @@ impl Handler {
             return; // a repeated CONNECT is ignored
         }
         let parts = &socket.req_parts;
-        let header = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok());
+        let header = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
         let identity = pick_token(auth, header, parts.uri.query()).and_then(|t| self.edge.verifier.verify(&t));
         let identity = match identity {
             Ok(i) => i,
@@ -256,8 +247,7 @@ async fn start_session(
 ) -> Result<(), ApiError> {
     let chats = tokio::time::timeout(
         edge.config.request_timeout(),
-        edge.store
-            .list_user_chats(&identity.user_id, edge.config.auto_join_limit),
+        edge.store.list_user_chats(&identity.user_id, edge.config.auto_join_limit),
     )
     .await
     .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
@@ -279,10 +269,7 @@ async fn start_session(
     for s in &chats {
         let Some(chat) = &s.chat else { continue };
         if join_chat(edge, socket, &chat.id, s.last_seq) {
-            waits.push(
-                edge.links
-                    .request(&chat.id, &user_id, pb::request::Op::Subscribe(pb::SubscribeOp {}), None),
-            );
+            waits.push(edge.links.request(&chat.id, &user_id, pb::request::Op::Subscribe(pb::SubscribeOp {}), None));
         }
         listed.push(
             json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }),
@@ -302,11 +289,7 @@ async fn start_session(
     send(socket, sio::event("session:ready", &ready));
 
     let mut presence = edge.presence.clone();
-    let req = pb::SessionRequest {
-        user_id,
-        edge_id: edge.edge_id.to_string(),
-        session_id,
-    };
+    let req = pb::SessionRequest { user_id, edge_id: edge.edge_id.to_string(), session_id };
     match tokio::time::timeout(edge.config.request_timeout(), presence.session_open(req.clone())).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "presence session open failed"),

@@ -38,10 +38,9 @@ pub fn optional_string(o: Obj<'_>, field: &str, min: usize, max: usize) -> Resul
 pub fn optional_u64(o: Obj<'_>, field: &str) -> Result<Option<u64>, ApiError> {
     match o.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ApiError::validation(format!("{field} must be a non-negative integer"))),
+        Some(Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| ApiError::validation(format!("{field} must be a non-negative integer")))
+        }
         Some(_) => Err(ApiError::validation(format!("{field} must be an integer"))),
     }
 }
@@ -57,9 +56,7 @@ pub fn id_list(o: Obj<'_>, field: &str, max: usize) -> Result<Vec<String>, ApiEr
     ids.iter()
         .map(|id| match id {
             Value::String(s) if (1..=128).contains(&s.chars().count()) => Ok(s.clone()),
-            _ => Err(ApiError::validation(format!(
-                "{field} must hold strings of 1..128 characters"
-            ))),
+            _ => Err(ApiError::validation(format!("{field} must hold strings of 1..128 characters"))),
         })
         .collect()
 }

@@ -24,11 +24,8 @@ pub fn message(m: &pb::Message) -> Value {
         o.insert("deleted".into(), Value::Bool(true));
     }
     if !m.reactions.is_empty() {
-        let counts: Map<String, Value> = m
-            .reactions
-            .iter()
-            .map(|r| (r.emoji.clone(), json!(r.user_ids.len())))
-            .collect();
+        let counts: Map<String, Value> =
+            m.reactions.iter().map(|r| (r.emoji.clone(), json!(r.user_ids.len()))).collect();
         o.insert("reactions".into(), Value::Object(counts));
     }
     Value::Object(o)
@@ -46,12 +43,7 @@ pub fn send_ack(m: &pb::Message) -> Value {
 /// `Chat` (CONTRACT §6 `chat:update`, §8.27).
 pub fn chat(c: &pb::Chat) -> Value {
     let member_ids: Vec<&str> = c.members.iter().map(|m| m.user_id.as_str()).collect();
-    let admin_ids: Vec<&str> = c
-        .members
-        .iter()
-        .filter(|m| m.role == "admin")
-        .map(|m| m.user_id.as_str())
-        .collect();
+    let admin_ids: Vec<&str> = c.members.iter().filter(|m| m.role == "admin").map(|m| m.user_id.as_str()).collect();
     json!({
         "id": c.id,
         "type": c.kind,

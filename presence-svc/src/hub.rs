@@ -18,11 +18,7 @@ pub struct Windows {
 
 impl Default for Windows {
     fn default() -> Self {
-        Self {
-            offline_grace_ms: 5000,
-            update_interval_ms: 2000,
-            lease_ms: 30_000,
-        }
+        Self { offline_grace_ms: 5000, update_interval_ms: 2000, lease_ms: 30_000 }
     }
 }
 
@@ -84,17 +80,11 @@ pub fn parse_status(s: &str) -> Option<&'static str> {
 
 impl Hub {
     pub fn new(windows: Windows) -> Self {
-        Self {
-            windows,
-            ..Self::default()
-        }
+        Self { windows, ..Self::default() }
     }
 
     fn user(&mut self, id: &str) -> &mut User {
-        self.users.entry(id.to_string()).or_insert_with(|| User {
-            shown: "offline",
-            ..User::default()
-        })
+        self.users.entry(id.to_string()).or_insert_with(|| User { shown: "offline", ..User::default() })
     }
 
     pub fn heartbeat(&mut self, edge: &str, now: i64) {
@@ -126,27 +116,13 @@ impl Hub {
     /// The state of `user` as `viewer` sees it.
     pub fn seen_by(&self, user: &str, viewer: &str, now: i64) -> Seen {
         let Some(u) = self.users.get(user) else {
-            return Seen {
-                user_id: user.to_string(),
-                status: "offline",
-                last_seen_ms: None,
-                since_ms: now,
-            };
+            return Seen { user_id: user.to_string(), status: "offline", last_seen_ms: None, since_ms: now };
         };
         let own = user == viewer && (!u.sessions.is_empty() || u.closing_at.is_some());
         let status = if own { u.chosen() } else { u.shown };
         // Shown online (or away, busy): seen now. Otherwise: last seen visible.
-        let last_seen_ms = if u.shown != "offline" {
-            Some(now)
-        } else {
-            u.last_visible_ms
-        };
-        Seen {
-            user_id: user.to_string(),
-            status,
-            last_seen_ms,
-            since_ms: u.shown_since,
-        }
+        let last_seen_ms = if u.shown != "offline" { Some(now) } else { u.last_visible_ms };
+        Seen { user_id: user.to_string(), status, last_seen_ms, since_ms: u.shown_since }
     }
 
     /// Re-evaluates a user after a change; returns what to publish now.
@@ -157,11 +133,7 @@ impl Hub {
         if visible != u.shown {
             // Leaving a visible state: remember when (the close time for an
             // offline after the grace window).
-            let began = if visible == "offline" {
-                u.closing_at.unwrap_or(now)
-            } else {
-                now
-            };
+            let began = if visible == "offline" { u.closing_at.unwrap_or(now) } else { now };
             if u.shown != "offline" || visible == "offline" {
                 u.last_visible_ms = Some(began);
             }
@@ -183,12 +155,8 @@ impl Hub {
     /// Runs the clocks: grace windows that ended, throttled updates whose
     /// interval passed, edges whose lease lapsed.
     pub fn tick(&mut self, now: i64) -> Vec<Seen> {
-        let dead: Vec<String> = self
-            .leases
-            .iter()
-            .filter(|(_, t)| now - **t >= self.windows.lease_ms)
-            .map(|(e, _)| e.clone())
-            .collect();
+        let dead: Vec<String> =
+            self.leases.iter().filter(|(_, t)| now - **t >= self.windows.lease_ms).map(|(e, _)| e.clone()).collect();
         for edge in &dead {
             self.leases.remove(edge);
             for u in self.users.values_mut() {
@@ -235,11 +203,7 @@ mod tests {
     use super::*;
 
     fn hub() -> Hub {
-        Hub::new(Windows {
-            offline_grace_ms: 5000,
-            update_interval_ms: 2000,
-            lease_ms: 30_000,
-        })
+        Hub::new(Windows { offline_grace_ms: 5000, update_interval_ms: 2000, lease_ms: 30_000 })
     }
 
     fn statuses(v: &[Seen]) -> Vec<(&str, &str)> {

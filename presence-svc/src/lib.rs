@@ -30,25 +30,13 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// A user goes offline this long after their last socket closes.
-    #[arg(
-        long = "offline-grace-ms",
-        env = "CONFAB_PRESENCE_OFFLINE_GRACE_MS",
-        default_value_t = 5000
-    )]
+    #[arg(long = "offline-grace-ms", env = "CONFAB_PRESENCE_OFFLINE_GRACE_MS", default_value_t = 5000)]
     pub offline_grace_ms: i64,
     /// At most one presence update per user per this long.
-    #[arg(
-        long = "presence-interval-ms",
-        env = "CONFAB_PRESENCE_INTERVAL_MS",
-        default_value_t = 2000
-    )]
+    #[arg(long = "presence-interval-ms", env = "CONFAB_PRESENCE_INTERVAL_MS", default_value_t = 2000)]
     pub update_interval_ms: i64,
     /// An edge that does not renew its lease for this long loses its users.
-    #[arg(
-        long = "edge-lease-ms",
-        env = "CONFAB_PRESENCE_EDGE_LEASE_MS",
-        default_value_t = 30_000
-    )]
+    #[arg(long = "edge-lease-ms", env = "CONFAB_PRESENCE_EDGE_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: i64,
     /// How often the clocks above are checked.
     #[arg(long = "presence-tick-ms", env = "CONFAB_PRESENCE_TICK_MS", default_value_t = 100)]
@@ -102,11 +90,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl PresenceService {
     pub fn new(windows: Windows) -> Self {
-        Self {
-            hub: Arc::new(Mutex::new(Hub::new(windows))),
-            watches: Arc::default(),
-            limiter: Arc::default(),
-        }
+        Self { hub: Arc::new(Mutex::new(Hub::new(windows))), watches: Arc::default(), limiter: Arc::default() }
     }
 
     /// Sends updates to the edges watching their users.
@@ -206,11 +190,7 @@ impl PresenceRpc for PresenceService {
         let r = req.into_inner();
         let now = now_ms();
         let hub = lock(&self.hub);
-        let states = r
-            .user_ids
-            .iter()
-            .map(|u| state(hub.seen_by(u, &r.viewer, now)))
-            .collect();
+        let states = r.user_ids.iter().map(|u| state(hub.seen_by(u, &r.viewer, now))).collect();
         Ok(Response::new(pb::GetManyResponse { states }))
     }
 
@@ -264,16 +244,8 @@ impl PresenceRpc for PresenceService {
             return Err(Status::invalid_argument("key, limit and window_ms are required"));
         }
         let answer = match self.limiter.acquire(&r.key, r.limit, r.window_ms, now_ms()) {
-            Acquired::Allowed { slot_ms } => pb::AcquireResponse {
-                allowed: true,
-                retry_after_ms: 0,
-                slot_ms,
-            },
-            Acquired::Refused { retry_after_ms } => pb::AcquireResponse {
-                allowed: false,
-                retry_after_ms,
-                slot_ms: 0,
-            },
+            Acquired::Allowed { slot_ms } => pb::AcquireResponse { allowed: true, retry_after_ms: 0, slot_ms },
+            Acquired::Refused { retry_after_ms } => pb::AcquireResponse { allowed: false, retry_after_ms, slot_ms: 0 },
         };
         Ok(Response::new(answer))
     }
@@ -297,11 +269,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         lease_ms: config.lease_ms,
     };
     let service = PresenceService::new(windows);
-    shutdown.spawn(
-        service
-            .clone()
-            .run_clock(Duration::from_millis(config.tick_ms.max(10)), shutdown.clone()),
-    );
+    shutdown.spawn(service.clone().run_clock(Duration::from_millis(config.tick_ms.max(10)), shutdown.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!("presence-svc serving");
     tonic::transport::Server::builder()

@@ -36,9 +36,7 @@ impl MemoryLimiter {
             return Acquired::Allowed { slot_ms: now_ms };
         }
         let oldest = slots.front().copied().unwrap_or(now_ms);
-        Acquired::Refused {
-            retry_after_ms: u64::try_from(oldest + window - now_ms).unwrap_or(1).max(1),
-        }
+        Acquired::Refused { retry_after_ms: u64::try_from(oldest + window - now_ms).unwrap_or(1).max(1) }
     }
 
     pub fn release(&self, key: &str, slot_ms: i64) {
@@ -69,9 +67,6 @@ mod tests {
         assert_eq!(l.acquire("u", 3, 1000, 1001), Acquired::Refused { retry_after_ms: 99 });
         // A released slot is free again.
         l.release("u", 1000);
-        assert!(matches!(
-            l.acquire("u", 3, 1000, 1001),
-            Acquired::Allowed { slot_ms: 1001 }
-        ));
+        assert!(matches!(l.acquire("u", 3, 1000, 1001), Acquired::Allowed { slot_ms: 1001 }));
     }
 }

@@ -55,6 +55,8 @@ pub(crate) enum Op {
 #[derive(Clone)]
 pub(crate) struct ChatSettings {
     pub store: Arc<dyn Store>,
+    /// This router, as recorded with each claim.
+    pub owner: String,
     /// Every edge stream attached to this router.
     pub edges: EdgeRegistry,
     /// A writer with no subscriber and no command for this long stops.
@@ -72,6 +74,10 @@ struct Typing {
 
 struct ChatState {
     chat_id: String,
+    /// Our ownership epoch: every write carries it (see `Store::claim`).
+    epoch: u64,
+    /// A newer owner claimed the chat: this writer stops.
+    fenced: bool,
     chat: pb::Chat,
     last_seq: u64,
     subscribers: HashMap<u64, EdgeConn>,
@@ -84,11 +90,7 @@ struct ChatState {
 type OpResult = Result<ReplyResult, ReplyResult>;
 
 fn error(code: pb::ErrorCode, message: impl Into<String>) -> ReplyResult {
-    ReplyResult::Error(pb::Error {
-        code: code as i32,
-        message: message.into(),
-        retry_after_ms: None,
-    })
+    ReplyResult::Error(pb::Error { code: code as i32, message: message.into(), retry_after_ms: None })
 }
 
 fn forbidden(message: &str) -> ReplyResult {
@@ -107,19 +109,15 @@ fn store_error(e: &StoreError) -> ReplyResult {
     match e {
         StoreError::NotFound => not_found("no such chat"),
         StoreError::Invalid(m) => error(pb::ErrorCode::Validation, m.clone()),
-        StoreError::SeqConflict { .. } | StoreError::Unavailable(_) => error(
-            pb::ErrorCode::Unavailable,
-            "storage unavailable, retry with the same ids",
-        ),
+        StoreError::SeqConflict { .. } | StoreError::Unavailable(_) | StoreError::Fenced => {
+            error(pb::ErrorCode::Unavailable, "storage unavailable, retry with the same ids")
+        }
         StoreError::Internal(_) => error(pb::ErrorCode::Internal, "storage error"),
     }
 }
 
 fn reply(edge: &EdgeConn, id: u64, result: ReplyResult) {
-    edge.send(Kind::Reply(pb::Reply {
-        id,
-        result: Some(result),
-    }));
+    edge.send(Kind::Reply(pb::Reply { id, result: Some(result) }));
 }
 
 /// Answers a command that will not be served (typing gets no answer).
@@ -134,9 +132,17 @@ pub(crate) fn refuse(cmd: Cmd, result: ReplyResult) {
 /// Runs the writer of `chat_id` until it has been idle (no command, no
 /// subscriber, no one typing) for `settings.idle`, or its queue closes.
 pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, settings: ChatSettings) {
-    let mut state = match settings.store.get_chat(&chat_id).await {
-        Ok((chat, last_seq)) => ChatState {
+    // Claim first, then read: whatever an older owner wrote before the claim
+    // is in what we read, and nothing it writes after the claim is accepted.
+    let loaded = match settings.store.claim(&chat_id, &settings.owner).await {
+        Ok(epoch) => settings.store.get_chat(&chat_id).await.map(|(chat, last)| (epoch, chat, last)),
+        Err(e) => Err(e),
+    };
+    let mut state = match loaded {
+        Ok((epoch, chat, last_seq)) => ChatState {
             chat_id: chat_id.clone(),
+            epoch,
+            fenced: false,
             chat,
             last_seq,
             subscribers: HashMap::new(),
@@ -157,6 +163,14 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, setti
     let mut batch: Vec<Cmd> = Vec::new();
     let mut last_command = Instant::now();
     loop {
+        if state.fenced {
+            // Another router owns the chat now: hand everything queued back.
+            rx.close();
+            for cmd in batch.drain(..).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                refuse(cmd, error(pb::ErrorCode::Unavailable, "the chat moved to another router, retry"));
+            }
+            return;
+        }
         if !batch.is_empty() {
             match rx.try_recv() {
                 Ok(cmd) if batch.len() < MAX_SEND_BATCH => state.handle(cmd, &mut batch, &settings).await,
@@ -169,12 +183,7 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, setti
             continue;
         }
         let idle_at = last_command + settings.idle;
-        let wake = state
-            .typing
-            .values()
-            .map(|t| t.expires)
-            .min()
-            .map_or(idle_at, |t| t.min(idle_at));
+        let wake = state.typing.values().map(|t| t.expires).min().map_or(idle_at, |t| t.min(idle_at));
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(cmd) => {
@@ -200,6 +209,15 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, setti
 }
 
 impl ChatState {
+    /// Notes a fencing error: this writer stops after the current command.
+    fn fenced_by(&mut self, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::Fenced) {
+            tracing::info!(chat.id = %self.chat_id, epoch = self.epoch, "a newer owner claimed the chat: stopping");
+            self.fenced = true;
+        }
+        e
+    }
+
     fn member(&self, user: &str) -> Option<&pb::Member> {
         self.chat.members.iter().find(|m| m.user_id == user)
     }
@@ -230,10 +248,7 @@ impl ChatState {
                     Err(forbidden("not a member of this chat"))
                 } else {
                     self.subscribers.insert(edge.key(), edge.clone());
-                    Ok(ReplyResult::Join(pb::JoinResult {
-                        last_seq: self.last_seq,
-                        ..Default::default()
-                    }))
+                    Ok(ReplyResult::Join(pb::JoinResult { last_seq: self.last_seq, ..Default::default() }))
                 }
             }
             Op::Unsubscribe => {
@@ -275,12 +290,7 @@ impl ChatState {
         };
         let last_read_seq = self.cursor(store, user).await?;
         self.subscribers.insert(edge.key(), edge.clone());
-        Ok(ReplyResult::Join(pb::JoinResult {
-            last_seq: self.last_seq,
-            last_read_seq,
-            missed,
-            has_more,
-        }))
+        Ok(ReplyResult::Join(pb::JoinResult { last_seq: self.last_seq, last_read_seq, missed, has_more }))
     }
 
     /// Reloads the chat (just created) and tells every edge.
@@ -343,11 +353,7 @@ impl ChatState {
                 }
                 for id in ids.user_ids {
                     if !chat.members.iter().any(|m| m.user_id == id) {
-                        chat.members.push(pb::Member {
-                            user_id: id.clone(),
-                            role: "member".into(),
-                            joined_at_ms: now,
-                        });
+                        chat.members.push(pb::Member { user_id: id.clone(), role: "member".into(), joined_at_ms: now });
                         added.push(id);
                     }
                 }
@@ -395,8 +401,9 @@ impl ChatState {
         chat.updated_at_ms = now;
         let delete = chat.members.is_empty();
         store
-            .save_chat(chat.clone(), removed.clone(), delete)
+            .save_chat(chat.clone(), removed.clone(), delete, Some(self.epoch))
             .await
+            .map_err(|e| self.fenced_by(e))
             .map_err(|e| store_error(&e))?;
         self.chat = chat;
         self.publish_chat(edges, added, removed);
@@ -427,7 +434,11 @@ impl ChatState {
         }
         m.body = op.body;
         m.edited_at_ms = Some(now_ms());
-        store.put_message(m.clone()).await.map_err(|e| store_error(&e))?;
+        store
+            .put_message(m.clone(), Some(self.epoch))
+            .await
+            .map_err(|e| self.fenced_by(e))
+            .map_err(|e| store_error(&e))?;
         self.broadcast(events::message_updated(&m), None);
         Ok(json(events::edit_ack(&m)))
     }
@@ -449,7 +460,11 @@ impl ChatState {
             m.deleted = true;
             m.body.clear();
             m.reactions.clear();
-            store.put_message(m.clone()).await.map_err(|e| store_error(&e))?;
+            store
+                .put_message(m.clone(), Some(self.epoch))
+                .await
+                .map_err(|e| self.fenced_by(e))
+                .map_err(|e| store_error(&e))?;
             self.broadcast(events::message_deleted(&m), None);
         }
         Ok(json(serde_json::json!({ "messageId": m.id })))
@@ -465,10 +480,7 @@ impl ChatState {
                     true
                 }
                 None => {
-                    m.reactions.push(pb::Reaction {
-                        emoji: op.emoji.clone(),
-                        user_ids: vec![user.to_string()],
-                    });
+                    m.reactions.push(pb::Reaction { emoji: op.emoji.clone(), user_ids: vec![user.to_string()] });
                     true
                 }
             }
@@ -483,7 +495,11 @@ impl ChatState {
             m.reactions.iter().map(|r| r.user_ids.len()).sum::<usize>() != before
         };
         if changed {
-            store.put_message(m.clone()).await.map_err(|e| store_error(&e))?;
+            store
+                .put_message(m.clone(), Some(self.epoch))
+                .await
+                .map_err(|e| self.fenced_by(e))
+                .map_err(|e| store_error(&e))?;
             self.broadcast(events::reaction_update(&m, &op.emoji, user, op.add), None);
         }
         Ok(json(serde_json::json!({})))
@@ -493,10 +509,7 @@ impl ChatState {
         if let Some(c) = self.cursors.get(user) {
             return Ok(*c);
         }
-        let c = store
-            .get_cursor(&self.chat_id, user)
-            .await
-            .map_err(|e| store_error(&e))?;
+        let c = store.get_cursor(&self.chat_id, user).await.map_err(|e| store_error(&e))?;
         self.cursors.insert(user.to_string(), c);
         Ok(c)
     }
@@ -508,17 +521,11 @@ impl ChatState {
         let target = if op.message_id.is_empty() {
             let seq = op.seq.unwrap_or(0);
             if seq > self.last_seq {
-                return Err(error(
-                    pb::ErrorCode::Validation,
-                    "seq is beyond the chat's last message",
-                ));
+                return Err(error(pb::ErrorCode::Validation, "seq is beyond the chat's last message"));
             }
             match store.get_message(&self.chat_id, "", seq).await {
                 Ok(Some(m)) => m,
-                Ok(None) => pb::Message {
-                    seq,
-                    ..Default::default()
-                },
+                Ok(None) => pb::Message { seq, ..Default::default() },
                 Err(e) => return Err(store_error(&e)),
             }
         } else {
@@ -533,10 +540,7 @@ impl ChatState {
         if target.seq <= current {
             return Ok(json(events::read_ack(current, read_at)));
         }
-        let now_at = store
-            .set_cursor(&self.chat_id, user, target.seq)
-            .await
-            .map_err(|e| store_error(&e))?;
+        let now_at = store.set_cursor(&self.chat_id, user, target.seq).await.map_err(|e| store_error(&e))?;
         self.cursors.insert(user.to_string(), now_at);
         self.broadcast(events::receipt_update(&self.chat_id, user, &target, read_at), None);
         Ok(json(events::read_ack(now_at, read_at)))
@@ -558,25 +562,15 @@ impl ChatState {
         match self.typing.get_mut(user) {
             Some(t) if now < t.last_broadcast + settings.typing_debounce => t.expires = expires,
             _ => {
-                self.typing.insert(
-                    user.to_string(),
-                    Typing {
-                        last_broadcast: now,
-                        expires,
-                    },
-                );
+                self.typing.insert(user.to_string(), Typing { last_broadcast: now, expires });
                 self.broadcast(events::typing(&self.chat_id, user, true), Some(user));
             }
         }
     }
 
     fn expire_typing(&mut self, now: Instant) {
-        let expired: Vec<String> = self
-            .typing
-            .iter()
-            .filter(|(_, t)| t.expires <= now)
-            .map(|(u, _)| u.clone())
-            .collect();
+        let expired: Vec<String> =
+            self.typing.iter().filter(|(_, t)| t.expires <= now).map(|(u, _)| u.clone()).collect();
         for user in expired {
             self.typing.remove(&user);
             self.broadcast(events::typing(&self.chat_id, &user, false), Some(&user));
@@ -594,9 +588,7 @@ impl ChatState {
         if let Some(m) = self.recent.get(&(user.to_string(), client_id.to_string())) {
             return Ok((m.created_at_ms >= not_before).then(|| m.clone()));
         }
-        store
-            .find_by_client_id(&self.chat_id, user, client_id, not_before)
-            .await
+        store.find_by_client_id(&self.chat_id, user, client_id, not_before).await
     }
 
     fn remember(&mut self, m: &pb::Message) {
@@ -622,17 +614,10 @@ impl ChatState {
         if !self.is_member(user) {
             return Err(forbidden("not a member of this chat"));
         }
-        if let Some(m) = fresh
-            .iter()
-            .find(|m| m.sender_id == user && m.client_id == op.client_id)
-        {
+        if let Some(m) = fresh.iter().find(|m| m.sender_id == user && m.client_id == op.client_id) {
             return Ok(Some(m.clone()));
         }
-        if let Some(m) = self
-            .known(store, user, &op.client_id)
-            .await
-            .map_err(|e| store_error(&e))?
-        {
+        if let Some(m) = self.known(store, user, &op.client_id).await.map_err(|e| store_error(&e))? {
             return Ok(Some(m));
         }
         if let Some(retry_after_ms) = op.rate_limited_retry_ms {
@@ -670,10 +655,7 @@ impl ChatState {
                     answers.push((cmd.edge, cmd.req_id, m, true));
                 }
                 Ok(Some(m)) => {
-                    let result = ReplyResult::Send(pb::SendResult {
-                        message: Some(m),
-                        duplicate: true,
-                    });
+                    let result = ReplyResult::Send(pb::SendResult { message: Some(m), duplicate: true });
                     reply(&cmd.edge, cmd.req_id, result);
                 }
                 Ok(None) => {
@@ -697,10 +679,7 @@ impl ChatState {
             return;
         }
         match store
-            .append(AppendBatch {
-                chat_id: self.chat_id.clone(),
-                messages: fresh.clone(),
-            })
+            .append(AppendBatch { chat_id: self.chat_id.clone(), messages: fresh.clone(), epoch: Some(self.epoch) })
             .await
         {
             Ok(last) => {
@@ -710,17 +689,11 @@ impl ChatState {
                     self.deliver(m);
                 }
                 for (edge, req_id, m, duplicate) in answers {
-                    reply(
-                        &edge,
-                        req_id,
-                        ReplyResult::Send(pb::SendResult {
-                            message: Some(m),
-                            duplicate,
-                        }),
-                    );
+                    reply(&edge, req_id, ReplyResult::Send(pb::SendResult { message: Some(m), duplicate }));
                 }
             }
             Err(e) => {
+                let e = self.fenced_by(e);
                 tracing::warn!(chat.id = %self.chat_id, error = %e, "append failed");
                 // Whatever happened, continue from what the store holds.
                 if let Ok((_, last)) = store.get_chat(&self.chat_id).await {
@@ -749,10 +722,7 @@ impl ChatState {
     }
 
     fn send_all(&mut self, event: pb::delivery::Event) {
-        let frame = Kind::Delivery(pb::Delivery {
-            chat_id: self.chat_id.clone(),
-            event: Some(event),
-        });
+        let frame = Kind::Delivery(pb::Delivery { chat_id: self.chat_id.clone(), event: Some(event) });
         self.subscribers.retain(|_, edge| edge.send(frame.clone()));
     }
 }

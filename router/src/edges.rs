@@ -56,10 +56,7 @@ pub(crate) struct EdgeRegistry {
 
 impl EdgeRegistry {
     pub(crate) fn insert(&self, edge: EdgeConn) {
-        self.edges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(edge.key, edge);
+        self.edges.lock().unwrap_or_else(|p| p.into_inner()).insert(edge.key, edge);
     }
 
     pub(crate) fn remove(&self, key: u64) {
@@ -67,11 +64,6 @@ impl EdgeRegistry {
     }
 
     pub(crate) fn all(&self) -> Vec<EdgeConn> {
-        self.edges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.edges.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 }

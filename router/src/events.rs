@@ -26,10 +26,7 @@ pub(crate) fn edit_ack(m: &pb::Message) -> Value {
 }
 
 pub(crate) fn message_deleted(m: &pb::Message) -> (&'static str, Value) {
-    (
-        "message:deleted",
-        json!({ "chatId": m.chat_id, "messageId": m.id, "seq": m.seq }),
-    )
+    ("message:deleted", json!({ "chatId": m.chat_id, "messageId": m.id, "seq": m.seq }))
 }
 
 pub(crate) fn reaction_update(m: &pb::Message, emoji: &str, user: &str, add: bool) -> (&'static str, Value) {
@@ -42,10 +39,7 @@ pub(crate) fn reaction_update(m: &pb::Message, emoji: &str, user: &str, add: boo
 
 pub(crate) fn typing(chat_id: &str, user: &str, start: bool) -> (&'static str, Value) {
     let state = if start { "start" } else { "stop" };
-    (
-        "typing:update",
-        json!({ "chatId": chat_id, "userId": user, "state": state }),
-    )
+    ("typing:update", json!({ "chatId": chat_id, "userId": user, "state": state }))
 }
 
 pub(crate) fn receipt_update(chat_id: &str, user: &str, m: &pb::Message, read_at_ms: i64) -> (&'static str, Value) {

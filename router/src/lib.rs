@@ -43,11 +43,7 @@ pub struct Config {
     #[arg(long = "routers", env = "CONFAB_ROUTERS", value_delimiter = ',')]
     pub routers: Vec<String>,
     /// store-svc address.
-    #[arg(
-        long = "store-url",
-        env = "CONFAB_STORE_URL",
-        default_value = "http://127.0.0.1:7003"
-    )]
+    #[arg(long = "store-url", env = "CONFAB_STORE_URL", default_value = "http://127.0.0.1:7003")]
     pub store_url: String,
     /// Deadline of every store call, in milliseconds.
     #[arg(long = "store-timeout-ms", env = "CONFAB_STORE_TIMEOUT_MS", default_value_t = 5000)]
@@ -65,11 +61,7 @@ pub struct Config {
     #[arg(long = "typing-ttl-ms", env = "CONFAB_TYPING_TTL_MS", default_value_t = 5000)]
     pub typing_ttl_ms: u64,
     /// A typing start within this many milliseconds of the last broadcast one is not re-broadcast.
-    #[arg(
-        long = "typing-debounce-ms",
-        env = "CONFAB_TYPING_DEBOUNCE_MS",
-        default_value_t = 2000
-    )]
+    #[arg(long = "typing-debounce-ms", env = "CONFAB_TYPING_DEBOUNCE_MS", default_value_t = 2000)]
     pub typing_debounce_ms: u64,
 }
 
@@ -132,6 +124,7 @@ impl RouterService {
                 edges: edges.clone(),
                 chat_settings: ChatSettings {
                     store,
+                    owner: config.advertise.clone(),
                     edges,
                     idle: Duration::from_secs(config.chat_idle_secs),
                     typing_ttl: Duration::from_millis(config.typing_ttl_ms),
@@ -153,9 +146,7 @@ impl RouterService {
         for _ in 0..2 {
             let tx = chats.entry(chat_id.to_string()).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(inner.config.chat_queue);
-                inner
-                    .shutdown
-                    .spawn(chat::run_chat(chat_id.to_string(), rx, inner.chat_settings.clone()));
+                inner.shutdown.spawn(chat::run_chat(chat_id.to_string(), rx, inner.chat_settings.clone()));
                 tx
             });
             match tx.try_send(cmd) {
@@ -174,22 +165,10 @@ impl RouterService {
     }
 
     fn handle_request(&self, r: pb::Request, edge: &EdgeConn, subscribed: &mut HashSet<String>) {
-        let pb::Request {
-            id,
-            chat_id,
-            user_id,
-            op,
-        } = r;
+        let pb::Request { id, chat_id, user_id, op } = r;
         let reply_error = |code: pb::ErrorCode, message: &str| {
-            let err = pb::Error {
-                code: code as i32,
-                message: message.into(),
-                retry_after_ms: None,
-            };
-            edge.send(pb::router_frame::Kind::Reply(pb::Reply {
-                id,
-                result: Some(pb::reply::Result::Error(err)),
-            }));
+            let err = pb::Error { code: code as i32, message: message.into(), retry_after_ms: None };
+            edge.send(pb::router_frame::Kind::Reply(pb::Reply { id, result: Some(pb::reply::Result::Error(err)) }));
         };
         if self.inner.ring.owner(&chat_id) != Some(self.inner.advertise.as_str()) {
             return reply_error(pb::ErrorCode::NotOwner, "not the owner of this chat");
@@ -218,15 +197,7 @@ impl RouterService {
             Some(P::Manage(op)) => Op::Manage(op),
             None => return reply_error(pb::ErrorCode::Validation, "request without op"),
         };
-        self.dispatch(
-            &chat_id,
-            Cmd {
-                req_id: id,
-                user: user_id,
-                edge: edge.clone(),
-                op,
-            },
-        );
+        self.dispatch(&chat_id, Cmd { req_id: id, user: user_id, edge: edge.clone(), op });
     }
 }
 
@@ -263,14 +234,10 @@ impl RouterRpc for RouterService {
                     () = shutdown.triggered() => break,
                 };
                 match frame {
-                    Ok(Some(pb::EdgeFrame {
-                        kind: Some(pb::edge_frame::Kind::Request(r)),
-                    })) => {
+                    Ok(Some(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(r)) })) => {
                         this.handle_request(r, &edge, &mut subscribed);
                     }
-                    Ok(Some(pb::EdgeFrame {
-                        kind: Some(pb::edge_frame::Kind::Hello(h)),
-                    })) => {
+                    Ok(Some(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(h)) })) => {
                         tracing::info!(edge.id = %h.edge_id, stream = key, "edge attached");
                     }
                     Ok(Some(_)) => {}
@@ -280,12 +247,7 @@ impl RouterRpc for RouterService {
             reader_kill.cancel();
             this.inner.edges.remove(key);
             for chat_id in subscribed {
-                let cmd = Cmd {
-                    req_id: 0,
-                    user: String::new(),
-                    edge: edge.clone(),
-                    op: Op::EdgeGone,
-                };
+                let cmd = Cmd { req_id: 0, user: String::new(), edge: edge.clone(), op: Op::EdgeGone };
                 this.dispatch(&chat_id, cmd);
             }
             tracing::info!(stream = key, "edge detached");

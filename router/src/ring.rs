@@ -51,11 +51,7 @@ impl Ring {
         for (router, addr) in routers.iter().enumerate() {
             let addr: std::sync::Arc<str> = addr.as_str().into();
             for index in 0..vnodes {
-                ring.add(VNode {
-                    router,
-                    index,
-                    addr: addr.clone(),
-                });
+                ring.add(VNode { router, index, addr: addr.clone() });
             }
         }
         Self { routers, ring }
@@ -91,9 +87,7 @@ mod tests {
         let ring = Ring::new(routers.clone());
         let mut counts = std::collections::HashMap::new();
         for i in 0..3000 {
-            *counts
-                .entry(ring.owner(&format!("chat-{i}")).unwrap().to_string())
-                .or_insert(0) += 1;
+            *counts.entry(ring.owner(&format!("chat-{i}")).unwrap().to_string()).or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3);
         assert!(Ring::new(Vec::<String>::new()).owner("x").is_none());

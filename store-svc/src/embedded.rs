@@ -23,6 +23,8 @@ const CLIENT_IDS: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinit
 const DM_PAIRS: TableDefinition<&str, &str> = TableDefinition::new("dm_pairs");
 /// (chat, message id) -> seq
 const MESSAGE_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("message_ids");
+/// chat -> (ownership epoch, owner)
+const OWNERS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("owners");
 /// (chat, user) -> last read seq
 const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursors");
 
@@ -32,9 +34,10 @@ const WRITE_QUEUE: usize = 4096;
 enum Write {
     CreateChat(NewChat, oneshot::Sender<Result<(Chat, bool), StoreError>>),
     Append(AppendBatch, oneshot::Sender<Result<u64, StoreError>>),
-    Put(Message, oneshot::Sender<Result<u64, StoreError>>),
+    Put(Message, Option<u64>, oneshot::Sender<Result<u64, StoreError>>),
+    Claim(String, String, oneshot::Sender<Result<u64, StoreError>>),
     SetCursor(String, String, u64, oneshot::Sender<Result<u64, StoreError>>),
-    SaveChat(Chat, Vec<String>, bool, oneshot::Sender<Result<u64, StoreError>>),
+    SaveChat(Chat, Vec<String>, bool, Option<u64>, oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// The embedded store. Cheap to clone.
@@ -63,6 +66,7 @@ impl EmbeddedStore {
             tx.open_table(DM_PAIRS).map_err(internal)?;
             tx.open_table(CURSORS).map_err(internal)?;
             tx.open_table(MESSAGE_IDS).map_err(internal)?;
+            tx.open_table(OWNERS).map_err(internal)?;
             tx.commit().map_err(internal)?;
         }
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
@@ -92,12 +96,8 @@ impl EmbeddedStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.write_tx
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+        self.write_tx.send(make(tx)).await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
     }
 }
 
@@ -118,10 +118,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Write>) {
 }
 
 enum Outcome {
-    Chat(
-        oneshot::Sender<Result<(Chat, bool), StoreError>>,
-        Result<(Chat, bool), StoreError>,
-    ),
+    Chat(oneshot::Sender<Result<(Chat, bool), StoreError>>, Result<(Chat, bool), StoreError>),
     Seq(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
 }
 
@@ -139,22 +136,27 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
                     let r = apply_append(&tx, &b);
                     outcomes.push(Outcome::Seq(reply, r));
                 }
-                Write::Put(m, reply) => {
-                    let r = apply_put(&tx, &m);
+                Write::Put(m, epoch, reply) => {
+                    let r = check_epoch(&tx, &m.chat_id, epoch).and_then(|()| apply_put(&tx, &m));
+                    outcomes.push(Outcome::Seq(reply, r));
+                }
+                Write::Claim(chat, owner, reply) => {
+                    let r = apply_claim(&tx, &chat, &owner);
                     outcomes.push(Outcome::Seq(reply, r));
                 }
                 Write::SetCursor(chat, user, seq, reply) => {
                     let r = apply_cursor(&tx, &chat, &user, seq);
                     outcomes.push(Outcome::Seq(reply, r));
                 }
-                Write::SaveChat(chat, removed, delete, reply) => {
-                    let r = apply_save_chat(&tx, &chat, &removed, delete).map(|()| 0);
+                Write::SaveChat(chat, removed, delete, epoch, reply) => {
+                    let r = check_epoch(&tx, &chat.id, epoch)
+                        .and_then(|()| apply_save_chat(&tx, &chat, &removed, delete))
+                        .map(|()| 0);
                     outcomes.push(Outcome::Seq(reply, r));
                 }
             }
         }
-        tx.commit()
-            .map_err(|e| StoreError::Unavailable(format!("commit failed: {e}")))?;
+        tx.commit().map_err(|e| StoreError::Unavailable(format!("commit failed: {e}")))?;
         Ok(())
     })();
     // Leftovers (when begin_write failed before draining) are answered too.
@@ -163,9 +165,10 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
         match write {
             Write::CreateChat(_, reply) => drop(reply.send(Err(err))),
             Write::Append(_, reply)
-            | Write::Put(_, reply)
+            | Write::Put(_, _, reply)
+            | Write::Claim(_, _, reply)
             | Write::SetCursor(_, _, _, reply)
-            | Write::SaveChat(_, _, _, reply) => drop(reply.send(Err(err))),
+            | Write::SaveChat(_, _, _, _, reply) => drop(reply.send(Err(err))),
         }
     }
     for outcome in outcomes {
@@ -198,10 +201,7 @@ fn apply_create_chat(tx: &redb::WriteTransaction, new: NewChat) -> Result<(Chat,
         }
         let key = dm_key(&new.member_ids[0], &new.member_ids[1]);
         let pairs = tx.open_table(DM_PAIRS).map_err(internal)?;
-        let existing = pairs
-            .get(key.as_str())
-            .map_err(internal)?
-            .map(|v| v.value().to_string());
+        let existing = pairs.get(key.as_str()).map_err(internal)?.map(|v| v.value().to_string());
         if let Some(id) = existing {
             if let Some(bytes) = chats.get(id.as_str()).map_err(internal)? {
                 return Ok((decode_chat(bytes.value())?, false));
@@ -230,27 +230,43 @@ fn apply_create_chat(tx: &redb::WriteTransaction, new: NewChat) -> Result<(Chat,
         created_at_ms: now,
         updated_at_ms: now,
     };
-    chats
-        .insert(id.as_str(), chat.encode_to_vec().as_slice())
-        .map_err(internal)?;
+    chats.insert(id.as_str(), chat.encode_to_vec().as_slice()).map_err(internal)?;
     if let Some((mut pairs, key)) = dm {
         pairs.insert(key.as_str(), id.as_str()).map_err(internal)?;
     }
     let mut user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
     for m in &chat.members {
-        user_chats
-            .insert((m.user_id.as_str(), id.as_str()), ())
-            .map_err(internal)?;
+        user_chats.insert((m.user_id.as_str(), id.as_str()), ()).map_err(internal)?;
     }
-    tx.open_table(LAST_SEQ)
-        .map_err(internal)?
-        .insert(id.as_str(), 0)
-        .map_err(internal)?;
+    tx.open_table(LAST_SEQ).map_err(internal)?.insert(id.as_str(), 0).map_err(internal)?;
     Ok((chat, true))
+}
+
+/// The fence: a write with an epoch must carry the chat's current one.
+fn check_epoch(tx: &redb::WriteTransaction, chat_id: &str, epoch: Option<u64>) -> Result<(), StoreError> {
+    let Some(epoch) = epoch else { return Ok(()) };
+    let owners = tx.open_table(OWNERS).map_err(internal)?;
+    let current = owners.get(chat_id).map_err(internal)?.map_or(0, |v| v.value().0);
+    if current == epoch {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced)
+    }
+}
+
+fn apply_claim(tx: &redb::WriteTransaction, chat_id: &str, owner: &str) -> Result<u64, StoreError> {
+    if tx.open_table(CHATS).map_err(internal)?.get(chat_id).map_err(internal)?.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    let mut owners = tx.open_table(OWNERS).map_err(internal)?;
+    let next = owners.get(chat_id).map_err(internal)?.map_or(0, |v| v.value().0) + 1;
+    owners.insert(chat_id, (next, owner)).map_err(internal)?;
+    Ok(next)
 }
 
 fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64, StoreError> {
     let chat_id = batch.chat_id.as_str();
+    check_epoch(tx, chat_id, batch.epoch)?;
     let mut last_seq_table = tx.open_table(LAST_SEQ).map_err(internal)?;
     let last_seq = match last_seq_table.get(chat_id).map_err(internal)? {
         Some(v) => v.value(),
@@ -259,10 +275,7 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64,
     // Validate the whole batch before writing any of it.
     for (i, m) in batch.messages.iter().enumerate() {
         if m.chat_id != chat_id || m.seq != last_seq + 1 + i as u64 {
-            return Err(StoreError::SeqConflict {
-                last_seq,
-                first_seq: batch.messages.first().map_or(0, |m| m.seq),
-            });
+            return Err(StoreError::SeqConflict { last_seq, first_seq: batch.messages.first().map_or(0, |m| m.seq) });
         }
     }
     let Some(new_last) = batch.messages.last().map(|m| m.seq) else {
@@ -273,14 +286,9 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64,
     let mut ids = tx.open_table(MESSAGE_IDS).map_err(internal)?;
     for m in &batch.messages {
         ids.insert((chat_id, m.id.as_str()), m.seq).map_err(internal)?;
-        messages
-            .insert((chat_id, m.seq), m.encode_to_vec().as_slice())
-            .map_err(internal)?;
+        messages.insert((chat_id, m.seq), m.encode_to_vec().as_slice()).map_err(internal)?;
         client_ids
-            .insert(
-                (chat_id, m.sender_id.as_str(), m.client_id.as_str()),
-                (m.seq, m.created_at_ms),
-            )
+            .insert((chat_id, m.sender_id.as_str(), m.client_id.as_str()), (m.seq, m.created_at_ms))
             .map_err(internal)?;
     }
     last_seq_table.insert(chat_id, new_last).map_err(internal)?;
@@ -332,10 +340,7 @@ fn apply_save_chat(
 
 fn apply_cursor(tx: &redb::WriteTransaction, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
     let mut cursors = tx.open_table(CURSORS).map_err(internal)?;
-    let current = cursors
-        .get((chat_id, user_id))
-        .map_err(internal)?
-        .map_or(0, |v| v.value());
+    let current = cursors.get((chat_id, user_id)).map_err(internal)?.map_or(0, |v| v.value());
     if seq > current {
         cursors.insert((chat_id, user_id), seq).map_err(internal)?;
         return Ok(seq);
@@ -349,12 +354,7 @@ fn read_chat(tx: &redb::ReadTransaction, chat_id: &str) -> Result<Option<(Chat, 
         return Ok(None);
     };
     let chat = decode_chat(bytes.value())?;
-    let last = tx
-        .open_table(LAST_SEQ)
-        .map_err(internal)?
-        .get(chat_id)
-        .map_err(internal)?
-        .map_or(0, |v| v.value());
+    let last = tx.open_table(LAST_SEQ).map_err(internal)?.get(chat_id).map_err(internal)?.map_or(0, |v| v.value());
     Ok(Some((chat, last)))
 }
 
@@ -377,8 +377,7 @@ impl Store for EmbeddedStore {
 
     async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError> {
         let chat_id = chat_id.to_string();
-        self.read(move |tx| read_chat(tx, &chat_id)?.ok_or(StoreError::NotFound))
-            .await
+        self.read(move |tx| read_chat(tx, &chat_id)?.ok_or(StoreError::NotFound)).await
     }
 
     async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
@@ -397,16 +396,11 @@ impl Store for EmbeddedStore {
                 let Some((chat, last_seq)) = read_chat(tx, chat_id)? else {
                     continue;
                 };
-                let last_read_seq = cursors
-                    .get((chat_id, user_id.as_str()))
-                    .map_err(internal)?
-                    .map_or(0, |v| v.value());
+                let last_read_seq =
+                    cursors.get((chat_id, user_id.as_str())).map_err(internal)?.map_or(0, |v| v.value());
                 let mut unread = 0;
                 let mut activity = chat.created_at_ms;
-                for m in messages
-                    .range((chat_id, last_read_seq + 1)..=(chat_id, last_seq))
-                    .map_err(internal)?
-                {
+                for m in messages.range((chat_id, last_read_seq + 1)..=(chat_id, last_seq)).map_err(internal)? {
                     let (_, v) = m.map_err(internal)?;
                     let m = Message::decode(v.value()).map_err(internal)?;
                     if m.sender_id != user_id && !m.deleted {
@@ -419,15 +413,7 @@ impl Store for EmbeddedStore {
                         activity = m.created_at_ms;
                     }
                 }
-                out.push((
-                    activity,
-                    ChatSummary {
-                        chat: Some(chat),
-                        last_seq,
-                        last_read_seq,
-                        unread,
-                    },
-                ));
+                out.push((activity, ChatSummary { chat: Some(chat), last_seq, last_read_seq, unread }));
             }
             out.sort_by_key(|s| std::cmp::Reverse(s.0));
             Ok(out.into_iter().take(limit).map(|(_, s)| s).collect())
@@ -449,10 +435,7 @@ impl Store for EmbeddedStore {
         let (chat_id, sender_id, client_id) = (chat_id.to_string(), sender_id.to_string(), client_id.to_string());
         self.read(move |tx| {
             let ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
-            let Some(v) = ids
-                .get((chat_id.as_str(), sender_id.as_str(), client_id.as_str()))
-                .map_err(internal)?
-            else {
+            let Some(v) = ids.get((chat_id.as_str(), sender_id.as_str(), client_id.as_str())).map_err(internal)? else {
                 return Ok(None);
             };
             let (seq, created) = v.value();
@@ -483,24 +466,30 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn put_message(&self, message: Message) -> Result<(), StoreError> {
-        self.write(|reply| Write::Put(message, reply)).await.map(|_| ())
+    async fn put_message(&self, message: Message, epoch: Option<u64>) -> Result<(), StoreError> {
+        self.write(|reply| Write::Put(message, epoch, reply)).await.map(|_| ())
     }
 
-    async fn save_chat(&self, chat: Chat, removed: Vec<String>, delete: bool) -> Result<(), StoreError> {
-        self.write(|reply| Write::SaveChat(chat, removed, delete, reply))
-            .await
-            .map(|_| ())
+    async fn claim(&self, chat_id: &str, owner: &str) -> Result<u64, StoreError> {
+        let (chat_id, owner) = (chat_id.to_string(), owner.to_string());
+        self.write(|reply| Write::Claim(chat_id, owner, reply)).await
+    }
+
+    async fn save_chat(
+        &self,
+        chat: Chat,
+        removed: Vec<String>,
+        delete: bool,
+        epoch: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| Write::SaveChat(chat, removed, delete, epoch, reply)).await.map(|_| ())
     }
 
     async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {
         let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
         self.read(move |tx| {
             let cursors = tx.open_table(CURSORS).map_err(internal)?;
-            Ok(cursors
-                .get((chat_id.as_str(), user_id.as_str()))
-                .map_err(internal)?
-                .map_or(0, |v| v.value()))
+            Ok(cursors.get((chat_id.as_str(), user_id.as_str())).map_err(internal)?.map_or(0, |v| v.value()))
         })
         .await
     }
@@ -526,9 +515,7 @@ impl Store for EmbeddedStore {
                 return Ok(History::default());
             }
             let messages = tx.open_table(MESSAGES).map_err(internal)?;
-            let range = messages
-                .range((chat_id.as_str(), lo)..=(chat_id.as_str(), hi))
-                .map_err(internal)?;
+            let range = messages.range((chat_id.as_str(), lo)..=(chat_id.as_str(), hi)).map_err(internal)?;
             let mut out = Vec::with_capacity(limit.min(128));
             let has_more;
             if after_seq.is_some() {
@@ -547,10 +534,7 @@ impl Store for EmbeddedStore {
                 out.truncate(limit);
                 out.reverse();
             }
-            Ok(History {
-                messages: out,
-                has_more,
-            })
+            Ok(History { messages: out, has_more })
         })
         .await
     }
@@ -596,35 +580,18 @@ mod tests {
             .append(AppendBatch {
                 chat_id: chat.id.clone(),
                 messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)],
+                epoch: None,
             })
             .await;
         assert_eq!(ok.unwrap(), 2);
-        let repeated = store
-            .append(AppendBatch {
-                chat_id: chat.id.clone(),
-                messages: vec![msg(&chat.id, 2)],
-            })
-            .await;
-        assert!(matches!(
-            repeated,
-            Err(StoreError::SeqConflict {
-                last_seq: 2,
-                first_seq: 2
-            })
-        ));
-        let gap = store
-            .append(AppendBatch {
-                chat_id: chat.id.clone(),
-                messages: vec![msg(&chat.id, 4)],
-            })
-            .await;
+        let repeated =
+            store.append(AppendBatch { chat_id: chat.id.clone(), messages: vec![msg(&chat.id, 2)], epoch: None }).await;
+        assert!(matches!(repeated, Err(StoreError::SeqConflict { last_seq: 2, first_seq: 2 })));
+        let gap =
+            store.append(AppendBatch { chat_id: chat.id.clone(), messages: vec![msg(&chat.id, 4)], epoch: None }).await;
         assert!(matches!(gap, Err(StoreError::SeqConflict { .. })));
-        let unknown = store
-            .append(AppendBatch {
-                chat_id: "nope".into(),
-                messages: vec![msg("nope", 1)],
-            })
-            .await;
+        let unknown =
+            store.append(AppendBatch { chat_id: "nope".into(), messages: vec![msg("nope", 1)], epoch: None }).await;
         assert!(matches!(unknown, Err(StoreError::NotFound)));
     }
 
@@ -633,24 +600,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
-        let batch = AppendBatch {
-            chat_id: chat.id.clone(),
-            messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)],
-        };
+        let batch =
+            AppendBatch { chat_id: chat.id.clone(), messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)], epoch: None };
         store.append(batch).await.unwrap();
         let mut m = store.get_message(&chat.id, "m2", 0).await.unwrap().unwrap();
         assert_eq!(m.seq, 2);
         m.body = "edited".into();
-        store.put_message(m.clone()).await.unwrap();
-        assert_eq!(
-            store.get_message(&chat.id, "", 2).await.unwrap().unwrap().body,
-            "edited"
-        );
+        store.put_message(m.clone(), None).await.unwrap();
+        assert_eq!(store.get_message(&chat.id, "", 2).await.unwrap().unwrap().body, "edited");
         // A put must keep the id of the message at that seq.
         let wrong = pb_with(&m, "other");
-        assert!(matches!(store.put_message(wrong).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(store.put_message(wrong, None).await, Err(StoreError::Invalid(_))));
         let absent = pb_with(&msg(&chat.id, 9), "m9");
-        assert!(matches!(store.put_message(absent).await, Err(StoreError::NotFound)));
+        assert!(matches!(store.put_message(absent, None).await, Err(StoreError::NotFound)));
         assert_eq!(store.get_message(&chat.id, "nope", 0).await.unwrap(), None);
         assert_eq!(store.get_cursor(&chat.id, "bob").await.unwrap(), 0);
         assert_eq!(store.set_cursor(&chat.id, "bob", 2).await.unwrap(), 2);
@@ -659,10 +621,26 @@ mod tests {
     }
 
     fn pb_with(m: &Message, id: &str) -> Message {
-        Message {
-            id: id.into(),
-            ..m.clone()
-        }
+        Message { id: id.into(), ..m.clone() }
+    }
+
+    #[tokio::test]
+    async fn a_newer_claim_fences_the_older_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        let first = store.claim(&chat.id, "router-a").await.unwrap();
+        let second = store.claim(&chat.id, "router-b").await.unwrap();
+        assert!(second > first);
+        let batch =
+            |epoch| AppendBatch { chat_id: chat.id.clone(), messages: vec![msg(&chat.id, 1)], epoch: Some(epoch) };
+        assert!(matches!(store.append(batch(first)).await, Err(StoreError::Fenced)));
+        assert_eq!(store.append(batch(second)).await.unwrap(), 1);
+        let m = store.get_message(&chat.id, "", 1).await.unwrap().unwrap();
+        assert!(matches!(store.put_message(m.clone(), Some(first)).await, Err(StoreError::Fenced)));
+        store.put_message(m, Some(second)).await.unwrap();
+        assert!(matches!(store.save_chat(chat.clone(), vec![], false, Some(first)).await, Err(StoreError::Fenced)));
+        assert!(matches!(store.claim("no-such-chat", "x").await, Err(StoreError::NotFound)));
     }
 
     #[tokio::test]
@@ -671,13 +649,7 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
         let msgs = (1..=10).map(|s| msg(&chat.id, s)).collect();
-        store
-            .append(AppendBatch {
-                chat_id: chat.id.clone(),
-                messages: msgs,
-            })
-            .await
-            .unwrap();
+        store.append(AppendBatch { chat_id: chat.id.clone(), messages: msgs, epoch: None }).await.unwrap();
         let seqs = |h: &History| h.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
         let newest = store.history(&chat.id, None, None, 3).await.unwrap();
         assert_eq!((seqs(&newest), newest.has_more), (vec![8, 9, 10], true));
@@ -706,10 +678,7 @@ mod tests {
             assert!(!created);
             assert_eq!(first.id, again.id);
             store
-                .append(AppendBatch {
-                    chat_id: first.id.clone(),
-                    messages: vec![msg(&first.id, 1)],
-                })
+                .append(AppendBatch { chat_id: first.id.clone(), messages: vec![msg(&first.id, 1)], epoch: None })
                 .await
                 .unwrap();
             first.id

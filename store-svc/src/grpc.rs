@@ -34,29 +34,15 @@ impl StoreRpc for StoreService {
         let r = req.into_inner();
         let (chat, created) = self
             .store
-            .create_chat(NewChat {
-                kind: r.kind,
-                title: r.title,
-                created_by: r.created_by,
-                member_ids: r.member_ids,
-            })
+            .create_chat(NewChat { kind: r.kind, title: r.title, created_by: r.created_by, member_ids: r.member_ids })
             .await?;
-        Ok(Response::new(pb::CreateChatResponse {
-            chat: Some(chat),
-            created,
-        }))
+        Ok(Response::new(pb::CreateChatResponse { chat: Some(chat), created }))
     }
 
     async fn get_chat(&self, req: Request<pb::GetChatRequest>) -> Result<Response<pb::GetChatResponse>, Status> {
         match self.store.get_chat(&req.into_inner().chat_id).await {
-            Ok((chat, last_seq)) => Ok(Response::new(pb::GetChatResponse {
-                chat: Some(chat),
-                last_seq,
-            })),
-            Err(StoreError::NotFound) => Ok(Response::new(pb::GetChatResponse {
-                chat: None,
-                last_seq: 0,
-            })),
+            Ok((chat, last_seq)) => Ok(Response::new(pb::GetChatResponse { chat: Some(chat), last_seq })),
+            Err(StoreError::NotFound) => Ok(Response::new(pb::GetChatResponse { chat: None, last_seq: 0 })),
             Err(e) => Err(e.into()),
         }
     }
@@ -72,13 +58,8 @@ impl StoreRpc for StoreService {
 
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let r = req.into_inner();
-        let last_seq = self
-            .store
-            .append(AppendBatch {
-                chat_id: r.chat_id,
-                messages: r.messages,
-            })
-            .await?;
+        let last_seq =
+            self.store.append(AppendBatch { chat_id: r.chat_id, messages: r.messages, epoch: r.epoch }).await?;
         Ok(Response::new(pb::AppendResponse { last_seq }))
     }
 
@@ -87,10 +68,7 @@ impl StoreRpc for StoreService {
         req: Request<pb::FindByClientIdRequest>,
     ) -> Result<Response<pb::FindByClientIdResponse>, Status> {
         let r = req.into_inner();
-        let message = self
-            .store
-            .find_by_client_id(&r.chat_id, &r.sender_id, &r.client_id, r.not_before_ms)
-            .await?;
+        let message = self.store.find_by_client_id(&r.chat_id, &r.sender_id, &r.client_id, r.not_before_ms).await?;
         Ok(Response::new(pb::FindByClientIdResponse { message }))
     }
 
@@ -103,19 +81,23 @@ impl StoreRpc for StoreService {
         Ok(Response::new(pb::GetMessageResponse { message }))
     }
 
+    async fn claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
+        let r = req.into_inner();
+        let epoch = self.store.claim(&r.chat_id, &r.owner).await?;
+        Ok(Response::new(pb::ClaimResponse { epoch }))
+    }
+
     async fn put_message(&self, req: Request<pb::PutMessageRequest>) -> Result<Response<pb::Empty>, Status> {
-        let m = req
-            .into_inner()
-            .message
-            .ok_or_else(|| Status::invalid_argument("message is required"))?;
-        self.store.put_message(m).await?;
+        let r = req.into_inner();
+        let m = r.message.ok_or_else(|| Status::invalid_argument("message is required"))?;
+        self.store.put_message(m, r.epoch).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn save_chat(&self, req: Request<pb::SaveChatRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
         let chat = r.chat.ok_or_else(|| Status::invalid_argument("chat is required"))?;
-        self.store.save_chat(chat, r.removed_user_ids, r.delete).await?;
+        self.store.save_chat(chat, r.removed_user_ids, r.delete, r.epoch).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -133,14 +115,8 @@ impl StoreRpc for StoreService {
 
     async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let r = req.into_inner();
-        let h = self
-            .store
-            .history(&r.chat_id, r.after_seq, r.before_seq, r.limit as usize)
-            .await?;
-        Ok(Response::new(pb::HistoryResponse {
-            messages: h.messages,
-            has_more: h.has_more,
-        }))
+        let h = self.store.history(&r.chat_id, r.after_seq, r.before_seq, r.limit as usize).await?;
+        Ok(Response::new(pb::HistoryResponse { messages: h.messages, has_more: h.has_more }))
     }
 }
 
@@ -159,9 +135,7 @@ impl RemoteStore {
             .connect_timeout(timeout)
             .timeout(timeout)
             .tcp_nodelay(true);
-        Ok(Self {
-            client: StoreClient::new(endpoint.connect_lazy()),
-        })
+        Ok(Self { client: StoreClient::new(endpoint.connect_lazy()) })
     }
 }
 
@@ -179,21 +153,12 @@ impl Store for RemoteStore {
             })
             .await?
             .into_inner();
-        let chat = r
-            .chat
-            .ok_or_else(|| StoreError::Internal("store returned no chat".into()))?;
+        let chat = r.chat.ok_or_else(|| StoreError::Internal("store returned no chat".into()))?;
         Ok((chat, r.created))
     }
 
     async fn get_chat(&self, chat_id: &str) -> Result<(pb::Chat, u64), StoreError> {
-        let r = self
-            .client
-            .clone()
-            .get_chat(pb::GetChatRequest {
-                chat_id: chat_id.to_string(),
-            })
-            .await?
-            .into_inner();
+        let r = self.client.clone().get_chat(pb::GetChatRequest { chat_id: chat_id.to_string() }).await?.into_inner();
         let chat = r.chat.ok_or(StoreError::NotFound)?;
         Ok((chat, r.last_seq))
     }
@@ -203,10 +168,7 @@ impl Store for RemoteStore {
         let r = self
             .client
             .clone()
-            .list_user_chats(pb::ListUserChatsRequest {
-                user_id: user_id.to_string(),
-                limit,
-            })
+            .list_user_chats(pb::ListUserChatsRequest { user_id: user_id.to_string(), limit })
             .await?
             .into_inner();
         Ok(r.chats)
@@ -216,10 +178,7 @@ impl Store for RemoteStore {
         let r = self
             .client
             .clone()
-            .append(pb::AppendRequest {
-                chat_id: batch.chat_id,
-                messages: batch.messages,
-            })
+            .append(pb::AppendRequest { chat_id: batch.chat_id, messages: batch.messages, epoch: batch.epoch })
             .await?
             .into_inner();
         Ok(r.last_seq)
@@ -247,46 +206,39 @@ impl Store for RemoteStore {
     }
 
     async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<pb::Message>, StoreError> {
-        let req = pb::GetMessageRequest {
-            chat_id: chat_id.to_string(),
-            message_id: message_id.to_string(),
-            seq,
-        };
+        let req = pb::GetMessageRequest { chat_id: chat_id.to_string(), message_id: message_id.to_string(), seq };
         Ok(self.client.clone().get_message(req).await?.into_inner().message)
     }
 
-    async fn put_message(&self, message: pb::Message) -> Result<(), StoreError> {
-        self.client
-            .clone()
-            .put_message(pb::PutMessageRequest { message: Some(message) })
-            .await?;
+    async fn put_message(&self, message: pb::Message, epoch: Option<u64>) -> Result<(), StoreError> {
+        self.client.clone().put_message(pb::PutMessageRequest { message: Some(message), epoch }).await?;
         Ok(())
     }
 
-    async fn save_chat(&self, chat: pb::Chat, removed: Vec<String>, delete: bool) -> Result<(), StoreError> {
-        let req = pb::SaveChatRequest {
-            chat: Some(chat),
-            removed_user_ids: removed,
-            delete,
-        };
+    async fn claim(&self, chat_id: &str, owner: &str) -> Result<u64, StoreError> {
+        let req = pb::ClaimRequest { chat_id: chat_id.to_string(), owner: owner.to_string() };
+        Ok(self.client.clone().claim(req).await?.into_inner().epoch)
+    }
+
+    async fn save_chat(
+        &self,
+        chat: pb::Chat,
+        removed: Vec<String>,
+        delete: bool,
+        epoch: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let req = pb::SaveChatRequest { chat: Some(chat), removed_user_ids: removed, delete, epoch };
         self.client.clone().save_chat(req).await?;
         Ok(())
     }
 
     async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {
-        let req = pb::CursorRequest {
-            chat_id: chat_id.to_string(),
-            user_id: user_id.to_string(),
-        };
+        let req = pb::CursorRequest { chat_id: chat_id.to_string(), user_id: user_id.to_string() };
         Ok(self.client.clone().get_cursor(req).await?.into_inner().seq)
     }
 
     async fn set_cursor(&self, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
-        let req = pb::SetCursorRequest {
-            chat_id: chat_id.to_string(),
-            user_id: user_id.to_string(),
-            seq,
-        };
+        let req = pb::SetCursorRequest { chat_id: chat_id.to_string(), user_id: user_id.to_string(), seq };
         Ok(self.client.clone().set_cursor(req).await?.into_inner().seq)
     }
 
@@ -301,17 +253,9 @@ impl Store for RemoteStore {
         let r = self
             .client
             .clone()
-            .history(pb::HistoryRequest {
-                chat_id: chat_id.to_string(),
-                after_seq,
-                before_seq,
-                limit,
-            })
+            .history(pb::HistoryRequest { chat_id: chat_id.to_string(), after_seq, before_seq, limit })
             .await?
             .into_inner();
-        Ok(History {
-            messages: r.messages,
-            has_more: r.has_more,
-        })
+        Ok(History { messages: r.messages, has_more: r.has_more })
     }
 }

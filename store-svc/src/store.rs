@@ -11,6 +11,9 @@ pub enum StoreError {
     SeqConflict { last_seq: u64, first_seq: u64 },
     #[error("invalid: {0}")]
     Invalid(String),
+    /// Another writer claimed the chat since this one did.
+    #[error("fenced: the chat has a newer owner")]
+    Fenced,
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal: {0}")]
@@ -23,6 +26,7 @@ impl From<StoreError> for tonic::Status {
             StoreError::NotFound => tonic::Status::not_found("not found"),
             StoreError::SeqConflict { .. } => tonic::Status::failed_precondition(e.to_string()),
             StoreError::Invalid(m) => tonic::Status::invalid_argument(m),
+            StoreError::Fenced => tonic::Status::aborted("fenced"),
             StoreError::Unavailable(m) => tonic::Status::unavailable(m),
             StoreError::Internal(m) => tonic::Status::internal(m),
         }
@@ -34,6 +38,7 @@ impl From<tonic::Status> for StoreError {
         use tonic::Code;
         match s.code() {
             Code::NotFound => StoreError::NotFound,
+            Code::Aborted if s.message() == "fenced" => StoreError::Fenced,
             Code::FailedPrecondition => StoreError::Invalid(s.message().to_string()),
             Code::InvalidArgument => StoreError::Invalid(s.message().to_string()),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
@@ -60,6 +65,9 @@ pub struct NewChat {
 pub struct AppendBatch {
     pub chat_id: String,
     pub messages: Vec<Message>,
+    /// The writer's epoch from [`Store::claim`]; `None` skips the fence
+    /// (tools and tests only: routers always pass theirs).
+    pub epoch: Option<u64>,
 }
 
 /// One page of history.
@@ -77,6 +85,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError>;
     /// The user's chats, most recently active first, at most `limit`.
     async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError>;
+    /// Makes `owner` the chat's only writer; returns the new epoch.
+    async fn claim(&self, chat_id: &str, owner: &str) -> Result<u64, StoreError>;
     /// Durably appends; returns the new last seq.
     async fn append(&self, batch: AppendBatch) -> Result<u64, StoreError>;
     /// The message a sender sent with `client_id`, if not older than `not_before_ms`.
@@ -90,10 +100,16 @@ pub trait Store: Send + Sync + 'static {
     /// One message by id, or by seq when `message_id` is empty.
     async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError>;
     /// Replaces a stored message (same chat and seq); `NotFound` if absent.
-    async fn put_message(&self, message: Message) -> Result<(), StoreError>;
+    async fn put_message(&self, message: Message, epoch: Option<u64>) -> Result<(), StoreError>;
     /// Writes a chat's new state; `removed` members forget it; `delete`
     /// removes the chat (its id then answers `NotFound`).
-    async fn save_chat(&self, chat: Chat, removed: Vec<String>, delete: bool) -> Result<(), StoreError>;
+    async fn save_chat(
+        &self,
+        chat: Chat,
+        removed: Vec<String>,
+        delete: bool,
+        epoch: Option<u64>,
+    ) -> Result<(), StoreError>;
     /// A member's read cursor (0 when never set).
     async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError>;
     /// Moves a read cursor forward (never back); returns it after the call.

@@ -52,12 +52,9 @@ impl Client {
         bearer: Option<&str>,
     ) -> Result<Self, ConnectError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = ws_url(http_url, query)
-            .into_client_request()
-            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        let mut req = ws_url(http_url, query).into_client_request().map_err(|e| ConnectError::Io(e.to_string()))?;
         if let Some(b) = bearer {
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {b}").parse().expect("header"));
+            req.headers_mut().insert("authorization", format!("Bearer {b}").parse().expect("header"));
         }
         let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
             .await
@@ -73,9 +70,7 @@ impl Client {
             Some(a) => format!("40{a}"),
             None => "40".to_string(),
         };
-        sink.send(Ws::text(connect))
-            .await
-            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        sink.send(Ws::text(connect)).await.map_err(|e| ConnectError::Io(e.to_string()))?;
         // CONNECT answer (pings may come first).
         let sid = loop {
             let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -86,9 +81,7 @@ impl Client {
             };
             let t = t.as_str();
             if t == "2" {
-                sink.send(Ws::text("3"))
-                    .await
-                    .map_err(|e| ConnectError::Io(e.to_string()))?;
+                sink.send(Ws::text("3")).await.map_err(|e| ConnectError::Io(e.to_string()))?;
             } else if let Some(body) = t.strip_prefix("40") {
                 let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
                 break v["sid"].as_str().unwrap_or_default().to_string();
@@ -148,15 +141,7 @@ impl Client {
             }
             let _ = sink.close().await;
         });
-        Ok(Self {
-            out_tx,
-            events_rx,
-            backlog: VecDeque::new(),
-            acks,
-            next_ack: 0,
-            closed_rx,
-            sid,
-        })
+        Ok(Self { out_tx, events_rx, backlog: VecDeque::new(), acks, next_ack: 0, closed_rx, sid })
     }
 
     /// Sends a raw Engine.IO text frame (for malformed-input tests).
@@ -177,9 +162,7 @@ impl Client {
 
     /// Emits and waits for the ack (at most 10 s).
     pub async fn call(&mut self, event: &str, data: Value) -> Value {
-        self.try_call(event, data, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|| panic!("no ack for {event}"))
+        self.try_call(event, data, Duration::from_secs(10)).await.unwrap_or_else(|| panic!("no ack for {event}"))
     }
 
     pub async fn try_call(&mut self, event: &str, data: Value, timeout: Duration) -> Option<Value> {
@@ -207,18 +190,14 @@ impl Client {
     }
 
     pub async fn expect_event(&mut self, name: &str, timeout: Duration) -> Value {
-        self.next_event(name, timeout)
-            .await
-            .unwrap_or_else(|| panic!("no {name} event within {timeout:?}"))
+        self.next_event(name, timeout).await.unwrap_or_else(|| panic!("no {name} event within {timeout:?}"))
     }
 
     /// Every event named `name` that arrives within `window`.
     pub async fn collect(&mut self, name: &str, window: Duration) -> Vec<Value> {
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + window;
-        while let Some(v) = self
-            .next_event(name, deadline.saturating_duration_since(tokio::time::Instant::now()))
-            .await
+        while let Some(v) = self.next_event(name, deadline.saturating_duration_since(tokio::time::Instant::now())).await
         {
             out.push(v);
         }

@@ -130,15 +130,8 @@ impl ClusterBuilder {
             shutdown.spawn(async move { edge.await.expect("edge") });
             edges.push(url);
         }
-        let cluster = Cluster {
-            edges,
-            routers,
-            store_url,
-            presence_url,
-            shutdown,
-            _data: tmp,
-            http: reqwest::Client::new(),
-        };
+        let cluster =
+            Cluster { edges, routers, store_url, presence_url, shutdown, _data: tmp, http: reqwest::Client::new() };
         cluster.wait_ready().await;
         cluster
     }
@@ -179,14 +172,7 @@ impl Cluster {
         user: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        http_call(
-            &self.http,
-            method,
-            &format!("{}{path}", self.edges[0]),
-            Some(&self.token(user)),
-            body,
-        )
-        .await
+        http_call(&self.http, method, &format!("{}{path}", self.edges[0]), Some(&self.token(user)), body).await
     }
 
     /// Creates a chat as `creator` and returns its id.
@@ -260,26 +246,17 @@ where
 /// builds it first (`cargo build -p confab`); a missing one fails loudly.
 pub fn confab_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no target dir")?;
+    let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
     let bin = dir.join("confab");
     if !bin.exists() {
-        bail!(
-            "{} not found: build it with `cargo build -p confab` (scripts/test does)",
-            bin.display()
-        );
+        bail!("{} not found: build it with `cargo build -p confab` (scripts/test does)", bin.display());
     }
     Ok(bin)
 }
 
 /// The repository root (for `tests/node`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
 /// Logs to the test output when `CONFAB_LOG` is set (for debugging).

@@ -40,67 +40,37 @@ async fn refused_handshakes_name_their_reason() {
     let cluster = Cluster::builder().build().await;
     let url = cluster.edge(0);
     assert_eq!(refused(Client::connect(url, json!({})).await).await, "missing_token");
-    assert_eq!(
-        refused(Client::connect_with(url, "", None, None).await).await,
-        "missing_token"
-    );
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": "not.a.jwt" })).await).await,
-        "invalid_token"
-    );
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": 42 })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect_with(url, "", None, None).await).await, "missing_token");
+    assert_eq!(refused(Client::connect(url, json!({ "token": "not.a.jwt" })).await).await, "invalid_token");
+    assert_eq!(refused(Client::connect(url, json!({ "token": 42 })).await).await, "invalid_token");
     let expired = hs256(&json!({ "sub": "alice", "exp": now() - 5 }));
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": expired })).await).await,
-        "expired_token"
-    );
+    assert_eq!(refused(Client::connect(url, json!({ "token": expired })).await).await, "expired_token");
     let no_exp = hs256(&json!({ "sub": "alice" }));
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": no_exp })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(url, json!({ "token": no_exp })).await).await, "invalid_token");
     let no_user = hs256(&json!({ "name": "x", "exp": now() + 60 }));
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": no_user })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(url, json!({ "token": no_user })).await).await, "invalid_token");
     let not_yet = hs256(&json!({ "sub": "alice", "exp": now() + 600, "nbf": now() + 300 }));
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": not_yet })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(url, json!({ "token": not_yet })).await).await, "invalid_token");
     let other_key = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({ "sub": "alice", "exp": now() + 60 }),
         &jsonwebtoken::EncodingKey::from_secret(b"another secret"),
     )
     .unwrap();
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": other_key })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(url, json!({ "token": other_key })).await).await, "invalid_token");
     let none = format!(
         "{}.{}.",
         b64(&json!({ "alg": "none", "typ": "JWT" })),
         b64(&json!({ "sub": "alice", "exp": now() + 60 }))
     );
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": none })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(url, json!({ "token": none })).await).await, "invalid_token");
     let hs512 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
         &json!({ "sub": "alice", "exp": now() + 60 }),
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    assert_eq!(
-        refused(Client::connect(url, json!({ "token": hs512 })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(url, json!({ "token": hs512 })).await).await, "invalid_token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,28 +79,12 @@ async fn the_first_token_present_is_the_one_checked() {
     let url = cluster.edge(0);
     let good = cluster.token("alice");
     // Header alone, query alone.
-    let mut c = Client::connect_with(url, "", Some(json!({})), Some(&good))
-        .await
-        .unwrap();
-    assert_eq!(
-        c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"],
-        "alice"
-    );
-    let mut c = Client::connect_with(url, &format!("&token={good}"), None, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"],
-        "alice"
-    );
+    let mut c = Client::connect_with(url, "", Some(json!({})), Some(&good)).await.unwrap();
+    assert_eq!(c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"], "alice");
+    let mut c = Client::connect_with(url, &format!("&token={good}"), None, None).await.unwrap();
+    assert_eq!(c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"], "alice");
     // A bad auth token is refused even with a good header and query.
-    let r = Client::connect_with(
-        url,
-        &format!("&token={good}"),
-        Some(json!({ "token": "bad" })),
-        Some(&good),
-    )
-    .await;
+    let r = Client::connect_with(url, &format!("&token={good}"), Some(json!({ "token": "bad" })), Some(&good)).await;
     assert_eq!(refused(r).await, "invalid_token");
     // A bad header is refused even with a good query token.
     let r = Client::connect_with(url, &format!("&token={good}"), None, Some("bad")).await;
@@ -138,10 +92,7 @@ async fn the_first_token_present_is_the_one_checked() {
     // `userId` stands in for a missing `sub`; `name` is optional.
     let t = hs256(&json!({ "userId": "bob", "name": "Bob", "exp": now() + 60 }));
     let mut c = Client::connect(url, json!({ "token": t })).await.unwrap();
-    assert_eq!(
-        c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"],
-        "bob"
-    );
+    assert_eq!(c.expect_event("session:ready", std::time::Duration::from_secs(5)).await["userId"], "bob");
 }
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -158,9 +109,7 @@ fn signed(alg: jsonwebtoken::Algorithm, private_pem: &str, claims: &Value) -> St
 }
 
 async fn accepted(url: &str, token: &str) -> String {
-    let mut c = Client::connect(url, json!({ "token": token }))
-        .await
-        .unwrap_or_else(|e| panic!("refused: {e:?}"));
+    let mut c = Client::connect(url, json!({ "token": token })).await.unwrap_or_else(|e| panic!("refused: {e:?}"));
     let ready = c.expect_event("session:ready", std::time::Duration::from_secs(5)).await;
     ready["userId"].as_str().unwrap().to_string()
 }
@@ -177,10 +126,7 @@ async fn rs256_and_es256_with_a_public_key() {
         })
         .build()
         .await;
-    assert_eq!(
-        accepted(rs.edge(0), &signed(RS256, "rs256-private.pem", &claims)).await,
-        "alice"
-    );
+    assert_eq!(accepted(rs.edge(0), &signed(RS256, "rs256-private.pem", &claims)).await, "alice");
     // An HS256 token whose "secret" is the RS public key is refused.
     let public = std::fs::read(fixture("rs256-public.pem")).unwrap();
     let confused = jsonwebtoken::encode(
@@ -189,37 +135,20 @@ async fn rs256_and_es256_with_a_public_key() {
         &jsonwebtoken::EncodingKey::from_secret(&public),
     )
     .unwrap();
-    assert_eq!(
-        refused(Client::connect(rs.edge(0), json!({ "token": confused })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(rs.edge(0), json!({ "token": confused })).await).await, "invalid_token");
     let es_token = signed(ES256, "es256-private.pem", &claims);
-    assert_eq!(
-        refused(Client::connect(rs.edge(0), json!({ "token": es_token })).await).await,
-        "invalid_token"
-    );
-    assert_eq!(
-        refused(Client::connect(rs.edge(0), json!({ "token": hs256(&claims) })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(rs.edge(0), json!({ "token": es_token })).await).await, "invalid_token");
+    assert_eq!(refused(Client::connect(rs.edge(0), json!({ "token": hs256(&claims) })).await).await, "invalid_token");
     let expired = signed(RS256, "rs256-private.pem", &json!({ "sub": "alice", "exp": now() - 5 }));
-    assert_eq!(
-        refused(Client::connect(rs.edge(0), json!({ "token": expired })).await).await,
-        "expired_token"
-    );
+    assert_eq!(refused(Client::connect(rs.edge(0), json!({ "token": expired })).await).await, "expired_token");
 
     // ES256 beside the HS256 secret.
-    let es = Cluster::builder()
-        .edge_config(|c| c.jwt_public_key_file = Some(fixture("es256-public.pem")))
-        .build()
-        .await;
+    let es =
+        Cluster::builder().edge_config(|c| c.jwt_public_key_file = Some(fixture("es256-public.pem"))).build().await;
     assert_eq!(accepted(es.edge(0), &es_token).await, "alice");
     assert_eq!(accepted(es.edge(0), &hs256(&claims)).await, "alice");
     let rs_token = signed(RS256, "rs256-private.pem", &claims);
-    assert_eq!(
-        refused(Client::connect(es.edge(0), json!({ "token": rs_token })).await).await,
-        "invalid_token"
-    );
+    assert_eq!(refused(Client::connect(es.edge(0), json!({ "token": rs_token })).await).await, "invalid_token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,15 +180,10 @@ async fn issuer_and_audience_are_checked_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_session_is_told_and_closed_unless_refreshed() {
     use std::time::{Duration, Instant};
-    let cluster = Cluster::builder()
-        .edge_config(|c| c.expiry_check_ms = 200)
-        .build()
-        .await;
+    let cluster = Cluster::builder().edge_config(|c| c.expiry_check_ms = 200).build().await;
     let url = cluster.edge(0);
     let short = |user: &str, secs: i64| hs256(&json!({ "sub": user, "exp": now() + secs }));
-    let mut expiring = Client::connect(url, json!({ "token": short("alice", 2) }))
-        .await
-        .unwrap();
+    let mut expiring = Client::connect(url, json!({ "token": short("alice", 2) })).await.unwrap();
     let mut refreshed = Client::connect(url, json!({ "token": short("bob", 2) })).await.unwrap();
     let started = Instant::now();
 
@@ -270,9 +194,7 @@ async fn an_expiring_session_is_told_and_closed_unless_refreshed() {
     assert_eq!(ack["error"], "VALIDATION_ERROR", "{ack}");
     let ack = refreshed.call("auth:refresh", json!({ "token": "garbage" })).await;
     assert_eq!(ack["error"], "UNAUTHORIZED", "{ack}");
-    let ack = refreshed
-        .call("auth:refresh", json!({ "token": short("mallory", 3600) }))
-        .await;
+    let ack = refreshed.call("auth:refresh", json!({ "token": short("mallory", 3600) })).await;
     assert_eq!(ack["error"], "UNAUTHORIZED", "{ack}");
     let longer = short("bob", 3600);
     let ack = refreshed.call("auth:refresh", json!({ "token": longer })).await;
@@ -282,15 +204,9 @@ async fn an_expiring_session_is_told_and_closed_unless_refreshed() {
 
     expiring.expect_event("session:expired", Duration::from_secs(6)).await;
     assert!(expiring.closed_within(Duration::from_secs(3)).await);
-    assert!(
-        started.elapsed() < Duration::from_secs(2 + 5 + 1),
-        "closed within 5 s of expiry"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2 + 5 + 1), "closed within 5 s of expiry");
     // The refreshed session lives on.
-    assert!(refreshed
-        .next_event("session:expired", Duration::from_millis(1500))
-        .await
-        .is_none());
+    assert!(refreshed.next_event("session:expired", Duration::from_millis(1500)).await.is_none());
     let ack = refreshed.call("room:leave", json!({ "chatId": "x" })).await;
     assert_eq!(ack["ok"], true);
 }

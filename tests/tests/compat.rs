@@ -14,11 +14,7 @@ async fn official_socket_io_client_chats_through_the_cluster() {
         "socket.io-client is not installed: run `npm ci` in tests/node (scripts/test does)"
     );
     // Short presence windows so the status update arrives quickly.
-    let cluster = Cluster::builder()
-        .edges(1)
-        .presence_config(|c| c.update_interval_ms = 200)
-        .build()
-        .await;
+    let cluster = Cluster::builder().edges(1).presence_config(|c| c.update_interval_ms = 200).build().await;
     let child = tokio::process::Command::new("node")
         .arg("compat.mjs")
         .current_dir(&node_dir)

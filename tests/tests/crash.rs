@@ -74,9 +74,7 @@ async fn sigkill_after_acked_burst_loses_nothing() {
     let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let mut senders = Vec::new();
     for user in ["alice", "bob", "carol"] {
-        let mut c = Client::connect(&url, json!({ "token": token(user) }))
-            .await
-            .expect("connect");
+        let mut c = Client::connect(&url, json!({ "token": token(user) })).await.expect("connect");
         let (acked, chat_id) = (acked.clone(), chat_id.clone());
         senders.push(tokio::spawn(async move {
             for i in 0.. {
@@ -84,10 +82,7 @@ async fn sigkill_after_acked_burst_loses_nothing() {
                 let body = json!({ "chatId": chat_id, "body": format!("{user} says {i}"), "clientId": client_id });
                 match c.try_call("message:send", body, Duration::from_secs(2)).await {
                     Some(ack) if ack["ok"] == true => {
-                        acked
-                            .lock()
-                            .unwrap()
-                            .insert(client_id, ack["data"]["seq"].as_u64().unwrap());
+                        acked.lock().unwrap().insert(client_id, ack["data"]["seq"].as_u64().unwrap());
                     }
                     _ => return,
                 }
@@ -130,11 +125,7 @@ async fn sigkill_after_acked_burst_loses_nothing() {
         }
     }
     let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-    assert_eq!(
-        seqs,
-        (1..=history.len() as u64).collect::<Vec<_>>(),
-        "seqs must be 1..N without gaps"
-    );
+    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "seqs must be 1..N without gaps");
     let mut by_client: HashMap<&str, u64> = HashMap::new();
     for m in &history {
         let prev = by_client.insert(m["clientId"].as_str().unwrap(), m["seq"].as_u64().unwrap());
@@ -152,23 +143,10 @@ async fn sigkill_after_acked_burst_loses_nothing() {
         let order: Vec<u64> = history
             .iter()
             .filter(|m| m["senderId"] == user)
-            .map(|m| {
-                m["clientId"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit('-')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            })
+            .map(|m| m["clientId"].as_str().unwrap().rsplit('-').next().unwrap().parse().unwrap())
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{user}'s messages out of order");
     }
-    println!(
-        "crash test: {} acked before SIGKILL, {} in history after restart",
-        acked.len(),
-        history.len()
-    );
+    println!("crash test: {} acked before SIGKILL, {} in history after restart", acked.len(), history.len());
     assert!(history.len() >= acked.len());
 }

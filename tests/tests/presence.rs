@@ -36,17 +36,11 @@ async fn online_on_any_edge_and_offline_after_the_grace_window() {
     cluster.create_chat("alice", "group", &["bob"]).await;
     let mut bob = cluster.connect(0, "bob").await;
     let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
-    assert_eq!(
-        data(&snap)["presence"],
-        json!([{ "userId": "alice", "status": "offline", "lastSeenAt": null }])
-    );
+    assert_eq!(data(&snap)["presence"], json!([{ "userId": "alice", "status": "offline", "lastSeenAt": null }]));
 
     let a1 = cluster.connect(1, "alice").await;
     let up = bob.expect_event("presence:update", T).await;
-    assert_eq!(
-        (up["userId"].as_str(), up["status"].as_str()),
-        (Some("alice"), Some("online"))
-    );
+    assert_eq!((up["userId"].as_str(), up["status"].as_str()), (Some("alice"), Some("online")));
     assert!(up["timestamp"].as_str().is_some() && up["lastSeenAt"].as_str().is_some());
 
     // A second socket, then a quick reconnect: nothing is broadcast.
@@ -55,10 +49,7 @@ async fn online_on_any_edge_and_offline_after_the_grace_window() {
     a2.disconnect().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let a3 = cluster.connect(1, "alice").await;
-    assert!(bob
-        .next_event("presence:update", Duration::from_millis(GRACE_MS as u64 + 300))
-        .await
-        .is_none());
+    assert!(bob.next_event("presence:update", Duration::from_millis(GRACE_MS as u64 + 300)).await.is_none());
 
     let closed = Instant::now();
     a3.disconnect().await;
@@ -68,10 +59,7 @@ async fn online_on_any_edge_and_offline_after_the_grace_window() {
         "offline came before the grace window ended"
     );
     assert_eq!(off["status"], "offline");
-    assert_eq!(
-        off["timestamp"], off["lastSeenAt"],
-        "offline began when the last socket closed"
-    );
+    assert_eq!(off["timestamp"], off["lastSeenAt"], "offline began when the last socket closed");
     let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
     assert_eq!(data(&snap)["presence"][0]["lastSeenAt"], off["lastSeenAt"]);
 }
@@ -84,19 +72,14 @@ async fn statuses_invisible_and_throttling() {
     let mut bob = cluster.connect(1, "bob").await;
     data(&bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await);
     tokio::time::sleep(Duration::from_millis(INTERVAL_MS as u64 + 50)).await;
-    assert_eq!(
-        data(&alice.call("presence:set", json!({ "status": "away" })).await),
-        &json!({ "status": "away" })
-    );
+    assert_eq!(data(&alice.call("presence:set", json!({ "status": "away" })).await), &json!({ "status": "away" }));
     assert_eq!(bob.expect_event("presence:update", T).await["status"], "away");
     // A burst of changes: at most one update per interval, and the last one arrives.
     let burst = Instant::now();
     for s in ["busy", "online", "away", "busy"] {
         data(&alice.call("presence:set", json!({ "status": s })).await);
     }
-    let got = bob
-        .collect("presence:update", Duration::from_millis(INTERVAL_MS as u64 * 3))
-        .await;
+    let got = bob.collect("presence:update", Duration::from_millis(INTERVAL_MS as u64 * 3)).await;
     assert_eq!(got.last().unwrap()["status"], "busy", "{got:?}");
     assert!(got.len() <= 2, "throttled to one per interval: {got:?}");
     assert!(burst.elapsed() >= Duration::from_millis(INTERVAL_MS as u64));
@@ -107,9 +90,7 @@ async fn statuses_invisible_and_throttling() {
     assert_eq!(data(&mine)["presence"][0]["status"], "invisible");
     let theirs = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
     assert_eq!(data(&theirs)["presence"][0]["status"], "offline");
-    let (_, http) = cluster
-        .http(reqwest::Method::GET, "/v1/users/alice/presence", "bob", None)
-        .await;
+    let (_, http) = cluster.http(reqwest::Method::GET, "/v1/users/alice/presence", "bob", None).await;
     assert_eq!(http["status"], "offline");
     // Bad statuses.
     for bad in [json!({ "status": "gone" }), json!({ "status": 1 }), json!({})] {
@@ -124,50 +105,29 @@ async fn only_users_sharing_a_chat_are_visible() {
     let _alice = cluster.connect(0, "alice").await;
     let mut mallory = cluster.connect(1, "mallory").await;
     let mut bob = cluster.connect(1, "bob").await;
-    let snap = mallory
-        .call("presence:subscribe", json!({ "userIds": ["alice", "nobody", "alice"] }))
-        .await;
+    let snap = mallory.call("presence:subscribe", json!({ "userIds": ["alice", "nobody", "alice"] })).await;
     let hidden = json!({ "userId": "alice", "status": "offline", "lastSeenAt": null });
     assert_eq!(
         data(&snap)["presence"],
         json!([hidden, { "userId": "nobody", "status": "offline", "lastSeenAt": null }, hidden])
     );
-    let (status, body) = cluster
-        .http(reqwest::Method::GET, "/v1/users/alice/presence", "mallory", None)
-        .await;
+    let (status, body) = cluster.http(reqwest::Method::GET, "/v1/users/alice/presence", "mallory", None).await;
     assert_eq!((status, body), (200, hidden.clone()));
-    let (_, body) = cluster
-        .http(reqwest::Method::GET, "/v1/users/alice/presence", "bob", None)
-        .await;
+    let (_, body) = cluster.http(reqwest::Method::GET, "/v1/users/alice/presence", "bob", None).await;
     assert_eq!(body["status"], "online");
     assert!(body["lastSeenAt"].as_str().is_some());
     // room:members: members only, with each member's status.
     let members = bob.call("room:members", json!({ "chatId": chat })).await;
     let list = data(&members)["members"].as_array().unwrap().clone();
     let alice = list.iter().find(|m| m["userId"] == "alice").unwrap();
-    assert_eq!(
-        (alice["role"].as_str(), alice["status"].as_str()),
-        (Some("admin"), Some("online"))
-    );
+    assert_eq!((alice["role"].as_str(), alice["status"].as_str()), (Some("admin"), Some("online")));
     assert_eq!(list.iter().find(|m| m["userId"] == "bob").unwrap()["role"], "member");
-    assert_eq!(
-        mallory.call("room:members", json!({ "chatId": chat })).await["error"],
-        "FORBIDDEN"
-    );
+    assert_eq!(mallory.call("room:members", json!({ "chatId": chat })).await["error"], "FORBIDDEN");
     // Limits and shapes.
     let many: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
-    assert_eq!(
-        bob.call("presence:subscribe", json!({ "userIds": many })).await["error"],
-        "VALIDATION_ERROR"
-    );
-    assert_eq!(
-        bob.call("presence:subscribe", json!({ "userIds": "alice" })).await["error"],
-        "VALIDATION_ERROR"
-    );
-    assert_eq!(
-        data(&bob.call("presence:unsubscribe", json!({ "userIds": ["alice"] })).await),
-        &json!({})
-    );
+    assert_eq!(bob.call("presence:subscribe", json!({ "userIds": many })).await["error"], "VALIDATION_ERROR");
+    assert_eq!(bob.call("presence:subscribe", json!({ "userIds": "alice" })).await["error"], "VALIDATION_ERROR");
+    assert_eq!(data(&bob.call("presence:unsubscribe", json!({ "userIds": ["alice"] })).await), &json!({}));
     let ping = bob.call("presence:ping", json!({})).await;
     assert!(data(&ping)["serverTime"].as_str().is_some_and(|t| t.ends_with('Z')));
 }
@@ -180,20 +140,13 @@ async fn an_edge_that_stops_reporting_takes_its_users_offline() {
     data(&bob.call("presence:subscribe", json!({ "userIds": ["ghost"] })).await);
     // A fake edge opens a session over gRPC and then falls silent.
     let mut p = PresenceClient::connect(cluster.presence_url.clone()).await.unwrap();
-    let req = SessionRequest {
-        user_id: "ghost".into(),
-        edge_id: "edge-that-dies".into(),
-        session_id: "s1".into(),
-    };
+    let req = SessionRequest { user_id: "ghost".into(), edge_id: "edge-that-dies".into(), session_id: "s1".into() };
     p.session_open(req).await.unwrap();
     assert_eq!(bob.expect_event("presence:update", T).await["status"], "online");
     let silent = Instant::now();
     let off = bob.expect_event("presence:update", T).await;
     assert_eq!(off["status"], "offline");
-    assert!(
-        silent.elapsed() >= Duration::from_millis(500),
-        "offline before the lease lapsed"
-    );
+    assert!(silent.elapsed() >= Duration::from_millis(500), "offline before the lease lapsed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,22 +163,13 @@ async fn leaving_the_last_shared_chat_ends_the_subscription() {
     tokio::time::sleep(Duration::from_millis(INTERVAL_MS as u64 + 50)).await;
     // alice removes bob and carol from the first chat; carol still shares the second.
     for user in ["bob", "carol"] {
-        let (status, _) = cluster
-            .http(
-                reqwest::Method::DELETE,
-                &format!("/v1/chats/{first}/members/{user}"),
-                "alice",
-                None,
-            )
-            .await;
+        let (status, _) =
+            cluster.http(reqwest::Method::DELETE, &format!("/v1/chats/{first}/members/{user}"), "alice", None).await;
         assert_eq!(status, 200);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     data(&alice.call("presence:set", json!({ "status": "away" })).await);
     assert_eq!(carol.expect_event("presence:update", T).await["status"], "away");
-    assert!(bob
-        .next_event("presence:update", Duration::from_millis(INTERVAL_MS as u64 * 2))
-        .await
-        .is_none());
+    assert!(bob.next_event("presence:update", Duration::from_millis(INTERVAL_MS as u64 * 2)).await.is_none());
     let _ = second;
 }

@@ -45,11 +45,7 @@ async fn a_sliding_window_across_sockets_edges_and_http() {
     assert!(body["data"]["retryAfterMs"].as_u64().is_some());
     // A repeated clientId is answered with the stored message even now.
     let repeat = a1.call("message:send", send("m1")).await;
-    assert_eq!(
-        (repeat["ok"].as_bool(), repeat["data"]["seq"].as_u64()),
-        (Some(true), Some(2)),
-        "{repeat}"
-    );
+    assert_eq!((repeat["ok"].as_bool(), repeat["data"]["seq"].as_u64()), (Some(true), Some(2)), "{repeat}");
     // Another user is not affected.
     let ack = bob.call("message:send", send("b0")).await;
     assert_eq!(ack["ok"], true, "{ack}");
@@ -73,10 +69,7 @@ async fn a_sliding_window_across_sockets_edges_and_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_of_one_socket_keep_their_order_through_the_limiter() {
-    let cluster = Cluster::builder()
-        .edge_config(|c| c.rate_limit_messages = 1000)
-        .build()
-        .await;
+    let cluster = Cluster::builder().edge_config(|c| c.rate_limit_messages = 1000).build().await;
     let chat = cluster.create_chat("alice", "group", &[]).await;
     let mut alice = cluster.connect(0, "alice").await;
     // Fire 50 sends without waiting, then collect the acks.
@@ -90,13 +83,6 @@ async fn sends_of_one_socket_keep_their_order_through_the_limiter() {
             .await;
     }
     let got = alice.collect("message:new", Duration::from_millis(1500)).await;
-    let bodies: Vec<u64> = got
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(
-        bodies,
-        (0..50).collect::<Vec<_>>(),
-        "seqs follow the order the socket sent in"
-    );
+    let bodies: Vec<u64> = got.iter().map(|m| m["body"].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(bodies, (0..50).collect::<Vec<_>>(), "seqs follow the order the socket sent in");
 }

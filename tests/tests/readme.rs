@@ -11,10 +11,7 @@ async fn readme_example_runs_as_written() {
     let code = &readme[start..start + readme[start..].find("```").unwrap()];
     assert!(code.lines().count() <= 16, "the example should stay about 15 lines");
     let node_dir = repo_root().join("tests/node");
-    assert!(
-        node_dir.join("node_modules/socket.io-client").exists(),
-        "run `npm ci` in tests/node (scripts/test does)"
-    );
+    assert!(node_dir.join("node_modules/socket.io-client").exists(), "run `npm ci` in tests/node (scripts/test does)");
     let file = node_dir.join("readme-example.generated.mjs");
     std::fs::write(&file, code).unwrap();
     let cluster = Cluster::builder().build().await;
@@ -33,11 +30,7 @@ async fn readme_example_runs_as_written() {
     .expect("node must be installed");
     let _ = std::fs::remove_file(&file);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("acked as seq 1"), "{stdout}");
     assert!(stdout.contains("#1 alice: hi!"), "{stdout}");
 }
