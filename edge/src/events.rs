@@ -96,7 +96,7 @@ fn room_join(
     // The socket enters the local room in the link's reader, right where the
     // router subscribed the edge: no message falls between the two.
     let (edge2, socket2, room) = (edge.clone(), socket.clone(), chat_id.clone());
-    let on_reply = Box::new(move |r: &ReplyResult| {
+    let on_reply: crate::link::OnReply = Arc::new(move |r: &ReplyResult| {
         if let ReplyResult::Join(j) = r {
             socket::join_chat(&edge2, &socket2, &room, j.last_seq);
         }

@@ -17,6 +17,7 @@ mod http;
 mod limits;
 mod link;
 mod presence;
+mod recovery;
 mod rooms;
 pub mod sio;
 mod socket;
@@ -95,6 +96,12 @@ pub struct Config {
     /// How often this edge renews its presence lease, in milliseconds.
     #[arg(long = "presence-heartbeat-ms", env = "CONFAB_PRESENCE_HEARTBEAT_MS", default_value_t = 10_000)]
     pub presence_heartbeat_ms: u64,
+    /// How often the router list is refreshed and liveness checked, in milliseconds.
+    #[arg(long = "router-probe-ms", env = "CONFAB_ROUTER_PROBE_MS", default_value_t = 250)]
+    pub router_probe_ms: u64,
+    /// A router whose stream is down this long leaves the ring (failover detection), in milliseconds.
+    #[arg(long = "detect-ms", env = "CONFAB_FAILOVER_DETECT_MS", default_value_t = 1500)]
+    pub detect_ms: u64,
     /// How often sessions are checked for an expired token, in milliseconds.
     #[arg(long = "expiry-check-ms", env = "CONFAB_EXPIRY_CHECK_MS", default_value_t = 1000)]
     pub expiry_check_ms: u64,
@@ -123,6 +130,8 @@ impl Config {
             jwt_audience: None,
             jwt_leeway_secs: 0,
             expiry_check_ms: 1000,
+            router_probe_ms: 250,
+            detect_ms: 1500,
             presence_heartbeat_ms: 10_000,
             rate_limit_messages: 10,
             rate_limit_window_ms: 10_000,
@@ -207,9 +216,22 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .timeout(timeout)
         .connect_lazy();
     let (removals_tx, removals_rx) = tokio::sync::mpsc::channel(1024);
-    let rooms = Arc::new(rooms::Rooms::new(removals_tx));
-    let links =
-        link::Links::start(&config.routers, edge_id.as_str(), rooms.clone(), config.router_queue, timeout, &shutdown);
+    let (gaps_tx, gaps_rx) = tokio::sync::mpsc::channel(4096);
+    let rooms = Arc::new(rooms::Rooms::new(removals_tx, gaps_tx));
+    let detection = confab_router::membership::Detection {
+        probe: Duration::from_millis(config.router_probe_ms.max(10)),
+        window: Duration::from_millis(config.detect_ms.max(10)),
+    };
+    let links = link::Links::start(
+        &config.routers,
+        detection,
+        edge_id.as_str(),
+        rooms.clone(),
+        config.router_queue,
+        timeout,
+        &shutdown,
+    )
+    .await;
     let engine_config = EngineIoConfig::builder()
         .req_path("/socket.io")
         .ping_interval(Duration::from_millis(config.ping_interval_ms))
@@ -235,6 +257,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let heartbeat = Duration::from_millis(edge.config.presence_heartbeat_ms.max(10));
     shutdown.spawn(presence::run(edge.clone(), heartbeat));
     shutdown.spawn(presence::run_rechecks(edge.clone(), removals_rx));
+    shutdown.spawn(recovery::run(edge.clone(), gaps_rx));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });

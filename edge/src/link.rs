@@ -4,28 +4,40 @@
 //!
 //! A request is queued synchronously (so two sends from one socket reach
 //! the router in the order they were emitted) and its reply awaited with a
-//! deadline. If the stream breaks, every request in flight on it fails with
-//! UNAVAILABLE (the client retries with the same clientId) and the link
-//! reconnects with backoff, re-subscribing the chats that have local sockets.
+//! deadline. A router that is down, or that says it does not own the chat,
+//! is retried until the deadline: by then the ring has usually moved the
+//! chat to a live router. Sends are idempotent by clientId, so a retry never
+//! stores a message twice.
+//!
+//! Liveness: a router whose stream has been down for the detection window
+//! leaves the ring; when it comes back it rejoins. When a chat with local
+//! sockets changes owner, or a stream reconnects, the edge subscribes again
+//! and the rooms fill any gap from the store.
 
 use crate::rooms::Rooms;
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_client::RouterClient;
+use confab_router::membership::{Detection, Discovery};
 use confab_router::Ring;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
 /// What the edge may get back for a request.
 pub type ReplyResult = pb::reply::Result;
 
 /// Runs in the link's reader, before any later frame is handled: used to
-/// add a socket to a local room exactly at the point of its join.
-pub type OnReply = Box<dyn FnOnce(&ReplyResult) + Send>;
+/// add a socket to a local room exactly at the point of its join. It may
+/// run again when the request is retried.
+pub type OnReply = Arc<dyn Fn(&ReplyResult) + Send + Sync>;
+
+/// Pause between two tries of a request.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 struct Pending {
     tx: oneshot::Sender<ReplyResult>,
@@ -38,14 +50,22 @@ pub struct Link {
     out_tx: mpsc::Sender<pb::EdgeFrame>,
     pending: Mutex<HashMap<u64, Pending>>,
     connected: AtomicBool,
+    /// Since when the stream is down (the link's start counts as down).
+    down_since: Mutex<Option<Instant>>,
+    ids: Arc<AtomicU64>,
 }
 
-/// Every router link, and the ring that picks one per chat.
+/// Every router link, and the ring of live ones that picks one per chat.
 pub struct Links {
-    ring: Ring,
-    links: HashMap<String, Arc<Link>>,
-    next_id: AtomicU64,
+    discovery: Discovery,
+    detection: Detection,
+    ring: RwLock<Arc<Ring>>,
+    links: RwLock<HashMap<String, Arc<Link>>>,
+    ids: Arc<AtomicU64>,
     timeout: Duration,
+    queue: usize,
+    edge_id: String,
+    rooms: Arc<Rooms>,
 }
 
 fn unavailable(msg: &str) -> ReplyResult {
@@ -56,63 +76,109 @@ fn unavailable(msg: &str) -> ReplyResult {
     })
 }
 
+/// Worth another try at the (maybe new) owner.
+fn retryable(r: &ReplyResult) -> bool {
+    match r {
+        ReplyResult::Error(e) => {
+            e.code == pb::ErrorCode::NotOwner as i32 || e.code == pb::ErrorCode::Unavailable as i32
+        }
+        _ => false,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Links {
-    /// Starts one link task per router.
-    pub fn start(
+    /// Starts one link per router and the task that keeps the ring live.
+    pub async fn start(
         routers: &[String],
+        detection: Detection,
         edge_id: &str,
         rooms: Arc<Rooms>,
         queue: usize,
         timeout: Duration,
         shutdown: &Shutdown,
     ) -> Arc<Self> {
-        let ring = Ring::new(routers.iter().cloned());
-        let mut links = HashMap::new();
-        for addr in ring.routers() {
-            let (out_tx, out_rx) = mpsc::channel(queue);
-            let link = Arc::new(Link {
-                addr: addr.clone(),
-                out_tx,
-                pending: Mutex::new(HashMap::new()),
-                connected: AtomicBool::new(false),
-            });
-            shutdown.spawn(run_link(link.clone(), out_rx, edge_id.to_string(), rooms.clone(), shutdown.clone()));
-            links.insert(addr.clone(), link);
+        let discovery = Discovery::parse(routers);
+        let initial = discovery.resolve().await;
+        let links = Arc::new(Self {
+            discovery,
+            detection,
+            ring: RwLock::new(Arc::new(Ring::new(initial.clone()))),
+            links: RwLock::new(HashMap::new()),
+            ids: Arc::new(AtomicU64::new(1)),
+            timeout,
+            queue,
+            edge_id: edge_id.to_string(),
+            rooms,
+        });
+        for addr in initial {
+            links.add_link(&addr, shutdown);
         }
-        Arc::new(Self { ring, links, next_id: AtomicU64::new(1), timeout })
+        shutdown.spawn(links.clone().keep_ring(shutdown.clone()));
+        links
+    }
+
+    fn add_link(self: &Arc<Self>, addr: &str, shutdown: &Shutdown) {
+        let (out_tx, out_rx) = mpsc::channel(self.queue);
+        let link = Arc::new(Link {
+            addr: addr.to_string(),
+            out_tx,
+            pending: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(false),
+            down_since: Mutex::new(Some(Instant::now())),
+            ids: self.ids.clone(),
+        });
+        self.links.write().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), link.clone());
+        shutdown.spawn(run_link(link, out_rx, self.edge_id.clone(), self.rooms.clone(), shutdown.clone()));
     }
 
     pub fn any_connected(&self) -> bool {
-        self.links.values().any(|l| l.connected.load(Ordering::Relaxed))
+        self.links.read().unwrap_or_else(|p| p.into_inner()).values().any(|l| l.connected.load(Ordering::Relaxed))
     }
 
-    fn link_for(&self, chat_id: &str) -> Option<&Arc<Link>> {
-        self.ring.owner(chat_id).and_then(|a| self.links.get(a))
+    fn ring(&self) -> Arc<Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Queues a request now; the returned future waits for its reply (at
-    /// most the configured deadline).
+    fn link_for(&self, chat_id: &str) -> Option<Arc<Link>> {
+        let ring = self.ring();
+        let owner = ring.owner(chat_id)?;
+        self.links.read().unwrap_or_else(|p| p.into_inner()).get(owner).cloned()
+    }
+
+    /// Queues a request now; the returned future waits for its reply,
+    /// retrying at the owner of the moment, until the configured deadline.
     pub fn request(
-        &self,
+        self: &Arc<Self>,
         chat_id: &str,
         user_id: &str,
         op: pb::request::Op,
         on_reply: Option<OnReply>,
     ) -> impl std::future::Future<Output = ReplyResult> + Send + 'static {
-        let timeout = self.timeout;
-        let queued = self.queue(chat_id, user_id, op, on_reply);
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = self.queue(chat_id, user_id, op.clone(), on_reply.clone());
+        let (this, chat_id, user_id) = (self.clone(), chat_id.to_string(), user_id.to_string());
         async move {
-            let (link, id, rx) = match queued {
-                Ok(q) => q,
-                Err(why) => return unavailable(why),
-            };
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => unavailable("router stream closed"),
-                Err(_) => {
-                    link.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                    unavailable("router did not answer in time")
+            loop {
+                let result = match attempt {
+                    Ok((link, id, rx)) => match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(_)) => unavailable("router stream closed"),
+                        Err(_) => {
+                            lock(&link.pending).remove(&id);
+                            return unavailable("router did not answer in time");
+                        }
+                    },
+                    Err(why) => unavailable(why),
+                };
+                if !retryable(&result) || Instant::now() + RETRY_PAUSE >= deadline {
+                    return result;
                 }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                attempt = this.queue(&chat_id, &user_id, op.clone(), on_reply.clone());
             }
         }
     }
@@ -124,25 +190,11 @@ impl Links {
         op: pb::request::Op,
         on_reply: Option<OnReply>,
     ) -> Result<(Arc<Link>, u64, oneshot::Receiver<ReplyResult>), &'static str> {
-        let link = self.link_for(chat_id).ok_or("no router configured")?.clone();
+        let link = self.link_for(chat_id).ok_or("no router available")?;
         if !link.connected.load(Ordering::Relaxed) {
             return Err("router unreachable");
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        link.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Pending { tx, on_reply });
-        let frame = pb::EdgeFrame {
-            kind: Some(pb::edge_frame::Kind::Request(pb::Request {
-                id,
-                chat_id: chat_id.to_string(),
-                user_id: user_id.to_string(),
-                op: Some(op),
-            })),
-        };
-        if link.out_tx.try_send(frame).is_err() {
-            link.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            return Err("router queue full");
-        }
+        let (id, rx) = link.send_request(chat_id, user_id, op, on_reply)?;
         Ok((link, id, rx))
     }
 
@@ -158,8 +210,65 @@ impl Links {
     }
 
     /// Fire-and-forget unsubscribe (the reply is ignored).
-    pub fn unsubscribe(&self, chat_id: &str) {
+    pub fn unsubscribe(self: &Arc<Self>, chat_id: &str) {
         let fut = self.request(chat_id, "", pb::request::Op::Unsubscribe(pb::UnsubscribeOp {}), None);
+        tokio::spawn(async move {
+            let _ = fut.await;
+        });
+    }
+
+    /// Follows discovery and liveness; when a chat with local sockets moves
+    /// to another router, subscribes there and lets the room catch up.
+    async fn keep_ring(self: Arc<Self>, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(self.detection.probe);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.triggered() => return,
+            }
+            let configured = self.discovery.resolve().await;
+            let known: Vec<String> = self.links.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+            for addr in configured.iter().filter(|a| !known.contains(a)) {
+                self.add_link(addr, &shutdown);
+            }
+            let live: Vec<String> = {
+                let links = self.links.read().unwrap_or_else(|p| p.into_inner());
+                links
+                    .values()
+                    .filter(|l| configured.contains(&l.addr))
+                    .filter(|l| {
+                        l.connected.load(Ordering::Relaxed)
+                            || lock(&l.down_since).is_some_and(|t| t.elapsed() < self.detection.window)
+                    })
+                    .map(|l| l.addr.clone())
+                    .collect()
+            };
+            let ring = Arc::new(Ring::new(live));
+            let old = self.ring();
+            if ring.routers() == old.routers() {
+                continue;
+            }
+            tracing::info!(routers = ?ring.routers(), "router ring changed");
+            *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring.clone();
+            for chat_id in self.rooms.chats() {
+                if old.owner(&chat_id) != ring.owner(&chat_id) {
+                    self.resubscribe(&chat_id);
+                }
+            }
+        }
+    }
+
+    /// Subscribes again at the chat's owner and lets the room catch up to
+    /// the owner's last seq.
+    fn resubscribe(self: &Arc<Self>, chat_id: &str) {
+        let (rooms, chat) = (self.rooms.clone(), chat_id.to_string());
+        let on_reply: OnReply = Arc::new(move |r: &ReplyResult| {
+            if let ReplyResult::Join(j) = r {
+                rooms.note_head(&chat, j.last_seq);
+            }
+        });
+        let fut = self.request(chat_id, "", pb::request::Op::Subscribe(pb::SubscribeOp {}), Some(on_reply));
         tokio::spawn(async move {
             let _ = fut.await;
         });
@@ -167,11 +276,27 @@ impl Links {
 }
 
 impl Link {
+    fn send_request(
+        &self,
+        chat_id: &str,
+        user_id: &str,
+        op: pb::request::Op,
+        on_reply: Option<OnReply>,
+    ) -> Result<(u64, oneshot::Receiver<ReplyResult>), &'static str> {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, Pending { tx, on_reply });
+        let request = pb::Request { id, chat_id: chat_id.to_string(), user_id: user_id.to_string(), op: Some(op) };
+        let frame = pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(request)) };
+        if self.out_tx.try_send(frame).is_err() {
+            lock(&self.pending).remove(&id);
+            return Err("router queue full");
+        }
+        Ok((id, rx))
+    }
+
     fn fail_pending(&self, why: &str) {
-        let drained: Vec<Pending> = {
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            p.drain().map(|(_, v)| v).collect()
-        };
+        let drained: Vec<Pending> = lock(&self.pending).drain().map(|(_, v)| v).collect();
         for p in drained {
             let _ = p.tx.send(unavailable(why));
         }
@@ -189,18 +314,21 @@ async fn run_link(
     while !shutdown.is_triggered() {
         match connect_once(&link, &mut out_rx, &edge_id, &rooms, &shutdown).await {
             Ok(()) => backoff = Duration::from_millis(50),
-            Err(e) => tracing::warn!(router = %link.addr, error = %e, "router stream failed"),
+            Err(e) => tracing::debug!(router = %link.addr, error = %e, "router stream failed"),
         }
-        link.connected.store(false, Ordering::Relaxed);
+        if link.connected.swap(false, Ordering::Relaxed) {
+            tracing::warn!(router = %link.addr, "router stream lost");
+            *lock(&link.down_since) = Some(Instant::now());
+        }
         // What was queued for the broken stream is dropped and failed: the
-        // clients retry (sends with the same clientId are idempotent).
+        // callers retry (sends with the same clientId are idempotent).
         while out_rx.try_recv().is_ok() {}
         link.fail_pending("router stream broke; retry");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = shutdown.triggered() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -212,33 +340,32 @@ async fn connect_once(
     shutdown: &Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = Endpoint::from_shared(link.addr.clone())?
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_millis(500))
+        .keep_alive_timeout(Duration::from_secs(1))
         .connect()
         .await?;
     let mut client = RouterClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    // Frames to the router: first a hello and the re-subscriptions, then
-    // whatever the edge queues.
+    // Frames to the router: first a hello, then whatever the edge queues.
     let (stream_tx, stream_rx) = mpsc::channel::<pb::EdgeFrame>(1024);
-    stream_tx
-        .send(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(pb::Hello { edge_id: edge_id.to_string() })) })
-        .await?;
+    let hello = pb::Hello { edge_id: edge_id.to_string() };
+    stream_tx.send(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(hello)) }).await?;
     let mut inbound = client.edge_stream(tokio_stream::wrappers::ReceiverStream::new(stream_rx)).await?.into_inner();
     link.connected.store(true, Ordering::Relaxed);
+    *lock(&link.down_since) = None;
     tracing::info!(router = %link.addr, "router stream up");
-    // Chats with local sockets are subscribed again on the new stream.
+    // Chats with local sockets are subscribed again on the new stream (those
+    // this router does not own get NOT_OWNER, harmlessly); each room then
+    // catches up to the owner's last seq.
     for chat_id in rooms.chats() {
-        let frame = pb::EdgeFrame {
-            kind: Some(pb::edge_frame::Kind::Request(pb::Request {
-                id: 0,
-                chat_id,
-                user_id: String::new(),
-                op: Some(pb::request::Op::Subscribe(pb::SubscribeOp {})),
-            })),
-        };
-        stream_tx.send(frame).await?;
+        let (rooms2, chat) = (rooms.clone(), chat_id.clone());
+        let on_reply: OnReply = Arc::new(move |r: &ReplyResult| {
+            if let ReplyResult::Join(j) = r {
+                rooms2.note_head(&chat, j.last_seq);
+            }
+        });
+        let _ = link.send_request(&chat_id, "", pb::request::Op::Subscribe(pb::SubscribeOp {}), Some(on_reply));
     }
     loop {
         tokio::select! {
@@ -260,10 +387,9 @@ async fn connect_once(
 fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
     match frame.kind {
         Some(pb::router_frame::Kind::Reply(reply)) => {
-            let pending = link.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&reply.id);
-            let Some(pending) = pending else { return };
+            let Some(pending) = lock(&link.pending).remove(&reply.id) else { return };
             let result = reply.result.unwrap_or_else(|| unavailable("empty reply"));
-            if let Some(f) = pending.on_reply {
+            if let Some(f) = &pending.on_reply {
                 f(&result);
             }
             let _ = pending.tx.send(result);
@@ -281,10 +407,6 @@ fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
                 tracing::warn!("router queue full: unsubscribe dropped");
             }
         }
-        Some(pb::router_frame::Kind::Delivery(pb::Delivery {
-            event: Some(pb::delivery::Event::ChatUpdate(_)),
-            ..
-        })) => {}
         Some(pb::router_frame::Kind::Delivery(d)) => rooms.deliver(d),
         None => {}
     }

@@ -4,20 +4,41 @@
 //! same bytes are queued on every local socket of the chat. A socket whose
 //! queue is full is disconnected (slow-consumer policy): it reconnects and
 //! recovers with `sinceSeq`, and no one else waits for it.
+//!
+//! Each room delivers `message:new` strictly in seq order. A message that
+//! arrives after a gap (the edge was cut off from a router, or the chat
+//! moved to another router) is held back, and the room asks for the missing
+//! ones from the store ([`Rooms::recover`]); held messages follow once the
+//! gap is filled.
 
 use crate::sio;
 use crate::socket::EioSocket;
 use confab_proto::v1 as pb;
 use engineioxide::{socket::Sid, DisconnectReason, Str};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Messages held back behind a gap, per room, before the room gives up on
+/// order and lets its sockets recover with `sinceSeq` instead.
+const MAX_HELD: usize = 10_000;
 
 struct Room {
     sockets: HashMap<Sid, Arc<EioSocket>>,
-    /// Highest seq delivered; a repeat (after a router reconnect) is dropped.
-    last_seq: AtomicU64,
+    order: Mutex<Order>,
 }
+
+#[derive(Default)]
+struct Order {
+    /// Highest seq delivered; a repeat is dropped.
+    last_seq: u64,
+    /// Messages past a gap, waiting for it to be filled.
+    held: BTreeMap<u64, pb::Message>,
+    /// A recovery was asked for and has not finished.
+    recovering: bool,
+}
+
+/// A room asking for the messages after its last delivered seq, up to a seq.
+pub type Recovery = (String, u64);
 
 /// A membership change: (the chat's members now, the users removed).
 pub type MembershipChange = (Vec<String>, Vec<String>);
@@ -26,14 +47,19 @@ pub type MembershipChange = (Vec<String>, Vec<String>);
 pub struct Rooms {
     /// Removals are passed on here, so presence watches can be re-checked.
     removals: Option<tokio::sync::mpsc::Sender<MembershipChange>>,
+    /// Gaps are passed on here, to be filled from the store.
+    recoveries: Option<tokio::sync::mpsc::Sender<Recovery>>,
     rooms: RwLock<HashMap<String, Room>>,
     /// The personal rooms `user:<userId>`: every local socket of a user.
     users: RwLock<HashMap<String, HashMap<Sid, Arc<EioSocket>>>>,
 }
 
 impl Rooms {
-    pub fn new(removals: tokio::sync::mpsc::Sender<MembershipChange>) -> Self {
-        Self { removals: Some(removals), ..Self::default() }
+    pub fn new(
+        removals: tokio::sync::mpsc::Sender<MembershipChange>,
+        recoveries: tokio::sync::mpsc::Sender<Recovery>,
+    ) -> Self {
+        Self { removals: Some(removals), recoveries: Some(recoveries), ..Self::default() }
     }
 
     /// Adds a socket to its user's personal room.
@@ -88,7 +114,7 @@ impl Rooms {
         let packet: Str = sio::event("chat:update", &payload).into();
         for user in &update.added_user_ids {
             for socket in self.user_sockets(user) {
-                self.join_socket(&chat.id, &socket, 0);
+                self.join_socket(&chat.id, &socket, update.last_seq);
             }
         }
         let current = chat.members.iter().map(|m| &m.user_id);
@@ -115,9 +141,10 @@ impl Rooms {
     fn join(&self, chat_id: &str, socket: &Arc<EioSocket>, last_seq: u64) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
         let first = !rooms.contains_key(chat_id);
-        let room = rooms
-            .entry(chat_id.to_string())
-            .or_insert_with(|| Room { sockets: HashMap::new(), last_seq: AtomicU64::new(last_seq) });
+        let room = rooms.entry(chat_id.to_string()).or_insert_with(|| Room {
+            sockets: HashMap::new(),
+            order: Mutex::new(Order { last_seq, ..Order::default() }),
+        });
         room.sockets.insert(socket.id, socket.clone());
         first
     }
@@ -154,15 +181,95 @@ impl Rooms {
         }
     }
 
-    fn deliver_message(&self, chat_id: &str, m: &pb::Message) {
+    /// Delivers in seq order: repeats are dropped, messages after a gap held.
+    pub fn deliver_message(&self, chat_id: &str, m: &pb::Message) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
-        if room.last_seq.fetch_max(m.seq, Ordering::Relaxed) >= m.seq {
+        let mut order = room.order.lock().unwrap_or_else(|p| p.into_inner());
+        if m.seq <= order.last_seq {
             return;
         }
+        if m.seq > order.last_seq + 1 {
+            order.held.insert(m.seq, m.clone());
+            if order.held.len() > MAX_HELD {
+                // Too far behind: give up on this gap; clients recover with sinceSeq.
+                tracing::warn!(chat.id = chat_id, "room too far behind: skipping a gap");
+                order.last_seq = order.held.keys().next().map_or(order.last_seq, |s| s - 1);
+            } else {
+                self.ask_recovery(chat_id, &mut order, m.seq - 1);
+            }
+        } else {
+            Self::emit_all(room, m);
+            order.last_seq = m.seq;
+        }
+        Self::release_held(room, &mut order);
+    }
+
+    /// Delivers held messages that now follow the last one delivered.
+    fn release_held(room: &Room, order: &mut Order) {
+        loop {
+            let next = order.last_seq + 1;
+            let Some(m) = order.held.remove(&next) else { break };
+            Self::emit_all(room, &m);
+            order.last_seq = m.seq;
+        }
+        // Anything at or below the last delivered seq is a repeat.
+        let last = order.last_seq;
+        order.held.retain(|seq, _| *seq > last);
+    }
+
+    fn emit_all(room: &Room, m: &pb::Message) {
         let packet: Str = sio::event("message:new", &crate::wire::message(m)).into();
         for socket in room.sockets.values() {
             emit(socket, &packet);
+        }
+    }
+
+    fn ask_recovery(&self, chat_id: &str, order: &mut Order, upto: u64) {
+        if order.recovering {
+            return;
+        }
+        if let Some(tx) = &self.recoveries {
+            if tx.try_send((chat_id.to_string(), upto)).is_ok() {
+                order.recovering = true;
+            } else {
+                tracing::warn!(chat.id = chat_id, "recovery queue full");
+            }
+        }
+    }
+
+    /// The owner's last seq is `head`: catch up if the room is behind.
+    pub fn note_head(&self, chat_id: &str, head: u64) {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        let Some(room) = rooms.get(chat_id) else { return };
+        let mut order = room.order.lock().unwrap_or_else(|p| p.into_inner());
+        if head > order.last_seq {
+            self.ask_recovery(chat_id, &mut order, head);
+        }
+    }
+
+    /// The seq after which a room needs messages, if it exists.
+    pub fn last_seq(&self, chat_id: &str) -> Option<u64> {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        rooms.get(chat_id).map(|r| r.order.lock().unwrap_or_else(|p| p.into_inner()).last_seq)
+    }
+
+    /// A recovery ended: if a gap is left that the store could not fill,
+    /// skip it so held messages flow again.
+    pub fn recovery_done(&self, chat_id: &str, filled: bool) {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        let Some(room) = rooms.get(chat_id) else { return };
+        let mut order = room.order.lock().unwrap_or_else(|p| p.into_inner());
+        order.recovering = false;
+        if !filled {
+            if let Some(first) = order.held.keys().next().copied() {
+                order.last_seq = first - 1;
+            }
+        }
+        Self::release_held(room, &mut order);
+        // Something arrived past a new gap while recovering: go again.
+        if let Some(first) = order.held.keys().next().copied() {
+            self.ask_recovery(chat_id, &mut order, first - 1);
         }
     }
 

@@ -310,6 +310,7 @@ impl ChatState {
             chat_id: self.chat_id.clone(),
             event: Some(pb::delivery::Event::ChatUpdate(pb::ChatUpdate {
                 chat: Some(self.chat.clone()),
+                last_seq: self.last_seq,
                 added_user_ids: added,
                 removed_user_ids: removed,
             })),

@@ -13,6 +13,7 @@
 mod chat;
 mod edges;
 mod events;
+pub mod membership;
 pub mod ring;
 
 pub use ring::Ring;
@@ -24,6 +25,7 @@ use confab_proto::v1::router_server::{Router as RouterRpc, RouterServer};
 use confab_store::{RemoteStore, Store};
 use edges::{EdgeConn, EdgeRegistry};
 use futures::StreamExt;
+use membership::{Detection, Discovery, Membership};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +41,8 @@ pub struct Config {
     /// This router's address as listed in `--routers` (how edges dial it).
     #[arg(long = "advertise", env = "CONFAB_ADVERTISE_URL")]
     pub advertise: String,
-    /// Every router of the cluster, comma separated.
+    /// Every router of the cluster, comma separated; or `dns:NAME:PORT` to
+    /// resolve them (a Kubernetes headless Service), re-resolved at every probe.
     #[arg(long = "routers", env = "CONFAB_ROUTERS", value_delimiter = ',')]
     pub routers: Vec<String>,
     /// store-svc address.
@@ -57,6 +60,12 @@ pub struct Config {
     /// Seconds a chat writer with no subscriber and no command stays loaded.
     #[arg(long = "chat-idle-secs", env = "CONFAB_ROUTER_CHAT_IDLE_SECS", default_value_t = 300)]
     pub chat_idle_secs: u64,
+    /// How often other routers are probed, in milliseconds.
+    #[arg(long = "probe-ms", env = "CONFAB_ROUTER_PROBE_MS", default_value_t = 250)]
+    pub probe_ms: u64,
+    /// A router silent this long leaves the ring (failover detection), in milliseconds.
+    #[arg(long = "detect-ms", env = "CONFAB_FAILOVER_DETECT_MS", default_value_t = 1500)]
+    pub detect_ms: u64,
     /// Typing stops this many milliseconds after the last start.
     #[arg(long = "typing-ttl-ms", env = "CONFAB_TYPING_TTL_MS", default_value_t = 5000)]
     pub typing_ttl_ms: u64,
@@ -75,6 +84,8 @@ impl Config {
             edge_queue: 65536,
             chat_queue: 1024,
             chat_idle_secs: 300,
+            probe_ms: 250,
+            detect_ms: 1500,
             typing_ttl_ms: 5000,
             typing_debounce_ms: 2000,
         }
@@ -91,7 +102,8 @@ pub enum Error {
 
 struct Inner {
     advertise: String,
-    ring: Ring,
+    membership: Arc<Membership>,
+    discovery: Discovery,
     chats: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
     edges: EdgeRegistry,
     chat_settings: ChatSettings,
@@ -108,18 +120,26 @@ pub struct RouterService {
 
 impl RouterService {
     pub fn new(config: Config, store: Arc<dyn Store>, shutdown: Shutdown) -> Result<Self, Error> {
-        let ring = Ring::new(config.routers.clone());
-        if !ring.routers().contains(&config.advertise) {
-            return Err(Error::Config(format!(
-                "--advertise {} is not in --routers {:?}",
-                config.advertise, config.routers
-            )));
+        let discovery = Discovery::parse(&config.routers);
+        if let Discovery::Static(list) = &discovery {
+            if !list.contains(&config.advertise) {
+                return Err(Error::Config(format!(
+                    "--advertise {} is not in --routers {:?}",
+                    config.advertise, config.routers
+                )));
+            }
         }
+        let initial = match &discovery {
+            Discovery::Static(list) => list.clone(),
+            Discovery::Dns { .. } => vec![config.advertise.clone()],
+        };
+        let membership = Membership::new(config.advertise.clone(), initial);
         let edges = EdgeRegistry::default();
         Ok(Self {
             inner: Arc::new(Inner {
                 advertise: config.advertise.clone(),
-                ring,
+                membership,
+                discovery,
                 chats: Mutex::new(HashMap::new()),
                 edges: edges.clone(),
                 chat_settings: ChatSettings {
@@ -170,7 +190,7 @@ impl RouterService {
             let err = pb::Error { code: code as i32, message: message.into(), retry_after_ms: None };
             edge.send(pb::router_frame::Kind::Reply(pb::Reply { id, result: Some(pb::reply::Result::Error(err)) }));
         };
-        if self.inner.ring.owner(&chat_id) != Some(self.inner.advertise.as_str()) {
+        if self.inner.membership.ring().owner(&chat_id) != Some(self.inner.advertise.as_str()) {
             return reply_error(pb::ErrorCode::NotOwner, "not the owner of this chat");
         }
         use pb::request::Op as P;
@@ -214,6 +234,10 @@ type FrameStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Route
 #[tonic::async_trait]
 impl RouterRpc for RouterService {
     type EdgeStreamStream = FrameStream;
+
+    async fn ping(&self, _req: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
+        Ok(Response::new(pb::Empty {}))
+    }
 
     async fn edge_stream(&self, req: Request<Streaming<pb::EdgeFrame>>) -> Result<Response<FrameStream>, Status> {
         let mut inbound = req.into_inner();
@@ -262,7 +286,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let timeout = Duration::from_millis(config.store_timeout_ms);
     let store: Arc<dyn Store> =
         Arc::new(RemoteStore::connect_lazy(&config.store_url, timeout).map_err(|e| Error::Config(e.to_string()))?);
+    let detection = Detection {
+        probe: Duration::from_millis(config.probe_ms.max(10)),
+        window: Duration::from_millis(config.detect_ms.max(10)),
+    };
     let service = RouterService::new(config, store, shutdown.clone())?;
+    let membership = service.inner.membership.clone();
+    shutdown.spawn(membership.run(service.inner.discovery.clone(), detection, shutdown.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!(node.id = %service.inner.advertise, "router serving");
     tonic::transport::Server::builder()
