@@ -268,9 +268,18 @@ impl Links {
                 rooms.note_head(&chat, j.last_seq);
             }
         });
-        let fut = self.request(chat_id, "", pb::request::Op::Subscribe(pb::SubscribeOp {}), Some(on_reply));
+        let (this, chat) = (self.clone(), chat_id.to_string());
+        // Keep trying while the chat has local sockets: routers may still
+        // disagree about the ring for a moment.
         tokio::spawn(async move {
-            let _ = fut.await;
+            loop {
+                let op = pb::request::Op::Subscribe(pb::SubscribeOp {});
+                let result = this.request(&chat, "", op, Some(on_reply.clone())).await;
+                if !retryable(&result) || !this.rooms.has(&chat) {
+                    return;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
         });
     }
 }

@@ -51,6 +51,32 @@ pub(crate) enum Op {
     EdgeGone,
 }
 
+/// Subscriptions outlive a writer that a newer claim fenced: if the chat
+/// comes back to this router, its next writer delivers to the same edges.
+#[derive(Clone, Default)]
+pub(crate) struct Parked(Arc<std::sync::Mutex<HashMap<String, HashMap<u64, EdgeConn>>>>);
+
+impl Parked {
+    fn take(&self, chat_id: &str) -> HashMap<u64, EdgeConn> {
+        let mut parked = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut subs = parked.remove(chat_id).unwrap_or_default();
+        subs.retain(|_, e| e.is_open());
+        subs
+    }
+
+    fn put(&self, chat_id: &str, subs: HashMap<u64, EdgeConn>) {
+        let mut parked = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop what no stream can use any more, so the map stays small.
+        parked.retain(|_, s| {
+            s.retain(|_, e| e.is_open());
+            !s.is_empty()
+        });
+        if !subs.is_empty() {
+            parked.entry(chat_id.to_string()).or_default().extend(subs);
+        }
+    }
+}
+
 /// Timing rules of a chat writer (CONTRACT §5, §9).
 #[derive(Clone)]
 pub(crate) struct ChatSettings {
@@ -59,6 +85,8 @@ pub(crate) struct ChatSettings {
     pub owner: String,
     /// Every edge stream attached to this router.
     pub edges: EdgeRegistry,
+    /// Subscribers of writers that stopped, for the next writer of the chat.
+    pub parked: Parked,
     /// A writer with no subscriber and no command for this long stops.
     pub idle: Duration,
     /// Typing stops this long after the last start.
@@ -145,7 +173,8 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, setti
             fenced: false,
             chat,
             last_seq,
-            subscribers: HashMap::new(),
+            // Edges subscribed to an earlier writer of this chat stay subscribed.
+            subscribers: settings.parked.take(&chat_id),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             cursors: HashMap::new(),
@@ -164,8 +193,10 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, setti
     let mut last_command = Instant::now();
     loop {
         if state.fenced {
-            // Another router owns the chat now: hand everything queued back.
+            // Another router owns the chat now: hand everything queued back,
+            // and keep the subscribers for the next writer here.
             rx.close();
+            settings.parked.put(&chat_id, std::mem::take(&mut state.subscribers));
             for cmd in batch.drain(..).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                 refuse(cmd, error(pb::ErrorCode::Unavailable, "the chat moved to another router, retry"));
             }

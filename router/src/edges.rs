@@ -31,6 +31,11 @@ impl EdgeConn {
         self.key
     }
 
+    /// False once the stream is gone or was cut off.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.kill.is_cancelled() && !self.tx.is_closed()
+    }
+
     /// Queues a frame; false when the stream is gone or was cut off.
     pub(crate) fn send(&self, kind: Kind) -> bool {
         if self.kill.is_cancelled() {

@@ -146,6 +146,7 @@ impl RouterService {
                     store,
                     owner: config.advertise.clone(),
                     edges,
+                    parked: Default::default(),
                     idle: Duration::from_secs(config.chat_idle_secs),
                     typing_ttl: Duration::from_millis(config.typing_ttl_ms),
                     typing_debounce: Duration::from_millis(config.typing_debounce_ms),
@@ -236,6 +237,10 @@ impl RouterRpc for RouterService {
     type EdgeStreamStream = FrameStream;
 
     async fn ping(&self, _req: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
+        // A draining router counts as gone, so its peers move its chats.
+        if self.inner.shutdown.is_triggered() {
+            return Err(Status::unavailable("shutting down"));
+        }
         Ok(Response::new(pb::Empty {}))
     }
 
