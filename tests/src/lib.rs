@@ -39,6 +39,7 @@ type PresenceTweak = Box<dyn Fn(&mut confab_presence::Config)>;
 pub struct ClusterBuilder {
     edges: usize,
     routers: usize,
+    dead_routers: usize,
     data_dir: Option<PathBuf>,
     edge_tweak: Option<EdgeTweak>,
     router_tweak: Option<RouterTweak>,
@@ -67,6 +68,12 @@ impl ClusterBuilder {
     /// Changes every edge's configuration (limits, windows) before start.
     pub fn edge_config(mut self, f: impl Fn(&mut confab_edge::Config) + 'static) -> Self {
         self.edge_tweak = Some(Box::new(f));
+        self
+    }
+
+    /// Lists `n` more routers that never start (unreachable owners).
+    pub fn dead_routers(mut self, n: usize) -> Self {
+        self.dead_routers = n;
         self
     }
 
@@ -107,7 +114,13 @@ impl ClusterBuilder {
         for _ in 0..self.routers.max(1) {
             router_ls.push(loopback().await);
         }
-        let routers: Vec<String> = router_ls.iter().map(|(_, u)| u.clone()).collect();
+        let mut routers: Vec<String> = router_ls.iter().map(|(_, u)| u.clone()).collect();
+        // Listed but never started: nothing listens on these addresses.
+        for _ in 0..self.dead_routers {
+            let (l, url) = loopback().await;
+            drop(l);
+            routers.push(url);
+        }
         for (l, url) in router_ls {
             let mut config = confab_router::Config::for_test(url, routers.clone(), store_url.clone());
             if let Some(f) = &self.router_tweak {
