@@ -146,3 +146,20 @@ impl Membership {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn discovery_from_a_list_or_dns() {
+        let list = vec!["http://a:1".to_string(), "http://b:2".to_string()];
+        assert!(matches!(Discovery::parse(&list), Discovery::Static(l) if l == list));
+        let dns = Discovery::parse(&["dns:localhost:7002".to_string()]);
+        assert!(matches!(&dns, Discovery::Dns { name, port: 7002 } if name == "localhost"));
+        let resolved = dns.resolve().await;
+        assert!(resolved.contains(&"http://127.0.0.1:7002".to_string()), "{resolved:?}");
+        let missing = Discovery::parse(&["dns:no-such-host.invalid:7002".to_string()]);
+        assert!(missing.resolve().await.is_empty());
+    }
+}
