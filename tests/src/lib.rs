@@ -272,6 +272,20 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
+/// The `data` of a successful ack; fails the test on an error ack.
+pub fn data(ack: &serde_json::Value) -> &serde_json::Value {
+    assert_eq!(ack["ok"], true, "expected success, got {ack}");
+    &ack["data"]
+}
+
+/// Checks an error ack: the code, a message and a correlation id (CONTRACT §3).
+pub fn error(ack: &serde_json::Value, code: &str) {
+    assert_eq!(ack["ok"], false, "expected {code}, got {ack}");
+    assert_eq!(ack["error"], code, "{ack}");
+    assert!(ack["message"].as_str().is_some_and(|m| !m.is_empty()), "{ack}");
+    assert!(ack["correlationId"].as_str().is_some_and(|c| c.len() == 36), "{ack}");
+}
+
 /// Logs to the test output when `CONFAB_LOG` is set (for debugging).
 pub fn init_test_logging() {
     if std::env::var_os("CONFAB_LOG").is_some() {

@@ -2,15 +2,10 @@
 //! error or ends only its own connection; nothing panics and nobody else
 //! is affected.
 
+use confab_tests::error;
 use confab_tests::Cluster;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn error(ack: &Value, code: &str) {
-    assert_eq!(ack["ok"], false, "expected {code}, got {ack}");
-    assert_eq!(ack["error"], code, "{ack}");
-    assert!(ack["correlationId"].as_str().is_some(), "{ack}");
-}
 
 /// After each abuse, a bystander on the same edge still chats.
 async fn bystander_still_works(cluster: &Cluster, chat: &str, n: u64) {

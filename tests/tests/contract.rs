@@ -3,21 +3,12 @@
 
 use confab_tests::client::Client;
 use confab_tests::Cluster;
+use confab_tests::{data, error};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
-
-fn data(ack: &Value) -> &Value {
-    assert_eq!(ack["ok"], true, "expected success, got {ack}");
-    &ack["data"]
-}
-
-fn error(ack: &Value, code: &str) {
-    assert_eq!(ack["ok"], false, "expected {code}, got {ack}");
-    assert_eq!(ack["error"], code, "{ack}");
-}
 
 async fn send(c: &mut Client, chat: &str, body: &str, client_id: &str) -> Value {
     data(&c.call("message:send", json!({ "chatId": chat, "body": body, "clientId": client_id })).await).clone()

@@ -3,22 +3,11 @@
 //! recovery with `sinceSeq`, leave, membership checks.
 
 use confab_tests::Cluster;
+use confab_tests::{data, error};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(5);
-
-fn data(ack: &Value) -> &Value {
-    assert_eq!(ack["ok"], true, "expected success, got {ack}");
-    &ack["data"]
-}
-
-fn error(ack: &Value, code: &str) {
-    assert_eq!(ack["ok"], false, "expected {code}, got {ack}");
-    assert_eq!(ack["error"], code, "{ack}");
-    assert!(ack["message"].as_str().is_some_and(|m| !m.is_empty()), "{ack}");
-    assert!(ack["correlationId"].as_str().is_some_and(|c| c.len() == 36), "{ack}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_ready_lists_the_users_chats() {

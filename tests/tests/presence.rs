@@ -3,8 +3,9 @@
 //! grace window, statuses, throttling, visibility and edge leases.
 
 use confab_proto::v1::{presence_client::PresenceClient, SessionRequest};
+use confab_tests::data;
 use confab_tests::Cluster;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(5);
@@ -23,11 +24,6 @@ async fn cluster() -> Cluster {
         .edge_config(|c| c.presence_heartbeat_ms = 100)
         .build()
         .await
-}
-
-fn data(ack: &Value) -> &Value {
-    assert_eq!(ack["ok"], true, "expected success, got {ack}");
-    &ack["data"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
