@@ -4,15 +4,15 @@
 use crate::error::ApiError;
 use crate::{events, validate, wire, Edge};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::{header, request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use confab_common::ErrorCode;
 use confab_proto::v1 as pb;
 use confab_store::NewChat;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,29 +38,42 @@ fn json_response(status: StatusCode, v: Value) -> Response {
     (status, axum::Json(v)).into_response()
 }
 
-/// The caller, from `Authorization: Bearer`.
-fn caller(edge: &Edge, headers: &HeaderMap) -> Result<String, ApiError> {
-    let h = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-    crate::auth::pick_token(None, h, None)
-        .and_then(|t| edge.verifier.verify(&t))
-        .map(|i| i.user_id)
-        .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("token refused: {}", e.reason())))
+/// The caller, from `Authorization: Bearer`; a missing or bad token is 401.
+/// Extracted before the body, so a request failing both gets the 401.
+struct Caller(String);
+
+impl FromRequestParts<Arc<Edge>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, edge: &Arc<Edge>) -> Result<Self, ApiError> {
+        let h = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+        crate::auth::pick_token(None, h, None)
+            .and_then(|t| edge.verifier.verify(&t))
+            .map(|i| Caller(i.user_id))
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("token refused: {}", e.reason())))
+    }
 }
 
-/// Parses a JSON object body; a body over the limit is 413.
-fn json_body(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large()
-        } else {
-            ApiError::validation(format!("unreadable body: {r}"))
+/// A JSON object body; over the payload limit is 413, anything else 400.
+struct JsonObject(Map<String, Value>);
+
+impl FromRequest<Arc<Edge>> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, edge: &Arc<Edge>) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, edge).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large()
+            } else {
+                ApiError::validation(format!("unreadable body: {r}"))
+            }
+        })?;
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(o)) => Ok(JsonObject(o)),
+            Ok(_) => Err(ApiError::validation("body must be a JSON object")),
+            Err(_) => Err(ApiError::validation("body is not valid JSON")),
         }
-    })?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|_| ApiError::validation("body is not valid JSON"))?;
-    if !v.is_object() {
-        return Err(ApiError::validation("body must be a JSON object"));
     }
-    Ok(v)
 }
 
 async fn timed<T>(
@@ -73,14 +86,7 @@ async fn timed<T>(
         .map_err(ApiError::from)
 }
 
-async fn create_chat(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult {
-    let user = caller(&edge, &headers)?;
-    let body = json_body(body)?;
-    let o = validate::object(Some(&body))?;
+async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonObject(ref o): JsonObject) -> ApiResult {
     let kind = validate::string(o, "type", 1, 16)?;
     if kind != "dm" && kind != "group" {
         return Err(ApiError::validation("type must be \"dm\" or \"group\""));
@@ -108,15 +114,13 @@ async fn create_chat(
     Ok(json_response(status, wire::chat(&chat)))
 }
 
-async fn list_chats(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> ApiResult {
-    let user = caller(&edge, &headers)?;
+async fn list_chats(State(edge): State<Arc<Edge>>, Caller(user): Caller) -> ApiResult {
     let chats = timed(&edge, edge.store.list_user_chats(&user, usize::MAX)).await?;
     let chats: Vec<Value> = chats.iter().map(wire::chat_summary).collect();
     Ok(json_response(StatusCode::OK, json!({ "chats": chats })))
 }
 
-async fn get_chat(State(edge): State<Arc<Edge>>, headers: HeaderMap, Path(chat_id): Path<String>) -> ApiResult {
-    let user = caller(&edge, &headers)?;
+async fn get_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, Path(chat_id): Path<String>) -> ApiResult {
     let (chat, _) = timed(&edge, edge.store.get_chat(&chat_id)).await?;
     if !chat.members.iter().any(|m| m.user_id == user) {
         return Err(ApiError::forbidden("not a member of this chat"));
@@ -136,11 +140,10 @@ fn query_u64(q: &HashMap<String, String>, field: &str) -> Result<Option<u64>, Ap
 
 async fn get_messages(
     State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
+    Caller(user): Caller,
     Path(chat_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let user = caller(&edge, &headers)?;
     let after = query_u64(&q, "afterSeq")?;
     let before = query_u64(&q, "beforeSeq")?;
     let limit = match query_u64(&q, "limit")? {
@@ -154,20 +157,20 @@ async fn get_messages(
 
 async fn post_message(
     State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
+    Caller(user): Caller,
     Path(chat_id): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    JsonObject(ref o): JsonObject,
 ) -> ApiResult {
-    let user = caller(&edge, &headers)?;
-    let body = json_body(body)?;
-    let o = validate::object(Some(&body))?;
     let (m, duplicate) = events::queue_send(&edge, &user, o, chat_id, None)?.await?;
     let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok(json_response(status, wire::send_ack(&m)))
 }
 
-async fn user_presence(State(edge): State<Arc<Edge>>, headers: HeaderMap, Path(user_id): Path<String>) -> ApiResult {
-    let viewer = caller(&edge, &headers)?;
+async fn user_presence(
+    State(edge): State<Arc<Edge>>,
+    Caller(viewer): Caller,
+    Path(user_id): Path<String>,
+) -> ApiResult {
     let snapshot = crate::presence::visible_snapshot(&edge, &viewer, &[user_id]).await?;
     Ok(json_response(StatusCode::OK, snapshot.into_iter().next().unwrap_or(Value::Null)))
 }
@@ -183,25 +186,21 @@ async fn manage(edge: &Arc<Edge>, user: &str, chat_id: &str, change: pb::manage_
 
 async fn patch_chat(
     State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
+    Caller(user): Caller,
     Path(chat_id): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    JsonObject(ref o): JsonObject,
 ) -> ApiResult {
-    let user = caller(&edge, &headers)?;
-    let body = json_body(body)?;
-    let title = validate::string(validate::object(Some(&body))?, "title", 0, 200)?;
+    let title = validate::string(o, "title", 0, 200)?;
     manage(&edge, &user, &chat_id, pb::manage_op::Change::Title(title)).await
 }
 
 async fn add_members(
     State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
+    Caller(user): Caller,
     Path(chat_id): Path<String>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    JsonObject(ref o): JsonObject,
 ) -> ApiResult {
-    let user = caller(&edge, &headers)?;
-    let body = json_body(body)?;
-    let ids = validate::id_list(validate::object(Some(&body))?, "userIds", edge.config.max_members)?;
+    let ids = validate::id_list(o, "userIds", edge.config.max_members)?;
     if ids.is_empty() {
         return Err(ApiError::validation("userIds must not be empty"));
     }
@@ -210,22 +209,19 @@ async fn add_members(
 
 async fn remove_member(
     State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
+    Caller(user): Caller,
     Path((chat_id, member)): Path<(String, String)>,
 ) -> ApiResult {
-    let user = caller(&edge, &headers)?;
     manage(&edge, &user, &chat_id, pb::manage_op::Change::RemoveMember(member)).await
 }
 
 async fn set_role(
     State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
+    Caller(user): Caller,
     Path((chat_id, member)): Path<(String, String)>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    JsonObject(ref o): JsonObject,
 ) -> ApiResult {
-    let user = caller(&edge, &headers)?;
-    let body = json_body(body)?;
-    let role = validate::string(validate::object(Some(&body))?, "role", 1, 16)?;
+    let role = validate::string(o, "role", 1, 16)?;
     if role != "admin" && role != "member" {
         return Err(ApiError::validation("role must be admin or member"));
     }

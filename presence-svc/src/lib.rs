@@ -114,6 +114,19 @@ impl PresenceService {
         }
     }
 
+    /// Applies a change to `user` under the lock, publishes what it caused,
+    /// and answers the user's own state after it.
+    fn change(&self, user: &str, f: impl FnOnce(&mut Hub, i64) -> Vec<Seen>) -> Response<pb::PresenceState> {
+        let now = now_ms();
+        let (updates, seen) = {
+            let mut hub = lock(&self.hub);
+            let updates = f(&mut hub, now);
+            (updates, hub.seen_by(user, user, now))
+        };
+        self.publish(updates);
+        Response::new(state(seen))
+    }
+
     /// Runs the hub's clocks until shutdown.
     pub async fn run_clock(self, every: Duration, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(every);
@@ -145,27 +158,13 @@ impl PresenceRpc for PresenceService {
     async fn session_open(&self, req: Request<pb::SessionRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let r = req.into_inner();
         check_session(&r)?;
-        let now = now_ms();
-        let (updates, seen) = {
-            let mut hub = lock(&self.hub);
-            let updates = hub.open(&r.user_id, &r.edge_id, &r.session_id, now);
-            (updates, hub.seen_by(&r.user_id, &r.user_id, now))
-        };
-        self.publish(updates);
-        Ok(Response::new(state(seen)))
+        Ok(self.change(&r.user_id, |hub, now| hub.open(&r.user_id, &r.edge_id, &r.session_id, now)))
     }
 
     async fn session_close(&self, req: Request<pb::SessionRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let r = req.into_inner();
         check_session(&r)?;
-        let now = now_ms();
-        let (updates, seen) = {
-            let mut hub = lock(&self.hub);
-            let updates = hub.close(&r.user_id, &r.edge_id, &r.session_id, now);
-            (updates, hub.seen_by(&r.user_id, &r.user_id, now))
-        };
-        self.publish(updates);
-        Ok(Response::new(state(seen)))
+        Ok(self.change(&r.user_id, |hub, now| hub.close(&r.user_id, &r.edge_id, &r.session_id, now)))
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::Empty>, Status> {
@@ -176,14 +175,7 @@ impl PresenceRpc for PresenceService {
     async fn set_status(&self, req: Request<pb::SetStatusRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let r = req.into_inner();
         let status = hub::parse_status(&r.status).ok_or_else(|| Status::invalid_argument("unknown status"))?;
-        let now = now_ms();
-        let (updates, seen) = {
-            let mut hub = lock(&self.hub);
-            let updates = hub.set_status(&r.user_id, status, now);
-            (updates, hub.seen_by(&r.user_id, &r.user_id, now))
-        };
-        self.publish(updates);
-        Ok(Response::new(state(seen)))
+        Ok(self.change(&r.user_id, |hub, now| hub.set_status(&r.user_id, status, now)))
     }
 
     async fn get_many(&self, req: Request<pb::GetManyRequest>) -> Result<Response<pb::GetManyResponse>, Status> {
