@@ -1,6 +1,7 @@
-//! edge: where clients connect. It terminates Socket.IO (Engine.IO v4 by
-//! engineioxide over tokio-tungstenite, WebSocket and long-polling, with our
-//! own thin Socket.IO v5 packet layer, see [`sio`]) and the HTTP API (axum),
+//! edge: where clients connect. It terminates Socket.IO (Engine.IO v4:
+//! direct WebSockets on a lean path of its own, see `ws`, long-polling and
+//! upgraded sessions by engineioxide; over both, our own thin Socket.IO v5
+//! packet layer, see [`sio`]) and the HTTP API (axum),
 //! checks JWTs and payloads, forwards ordered work to the owning router on a
 //! long-lived gRPC stream per router, reads history and chat lists from
 //! store-svc directly, reports sessions to presence-svc, and fans deliveries
@@ -10,6 +11,7 @@
 //! reconnect elsewhere and recover with `room:join { sinceSeq }`.
 
 pub mod auth;
+mod conn;
 mod error;
 mod events;
 mod expiry;
@@ -23,6 +25,7 @@ pub mod sio;
 mod socket;
 mod validate;
 mod wire;
+mod ws;
 
 use confab_common::{EdgeId, Shutdown};
 use confab_proto::v1::presence_client::PresenceClient;
@@ -240,6 +243,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .ws_max_message_size(config.max_payload)
         .ws_max_frame_size(config.max_payload)
         .max_buffer_size(config.socket_queue)
+        .ws_read_buffer_size(1024)
         .build();
     let edge = Arc::new(Edge {
         verifier,
@@ -261,7 +265,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });
-    let app = http::router(edge).layer(EngineIoLayer::from_config(handler, engine_config));
+    let app = http::router(edge)
+        .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
+        .layer(axum::middleware::from_fn_with_state(handler, ws::intercept));
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { shutdown.triggered().await })

@@ -14,7 +14,9 @@
 use crate::sio;
 use crate::socket::EioSocket;
 use confab_proto::v1 as pb;
-use engineioxide::{socket::Sid, DisconnectReason, Str};
+use crate::conn::Packet;
+use crate::socket::emit;
+use engineioxide::socket::Sid;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -111,7 +113,7 @@ impl Rooms {
     pub fn apply_chat_update(&self, update: &pb::ChatUpdate) -> bool {
         let Some(chat) = &update.chat else { return true };
         let payload = serde_json::json!({ "chat": crate::wire::chat(chat) });
-        let packet: Str = sio::event("chat:update", &payload).into();
+        let packet = Packet::new(&sio::event("chat:update", &payload));
         for user in &update.added_user_ids {
             for socket in self.user_sockets(user) {
                 self.join_socket(&chat.id, &socket, update.last_seq);
@@ -219,7 +221,7 @@ impl Rooms {
     }
 
     fn emit_all(room: &Room, m: &pb::Message) {
-        let packet: Str = sio::event("message:new", &crate::wire::message(m)).into();
+        let packet = Packet::new(&sio::event("message:new", &crate::wire::message(m)));
         for socket in room.sockets.values() {
             emit(socket, &packet);
         }
@@ -277,7 +279,7 @@ impl Rooms {
     fn deliver_event(&self, chat_id: &str, e: &pb::Event) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
-        let packet: Str = sio::raw_event(&e.name, &e.json).into();
+        let packet = Packet::new(&sio::raw_event(&e.name, &e.json));
         for socket in room.sockets.values() {
             let skip = match (&e.except_user, socket.data.session.get()) {
                 (Some(user), Some(session)) => &session.user_id == user,
@@ -287,13 +289,5 @@ impl Rooms {
                 emit(socket, &packet);
             }
         }
-    }
-}
-
-/// Queues a packet; a socket whose queue is full is disconnected.
-fn emit(socket: &EioSocket, packet: &Str) {
-    if socket.emit(packet.clone()).is_err() && !socket.is_closed() {
-        tracing::warn!(sid = %socket.id, "socket queue full: disconnecting slow consumer");
-        socket.close(DisconnectReason::TransportError);
     }
 }

@@ -1,8 +1,10 @@
-//! The life of one client connection: Engine.IO underneath (engineioxide),
+//! The life of one client connection: Engine.IO underneath (engineioxide,
+//! or the lean WebSocket path of [`crate::ws`]; see [`crate::conn`]),
 //! Socket.IO packets on top (see [`crate::sio`]), the CONNECT handshake with
 //! its JWT, `session:ready`, and clean-up on disconnect.
 
 use crate::auth::{pick_token, AuthError};
+use crate::conn::{Conn, EmitError, EngineData, EngineSocket, Packet};
 use crate::error::ApiError;
 use crate::sio::{self, Incoming};
 use crate::{events, Edge};
@@ -33,7 +35,7 @@ impl Session {
     }
 }
 
-/// Per-socket state kept by engineioxide beside the socket.
+/// Per-socket state of the edge.
 #[derive(Default)]
 pub struct SocketData {
     pub session: OnceLock<Session>,
@@ -125,17 +127,24 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
     });
 }
 
-pub type EioSocket = engineioxide::Socket<SocketData>;
+pub type EioSocket = Conn;
 
 /// Queues a packet on a socket; a full queue disconnects it (slow consumer).
 pub fn send(socket: &EioSocket, packet: String) {
-    if socket.emit(Str::from(packet)).is_err() && !socket.is_closed() {
+    emit(socket, &Packet::new(&packet));
+}
+
+/// Queues a packet encoded once for many sockets; a full queue disconnects
+/// the socket (slow consumer): it reconnects and recovers with `sinceSeq`.
+pub fn emit(socket: &EioSocket, packet: &Packet) {
+    if socket.emit(packet) == Err(EmitError::Full) {
         tracing::warn!(sid = %socket.id, "socket queue full: disconnecting slow consumer");
         socket.close(DisconnectReason::TransportError);
     }
 }
 
-/// The engineioxide handler: every socket of this edge goes through it.
+/// The Socket.IO layer over both transports: every socket of this edge goes
+/// through it.
 #[derive(Debug, Clone)]
 pub struct Handler {
     pub(crate) edge: Arc<Edge>,
@@ -148,21 +157,48 @@ impl std::fmt::Debug for Edge {
 }
 
 impl EngineIoHandler for Handler {
-    type Data = SocketData;
+    type Data = EngineData;
 
-    fn on_connect(self: Arc<Self>, _socket: Arc<EioSocket>) {
+    fn on_connect(self: Arc<Self>, socket: Arc<EngineSocket>) {
+        let _ = socket.data.0.set(Arc::new(Conn::engine(&socket)));
+        self.opened();
+    }
+
+    fn on_disconnect(&self, socket: Arc<EngineSocket>, reason: DisconnectReason) {
+        if let Some(conn) = socket.data.0.get() {
+            self.closed(conn, reason);
+        }
+    }
+
+    fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<EngineSocket>) {
+        if let Some(conn) = socket.data.0.get() {
+            self.message(conn, &msg);
+        }
+    }
+
+    fn on_binary(self: &Arc<Self>, _data: bytes::Bytes, _socket: Arc<EngineSocket>) {
+        // Attachments of refused binary packets: dropped.
+    }
+}
+
+impl Handler {
+    /// A transport connection opened (before any Socket.IO CONNECT).
+    pub fn opened(&self) {
         self.edge.metrics.engine_connections.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn on_disconnect(&self, socket: Arc<EioSocket>, reason: DisconnectReason) {
+    /// A transport connection ended: leave every room, close the session.
+    pub fn closed(&self, socket: &Arc<EioSocket>, reason: DisconnectReason) {
         self.edge.metrics.engine_connections.fetch_sub(1, Ordering::Relaxed);
         socket.data.disconnected.store(true, Ordering::Release);
         tracing::debug!(sid = %socket.id, ?reason, "socket closed");
-        release(&self.edge, &socket);
+        release(&self.edge, socket);
     }
 
-    fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<EioSocket>) {
-        match sio::parse(&msg) {
+    /// One Engine.IO message: a Socket.IO packet.
+    pub fn message(self: &Arc<Self>, socket: &Arc<EioSocket>, msg: &str) {
+        let socket = socket.clone();
+        match sio::parse(msg) {
             Ok(Incoming::Connect { nsp, auth }) => self.connect(socket, &nsp, auth.as_ref()),
             Ok(Incoming::Disconnect { .. }) => socket.close(DisconnectReason::TransportClose),
             Ok(Incoming::Event { nsp, name, args, ack }) => {
@@ -196,12 +232,6 @@ impl EngineIoHandler for Handler {
         }
     }
 
-    fn on_binary(self: &Arc<Self>, _data: bytes::Bytes, _socket: Arc<EioSocket>) {
-        // Attachments of refused binary packets: dropped.
-    }
-}
-
-impl Handler {
     fn connect(self: &Arc<Self>, socket: Arc<EioSocket>, nsp: &str, auth: Option<&Value>) {
         if nsp != "/" {
             send(&socket, sio::connect_error(nsp, "Invalid namespace", None));
@@ -210,9 +240,9 @@ impl Handler {
         if socket.data.session.get().is_some() || socket.data.connecting.swap(true, Ordering::AcqRel) {
             return; // a repeated CONNECT is ignored
         }
-        let parts = &socket.req_parts;
-        let header = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-        let identity = pick_token(auth, header, parts.uri.query()).and_then(|t| self.edge.verifier.verify(&t));
+        let handshake = socket.take_handshake();
+        let identity = pick_token(auth, handshake.authorization.as_deref(), handshake.query.as_deref())
+            .and_then(|t| self.edge.verifier.verify(&t));
         let identity = match identity {
             Ok(i) => i,
             Err(e) => {
