@@ -8,7 +8,7 @@
 use crate::store::{AppendBatch, History, NewChat, Store, StoreError};
 use confab_proto::v1::{Chat, ChatSummary, Member, Message};
 use prost::Message as _;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +27,10 @@ const MESSAGE_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("me
 const OWNERS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("owners");
 /// (chat, user) -> last read seq
 const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursors");
+/// (chat, sender, seq): who sent what, so unread counts need not read messages.
+const SENT: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("sent");
+/// (chat, seq) → sender of each deleted message.
+const DELETED: TableDefinition<(&str, u64), &str> = TableDefinition::new("deleted");
 
 const MAX_BATCH: usize = 512;
 const WRITE_QUEUE: usize = 4096;
@@ -67,6 +71,7 @@ impl EmbeddedStore {
             tx.open_table(CURSORS).map_err(internal)?;
             tx.open_table(MESSAGE_IDS).map_err(internal)?;
             tx.open_table(OWNERS).map_err(internal)?;
+            index_existing_messages(&tx)?;
             tx.commit().map_err(internal)?;
         }
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
@@ -120,6 +125,35 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Write>) {
 enum Outcome {
     Chat(oneshot::Sender<Result<(Chat, bool), StoreError>>, Result<(Chat, bool), StoreError>),
     Seq(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
+}
+
+/// Fills the unread indexes (`SENT`, `DELETED`) from the messages of a
+/// store written before they existed; a no-op once they are filled.
+fn index_existing_messages(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut sent = tx.open_table(SENT).map_err(internal)?;
+    let mut deleted = tx.open_table(DELETED).map_err(internal)?;
+    let messages = tx.open_table(MESSAGES).map_err(internal)?;
+    if !sent.is_empty().map_err(internal)? || messages.is_empty().map_err(internal)? {
+        return Ok(());
+    }
+    for entry in messages.iter().map_err(internal)? {
+        let (_, v) = entry.map_err(internal)?;
+        let m = Message::decode(v.value()).map_err(internal)?;
+        index_message(&mut sent, &mut deleted, &m)?;
+    }
+    Ok(())
+}
+
+fn index_message(
+    sent: &mut redb::Table<(&str, &str, u64), ()>,
+    deleted: &mut redb::Table<(&str, u64), &str>,
+    m: &Message,
+) -> Result<(), StoreError> {
+    sent.insert((m.chat_id.as_str(), m.sender_id.as_str(), m.seq), ()).map_err(internal)?;
+    if m.deleted {
+        deleted.insert((m.chat_id.as_str(), m.seq), m.sender_id.as_str()).map_err(internal)?;
+    }
+    Ok(())
 }
 
 fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
@@ -284,7 +318,10 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64,
     let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
     let mut client_ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
     let mut ids = tx.open_table(MESSAGE_IDS).map_err(internal)?;
+    let mut sent = tx.open_table(SENT).map_err(internal)?;
+    let mut deleted = tx.open_table(DELETED).map_err(internal)?;
     for m in &batch.messages {
+        index_message(&mut sent, &mut deleted, m)?;
         ids.insert((chat_id, m.id.as_str()), m.seq).map_err(internal)?;
         messages.insert((chat_id, m.seq), m.encode_to_vec().as_slice()).map_err(internal)?;
         client_ids
@@ -306,6 +343,9 @@ fn apply_put(tx: &redb::WriteTransaction, m: &Message) -> Result<u64, StoreError
         return Err(StoreError::Invalid("message id does not match its seq".into()));
     }
     messages.insert(key, m.encode_to_vec().as_slice()).map_err(internal)?;
+    if m.deleted {
+        tx.open_table(DELETED).map_err(internal)?.insert(key, m.sender_id.as_str()).map_err(internal)?;
+    }
     Ok(m.seq)
 }
 
@@ -386,6 +426,8 @@ impl Store for EmbeddedStore {
             let user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
             let cursors = tx.open_table(CURSORS).map_err(internal)?;
             let messages = tx.open_table(MESSAGES).map_err(internal)?;
+            let sent = tx.open_table(SENT).map_err(internal)?;
+            let deleted = tx.open_table(DELETED).map_err(internal)?;
             let mut out = Vec::new();
             for entry in user_chats.range((user_id.as_str(), "")..).map_err(internal)? {
                 let (key, _) = entry.map_err(internal)?;
@@ -398,21 +440,27 @@ impl Store for EmbeddedStore {
                 };
                 let last_read_seq =
                     cursors.get((chat_id, user_id.as_str())).map_err(internal)?.map_or(0, |v| v.value());
-                let mut unread = 0;
-                let mut activity = chat.created_at_ms;
-                for m in messages.range((chat_id, last_read_seq + 1)..=(chat_id, last_seq)).map_err(internal)? {
-                    let (_, v) = m.map_err(internal)?;
-                    let m = Message::decode(v.value()).map_err(internal)?;
-                    if m.sender_id != user_id && !m.deleted {
-                        unread += 1;
+                // Unread (CONTRACT §8.7): the messages after the cursor, less
+                // the user's own and the deleted ones, counted from the
+                // indexes, so the cost follows those, not the backlog.
+                let mut unread = last_seq.saturating_sub(last_read_seq);
+                if unread > 0 {
+                    let own = (chat_id, user_id.as_str(), last_read_seq + 1)..=(chat_id, user_id.as_str(), last_seq);
+                    for entry in sent.range(own).map_err(internal)? {
+                        entry.map_err(internal)?;
+                        unread -= 1;
                     }
-                    activity = m.created_at_ms;
-                }
-                if last_seq > 0 && last_read_seq >= last_seq {
-                    if let Some(m) = read_message(&messages, chat_id, last_seq)? {
-                        activity = m.created_at_ms;
+                    for entry in deleted.range((chat_id, last_read_seq + 1)..=(chat_id, last_seq)).map_err(internal)? {
+                        let (_, sender) = entry.map_err(internal)?;
+                        if sender.value() != user_id {
+                            unread = unread.saturating_sub(1);
+                        }
                     }
                 }
+                let activity = match read_message(&messages, chat_id, last_seq)? {
+                    Some(m) if last_seq > 0 => m.created_at_ms,
+                    _ => chat.created_at_ms,
+                };
                 out.push((activity, ChatSummary { chat: Some(chat), last_seq, last_read_seq, unread }));
             }
             out.sort_by_key(|s| std::cmp::Reverse(s.0));
@@ -703,5 +751,32 @@ mod tests {
         let chats = store.list_user_chats("bob", 10).await.unwrap();
         assert_eq!(chats.len(), 1);
         assert_eq!(chats[0].unread, 1);
+    }
+
+    #[tokio::test]
+    async fn unread_leaves_out_own_and_deleted_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        // Seqs 1..=5: alice sends 1, 2, 4, 5; bob sends 3.
+        let messages: Vec<Message> = (1..=5)
+            .map(|seq| Message { sender_id: if seq == 3 { "bob".into() } else { "alice".into() }, ..msg(&chat.id, seq) })
+            .collect();
+        store.append(AppendBatch { chat_id: chat.id.clone(), messages: messages.clone(), epoch: None }).await.unwrap();
+        let unread = |user: &'static str| {
+            let store = store.clone();
+            async move { store.list_user_chats(user, 10).await.unwrap()[0].unread }
+        };
+        assert_eq!(unread("bob").await, 4);
+        assert_eq!(unread("alice").await, 1);
+        // alice deletes seq 2: one fewer for bob; bob's own deleted message
+        // does not change alice's count twice.
+        store.put_message(Message { deleted: true, body: String::new(), ..messages[1].clone() }, None).await.unwrap();
+        assert_eq!(unread("bob").await, 3);
+        store.put_message(Message { deleted: true, body: String::new(), ..messages[2].clone() }, None).await.unwrap();
+        assert_eq!(unread("alice").await, 0);
+        // A cursor counts only what follows it.
+        store.set_cursor(&chat.id, "bob", 4).await.unwrap();
+        assert_eq!(unread("bob").await, 1);
     }
 }
