@@ -1,53 +1,94 @@
-//! loadgen: a Socket.IO load generator for confab that speaks the client
-//! contract over WebSocket: JWT in the CONNECT auth, chats created through
-//! the HTTP API, `message:send` with acks, `message:new` fan-out. Send times
-//! travel in the message bodies, so delivery latency is measured end to end.
+//! loadgen: a Socket.IO load generator that speaks confab's client contract
+//! over WebSocket (JWT in the CONNECT auth, `room:join` and `message:send`
+//! with acks, `message:new`). It creates its chats through the HTTP API,
+//! embeds send times in message bodies, and reports JSON plus a human
+//! summary: connections and connect rate, server RSS per connection (from
+//! the server processes' /proc), sent/acked/delivered rates, loss, ack and
+//! end-to-end latency percentiles (hdrhistogram), recovery after a
+//! reconnect storm, and its own CPU. Loopback only; runs stop by themselves.
 //!
-//! This is the group fan-out scenario (S2 of the performance issue): `chats`
-//! chats of `members` connections, one sender per chat, an open-loop total
-//! send rate, a bounded run that stops by itself. It reports connections,
-//! connect rate, sent/acked/delivered counts, loss, ack and delivery
-//! latency percentiles (hdrhistogram), and the server's RSS per connection
-//! when given its pids. Loopback only.
+//! Scenarios ([`Scenario`]): S1 idle capacity, S2 group fan-out, S3 direct
+//! messages, S4 reconnect storm. The coordinator ([`run`]) creates the
+//! chats, splits them (whole chats) over worker processes of its own binary
+//! (a process may hold at most 20,000 files here), each binding its sockets
+//! to its own 127.0.0.x source addresses, starts them together and merges
+//! what they measured ([`worker`]).
+//!
+//! The same generator drives the benchmark's peers (`bench/`), so it uses
+//! only the subset of the contract they implement.
 
-use futures::{SinkExt, StreamExt};
+pub mod client;
+pub mod worker;
+
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_tungstenite::tungstenite::Message as Ws;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+pub use worker::Scenario;
+use worker::{Outcome, Plan, PlanChat, Ready};
+
+/// Sockets one worker process holds at most (the file limit is 20,000).
+pub const MAX_PER_WORKER: usize = 15_000;
+/// How long connecting everything may take.
+const READY_DEADLINE: Duration = Duration::from_secs(300);
 
 /// One run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// An edge (`http://127.0.0.1:3000`); several, comma separated, are used in turn.
+    /// What to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Edges (`http://127.0.0.1:3000`), comma separated; sockets and chats go round-robin.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:3000")]
     pub url: Vec<String>,
-    /// The HS256 secret the cluster checks tokens with.
+    /// The HS256 secret the server checks tokens with.
     #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     pub secret: String,
+    /// fanout, reconnect: chats.
     #[arg(long, default_value_t = 10)]
     pub chats: usize,
-    /// Connections per chat, the sender included.
+    /// fanout, reconnect: connections per chat, the sender included.
     #[arg(long, default_value_t = 100)]
     pub members: usize,
-    /// Messages sent per second, over all chats (open loop).
-    #[arg(long, default_value_t = 100.0)]
+    /// dm: two-person chats (two connections each).
+    #[arg(long, default_value_t = 5000)]
+    pub pairs: usize,
+    /// idle: connections.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Messages sent per second over all chats (open loop, senders evenly spread).
+    #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
     /// How long to send, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// Connections opened at once.
-    #[arg(long, default_value_t = 200)]
+    /// idle: how long to hold the connections before measuring RSS.
+    #[arg(long, default_value_t = 2.0)]
+    pub hold_seconds: f64,
+    /// reconnect: receivers drop this many seconds into the sending...
+    #[arg(long, default_value_t = 2.0)]
+    pub drop_after_seconds: f64,
+    /// ...and reconnect after this many milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub outage_ms: u64,
+    /// Connections each worker opens at once.
+    #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Worker processes (0: enough for 15,000 connections each).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// Server process ids whose RSS is read from /proc (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
     /// A tag making user ids unique to this run.
     #[arg(long, default_value = "lg")]
     pub tag: String,
+    /// Run the workers as tasks of this process (tests).
+    #[arg(long, hide = true)]
+    pub in_process: bool,
 }
 
 /// Percentiles in milliseconds.
@@ -75,9 +116,30 @@ impl Latency {
     }
 }
 
+/// S4: what the reconnect storm showed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    pub clients: u64,
+    pub recovered: u64,
+    /// Seqs some client never saw (should be 0).
+    pub missed: u64,
+    /// From the drop to the end of each client's `room:join` (paging included).
+    pub recovery_ms: Latency,
+}
+
+/// The generator's own CPU during the measured phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadCpu {
+    pub workers: usize,
+    /// The busiest worker, in percent of one core.
+    pub max_core_percent: f64,
+    pub total_core_seconds: f64,
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    pub scenario: Scenario,
     pub connections: usize,
     pub connect_per_sec: f64,
     pub rss_per_connection_bytes: Option<f64>,
@@ -90,19 +152,25 @@ pub struct Report {
     pub lost: u64,
     pub ack_ms: Latency,
     pub delivery_ms: Latency,
+    pub recovery: Option<Recovery>,
+    pub loadgen_cpu: LoadCpu,
 }
 
 impl Report {
     pub fn summary(&self) -> String {
         let rss = self.rss_per_connection_bytes.map_or("n/a".to_string(), |b| format!("{:.1} KB", b / 1024.0));
-        format!(
-            "connections {} ({:.0}/s), RSS per connection {}\n\
-             sent {} ({:.0}/s), acked {}, delivered {} of {} ({:.0}/s), lost {}\n\
-             ack ms      p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}\n\
-             delivery ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+        let lat = |name: &str, l: &Latency| {
+            format!(
+                "{name:<12} p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            )
+        };
+        let mut s = format!(
+            "{:?}: connections {} ({:.0}/s), RSS per connection {rss}\n\
+             sent {} ({:.0}/s), acked {}, delivered {} of {} ({:.0}/s), lost {}\n{}\n{}",
+            self.scenario,
             self.connections,
             self.connect_per_sec,
-            rss,
             self.sent,
             self.sent_per_sec,
             self.acked,
@@ -110,37 +178,30 @@ impl Report {
             self.expected_deliveries,
             self.delivered_per_sec,
             self.lost,
-            self.ack_ms.p50,
-            self.ack_ms.p90,
-            self.ack_ms.p99,
-            self.ack_ms.p999,
-            self.ack_ms.max,
-            self.delivery_ms.p50,
-            self.delivery_ms.p90,
-            self.delivery_ms.p99,
-            self.delivery_ms.p999,
-            self.delivery_ms.max,
-        )
+            lat("ack ms", &self.ack_ms),
+            lat("delivery ms", &self.delivery_ms),
+        );
+        if let Some(r) = &self.recovery {
+            s.push_str(&format!(
+                "\nrecovered {} of {} clients, missed {} seqs; {}",
+                r.recovered,
+                r.clients,
+                r.missed,
+                lat("recovery ms", &r.recovery_ms)
+            ));
+        }
+        s.push_str(&format!(
+            "\nloadgen: {} worker(s), busiest at {:.0}% of a core{}",
+            self.loadgen_cpu.workers,
+            self.loadgen_cpu.max_core_percent,
+            if self.loadgen_cpu.max_core_percent > 90.0 {
+                " (saturated: figures are bounded by the generator)"
+            } else {
+                ""
+            }
+        ));
+        s
     }
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
-}
-
-fn token(secret: &str, user: &str) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 3600;
-    let claims = json!({ "sub": user, "exp": exp });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap_or_default()
 }
 
 /// Resident memory of a process, from /proc.
@@ -151,226 +212,292 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens a WebSocket, sends CONNECT with the token, waits for the accept.
-async fn connect(url: &str, token: &str) -> anyhow::Result<WsStream> {
-    let ws_url = format!("{}/socket.io/?EIO=4&transport=websocket", url.replacen("http://", "ws://", 1));
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(ws_url)).await??;
-    let open = tokio::time::timeout(Duration::from_secs(10), ws.next()).await?;
-    anyhow::ensure!(matches!(open, Some(Ok(Ws::Text(ref t))) if t.starts_with('0')), "no Engine.IO open packet");
-    ws.send(Ws::text(format!("40{}", json!({ "token": token })))).await?;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
-            Some(Ok(Ws::Text(t))) if t.starts_with("40") => return Ok(ws),
-            Some(Ok(Ws::Text(t))) if t.starts_with("44") => anyhow::bail!("refused: {t}"),
-            Some(Ok(Ws::Text(t))) if t.as_str() == "2" => ws.send(Ws::text("3")).await?,
-            Some(Ok(_)) => {}
-            other => anyhow::bail!("connection ended: {other:?}"),
-        }
+fn total_rss(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
     }
+    pids.iter().map(|p| rss_bytes(*p)).sum()
 }
 
-struct Shared {
-    delivered: AtomicU64,
-    delivery: Mutex<Histogram<u64>>,
-    ack: Mutex<Histogram<u64>>,
-    acked: AtomicU64,
+/// Creates one chat through the HTTP API; returns its id.
+async fn create_chat(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    creator: &str,
+    body: Value,
+) -> anyhow::Result<String> {
+    let res = http
+        .post(format!("{url}/v1/chats"))
+        .bearer_auth(client::token(secret, creator))
+        .timeout(Duration::from_secs(30))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(res.status().is_success(), "creating a chat: {}", res.status());
+    let chat: Value = res.json().await?;
+    chat["id"].as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("chat without id: {chat}"))
 }
 
-/// Reads a receiving connection until `until`, timing `message:new`.
-async fn receive(mut ws: WsStream, until: Instant, shared: Arc<Shared>) {
-    let mut local = histogram();
-    let mut count = 0;
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
-        let Ws::Text(t) = msg else { continue };
-        if t.as_str() == "2" {
-            let _ = ws.send(Ws::text("3")).await;
-        } else if let Some(rest) = t.strip_prefix("42[\"message:new\",") {
-            // The body is "t=<send time in µs>".
-            if let Some(sent) =
-                rest.split("\"body\":\"t=").nth(1).and_then(|s| s.split('"').next()).and_then(|s| s.parse::<u64>().ok())
-            {
-                let _ = local.record(now_micros().saturating_sub(sent).max(1));
-                count += 1;
+/// The chats (with their sender and receivers) and idle users of a run.
+async fn prepare(config: &Config) -> anyhow::Result<(Vec<PlanChat>, Vec<String>)> {
+    let tag = &config.tag;
+    let specs: Vec<(String, Vec<String>, &str)> = match config.scenario {
+        Scenario::Idle => {
+            let users = (0..config.connections).map(|i| format!("{tag}-i{i}")).collect();
+            return Ok((Vec::new(), users));
+        }
+        Scenario::Fanout | Scenario::Reconnect => (0..config.chats)
+            .map(|c| {
+                let members = (1..config.members.max(1)).map(|m| format!("{tag}-c{c}-m{m}")).collect();
+                (format!("{tag}-s{c}"), members, "group")
+            })
+            .collect(),
+        Scenario::Dm => (0..config.pairs).map(|p| (format!("{tag}-a{p}"), vec![format!("{tag}-b{p}")], "dm")).collect(),
+    };
+    let http = reqwest::Client::new();
+    let ids: Vec<anyhow::Result<String>> = futures::stream::iter(specs.iter().enumerate())
+        .map(|(i, (sender, members, kind))| {
+            let url = &config.url[i % config.url.len()];
+            let body = json!({ "type": kind, "title": "load", "memberIds": members });
+            create_chat(&http, url, &config.secret, sender, body)
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    let n = specs.len().max(1) as f64;
+    let mut chats = Vec::with_capacity(specs.len());
+    for (k, ((sender, members, _), id)) in specs.into_iter().zip(ids).enumerate() {
+        // Senders spread evenly over one interval (interval = n / rate).
+        let phase_micros = (k as f64 / config.rate * 1e6) as u64 % ((n / config.rate * 1e6) as u64).max(1);
+        chats.push(PlanChat { id: id?, sender, members, phase_micros });
+    }
+    Ok((chats, Vec::new()))
+}
+
+/// Splits chats and idle users over workers (whole chats each).
+fn split(config: &Config, chats: Vec<PlanChat>, idle: Vec<String>) -> Vec<Plan> {
+    let total: usize = chats.iter().map(|c| c.members.len() + 1).sum::<usize>() + idle.len();
+    let workers = config.workers.max(total.div_ceil(MAX_PER_WORKER)).max(1);
+    let n_chats = chats.len().max(1) as f64;
+    let interval_micros = (n_chats / config.rate.max(1e-6) * 1e6) as u64;
+    let send_secs = match config.scenario {
+        Scenario::Idle => 0.0,
+        _ => config.seconds,
+    };
+    let mut plans: Vec<Plan> = (0..workers)
+        .map(|w| Plan {
+            scenario: config.scenario,
+            urls: config.url.clone(),
+            secret: config.secret.clone(),
+            // Two source addresses per worker: 127.0.0.2 and up.
+            sources: (0..2).map(|j| IpAddr::V4(Ipv4Addr::new(127, 0, 0, (2 + 2 * w + j) as u8))).collect(),
+            connect_concurrency: config.connect_concurrency,
+            chats: Vec::new(),
+            idle_users: Vec::new(),
+            interval_micros,
+            send_secs,
+            drop_after_secs: config.drop_after_seconds,
+            outage_ms: config.outage_ms,
+        })
+        .collect();
+    for (i, chat) in chats.into_iter().enumerate() {
+        plans[i % workers].chats.push(chat);
+    }
+    for (i, user) in idle.into_iter().enumerate() {
+        plans[i % workers].idle_users.push(user);
+    }
+    plans
+}
+
+/// A worker, in a child process or as a task of this one.
+enum Worker {
+    Child {
+        child: Box<tokio::process::Child>,
+        stdin: tokio::process::ChildStdin,
+        lines: Box<tokio::io::Lines<BufReader<tokio::process::ChildStdout>>>,
+    },
+    Task {
+        ready: tokio::sync::oneshot::Receiver<Ready>,
+        go: tokio::sync::oneshot::Sender<()>,
+        done: tokio::task::JoinHandle<anyhow::Result<Outcome>>,
+    },
+}
+
+impl Worker {
+    async fn start(plan: Plan, in_process: bool) -> anyhow::Result<Self> {
+        if in_process {
+            let (ready_tx, ready) = tokio::sync::oneshot::channel();
+            let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+            let done = tokio::spawn(worker::run(
+                plan,
+                move |r| {
+                    let _ = ready_tx.send(r);
+                },
+                async move {
+                    let _ = go_rx.await;
+                },
+            ));
+            return Ok(Worker::Task { ready, go, done });
+        }
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("worker")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("worker stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("worker stdout"))?;
+        stdin.write_all(format!("{}\n", serde_json::to_string(&plan)?).as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(Worker::Child { child: Box::new(child), stdin, lines: Box::new(BufReader::new(stdout).lines()) })
+    }
+
+    /// The next `TAG {json}` line of a child.
+    async fn line<T: serde::de::DeserializeOwned>(
+        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+        tag: &str,
+    ) -> anyhow::Result<T> {
+        loop {
+            let line = lines.next_line().await?.ok_or_else(|| anyhow::anyhow!("worker ended before {tag}"))?;
+            if let Some(rest) = line.strip_prefix("ERROR ") {
+                anyhow::bail!("worker failed: {rest}");
+            }
+            if let Some(rest) = line.strip_prefix(tag) {
+                return Ok(serde_json::from_str(rest.trim())?);
             }
         }
     }
-    shared.delivered.fetch_add(count, Ordering::Relaxed);
-    let _ = shared.delivery.lock().map(|mut h| h.add(&local));
+
+    async fn ready(&mut self) -> anyhow::Result<Ready> {
+        let wait = async {
+            match self {
+                Worker::Child { lines, .. } => Self::line(lines, "READY").await,
+                Worker::Task { ready, .. } => Ok(ready.await?),
+            }
+        };
+        tokio::time::timeout(READY_DEADLINE, wait).await.map_err(|_| anyhow::anyhow!("workers not ready in time"))?
+    }
+
+    async fn go(&mut self) -> anyhow::Result<()> {
+        match self {
+            Worker::Child { stdin, .. } => {
+                stdin.write_all(b"go\n").await?;
+                stdin.flush().await?;
+            }
+            Worker::Task { go, .. } => {
+                let (tx, _) = tokio::sync::oneshot::channel();
+                let _ = std::mem::replace(go, tx).send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn outcome(self, deadline: Duration) -> anyhow::Result<Outcome> {
+        let wait = async {
+            match self {
+                Worker::Child { mut child, mut lines, .. } => {
+                    let outcome = Self::line(&mut lines, "RESULT").await;
+                    let _ = child.wait().await;
+                    outcome
+                }
+                Worker::Task { done, .. } => done.await?,
+            }
+        };
+        tokio::time::timeout(deadline, wait).await.map_err(|_| anyhow::anyhow!("worker did not finish in time"))?
+    }
+}
+
+/// The body of `loadgen worker`: a plan on stdin, `READY`, `go`, `RESULT`.
+pub async fn worker_main() -> anyhow::Result<()> {
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let plan: Plan = serde_json::from_str(&stdin.next_line().await?.unwrap_or_default())?;
+    let result =
+        worker::run(plan, |r| println!("READY {}", serde_json::to_string(&r).unwrap_or_default()), async move {
+            let _ = stdin.next_line().await;
+        })
+        .await;
+    match result {
+        Ok(o) => println!("RESULT {}", serde_json::to_string(&o)?),
+        Err(e) => println!("ERROR {e:#}"),
+    }
+    Ok(())
 }
 
 /// Runs the scenario.
 pub async fn run(config: &Config) -> anyhow::Result<Report> {
-    anyhow::ensure!(
-        config.members >= 1 && config.chats >= 1 && config.rate > 0.0,
-        "chats, members and rate must be positive"
-    );
-    let http = reqwest::Client::new();
-    let edge = |i: usize| config.url[i % config.url.len()].clone();
-    // Chats: the sender creates each with its receivers.
-    let mut chats = Vec::new();
-    for c in 0..config.chats {
-        let sender = format!("{}-s{c}", config.tag);
-        let members: Vec<String> = (1..config.members).map(|m| format!("{}-c{c}-m{m}", config.tag)).collect();
-        let res = http
-            .post(format!("{}/v1/chats", edge(c)))
-            .bearer_auth(token(&config.secret, &sender))
-            .json(&json!({ "type": "group", "title": "load", "memberIds": members }))
-            .send()
-            .await?;
-        anyhow::ensure!(res.status().is_success(), "creating a chat: {}", res.status());
-        let chat: Value = res.json().await?;
-        chats.push((chat["id"].as_str().unwrap_or_default().to_string(), sender, members));
+    anyhow::ensure!(!config.url.is_empty() && config.rate > 0.0, "urls and a positive rate are required");
+    let (chats, idle) = prepare(config).await?;
+    let plans = split(config, chats, idle);
+    let n_workers = plans.len();
+    let rss_before = total_rss(&config.server_pids);
+    let mut workers = Vec::with_capacity(n_workers);
+    for plan in plans {
+        workers.push(Worker::start(plan, config.in_process).await?);
     }
-    let rss_before: Option<u64> = config.server_pids.iter().map(|p| rss_bytes(*p)).sum();
-
-    // Connections, `connect_concurrency` at a time.
-    let users: Vec<(usize, String)> = chats
-        .iter()
-        .enumerate()
-        .flat_map(|(c, (_, sender, members))| {
-            std::iter::once((c, sender.clone())).chain(members.iter().map(move |m| (c, m.clone())))
-        })
-        .collect();
-    let started = Instant::now();
-    let mut sockets = Vec::with_capacity(users.len());
-    for batch in users.chunks(config.connect_concurrency.max(1)) {
-        let opened = futures::future::join_all(batch.iter().enumerate().map(|(i, (c, user))| {
-            let (url, tok) = (edge(c + i), token(&config.secret, user));
-            async move { connect(&url, &tok).await }
-        }))
-        .await;
-        for ws in opened {
-            sockets.push(ws?);
-        }
+    let mut readies = Vec::with_capacity(n_workers);
+    for w in &mut workers {
+        readies.push(w.ready().await?);
     }
-    let connect_secs = started.elapsed().as_secs_f64();
-    let connections = sockets.len();
-    let rss_after: Option<u64> = config.server_pids.iter().map(|p| rss_bytes(*p)).sum();
-    let rss_per_connection_bytes = match (rss_before, rss_after) {
+    let connections: usize = readies.iter().map(|r| r.connections).sum();
+    let first = readies.iter().map(|r| r.connect_started_micros).min().unwrap_or(0);
+    let last = readies.iter().map(|r| r.connect_ended_micros).max().unwrap_or(0);
+    let connect_secs = (last.saturating_sub(first) as f64 / 1e6).max(1e-6);
+    let settle = if config.scenario == Scenario::Idle { config.hold_seconds } else { 0.5 };
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    let rss_per_connection_bytes = match (rss_before, total_rss(&config.server_pids)) {
         (Some(b), Some(a)) if connections > 0 => Some(a.saturating_sub(b) as f64 / connections as f64),
         _ => None,
     };
-
-    // Split: the first socket of each chat sends, every socket receives.
-    let shared = Arc::new(Shared {
-        delivered: AtomicU64::new(0),
-        delivery: Mutex::new(histogram()),
-        ack: Mutex::new(histogram()),
-        acked: AtomicU64::new(0),
-    });
-    let send_for = Duration::from_secs_f64(config.seconds);
-    let until = Instant::now() + send_for + Duration::from_secs(3);
-    let per_chat_interval = Duration::from_secs_f64(config.chats as f64 / config.rate);
-    let mut senders = Vec::new();
-    let mut receivers = Vec::new();
-    // Sockets come in chat order: each chat's sender, then its members.
-    let mut sockets = sockets.into_iter();
-    for (chat_id, _, members) in &chats {
-        let Some(sender_ws) = sockets.next() else { break };
-        // The sender's socket receives its own messages too: it both sends and reads.
-        let (sink, stream) = sender_ws.split();
-        senders.push(tokio::spawn(send_loop(
-            sink,
-            stream,
-            chat_id.clone(),
-            per_chat_interval,
-            send_for,
-            until,
-            shared.clone(),
-        )));
-        for ws in sockets.by_ref().take(members.len()) {
-            receivers.push(tokio::spawn(receive(ws, until, shared.clone())));
-        }
+    for w in &mut workers {
+        w.go().await?;
     }
-    let mut sent = 0;
-    for s in senders {
-        sent += s.await.unwrap_or(0);
+    let deadline = Duration::from_secs_f64(config.seconds + config.outage_ms as f64 / 1000.0 + 120.0);
+    let mut outcomes = Vec::with_capacity(n_workers);
+    for w in workers {
+        outcomes.push(w.outcome(deadline).await?);
     }
-    for r in receivers {
-        let _ = r.await;
-    }
-    let acked = shared.acked.load(Ordering::Relaxed);
-    let delivered = shared.delivered.load(Ordering::Relaxed);
-    let expected_deliveries = acked * config.members as u64;
-    let ack_ms = Latency::of(&*shared.ack.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    let delivery_ms = Latency::of(&*shared.delivery.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    Ok(Report {
-        connections,
-        connect_per_sec: connections as f64 / connect_secs.max(1e-9),
-        rss_per_connection_bytes,
-        sent,
-        acked,
-        sent_per_sec: sent as f64 / send_for.as_secs_f64(),
-        delivered,
-        expected_deliveries,
-        delivered_per_sec: delivered as f64 / send_for.as_secs_f64(),
-        lost: expected_deliveries.saturating_sub(delivered),
-        ack_ms,
-        delivery_ms,
-    })
+    Ok(report(config, connections, connections as f64 / connect_secs, rss_per_connection_bytes, &outcomes))
 }
 
-/// Sends at a fixed interval (open loop: it does not wait for acks) and
-/// reads acks and its own deliveries on the same socket.
-async fn send_loop(
-    mut sink: futures::stream::SplitSink<WsStream, Ws>,
-    mut stream: futures::stream::SplitStream<WsStream>,
-    chat_id: String,
-    interval: Duration,
-    send_for: Duration,
-    until: Instant,
-    shared: Arc<Shared>,
-) -> u64 {
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sent_at: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    let (mut sent, mut id) = (0u64, 0u64);
-    let mut acks = histogram();
-    let mut deliveries = histogram();
-    let mut delivered = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick(), if start.elapsed() < send_for => {
-                id += 1;
-                let t = now_micros();
-                let frame = format!("42{id}{}", json!(["message:send", { "chatId": chat_id, "body": format!("t={t}"), "clientId": format!("c{id}") }]));
-                if sink.send(Ws::text(frame)).await.is_err() {
-                    break;
-                }
-                sent_at.insert(id, t);
-                sent += 1;
-            }
-            msg = tokio::time::timeout_at(until.into(), stream.next()) => {
-                let Ok(Some(Ok(Ws::Text(t)))) = msg else {
-                    if matches!(msg, Ok(Some(Ok(_)))) { continue; }
-                    break;
-                };
-                if t.as_str() == "2" {
-                    let _ = sink.send(Ws::text("3")).await;
-                } else if let Some(rest) = t.strip_prefix("43") {
-                    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-                    if let Ok(ack_id) = rest[..digits].parse::<u64>() {
-                        if rest[digits..].contains("\"ok\":true") {
-                            if let Some(t0) = sent_at.remove(&ack_id) {
-                                let _ = acks.record(now_micros().saturating_sub(t0).max(1));
-                                shared.acked.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                } else if let Some(rest) = t.strip_prefix("42[\"message:new\",") {
-                    if let Some(sent) = rest.split("\"body\":\"t=").nth(1).and_then(|s| s.split('"').next()).and_then(|s| s.parse::<u64>().ok()) {
-                        let _ = deliveries.record(now_micros().saturating_sub(sent).max(1));
-                        delivered += 1;
-                    }
-                }
-            }
-        }
+fn report(config: &Config, connections: usize, connect_per_sec: f64, rss: Option<f64>, outcomes: &[Outcome]) -> Report {
+    let (mut ack, mut delivery, mut recovery) = (worker::histogram(), worker::histogram(), worker::histogram());
+    for o in outcomes {
+        worker::merge(&mut ack, &o.ack_us);
+        worker::merge(&mut delivery, &o.delivery_us);
+        worker::merge(&mut recovery, &o.recovery_us);
     }
-    shared.delivered.fetch_add(delivered, Ordering::Relaxed);
-    let _ = shared.delivery.lock().map(|mut h| h.add(&deliveries));
-    let _ = shared.ack.lock().map(|mut h| h.add(&acks));
-    sent
+    let sum = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+    let (sent, acked, delivered, expected) =
+        (sum(|o| o.sent), sum(|o| o.acked), sum(|o| o.delivered), sum(|o| o.expected_deliveries));
+    let seconds = config.seconds.max(1e-6);
+    let reconnect = config.scenario == Scenario::Reconnect;
+    Report {
+        scenario: config.scenario,
+        connections,
+        connect_per_sec,
+        rss_per_connection_bytes: rss,
+        sent,
+        acked,
+        sent_per_sec: sent as f64 / seconds,
+        delivered,
+        // Reconnecting clients get part of their messages in `missed`, so
+        // their count is checked seq by seq (`recovery.missed`) instead.
+        expected_deliveries: if reconnect { delivered } else { expected },
+        delivered_per_sec: delivered as f64 / seconds,
+        lost: if reconnect { sum(|o| o.missed) } else { expected.saturating_sub(delivered) },
+        ack_ms: Latency::of(&ack),
+        delivery_ms: Latency::of(&delivery),
+        recovery: reconnect.then(|| Recovery {
+            clients: sum(|o| o.clients),
+            recovered: sum(|o| o.recovered),
+            missed: sum(|o| o.missed),
+            recovery_ms: Latency::of(&recovery),
+        }),
+        loadgen_cpu: LoadCpu {
+            workers: outcomes.len(),
+            max_core_percent: outcomes.iter().map(|o| 100.0 * o.cpu_secs / o.wall_secs.max(1e-6)).fold(0.0, f64::max),
+            total_core_seconds: outcomes.iter().map(|o| o.cpu_secs).sum(),
+        },
+    }
 }

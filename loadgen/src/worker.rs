@@ -1,0 +1,535 @@
+//! One load-generating process's share of a run: it opens its sockets, joins
+//! its chats, reports ready, and on `go` runs the measured phase, then
+//! reports counts and histograms. The coordinator ([`crate::run`]) hands each
+//! worker whole chats, so every check of a chat (loss, order, recovery)
+//! happens inside one worker.
+
+use crate::client::{self, classify, Frame, WsStream};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+/// How long one connect or one acked call may take.
+const CALL_DEADLINE: Duration = Duration::from_secs(20);
+/// After the last send, how long receivers keep reading.
+const DRAIN: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// S1: connections that only hold.
+    Idle,
+    /// S2: group fan-out, one sender per chat.
+    Fanout,
+    /// S3: two-person chats, one sender each.
+    Dm,
+    /// S4: everyone but the senders drops and reconnects with `sinceSeq`.
+    Reconnect,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanChat {
+    pub id: String,
+    pub sender: String,
+    /// The other members (receivers).
+    pub members: Vec<String>,
+    /// When, within one send interval, this chat's sender starts (spreads
+    /// the senders evenly instead of sending in bursts).
+    pub phase_micros: u64,
+}
+
+/// A worker's share of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub urls: Vec<String>,
+    pub secret: String,
+    pub sources: Vec<IpAddr>,
+    pub connect_concurrency: usize,
+    pub chats: Vec<PlanChat>,
+    pub idle_users: Vec<String>,
+    /// Between two sends of one sender.
+    pub interval_micros: u64,
+    pub send_secs: f64,
+    /// Reconnect: receivers drop this long after `go`...
+    pub drop_after_secs: f64,
+    /// ...stay away this long, then reconnect.
+    pub outage_ms: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Ready {
+    pub connections: usize,
+    pub connect_started_micros: u64,
+    pub connect_ended_micros: u64,
+}
+
+/// A histogram as (value, count) pairs, to cross process boundaries.
+pub type Counts = Vec<(u64, u64)>;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub expected_deliveries: u64,
+    pub ack_us: Counts,
+    pub delivery_us: Counts,
+    /// Reconnect: clients that dropped, recovered, seqs they never saw,
+    /// and the time from the drop to each recovery.
+    pub clients: u64,
+    pub recovered: u64,
+    pub missed: u64,
+    pub recovery_us: Counts,
+    /// CPU time this process used during the measured phase, and its length.
+    pub cpu_secs: f64,
+    pub wall_secs: f64,
+}
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+pub fn counts(h: &Histogram<u64>) -> Counts {
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+}
+
+pub fn merge(into: &mut Histogram<u64>, counts: &Counts) {
+    for (value, count) in counts {
+        let _ = into.record_n((*value).max(1), *count);
+    }
+}
+
+/// utime + stime of this process, in seconds (from /proc).
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name, which is in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Per-worker totals shared by its tasks.
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    expected: AtomicU64,
+    missed: AtomicU64,
+    recovered: AtomicU64,
+    ack: Mutex<Option<Histogram<u64>>>,
+    delivery: Mutex<Option<Histogram<u64>>>,
+    recovery: Mutex<Option<Histogram<u64>>>,
+}
+
+impl Totals {
+    fn add(slot: &Mutex<Option<Histogram<u64>>>, h: &Histogram<u64>) {
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_mut() {
+            Some(total) => {
+                let _ = total.add(h);
+            }
+            None => *slot = Some(h.clone()),
+        }
+    }
+
+    fn take(slot: &Mutex<Option<Histogram<u64>>>) -> Counts {
+        slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(counts).unwrap_or_default()
+    }
+}
+
+/// One socket of the plan.
+struct Seat {
+    user: String,
+    chat: Option<usize>,
+    sender: bool,
+}
+
+fn seats(plan: &Plan) -> Vec<Seat> {
+    let mut seats = Vec::new();
+    for (c, chat) in plan.chats.iter().enumerate() {
+        seats.push(Seat { user: chat.sender.clone(), chat: Some(c), sender: true });
+        for m in &chat.members {
+            seats.push(Seat { user: m.clone(), chat: Some(c), sender: false });
+        }
+    }
+    for u in &plan.idle_users {
+        seats.push(Seat { user: u.clone(), chat: None, sender: false });
+    }
+    seats
+}
+
+/// Opens one socket of the plan and joins its chat: (socket, the chat's
+/// last seq at the join).
+async fn open(plan: Arc<Plan>, i: usize, user: String, chat: Option<usize>) -> anyhow::Result<(WsStream, u64)> {
+    let url = &plan.urls[i % plan.urls.len()];
+    let source = (!plan.sources.is_empty()).then(|| plan.sources[i % plan.sources.len()]);
+    let mut ws = client::connect(url, source, &client::token(&plan.secret, &user), CALL_DEADLINE).await?;
+    let mut last_seq = 0;
+    if let Some(c) = chat {
+        let data =
+            client::call(&mut ws, 1, "room:join", &json!({ "chatId": plan.chats[c].id }), CALL_DEADLINE, |_, _| {})
+                .await?;
+        last_seq = data["lastSeq"].as_u64().unwrap_or(0);
+    }
+    Ok((ws, last_seq))
+}
+
+/// Runs a plan: `ready` is called once every socket is open, then the
+/// measured phase starts when `go` resolves.
+pub async fn run(
+    plan: Plan,
+    ready: impl FnOnce(Ready),
+    go: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let plan = Arc::new(plan);
+    let seats = seats(&plan);
+    let started = client::now_micros();
+    let opening: Vec<_> =
+        seats.iter().enumerate().map(|(i, seat)| open(plan.clone(), i, seat.user.clone(), seat.chat)).collect();
+    let opened: Vec<anyhow::Result<(WsStream, u64)>> =
+        futures::stream::iter(opening).buffered(plan.connect_concurrency.max(1)).collect().await;
+    let mut sockets = Vec::with_capacity(seats.len());
+    for s in opened {
+        sockets.push(s?);
+    }
+    ready(Ready {
+        connections: sockets.len(),
+        connect_started_micros: started,
+        connect_ended_micros: client::now_micros(),
+    });
+    go.await;
+
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let totals = Arc::new(Totals::default());
+    let send_for = Duration::from_secs_f64(plan.send_secs);
+    let until = t0 + send_for + DRAIN;
+    // The last acked seq of each chat, for the reconnect checks.
+    let heads: Arc<Vec<AtomicU64>> = Arc::new(plan.chats.iter().map(|_| AtomicU64::new(0)).collect());
+    let mut tasks = Vec::new();
+    for (i, (seat, (ws, joined_at))) in seats.iter().zip(sockets).enumerate() {
+        let Some(c) = seat.chat else {
+            // Idle: hold the socket (answering pings) until the end.
+            tasks.push(tokio::spawn(hold(ws, until)));
+            continue;
+        };
+        let totals = totals.clone();
+        let members = plan.chats[c].members.len() as u64 + 1;
+        if seat.sender {
+            let (plan, heads) = (plan.clone(), heads.clone());
+            tasks.push(tokio::spawn(async move {
+                send_loop(ws, &plan, c, t0, until, members, &heads[c], &totals).await;
+            }));
+        } else if plan.scenario == Scenario::Reconnect {
+            let (plan, heads, user) = (plan.clone(), heads.clone(), seat.user.clone());
+            tasks.push(tokio::spawn(async move {
+                reconnecting_receiver(ws, &plan, i, &user, c, joined_at, t0, until, &heads, &totals).await;
+            }));
+        } else {
+            tasks.push(tokio::spawn(receive(ws, until, totals)));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(Outcome {
+        sent: totals.sent.load(Ordering::Relaxed),
+        acked: totals.acked.load(Ordering::Relaxed),
+        delivered: totals.delivered.load(Ordering::Relaxed),
+        expected_deliveries: totals.expected.load(Ordering::Relaxed),
+        ack_us: Totals::take(&totals.ack),
+        delivery_us: Totals::take(&totals.delivery),
+        clients: if plan.scenario == Scenario::Reconnect {
+            plan.chats.iter().map(|c| c.members.len() as u64).sum()
+        } else {
+            0
+        },
+        recovered: totals.recovered.load(Ordering::Relaxed),
+        missed: totals.missed.load(Ordering::Relaxed),
+        recovery_us: Totals::take(&totals.recovery),
+        cpu_secs: cpu_seconds() - cpu0,
+        wall_secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+async fn hold(mut ws: WsStream, until: Instant) {
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
+        if matches!(&msg, Ws::Text(t) if t.as_str() == "2") && ws.send(Ws::text("3")).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Reads `message:new` until `until`, timing each delivery.
+async fn receive(mut ws: WsStream, until: Instant, totals: Arc<Totals>) {
+    let mut h = histogram();
+    let mut delivered = 0;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
+        let Ws::Text(t) = msg else { continue };
+        match classify(&t) {
+            Frame::Ping => {
+                let _ = ws.send(Ws::text("3")).await;
+            }
+            Frame::New { sent_micros: Some(sent), .. } => {
+                let _ = h.record(client::now_micros().saturating_sub(sent).max(1));
+                delivered += 1;
+            }
+            _ => {}
+        }
+    }
+    totals.delivered.fetch_add(delivered, Ordering::Relaxed);
+    Totals::add(&totals.delivery, &h);
+}
+
+/// Sends open-loop at the plan's interval (starting at the chat's phase),
+/// reading acks and its own deliveries on the same socket.
+#[allow(clippy::too_many_arguments)]
+async fn send_loop(
+    ws: WsStream,
+    plan: &Plan,
+    c: usize,
+    t0: Instant,
+    until: Instant,
+    members: u64,
+    head: &AtomicU64,
+    totals: &Totals,
+) {
+    let (mut sink, mut stream) = ws.split();
+    let chat_id = plan.chats[c].id.clone();
+    let interval = Duration::from_micros(plan.interval_micros.max(1));
+    let stop_sending = t0 + Duration::from_secs_f64(plan.send_secs);
+    let mut tick = tokio::time::interval_at((t0 + Duration::from_micros(plan.chats[c].phase_micros)).into(), interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent_at = std::collections::HashMap::new();
+    let (mut acks, mut deliveries) = (histogram(), histogram());
+    let (mut sent, mut acked, mut delivered, mut id) = (0u64, 0u64, 0u64, 1u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if Instant::now() < stop_sending => {
+                id += 1;
+                let t = client::now_micros();
+                let body = json!({ "chatId": chat_id, "body": format!("t={t}"), "clientId": format!("c{id}") });
+                if sink.send(client::event_frame(id, "message:send", &body)).await.is_err() {
+                    break;
+                }
+                sent_at.insert(id, t);
+                sent += 1;
+            }
+            msg = tokio::time::timeout_at(until.into(), stream.next()) => {
+                let Ok(Some(Ok(msg))) = msg else { break };
+                let Ws::Text(t) = msg else { continue };
+                match classify(&t) {
+                    Frame::Ping => {
+                        let _ = sink.send(Ws::text("3")).await;
+                    }
+                    Frame::Ack { id, ok: true, raw } => {
+                        if let Some(t0) = sent_at.remove(&id) {
+                            let _ = acks.record(client::now_micros().saturating_sub(t0).max(1));
+                            acked += 1;
+                            if let Some(seq) = client::number_after(raw, "\"seq\":") {
+                                head.fetch_max(seq, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Frame::New { sent_micros: Some(s), .. } => {
+                        let _ = deliveries.record(client::now_micros().saturating_sub(s).max(1));
+                        delivered += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    totals.sent.fetch_add(sent, Ordering::Relaxed);
+    totals.acked.fetch_add(acked, Ordering::Relaxed);
+    totals.delivered.fetch_add(delivered, Ordering::Relaxed);
+    totals.expected.fetch_add(acked * members, Ordering::Relaxed);
+    Totals::add(&totals.ack, &acks);
+    Totals::add(&totals.delivery, &deliveries);
+}
+
+/// Seqs a client has seen, from the one after `base`.
+struct Seen {
+    base: u64,
+    bits: Vec<bool>,
+}
+
+impl Seen {
+    fn mark(&mut self, seq: u64) {
+        if seq <= self.base {
+            return;
+        }
+        let i = (seq - self.base - 1) as usize;
+        if i >= self.bits.len() {
+            self.bits.resize(i + 1, false);
+        }
+        self.bits[i] = true;
+    }
+
+    /// The highest seq up to which nothing is missing.
+    fn contiguous(&self) -> u64 {
+        self.base + self.bits.iter().take_while(|b| **b).count() as u64
+    }
+
+    fn missing_up_to(&self, head: u64) -> u64 {
+        (self.base + 1..=head)
+            .filter(|s| !self.bits.get((s - self.base - 1) as usize).copied().unwrap_or(false))
+            .count() as u64
+    }
+}
+
+/// A receiver that drops at the plan's time, reconnects after the outage
+/// with `room:join { sinceSeq }` (paging while `hasMore`), and checks that
+/// it saw every seq of its chat.
+#[allow(clippy::too_many_arguments)]
+async fn reconnecting_receiver(
+    mut ws: WsStream,
+    plan: &Plan,
+    i: usize,
+    user: &str,
+    c: usize,
+    joined_at: u64,
+    t0: Instant,
+    until: Instant,
+    heads: &[AtomicU64],
+    totals: &Totals,
+) {
+    let mut seen = Seen { base: joined_at, bits: Vec::new() };
+    let mut h = histogram();
+    let mut delivered = 0;
+    let drop_at = t0 + Duration::from_secs_f64(plan.drop_after_secs);
+    // Before the drop: live deliveries.
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(drop_at.into(), ws.next()).await {
+        let Ws::Text(t) = msg else { continue };
+        match classify(&t) {
+            Frame::Ping => {
+                let _ = ws.send(Ws::text("3")).await;
+            }
+            Frame::New { seq, sent_micros } => {
+                seen.mark(seq);
+                if let Some(s) = sent_micros {
+                    let _ = h.record(client::now_micros().saturating_sub(s).max(1));
+                    delivered += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    // Drop: the TCP connection closes at once, with no goodbye.
+    drop(ws);
+    let dropped = Instant::now();
+    tokio::time::sleep(Duration::from_millis(plan.outage_ms)).await;
+    let url = &plan.urls[i % plan.urls.len()];
+    let source = (!plan.sources.is_empty()).then(|| plan.sources[i % plan.sources.len()]);
+    let token = client::token(&plan.secret, user);
+    let mut recovered = None;
+    let mut ws = None;
+    // Retry until the deadline: a storm may be refused or time out at first.
+    while Instant::now() < until && ws.is_none() {
+        let Ok(mut socket) = client::connect(url, source, &token, CALL_DEADLINE).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut ok = true;
+        let mut ack_id = 1;
+        loop {
+            ack_id += 1;
+            let since = seen.contiguous();
+            let payload = json!({ "chatId": plan.chats[c].id, "sinceSeq": since });
+            let mut live = Vec::new();
+            match client::call(&mut socket, ack_id, "room:join", &payload, CALL_DEADLINE, |seq, _| live.push(seq)).await
+            {
+                Ok(data) => {
+                    for seq in live {
+                        seen.mark(seq);
+                    }
+                    for m in data["missed"].as_array().into_iter().flatten() {
+                        if let Some(seq) = m["seq"].as_u64() {
+                            seen.mark(seq);
+                        }
+                    }
+                    if data["hasMore"] != true {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            recovered = Some(dropped.elapsed());
+            ws = Some(socket);
+        }
+    }
+    if let Some(took) = recovered {
+        totals.recovered.fetch_add(1, Ordering::Relaxed);
+        let mut r = histogram();
+        let _ = r.record(took.as_micros() as u64);
+        Totals::add(&totals.recovery, &r);
+    }
+    // After: live deliveries until the end.
+    if let Some(mut ws) = ws {
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
+            let Ws::Text(t) = msg else { continue };
+            match classify(&t) {
+                Frame::Ping => {
+                    let _ = ws.send(Ws::text("3")).await;
+                }
+                Frame::New { seq, sent_micros } => {
+                    seen.mark(seq);
+                    if let Some(s) = sent_micros {
+                        let _ = h.record(client::now_micros().saturating_sub(s).max(1));
+                        delivered += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    totals.missed.fetch_add(seen.missing_up_to(heads[c].load(Ordering::Relaxed)), Ordering::Relaxed);
+    totals.delivered.fetch_add(delivered, Ordering::Relaxed);
+    Totals::add(&totals.delivery, &h);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_tracks_gaps() {
+        let mut s = Seen { base: 10, bits: Vec::new() };
+        for seq in [9, 11, 12, 14] {
+            s.mark(seq);
+        }
+        assert_eq!(s.contiguous(), 12);
+        assert_eq!(s.missing_up_to(15), 2);
+        s.mark(13);
+        s.mark(15);
+        assert_eq!(s.missing_up_to(15), 0);
+        assert_eq!(s.contiguous(), 15);
+    }
+
+    #[test]
+    fn histograms_cross_as_counts() {
+        let mut h = histogram();
+        for v in [5, 5, 900, 120_000] {
+            h.record(v).unwrap();
+        }
+        let mut back = histogram();
+        merge(&mut back, &counts(&h));
+        assert_eq!(back.len(), 4);
+        assert_eq!(back.value_at_quantile(0.5), h.value_at_quantile(0.5));
+        assert_eq!(back.max(), h.max());
+    }
+}
