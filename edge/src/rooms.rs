@@ -11,11 +11,11 @@
 //! ones from the store ([`Rooms::recover`]); held messages follow once the
 //! gap is filled.
 
+use crate::conn::Packet;
 use crate::sio;
+use crate::socket::emit;
 use crate::socket::EioSocket;
 use confab_proto::v1 as pb;
-use crate::conn::Packet;
-use crate::socket::emit;
 use engineioxide::socket::Sid;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};

@@ -760,7 +760,10 @@ mod tests {
         let chat = group(&store).await;
         // Seqs 1..=5: alice sends 1, 2, 4, 5; bob sends 3.
         let messages: Vec<Message> = (1..=5)
-            .map(|seq| Message { sender_id: if seq == 3 { "bob".into() } else { "alice".into() }, ..msg(&chat.id, seq) })
+            .map(|seq| Message {
+                sender_id: if seq == 3 { "bob".into() } else { "alice".into() },
+                ..msg(&chat.id, seq)
+            })
             .collect();
         store.append(AppendBatch { chat_id: chat.id.clone(), messages: messages.clone(), epoch: None }).await.unwrap();
         let unread = |user: &'static str| {
