@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 /// How long one connect or one acked call may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(20);
 /// After the last send, how long receivers keep reading.
-const DRAIN: Duration = Duration::from_secs(3);
+const DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -315,6 +315,10 @@ async fn send_loop(
     loop {
         tokio::select! {
             _ = tick.tick(), if Instant::now() < stop_sending => {
+                // The guard is checked when the wait starts, not when it ends.
+                if Instant::now() >= stop_sending {
+                    continue;
+                }
                 id += 1;
                 let t = client::now_micros();
                 let body = json!({ "chatId": chat_id, "body": format!("t={t}"), "clientId": format!("c{id}") });
