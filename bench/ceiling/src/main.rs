@@ -144,6 +144,9 @@ async fn authenticate(s: SocketRef, State(app): State<Arc<App>>, Data(auth): Dat
 }
 
 async fn on_connect(s: SocketRef, State(app): State<Arc<App>>, Extension(User(user)): Extension<User>) {
+    // Handlers first: an event that arrives before its handler is dropped.
+    s.on("room:join", room_join);
+    s.on("message:send", message_send);
     let chats = app.user_chats.lock().unwrap_or_else(|p| p.into_inner()).get(&user).cloned().unwrap_or_default();
     let mut listed = Vec::with_capacity(chats.len());
     for id in &chats {
@@ -156,8 +159,6 @@ async fn on_connect(s: SocketRef, State(app): State<Arc<App>>, Extension(User(us
     }
     let ready = json!({ "userId": user, "sessionId": s.id.to_string(), "serverTime": now_iso(), "chats": listed });
     let _ = s.emit("session:ready", &ready);
-    s.on("room:join", room_join);
-    s.on("message:send", message_send);
 }
 
 async fn room_join(
