@@ -1,0 +1,446 @@
+//! `confab-bench`: runs confab (as `confab dev` and as separate processes)
+//! and its peers (the Node seed stack, alone and behind the Redis adapter,
+//! and a bare socketioxide server) through the same load scenarios in one
+//! run: servers pinned to one set of cores, the load generator to another,
+//! fresh processes for every run, each figure repeated. It writes every
+//! run's report (`results.json`), a summary of medians, spreads and ratios
+//! (`summary.md`, also printed) and SVG plots. `scripts/bench` builds what it
+//! needs and runs it; BENCHMARKS.md explains the method and the figures.
+
+mod plot;
+mod stats;
+mod targets;
+
+use anyhow::Context;
+use clap::Parser;
+use stats::{field, fmt, passes, ratio, Record};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use targets::{Env, Target};
+
+#[derive(Parser)]
+#[command(name = "confab-bench", about = "confab against the seed stack and a bare socketioxide server")]
+struct Cli {
+    /// Where results, summary and plots go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// A smoke run: one repeat, small sizes, a few minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per figure (medians and spreads are over these).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Only these targets (comma separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Target>,
+    /// Only these scenarios: idle, fanout, dm, reconnect (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Repeat the long runs too (S1 at 50k and 100k, S3, S4), not only S1 at 10k and S2.
+    #[arg(long)]
+    repeat_long: bool,
+    /// CPUs (taskset list) for the servers.
+    #[arg(long, default_value = "0")]
+    server_cores: String,
+    /// CPUs (taskset list) for the load generator.
+    #[arg(long, default_value = "1")]
+    load_cores: String,
+}
+
+/// The p99 a fan-out rate must stay under to count.
+const P99_MS: f64 = 100.0;
+
+struct Bench {
+    cli: Cli,
+    env: Env,
+    records: Vec<Record>,
+    runs: usize,
+}
+
+impl Bench {
+    fn repeats(&self) -> usize {
+        if self.cli.quick {
+            1
+        } else {
+            self.cli.repeats.max(1)
+        }
+    }
+
+    fn long_repeats(&self) -> usize {
+        if self.cli.repeat_long {
+            self.repeats()
+        } else {
+            1
+        }
+    }
+
+    fn wants(&self, scenario: &str) -> bool {
+        self.cli.scenarios.is_empty() || self.cli.scenarios.iter().any(|s| s == scenario)
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        Target::ALL.into_iter().filter(|t| self.cli.only.is_empty() || self.cli.only.contains(t)).collect()
+    }
+
+    /// One loadgen run against a fresh `target`.
+    fn run(&mut self, scenario: &'static str, target: Target, param: f64, connections: usize, args: &[String]) {
+        self.run_n(self.repeats(), scenario, target, param, connections, args);
+    }
+
+    /// Like `run`, `repeats` times (the long scenarios run once unless
+    /// `--repeat-long`, to keep the whole benchmark under 15 minutes).
+    fn run_n(
+        &mut self,
+        repeats: usize,
+        scenario: &'static str,
+        target: Target,
+        param: f64,
+        connections: usize,
+        args: &[String],
+    ) {
+        for repeat in 0..repeats {
+            self.runs += 1;
+            let started = Instant::now();
+            let result = self.run_once(scenario, target, connections, args);
+            let (report, error) = match result {
+                Ok(v) => (Some(v), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
+            let line = match (&report, &error) {
+                (Some(r), _) => format!(
+                    "p99 {:.1} ms, {:.0} delivered/s, {:.0} conn/s, RSS/conn {}, lost {}",
+                    r.pointer("/delivery_ms/p99").and_then(|v| v.as_f64()).unwrap_or(0.0),
+                    r["delivered_per_sec"].as_f64().unwrap_or(0.0),
+                    r["connect_per_sec"].as_f64().unwrap_or(0.0),
+                    r["rss_per_connection_bytes"].as_f64().map_or("n/a".into(), |b| format!("{:.1} KB", b / 1024.0)),
+                    r["lost"],
+                ),
+                (_, Some(e)) => format!("FAILED: {e}"),
+                _ => String::new(),
+            };
+            eprintln!(
+                "[{:>4.0}s] {scenario:<9} {:<15} {param:>7} #{repeat}: {line} ({:.0}s)",
+                self.started().as_secs_f64(),
+                target.name(),
+                started.elapsed().as_secs_f64()
+            );
+            self.records.push(Record { scenario, target, param, repeat, report, error });
+        }
+    }
+
+    fn started(&self) -> Duration {
+        START.get().map(|s| s.elapsed()).unwrap_or_default()
+    }
+
+    fn run_once(
+        &self,
+        scenario: &str,
+        target: Target,
+        connections: usize,
+        args: &[String],
+    ) -> anyhow::Result<serde_json::Value> {
+        let running = self.env.start(target, connections, self.runs)?;
+        let pids: Vec<String> = running.rss_pids.iter().map(u32::to_string).collect();
+        let output = Command::new("taskset")
+            .arg("-c")
+            .arg(&self.cli.load_cores)
+            .arg(self.env.bin.join("loadgen"))
+            .arg(scenario)
+            .args(["--url", &running.urls.join(","), "--server-pids", &pids.join(",")])
+            .args(["--tag", &format!("r{}", self.runs), "--json"])
+            .args(args)
+            .env("CONFAB_JWT_SECRET", &self.env.secret)
+            .stdin(Stdio::null())
+            .output()
+            .context("running loadgen")?;
+        drop(running);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            // anyhow's error and its causes, without the backtrace.
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let why: Vec<&str> = stderr
+                .lines()
+                .take_while(|l| !l.starts_with("Stack backtrace"))
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            anyhow::bail!("loadgen failed: {}", why.join(" / "));
+        }
+        let last = stdout.lines().last().unwrap_or("");
+        serde_json::from_str(last).context("loadgen printed no JSON report")
+    }
+}
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn s(v: impl ToString) -> String {
+    v.to_string()
+}
+
+fn check_tools() -> anyhow::Result<()> {
+    for (tool, arg) in [("taskset", "-V"), ("node", "--version"), ("redis-server", "--version")] {
+        let ok = Command::new(tool).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        anyhow::ensure!(ok.is_ok_and(|s| s.success()), "{tool} is required (scripts/bench checks for it)");
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    anyhow::ensure!(cores >= 2, "the benchmark pins servers and load to different cores: it needs at least 2");
+    Ok(())
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    serde_json::json!({ "cpu": cpu, "cores": cores, "kernel": kernel })
+}
+
+fn main() -> anyhow::Result<()> {
+    START.get_or_init(Instant::now);
+    let cli = Cli::parse();
+    check_tools()?;
+    let root = std::env::current_dir()?;
+    let bin = root.join("target/release");
+    for b in ["confab", "loadgen", "ceiling"] {
+        anyhow::ensure!(bin.join(b).exists(), "{} is missing: run scripts/bench", bin.join(b).display());
+    }
+    anyhow::ensure!(root.join("bench/seed-node/node_modules/socket.io").exists(), "run npm ci in bench/seed-node");
+    let work = std::env::temp_dir().join(format!("confab-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let secret: String = (0..32).map(|_| char::from(b'a' + rand::random_range(0..26u8))).collect();
+    let env = Env { root, bin, secret, server_cores: cli.server_cores.clone(), work: work.clone() };
+    let mut bench = Bench { cli, env, records: Vec::new(), runs: 0 };
+    let quick = bench.cli.quick;
+    let targets = bench.targets();
+
+    if bench.wants("idle") {
+        for &t in &targets {
+            let mut sizes = vec![if quick { 2000 } else { 10_000 }];
+            if t == Target::ConfabCluster && !quick {
+                sizes.extend([50_000, 100_000]);
+            }
+            for n in sizes {
+                let repeats = if n > 10_000 { bench.long_repeats() } else { bench.repeats() };
+                bench.run_n(repeats, "idle", t, n as f64, n, &[s("--connections"), s(n)]);
+            }
+        }
+    }
+    if bench.wants("fanout") {
+        let rates: &[f64] =
+            if quick { &[100.0, 1000.0] } else { &[100.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0] };
+        let seconds = if quick { "3" } else { "4" };
+        for &t in &targets {
+            for &rate in rates {
+                bench.run("fanout", t, rate, 1000, &[s("--rate"), s(rate), s("--seconds"), s(seconds)]);
+                // Past the first point, stop at the first rate that misses.
+                if rate > 100.0 && !passes(&bench.records, "fanout", t, rate, P99_MS) {
+                    break;
+                }
+            }
+        }
+    }
+    if bench.wants("dm") {
+        let (pairs, rate) = if quick { (500, 200) } else { (5000, 1000) };
+        for &t in &targets {
+            let args = [s("--pairs"), s(pairs), s("--rate"), s(rate), s("--seconds"), s(5)];
+            bench.run_n(bench.long_repeats(), "dm", t, rate as f64, pairs * 2, &args);
+        }
+    }
+    if bench.wants("reconnect") {
+        let (chats, members) = if quick { (10, 50) } else { (100, 100) };
+        for &t in &targets {
+            let args = [s("--chats"), s(chats), s("--members"), s(members), s("--rate"), s(200), s("--seconds"), s(12)];
+            bench.run_n(bench.long_repeats(), "reconnect", t, 200.0, chats * members, &args);
+        }
+    }
+
+    let out = bench.cli.out.clone();
+    std::fs::create_dir_all(&out)?;
+    let results = serde_json::json!({
+        "machine": machine(),
+        "server_cores": bench.cli.server_cores,
+        "load_cores": bench.cli.load_cores,
+        "repeats": bench.repeats(),
+        "runs": bench.records,
+    });
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    let summary = summarize(&bench.records, &targets, &out)?;
+    std::fs::write(out.join("summary.md"), &summary)?;
+    println!("{summary}");
+    println!("elapsed: {:.0} s; results in {}", START.get().map_or(0.0, |s| s.elapsed().as_secs_f64()), out.display());
+    let _ = std::fs::remove_dir_all(work);
+    Ok(())
+}
+
+/// The markdown summary, and the plots beside it.
+fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> anyhow::Result<String> {
+    let mut md = String::new();
+    let params = |scenario: &str, t: Target| {
+        let mut v: Vec<f64> =
+            records.iter().filter(|r| r.scenario == scenario && r.target == t).map(|r| r.param).collect();
+        v.dedup();
+        v
+    };
+    let has = |scenario: &str| records.iter().any(|r| r.scenario == scenario);
+
+    if has("idle") {
+        md.push_str("## S1 idle capacity\n\n| target | connections | RSS per connection (KB) | connections/s | loadgen CPU % |\n|---|---|---|---|---|\n");
+        let mut series = Vec::new();
+        for &t in targets {
+            let mut points = Vec::new();
+            for n in params("idle", t) {
+                let rss = field(records, "idle", t, n, "/rss_per_connection_bytes").map(|s| stats::Spread {
+                    median: s.median / 1024.0,
+                    min: s.min / 1024.0,
+                    max: s.max / 1024.0,
+                    n: s.n,
+                });
+                let rate = field(records, "idle", t, n, "/connect_per_sec");
+                let cpu = field(records, "idle", t, n, "/loadgen_cpu/max_core_percent");
+                md.push_str(&format!(
+                    "| {} | {n:.0} | {} | {} | {} |\n",
+                    t.name(),
+                    fmt(rss, 1),
+                    fmt(rate, 0),
+                    fmt(cpu, 0)
+                ));
+                if let Some(r) = rss {
+                    points.push((n, r.median));
+                }
+            }
+            if !points.is_empty() {
+                series.push(plot::Series { name: t.name().into(), points });
+            }
+        }
+        if !series.is_empty() {
+            plot::lines(
+                &out.join("s1-rss.svg"),
+                "S1: RSS per idle connection",
+                "connections",
+                "KB per connection",
+                &series,
+                false,
+            )?;
+            md.push_str("\n![RSS per connection](s1-rss.svg)\n\n");
+        }
+    }
+
+    if has("fanout") {
+        md.push_str("## S2 group fan-out (10 chats × 100)\n\n| target | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | lost | loadgen CPU % |\n|---|---|---|---|---|---|---|---|\n");
+        let (mut p99_series, mut best) = (Vec::new(), Vec::new());
+        for &t in targets {
+            let mut points = Vec::new();
+            let mut top: Option<(f64, f64)> = None;
+            for rate in params("fanout", t) {
+                let f = |p: &str| field(records, "fanout", t, rate, p);
+                md.push_str(&format!(
+                    "| {} | {rate:.0} | {} | {} | {} | {} | {} | {} |\n",
+                    t.name(),
+                    fmt(f("/delivered_per_sec"), 0),
+                    fmt(f("/delivery_ms/p50"), 1),
+                    fmt(f("/delivery_ms/p99"), 1),
+                    fmt(f("/delivery_ms/p999"), 1),
+                    fmt(f("/lost"), 0),
+                    fmt(f("/loadgen_cpu/max_core_percent"), 0),
+                ));
+                if let Some(p) = f("/delivery_ms/p99") {
+                    points.push((rate, p.median));
+                }
+                if passes(records, "fanout", t, rate, P99_MS) {
+                    top = Some((rate, f("/delivered_per_sec").map_or(0.0, |s| s.median)));
+                }
+            }
+            p99_series.push(plot::Series { name: t.name().into(), points });
+            best.push((t, top));
+        }
+        let best_of = |t: Target| best.iter().find(|(b, _)| *b == t).and_then(|(_, v)| v.map(|v| v.1));
+        let p99_at = |t: Target| field(records, "fanout", t, 1000.0, "/delivery_ms/p99").map(|s| s.median);
+        md.push_str("\nHighest sent rate with median p99 under 100 ms and no loss:\n\n| target | sent/s | delivered/s | × seed-node | × ceiling | p99 at 1,000 msgs/s | × seed-node (lower is better) |\n|---|---|---|---|---|---|---|\n");
+        for (t, top) in &best {
+            let (rate, delivered) = top.map_or(("none".to_string(), None), |(r, d)| (format!("{r:.0}"), Some(d)));
+            md.push_str(&format!(
+                "| {} | {rate} | {} | {} | {} | {} | {} |\n",
+                t.name(),
+                delivered.map_or("–".into(), |d| format!("{d:.0}")),
+                ratio(delivered, best_of(Target::SeedNode)),
+                ratio(delivered, best_of(Target::Ceiling)),
+                p99_at(*t).map_or("–".into(), |p| format!("{p:.1} ms")),
+                ratio(p99_at(*t), p99_at(Target::SeedNode)),
+            ));
+        }
+        p99_series.retain(|s| !s.points.is_empty());
+        if !p99_series.is_empty() {
+            plot::lines(
+                &out.join("s2-latency.svg"),
+                "S2: p99 delivery latency against sent rate",
+                "messages sent per second (×100 deliveries)",
+                "p99 ms (log)",
+                &p99_series,
+                true,
+            )?;
+            md.push_str("\n![p99 against sent rate](s2-latency.svg)\n\n");
+        }
+    }
+
+    if has("dm") {
+        md.push_str("## S3 direct messages (5,000 two-person chats, 1,000 msgs/s)\n\n| target | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | loadgen CPU % |\n|---|---|---|---|---|---|---|---|\n");
+        for &t in targets {
+            for rate in params("dm", t) {
+                let f = |p: &str| field(records, "dm", t, rate, p);
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    t.name(),
+                    fmt(f("/delivered_per_sec"), 0),
+                    fmt(f("/delivery_ms/p50"), 1),
+                    fmt(f("/delivery_ms/p99"), 1),
+                    fmt(f("/delivery_ms/p999"), 1),
+                    fmt(f("/delivery_ms/max"), 1),
+                    fmt(f("/lost"), 0),
+                    fmt(f("/loadgen_cpu/max_core_percent"), 0),
+                ));
+            }
+        }
+        md.push('\n');
+    }
+
+    if has("reconnect") {
+        md.push_str("## S4 reconnect storm (everyone but the senders drops at once, reconnects with sinceSeq)\n\n| target | clients | recovered | missed seqs | recovery p50 ms | p99 ms | all within ms |\n|---|---|---|---|---|---|---|\n");
+        for &t in targets {
+            for rate in params("reconnect", t) {
+                let f = |p: &str| field(records, "reconnect", t, rate, p);
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} |\n",
+                    t.name(),
+                    fmt(f("/recovery/clients"), 0),
+                    fmt(f("/recovery/recovered"), 0),
+                    fmt(f("/recovery/missed"), 0),
+                    fmt(f("/recovery/recovery_ms/p50"), 0),
+                    fmt(f("/recovery/recovery_ms/p99"), 0),
+                    fmt(f("/recovery/recovery_ms/max"), 0),
+                ));
+            }
+        }
+        md.push('\n');
+    }
+    let failed: Vec<&Record> = records.iter().filter(|r| r.error.is_some()).collect();
+    if !failed.is_empty() {
+        md.push_str("## Failed runs\n\n");
+        for r in failed {
+            md.push_str(&format!(
+                "- {} {} {} #{}: {}\n",
+                r.scenario,
+                r.target.name(),
+                r.param,
+                r.repeat,
+                r.error.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    Ok(md)
+}
