@@ -285,13 +285,16 @@ fn split(config: &Config, chats: Vec<PlanChat>, idle: Vec<String>) -> Vec<Plan> 
         Scenario::Idle => 0.0,
         _ => config.seconds,
     };
+    // Source addresses fresh to this run: a run's closed sockets sit in
+    // TIME_WAIT on their addresses, and reusing those would slow connects.
+    let run_octet = (std::process::id() % 250 + 1) as u8;
     let mut plans: Vec<Plan> = (0..workers)
         .map(|w| Plan {
             scenario: config.scenario,
             urls: config.url.clone(),
             secret: config.secret.clone(),
-            // Two source addresses per worker: 127.0.0.2 and up.
-            sources: (0..2).map(|j| IpAddr::V4(Ipv4Addr::new(127, 0, 0, (2 + 2 * w + j) as u8))).collect(),
+            // Two source addresses per worker: 127.<run>.<worker>.1 and .2.
+            sources: (1..=2).map(|j| IpAddr::V4(Ipv4Addr::new(127, run_octet, w as u8, j))).collect(),
             connect_concurrency: config.connect_concurrency,
             chats: Vec::new(),
             idle_users: Vec::new(),
