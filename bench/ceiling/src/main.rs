@@ -140,13 +140,14 @@ impl std::fmt::Display for Unauthorized {
 async fn authenticate(s: SocketRef, State(app): State<Arc<App>>, Data(auth): Data<Value>) -> Result<(), Unauthorized> {
     let user = auth["token"].as_str().and_then(|t| app.user_of(t)).ok_or(Unauthorized)?;
     s.extensions.insert(User(user));
+    // Handlers before the CONNECT is accepted: an event that arrives before
+    // its handler exists is dropped, and the client may send right away.
+    s.on("room:join", room_join);
+    s.on("message:send", message_send);
     Ok(())
 }
 
 async fn on_connect(s: SocketRef, State(app): State<Arc<App>>, Extension(User(user)): Extension<User>) {
-    // Handlers first: an event that arrives before its handler is dropped.
-    s.on("room:join", room_join);
-    s.on("message:send", message_send);
     let chats = app.user_chats.lock().unwrap_or_else(|p| p.into_inner()).get(&user).cloned().unwrap_or_default();
     let mut listed = Vec::with_capacity(chats.len());
     for id in &chats {

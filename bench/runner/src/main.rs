@@ -140,7 +140,16 @@ impl Bench {
         connections: usize,
         args: &[String],
     ) -> anyhow::Result<serde_json::Value> {
-        let running = self.env.start(target, connections, self.runs)?;
+        // A port picked free can be taken by the time a server binds it:
+        // try again with fresh ports.
+        let mut attempt = 0;
+        let running = loop {
+            match self.env.start(target, connections, self.runs * 10 + attempt) {
+                Ok(r) => break r,
+                Err(e) if attempt < 2 && format!("{e:#}").contains("in use") => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let pids: Vec<String> = running.rss_pids.iter().map(u32::to_string).collect();
         let output = Command::new("taskset")
             .arg("-c")

@@ -202,7 +202,16 @@ impl Env {
                 let mut envs = Vec::new();
                 let processes = if target == Target::SeedNodeRedis {
                     let port = free_port()?;
-                    let args = [s("--port"), port.to_string(), s("--save"), s(""), s("--appendonly"), s("no")];
+                    let args = [
+                        s("--port"),
+                        port.to_string(),
+                        s("--bind"),
+                        s("127.0.0.1"),
+                        s("--save"),
+                        s(""),
+                        s("--appendonly"),
+                        s("no"),
+                    ];
                     let mut redis = self.spawn(Path::new("redis-server"), &args, &[], &format!("{run}-redis.log"))?;
                     wait_listening(port, &mut redis, ready)?;
                     running.children.push(redis);
