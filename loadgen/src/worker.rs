@@ -91,6 +91,7 @@ pub struct Outcome {
     pub wall_secs: f64,
 }
 
+/// Microseconds from 1 µs to 10 minutes, 3 significant figures.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
@@ -131,13 +132,14 @@ struct Totals {
 }
 
 impl Totals {
-    fn add(slot: &Mutex<Option<Histogram<u64>>>, h: &Histogram<u64>) {
+    /// Records a task's samples (µs). Tasks keep plain vectors and the worker
+    /// one histogram per kind: a histogram per socket would cost its
+    /// bucket array for each of thousands of sockets.
+    fn add(slot: &Mutex<Option<Histogram<u64>>>, samples: &[u64]) {
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        match slot.as_mut() {
-            Some(total) => {
-                let _ = total.add(h);
-            }
-            None => *slot = Some(h.clone()),
+        let h = slot.get_or_insert_with(histogram);
+        for v in samples {
+            let _ = h.record((*v).max(1));
         }
     }
 
@@ -271,7 +273,7 @@ async fn hold(mut ws: WsStream, until: Instant) {
 
 /// Reads `message:new` until `until`, timing each delivery.
 async fn receive(mut ws: WsStream, until: Instant, totals: Arc<Totals>) {
-    let mut h = histogram();
+    let mut h = Vec::new();
     let mut delivered = 0;
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
         let Ws::Text(t) = msg else { continue };
@@ -280,7 +282,7 @@ async fn receive(mut ws: WsStream, until: Instant, totals: Arc<Totals>) {
                 let _ = ws.send(Ws::text("3")).await;
             }
             Frame::New { sent_micros: Some(sent), .. } => {
-                let _ = h.record(client::now_micros().saturating_sub(sent).max(1));
+                h.push(client::now_micros().saturating_sub(sent));
                 delivered += 1;
             }
             _ => {}
@@ -310,7 +312,7 @@ async fn send_loop(
     let mut tick = tokio::time::interval_at((t0 + Duration::from_micros(plan.chats[c].phase_micros)).into(), interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut sent_at = std::collections::HashMap::new();
-    let (mut acks, mut deliveries) = (histogram(), histogram());
+    let (mut acks, mut deliveries) = (Vec::new(), Vec::new());
     let (mut sent, mut acked, mut delivered, mut id) = (0u64, 0u64, 0u64, 1u64);
     loop {
         tokio::select! {
@@ -337,7 +339,7 @@ async fn send_loop(
                     }
                     Frame::Ack { id, ok: true, raw } => {
                         if let Some(t0) = sent_at.remove(&id) {
-                            let _ = acks.record(client::now_micros().saturating_sub(t0).max(1));
+                            acks.push(client::now_micros().saturating_sub(t0));
                             acked += 1;
                             if let Some(seq) = client::number_after(raw, "\"seq\":") {
                                 head.fetch_max(seq, Ordering::Relaxed);
@@ -345,7 +347,7 @@ async fn send_loop(
                         }
                     }
                     Frame::New { sent_micros: Some(s), .. } => {
-                        let _ = deliveries.record(client::now_micros().saturating_sub(s).max(1));
+                        deliveries.push(client::now_micros().saturating_sub(s));
                         delivered += 1;
                     }
                     _ => {}
@@ -408,7 +410,7 @@ async fn reconnecting_receiver(
     totals: &Totals,
 ) {
     let mut seen = Seen { base: joined_at, bits: Vec::new() };
-    let mut h = histogram();
+    let mut h = Vec::new();
     let mut delivered = 0;
     let drop_at = t0 + Duration::from_secs_f64(plan.drop_after_secs);
     // Before the drop: live deliveries.
@@ -421,7 +423,7 @@ async fn reconnecting_receiver(
             Frame::New { seq, sent_micros } => {
                 seen.mark(seq);
                 if let Some(s) = sent_micros {
-                    let _ = h.record(client::now_micros().saturating_sub(s).max(1));
+                    h.push(client::now_micros().saturating_sub(s));
                     delivered += 1;
                 }
             }
@@ -478,9 +480,7 @@ async fn reconnecting_receiver(
     }
     if let Some(took) = recovered {
         totals.recovered.fetch_add(1, Ordering::Relaxed);
-        let mut r = histogram();
-        let _ = r.record(took.as_micros() as u64);
-        Totals::add(&totals.recovery, &r);
+        Totals::add(&totals.recovery, &[took.as_micros() as u64]);
     }
     // After: live deliveries until the end.
     if let Some(mut ws) = ws {
@@ -493,7 +493,7 @@ async fn reconnecting_receiver(
                 Frame::New { seq, sent_micros } => {
                     seen.mark(seq);
                     if let Some(s) = sent_micros {
-                        let _ = h.record(client::now_micros().saturating_sub(s).max(1));
+                        h.push(client::now_micros().saturating_sub(s));
                         delivered += 1;
                     }
                 }
