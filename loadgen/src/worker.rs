@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 const CALL_DEADLINE: Duration = Duration::from_secs(20);
 /// After the last send, how long receivers keep reading.
 const DRAIN: Duration = Duration::from_secs(2);
+/// Reconnect: how long after the drop a client may take to recover.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -439,8 +441,10 @@ async fn reconnecting_receiver(
     let token = client::token(&plan.secret, user);
     let mut recovered = None;
     let mut ws = None;
+    // Recovery is measured, not cut off at the end of the sending window.
+    let recover_until = until.max(dropped + RECOVERY_DEADLINE);
     // Retry until the deadline: a storm may be refused or time out at first.
-    while Instant::now() < until && ws.is_none() {
+    while Instant::now() < recover_until && ws.is_none() {
         let Ok(mut socket) = client::connect(url, source, &token, CALL_DEADLINE).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -482,7 +486,9 @@ async fn reconnecting_receiver(
         totals.recovered.fetch_add(1, Ordering::Relaxed);
         Totals::add(&totals.recovery, &[took.as_micros() as u64]);
     }
-    // After: live deliveries until the end.
+    // After: live deliveries until the senders are done (and a drain after
+    // a late recovery).
+    let until = until.max(Instant::now() + DRAIN);
     if let Some(mut ws) = ws {
         while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
             let Ws::Text(t) = msg else { continue };
