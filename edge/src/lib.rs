@@ -38,6 +38,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
+/// Session calls to presence in flight at once (see `Edge::presence_calls`).
+const PRESENCE_CALLS: usize = 64;
+
 /// Configuration of an edge process. Every limit has the contract's default.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -186,6 +189,10 @@ pub(crate) struct Edge {
     pub watchers: presence::Watchers,
     pub store: Arc<dyn Store>,
     pub presence: PresenceClient<Channel>,
+    /// Session open/close calls to presence in flight at once: a storm of
+    /// connects or disconnects queues here instead of opening thousands of
+    /// streams whose timeouts and cancellations would break the connection.
+    pub presence_calls: Arc<tokio::sync::Semaphore>,
     pub shutdown: Shutdown,
     pub metrics: Metrics,
 }
@@ -255,6 +262,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         rooms,
         store,
         presence: PresenceClient::new(presence),
+        presence_calls: Arc::new(tokio::sync::Semaphore::new(PRESENCE_CALLS)),
         shutdown: shutdown.clone(),
         metrics: Metrics::default(),
     });

@@ -117,6 +117,8 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
         session_id: session.session_id.clone(),
     };
     edge.shutdown.spawn(async move {
+        // Waits its turn (bounded); the timeout covers the call itself.
+        let _permit = edge2.presence_calls.acquire().await;
         let mut presence = edge2.presence.clone();
         let call = presence.session_close(req);
         match tokio::time::timeout(edge2.config.request_timeout(), call).await {
@@ -318,6 +320,7 @@ async fn start_session(
     });
     send(socket, sio::event("session:ready", &ready));
 
+    let _permit = edge.presence_calls.acquire().await;
     let mut presence = edge.presence.clone();
     let req = pb::SessionRequest { user_id, edge_id: edge.edge_id.to_string(), session_id };
     match tokio::time::timeout(edge.config.request_timeout(), presence.session_open(req.clone())).await {

@@ -126,6 +126,9 @@ pub struct RemoteStore {
     client: StoreClient<Channel>,
 }
 
+/// Calls one client has in flight to the store at once.
+const CALLS_IN_FLIGHT: usize = 256;
+
 impl RemoteStore {
     /// Connects lazily to `url` (`http://host:port`); calls fail with
     /// `Unavailable` while the store is unreachable.
@@ -134,7 +137,11 @@ impl RemoteStore {
             .map_err(|e| StoreError::Invalid(format!("bad store url {url}: {e}")))?
             .connect_timeout(timeout)
             .timeout(timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A storm of calls (thousands of reconnects at once) waits here
+            // rather than opening thousands of HTTP/2 streams whose timeouts
+            // and resets made the connection fail for every caller.
+            .concurrency_limit(CALLS_IN_FLIGHT);
         Ok(Self { client: StoreClient::new(endpoint.connect_lazy()) })
     }
 }
