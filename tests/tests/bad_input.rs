@@ -137,3 +137,47 @@ async fn events_before_connect_are_refused() {
     let v: Value = serde_json::from_str(&text[3..]).unwrap();
     error(&v[0], "UNAUTHORIZED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_misses_pings_is_closed_and_one_that_answers_stays() {
+    let cluster = Cluster::builder()
+        .edge_config(|c| {
+            c.ping_interval_ms = 200;
+            c.ping_timeout_ms = 300;
+        })
+        .build()
+        .await;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let url = format!("{}/socket.io/?EIO=4&transport=websocket", cluster.edge(0).replacen("http", "ws", 1));
+    let (mut silent, _) = tokio_tungstenite::connect_async(url.clone()).await.unwrap();
+    let (mut polite, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let open = silent.next().await.unwrap().unwrap();
+    let open: Value = serde_json::from_str(&open.to_text().unwrap()[1..]).unwrap();
+    assert_eq!(open["pingInterval"], 200, "{open}");
+    // The silent one reads pings and never answers: closed after interval + timeout.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut pings = 0;
+        while let Some(Ok(msg)) = silent.next().await {
+            match msg {
+                Ws::Text(t) if t.as_str() == "2" => pings += 1,
+                Ws::Close(_) => break,
+                _ => {}
+            }
+        }
+        pings
+    })
+    .await
+    .expect("a client that misses its pong is closed");
+    assert!(ended >= 1, "the server pinged before closing");
+    // The polite one answers every ping for the same time and is still served.
+    let kept = tokio::time::timeout(Duration::from_millis(1500), async {
+        while let Some(Ok(msg)) = polite.next().await {
+            if matches!(&msg, Ws::Text(t) if t.as_str() == "2") {
+                polite.send(Ws::text("3")).await.unwrap();
+            }
+        }
+    })
+    .await;
+    assert!(kept.is_err(), "the answering client must stay connected");
+}
