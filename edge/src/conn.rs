@@ -13,7 +13,7 @@
 
 use crate::socket::SocketData;
 use crate::ws::Outbox;
-use bytes::Bytes;
+use axum::extract::ws::Utf8Bytes;
 use engineioxide::{socket::Sid, DisconnectReason, Str};
 use std::sync::{Mutex, Weak};
 
@@ -24,10 +24,16 @@ pub type EngineSocket = engineioxide::Socket<EngineData>;
 #[derive(Default)]
 pub struct EngineData(pub std::sync::OnceLock<std::sync::Arc<Conn>>);
 
-/// A Socket.IO packet framed as an Engine.IO message (`4` + packet),
-/// encoded once and shared (reference counted) by every socket it goes to.
+/// A Socket.IO packet, encoded once per edge in both forms its transports
+/// send, and shared (reference counted) by every socket it goes to: no
+/// per-socket copy or UTF-8 check.
 #[derive(Clone, Debug)]
-pub struct Packet(Str);
+pub struct Packet {
+    /// The Engine.IO message text, `4` included: the lean path's frame.
+    frame: Utf8Bytes,
+    /// The Socket.IO packet alone (engineioxide adds the `4` itself).
+    sio: Str,
+}
 
 impl Packet {
     /// Frames one Socket.IO packet (as built by [`crate::sio`]).
@@ -35,22 +41,18 @@ impl Packet {
         let mut s = String::with_capacity(sio.len() + 1);
         s.push('4');
         s.push_str(sio);
-        Self(Str::from(s))
+        Self { frame: Utf8Bytes::from(s), sio: Str::copy_from_slice(sio) }
     }
 
-    /// An Engine.IO packet other than a message (`2` ping, `3` pong).
+    /// An Engine.IO packet other than a message (`2` ping, `3` pong); the
+    /// lean path only.
     pub(crate) fn raw(eio: &'static str) -> Self {
-        Self(Str::from(eio))
+        Self { frame: Utf8Bytes::from_static(eio), sio: Str::from("") }
     }
 
-    /// The Engine.IO message text, `4` included (the WebSocket frame).
-    pub fn frame(&self) -> Bytes {
-        Bytes::from(self.0.clone())
-    }
-
-    /// The Socket.IO packet alone (engineioxide adds the `4` itself).
-    fn sio(&self) -> Str {
-        self.0.slice(1..)
+    /// The WebSocket text frame.
+    pub fn frame(&self) -> Utf8Bytes {
+        self.frame.clone()
     }
 }
 
@@ -128,7 +130,7 @@ impl Conn {
         match &self.transport {
             Transport::Engine(socket) => {
                 let socket = socket.upgrade().ok_or(EmitError::Closed)?;
-                socket.emit(packet.sio()).map_err(|e| match e {
+                socket.emit(packet.sio.clone()).map_err(|e| match e {
                     tokio::sync::mpsc::error::TrySendError::Full(_) => EmitError::Full,
                     tokio::sync::mpsc::error::TrySendError::Closed(_) => EmitError::Closed,
                 })

@@ -15,7 +15,7 @@
 use crate::conn::{Conn, EmitError, Handshake, Packet};
 use crate::socket::Handler;
 use crate::Edge;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -130,10 +130,6 @@ pub async fn intercept(State(handler): State<Arc<Handler>>, req: Request, next: 
         .on_upgrade(move |ws| serve(handler, ws, handshake))
 }
 
-fn text(bytes: bytes::Bytes) -> Option<Message> {
-    Utf8Bytes::try_from(bytes).ok().map(Message::Text)
-}
-
 /// The life of one direct WebSocket.
 async fn serve(handler: Arc<Handler>, mut ws: WebSocket, handshake: Handshake) {
     let edge: &Arc<Edge> = &handler.edge;
@@ -179,9 +175,7 @@ async fn run(
                 if !packets.is_empty() {
                     let write = async {
                         for p in packets {
-                            if let Some(m) = text(p.frame()) {
-                                ws.feed(m).await?;
-                            }
+                            ws.feed(Message::Text(p.frame())).await?;
                         }
                         ws.flush().await
                     };
@@ -269,7 +263,7 @@ mod tests {
         let (queued, closing) = outbox.take();
         assert_eq!(queued.len(), 2);
         assert!(closing.is_none());
-        assert_eq!(&queued[0].frame()[..], b"42[\"x\",{}]");
+        assert_eq!(queued[0].frame().as_str(), "42[\"x\",{}]");
         outbox.close(DisconnectReason::TransportClose);
         assert_eq!(outbox.push(&p), Err(EmitError::Closed));
         assert_eq!(outbox.take().1, Some(DisconnectReason::TransportClose));

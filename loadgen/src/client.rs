@@ -114,7 +114,7 @@ pub fn classify(t: &str) -> Frame<'_> {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if let Ok(id) = rest[..digits].parse() {
             let raw = &rest[digits..];
-            return Frame::Ack { id, ok: raw.starts_with("[{\"ok\":true") || raw.contains("\"ok\":true"), raw };
+            return Frame::Ack { id, ok: raw.contains("\"ok\":true"), raw };
         }
     }
     Frame::Other

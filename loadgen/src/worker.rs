@@ -265,33 +265,45 @@ pub async fn run(
     })
 }
 
-async fn hold(mut ws: WsStream, until: Instant) {
+/// Reads a socket until `until` or its end, answering pings and passing
+/// each `message:new` (seq, send time) to `on_new`.
+async fn read_live(ws: &mut WsStream, until: Instant, mut on_new: impl FnMut(u64, Option<u64>)) {
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
-        if matches!(&msg, Ws::Text(t) if t.as_str() == "2") && ws.send(Ws::text("3")).await.is_err() {
-            break;
+        let Ws::Text(t) = msg else { continue };
+        match classify(&t) {
+            Frame::Ping if ws.send(Ws::text("3")).await.is_err() => break,
+            Frame::New { seq, sent_micros } => on_new(seq, sent_micros),
+            _ => {}
         }
     }
 }
 
-/// Reads `message:new` until `until`, timing each delivery.
-async fn receive(mut ws: WsStream, until: Instant, totals: Arc<Totals>) {
-    let mut h = Vec::new();
-    let mut delivered = 0;
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
-        let Ws::Text(t) = msg else { continue };
-        match classify(&t) {
-            Frame::Ping => {
-                let _ = ws.send(Ws::text("3")).await;
-            }
-            Frame::New { sent_micros: Some(sent), .. } => {
-                h.push(client::now_micros().saturating_sub(sent));
-                delivered += 1;
-            }
-            _ => {}
+/// Delivery latencies (µs) of one socket, from messages carrying a send time.
+#[derive(Default)]
+struct Deliveries(Vec<u64>);
+
+impl Deliveries {
+    fn note(&mut self, sent_micros: Option<u64>) {
+        if let Some(sent) = sent_micros {
+            self.0.push(client::now_micros().saturating_sub(sent));
         }
     }
-    totals.delivered.fetch_add(delivered, Ordering::Relaxed);
-    Totals::add(&totals.delivery, &h);
+
+    fn report(self, totals: &Totals) {
+        totals.delivered.fetch_add(self.0.len() as u64, Ordering::Relaxed);
+        Totals::add(&totals.delivery, &self.0);
+    }
+}
+
+async fn hold(mut ws: WsStream, until: Instant) {
+    read_live(&mut ws, until, |_, _| {}).await;
+}
+
+/// Reads `message:new` until `until`, timing each delivery.
+async fn receive(mut ws: WsStream, until: Instant, totals: Arc<Totals>) {
+    let mut d = Deliveries::default();
+    read_live(&mut ws, until, |_, sent| d.note(sent)).await;
+    d.report(&totals);
 }
 
 /// Sends open-loop at the plan's interval (starting at the chat's phase),
@@ -412,26 +424,14 @@ async fn reconnecting_receiver(
     totals: &Totals,
 ) {
     let mut seen = Seen { base: joined_at, bits: Vec::new() };
-    let mut h = Vec::new();
-    let mut delivered = 0;
+    let mut d = Deliveries::default();
     let drop_at = t0 + Duration::from_secs_f64(plan.drop_after_secs);
     // Before the drop: live deliveries.
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(drop_at.into(), ws.next()).await {
-        let Ws::Text(t) = msg else { continue };
-        match classify(&t) {
-            Frame::Ping => {
-                let _ = ws.send(Ws::text("3")).await;
-            }
-            Frame::New { seq, sent_micros } => {
-                seen.mark(seq);
-                if let Some(s) = sent_micros {
-                    h.push(client::now_micros().saturating_sub(s));
-                    delivered += 1;
-                }
-            }
-            _ => {}
-        }
-    }
+    read_live(&mut ws, drop_at, |seq, sent| {
+        seen.mark(seq);
+        d.note(sent);
+    })
+    .await;
     // Drop: the TCP connection closes at once, with no goodbye.
     drop(ws);
     let dropped = Instant::now();
@@ -439,7 +439,6 @@ async fn reconnecting_receiver(
     let url = &plan.urls[i % plan.urls.len()];
     let source = (!plan.sources.is_empty()).then(|| plan.sources[i % plan.sources.len()]);
     let token = client::token(&plan.secret, user);
-    let mut recovered = None;
     let mut ws = None;
     // Recovery is measured, not cut off at the end of the sending window.
     let recover_until = until.max(dropped + RECOVERY_DEADLINE);
@@ -449,67 +448,45 @@ async fn reconnecting_receiver(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let mut ok = true;
-        let mut ack_id = 1;
-        loop {
-            ack_id += 1;
-            let since = seen.contiguous();
-            let payload = json!({ "chatId": plan.chats[c].id, "sinceSeq": since });
-            let mut live = Vec::new();
-            match client::call(&mut socket, ack_id, "room:join", &payload, CALL_DEADLINE, |seq, _| live.push(seq)).await
-            {
-                Ok(data) => {
-                    for seq in live {
-                        seen.mark(seq);
-                    }
-                    for m in data["missed"].as_array().into_iter().flatten() {
-                        if let Some(seq) = m["seq"].as_u64() {
-                            seen.mark(seq);
-                        }
-                    }
-                    if data["hasMore"] != true {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if ok {
-            recovered = Some(dropped.elapsed());
+        if rejoin(&mut socket, &plan.chats[c].id, &mut seen).await.is_ok() {
+            totals.recovered.fetch_add(1, Ordering::Relaxed);
+            Totals::add(&totals.recovery, &[dropped.elapsed().as_micros() as u64]);
             ws = Some(socket);
         }
     }
-    if let Some(took) = recovered {
-        totals.recovered.fetch_add(1, Ordering::Relaxed);
-        Totals::add(&totals.recovery, &[took.as_micros() as u64]);
-    }
     // After: live deliveries until the senders are done (and a drain after
     // a late recovery).
-    let until = until.max(Instant::now() + DRAIN);
     if let Some(mut ws) = ws {
-        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
-            let Ws::Text(t) = msg else { continue };
-            match classify(&t) {
-                Frame::Ping => {
-                    let _ = ws.send(Ws::text("3")).await;
-                }
-                Frame::New { seq, sent_micros } => {
-                    seen.mark(seq);
-                    if let Some(s) = sent_micros {
-                        h.push(client::now_micros().saturating_sub(s));
-                        delivered += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
+        read_live(&mut ws, until.max(Instant::now() + DRAIN), |seq, sent| {
+            seen.mark(seq);
+            d.note(sent);
+        })
+        .await;
     }
     totals.missed.fetch_add(seen.missing_up_to(heads[c].load(Ordering::Relaxed)), Ordering::Relaxed);
-    totals.delivered.fetch_add(delivered, Ordering::Relaxed);
-    Totals::add(&totals.delivery, &h);
+    d.report(totals);
+}
+
+/// `room:join { sinceSeq }` from what the client has seen, paging while
+/// `hasMore`; marks the missed messages and any live ones read meanwhile.
+async fn rejoin(socket: &mut WsStream, chat_id: &str, seen: &mut Seen) -> anyhow::Result<()> {
+    for ack_id in 2.. {
+        let payload = json!({ "chatId": chat_id, "sinceSeq": seen.contiguous() });
+        let mut live = Vec::new();
+        let data = client::call(socket, ack_id, "room:join", &payload, CALL_DEADLINE, |seq, _| live.push(seq)).await?;
+        for seq in live {
+            seen.mark(seq);
+        }
+        for m in data["missed"].as_array().into_iter().flatten() {
+            if let Some(seq) = m["seq"].as_u64() {
+                seen.mark(seq);
+            }
+        }
+        if data["hasMore"] != true {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
