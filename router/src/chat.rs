@@ -14,7 +14,7 @@ use crate::events;
 use confab_common::time::now_ms;
 use confab_proto::v1 as pb;
 use confab_proto::v1::{reply::Result as ReplyResult, router_frame::Kind};
-use confab_store::{AppendBatch, Store, StoreError};
+use confab_store::{AppendBatch, Appended, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +154,35 @@ pub(crate) fn refuse(cmd: Cmd, result: ReplyResult) {
         Op::Typing(_) | Op::EdgeGone => {}
         Op::Unsubscribe => reply(&cmd.edge, cmd.req_id, ReplyResult::Ok(pb::Empty {})),
         _ => reply(&cmd.edge, cmd.req_id, result),
+    }
+}
+
+/// A send that is new so far, with the requests it answers.
+struct NewMessage {
+    message: pb::Message,
+    sender: (EdgeConn, u64),
+    /// Later requests of the same batch with the same client id.
+    repeats: Vec<(EdgeConn, u64)>,
+}
+
+/// What a send is, before the store has seen it.
+enum Check {
+    New,
+    /// Repeats the batch's send at this index.
+    InBatch(usize),
+    /// Repeats a send this writer appended before.
+    Repeat(pb::Message),
+}
+
+fn answer_send(edge: &EdgeConn, req_id: u64, message: pb::Message, duplicate: bool) {
+    reply(edge, req_id, ReplyResult::Send(pb::SendResult { message: Some(message), duplicate }));
+}
+
+fn fail_sends(fresh: Vec<NewMessage>, result: &ReplyResult) {
+    for f in fresh {
+        for (edge, req_id) in f.repeats.into_iter().chain([f.sender]) {
+            reply(&edge, req_id, result.clone());
+        }
     }
 }
 
@@ -609,18 +638,11 @@ impl ChatState {
         }
     }
 
-    /// Looks a client id up in memory, then in the store.
-    async fn known(
-        &self,
-        store: &Arc<dyn Store>,
-        user: &str,
-        client_id: &str,
-    ) -> Result<Option<pb::Message>, StoreError> {
-        let not_before = now_ms() - IDEMPOTENCY_WINDOW_MS;
-        if let Some(m) = self.recent.get(&(user.to_string(), client_id.to_string())) {
-            return Ok((m.created_at_ms >= not_before).then(|| m.clone()));
-        }
-        store.find_by_client_id(&self.chat_id, user, client_id, not_before).await
+    /// A repeat of a send this writer saw recently (memory only: the store
+    /// checks the rest within the append, see [`AppendBatch::repeats_since_ms`]).
+    fn recently_sent(&self, user: &str, client_id: &str) -> Option<&pb::Message> {
+        let m = self.recent.get(&(user.to_string(), client_id.to_string()))?;
+        (m.created_at_ms >= now_ms() - IDEMPOTENCY_WINDOW_MS).then_some(m)
     }
 
     fn remember(&mut self, m: &pb::Message) {
@@ -635,24 +657,31 @@ impl ChatState {
         }
     }
 
-    /// Checks one send; `Ok(Some(m))` is a repeat answered with `m`.
+    /// Checks one send against the chat and the sends before it.
     async fn check_send(
         &self,
         store: &Arc<dyn Store>,
-        fresh: &[pb::Message],
+        fresh: &[NewMessage],
         user: &str,
         op: &pb::SendOp,
-    ) -> Result<Option<pb::Message>, ReplyResult> {
+    ) -> Result<Check, ReplyResult> {
         if !self.is_member(user) {
             return Err(forbidden("not a member of this chat"));
         }
-        if let Some(m) = fresh.iter().find(|m| m.sender_id == user && m.client_id == op.client_id) {
-            return Ok(Some(m.clone()));
+        if let Some(i) = fresh.iter().position(|f| f.message.sender_id == user && f.message.client_id == op.client_id) {
+            return Ok(Check::InBatch(i));
         }
-        if let Some(m) = self.known(store, user, &op.client_id).await.map_err(|e| store_error(&e))? {
-            return Ok(Some(m));
+        if let Some(m) = self.recently_sent(user, &op.client_id) {
+            return Ok(Check::Repeat(m.clone()));
         }
         if let Some(retry_after_ms) = op.rate_limited_retry_ms {
+            // A repeat is answered even while rate limited (CONTRACT rule 22).
+            let not_before = now_ms() - IDEMPOTENCY_WINDOW_MS;
+            match store.find_by_client_id(&self.chat_id, user, &op.client_id, not_before).await {
+                Ok(Some(m)) => return Ok(Check::Repeat(m)),
+                Ok(None) => {}
+                Err(e) => return Err(store_error(&e)),
+            }
             return Err(ReplyResult::Error(pb::Error {
                 code: pb::ErrorCode::RateLimited as i32,
                 message: "too many messages, retry later".into(),
@@ -660,7 +689,7 @@ impl ChatState {
             }));
         }
         if let Some(target) = &op.reply_to {
-            if !fresh.iter().any(|m| &m.id == target) {
+            if !fresh.iter().any(|f| &f.message.id == target) {
                 match store.get_message(&self.chat_id, target, 0).await {
                     Ok(Some(m)) if !m.deleted => {}
                     Ok(_) => return Err(not_found("replyTo names no message of this chat")),
@@ -668,33 +697,24 @@ impl ChatState {
                 }
             }
         }
-        Ok(None)
+        Ok(Check::New)
     }
 
     /// Appends the waiting sends as one batch, then delivers and acks them.
+    /// Sends the store finds to repeat earlier ones are answered with those
+    /// and left out, and the rest is appended again.
     async fn flush(&mut self, batch: &mut Vec<Cmd>, store: &Arc<dyn Store>) {
-        if batch.is_empty() {
-            return;
-        }
-        // (edge, request id, message, whether it repeats an earlier one)
-        let mut answers: Vec<(EdgeConn, u64, pb::Message, bool)> = Vec::with_capacity(batch.len());
-        let mut fresh: Vec<pb::Message> = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<NewMessage> = Vec::with_capacity(batch.len());
         for cmd in batch.drain(..) {
             let Op::Send(op) = cmd.op else { continue };
             match self.check_send(store, &fresh, &cmd.user, &op).await {
                 Err(e) => reply(&cmd.edge, cmd.req_id, e),
-                Ok(Some(m)) if fresh.iter().any(|f| f.seq == m.seq && f.id == m.id) => {
-                    answers.push((cmd.edge, cmd.req_id, m, true));
-                }
-                Ok(Some(m)) => {
-                    let result = ReplyResult::Send(pb::SendResult { message: Some(m), duplicate: true });
-                    reply(&cmd.edge, cmd.req_id, result);
-                }
-                Ok(None) => {
+                Ok(Check::InBatch(i)) => fresh[i].repeats.push((cmd.edge, cmd.req_id)),
+                Ok(Check::Repeat(m)) => answer_send(&cmd.edge, cmd.req_id, m, true),
+                Ok(Check::New) => {
                     let message = pb::Message {
                         chat_id: self.chat_id.clone(),
                         id: uuid::Uuid::now_v7().to_string(),
-                        seq: self.last_seq + 1 + fresh.len() as u64,
                         sender_id: cmd.user,
                         body: op.body,
                         created_at_ms: now_ms(),
@@ -702,38 +722,64 @@ impl ChatState {
                         reply_to: op.reply_to,
                         ..Default::default()
                     };
-                    fresh.push(message.clone());
-                    answers.push((cmd.edge, cmd.req_id, message, false));
+                    fresh.push(NewMessage { message, sender: (cmd.edge, cmd.req_id), repeats: Vec::new() });
                 }
             }
         }
-        if fresh.is_empty() {
-            return;
-        }
-        match store
-            .append(AppendBatch { chat_id: self.chat_id.clone(), messages: fresh.clone(), epoch: Some(self.epoch) })
-            .await
-        {
-            Ok(last) => {
-                self.last_seq = last;
-                for m in &fresh {
-                    self.remember(m);
-                    self.deliver(m);
-                }
-                for (edge, req_id, m, duplicate) in answers {
-                    reply(&edge, req_id, ReplyResult::Send(pb::SendResult { message: Some(m), duplicate }));
-                }
+        // Each round either writes or leaves out at least one repeat.
+        while !fresh.is_empty() {
+            for (i, f) in fresh.iter_mut().enumerate() {
+                f.message.seq = self.last_seq + 1 + i as u64;
             }
-            Err(e) => {
-                let e = self.fenced_by(e);
-                tracing::warn!(chat.id = %self.chat_id, error = %e, "append failed");
-                // Whatever happened, continue from what the store holds.
-                if let Ok((_, last)) = store.get_chat(&self.chat_id).await {
+            let append = AppendBatch {
+                chat_id: self.chat_id.clone(),
+                messages: fresh.iter().map(|f| f.message.clone()).collect(),
+                epoch: Some(self.epoch),
+                repeats_since_ms: Some(now_ms() - IDEMPOTENCY_WINDOW_MS),
+            };
+            match store.append(append).await {
+                Ok(Appended::Written(last)) => {
                     self.last_seq = last;
+                    for f in &fresh {
+                        self.remember(&f.message);
+                        self.deliver(&f.message);
+                    }
+                    for f in fresh {
+                        for (edge, req_id) in f.repeats {
+                            answer_send(&edge, req_id, f.message.clone(), true);
+                        }
+                        answer_send(&f.sender.0, f.sender.1, f.message, false);
+                    }
+                    return;
                 }
-                let result = store_error(&e);
-                for (edge, req_id, _, _) in answers {
-                    reply(&edge, req_id, result.clone());
+                Ok(Appended::Repeats(stored)) => {
+                    let before = fresh.len();
+                    for earlier in stored {
+                        let same = |f: &NewMessage| {
+                            f.message.sender_id == earlier.sender_id && f.message.client_id == earlier.client_id
+                        };
+                        if let Some(i) = fresh.iter().position(same) {
+                            let f = fresh.remove(i);
+                            for (edge, req_id) in f.repeats.into_iter().chain([f.sender]) {
+                                answer_send(&edge, req_id, earlier.clone(), true);
+                            }
+                            self.remember(&earlier);
+                        }
+                    }
+                    if fresh.len() == before {
+                        tracing::error!(chat.id = %self.chat_id, "the store named repeats that are not in the batch");
+                        let result = error(pb::ErrorCode::Internal, "storage error");
+                        return fail_sends(fresh, &result);
+                    }
+                }
+                Err(e) => {
+                    let e = self.fenced_by(e);
+                    tracing::warn!(chat.id = %self.chat_id, error = %e, "append failed");
+                    // Whatever happened, continue from what the store holds.
+                    if let Ok((_, last)) = store.get_chat(&self.chat_id).await {
+                        self.last_seq = last;
+                    }
+                    return fail_sends(fresh, &store_error(&e));
                 }
             }
         }
@@ -756,5 +802,78 @@ impl ChatState {
     fn send_all(&mut self, event: pb::delivery::Event) {
         let frame = Kind::Delivery(pb::Delivery { chat_id: self.chat_id.clone(), event: Some(event) });
         self.subscribers.retain(|_, edge| edge.send(frame.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_store::{EmbeddedStore, NewChat};
+
+    fn send(client_id: &str, edge: &EdgeConn, req_id: u64) -> Cmd {
+        let op = pb::SendOp { body: format!("body {client_id}"), client_id: client_id.into(), ..Default::default() };
+        Cmd { req_id, user: "alice".into(), edge: edge.clone(), op: Op::Send(op) }
+    }
+
+    /// A send that an earlier owner of the chat stored is answered with the
+    /// stored message; the new sends of the same batch are still written.
+    #[tokio::test]
+    async fn the_store_finds_repeats_this_writer_never_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let new = NewChat {
+            kind: "group".into(),
+            title: None,
+            created_by: "alice".into(),
+            member_ids: vec!["alice".into(), "bob".into()],
+        };
+        let (chat, _) = store.create_chat(new).await.unwrap();
+        let earlier = pb::Message {
+            chat_id: chat.id.clone(),
+            id: "earlier".into(),
+            seq: 1,
+            sender_id: "alice".into(),
+            created_at_ms: now_ms(),
+            client_id: "c1".into(),
+            ..Default::default()
+        };
+        let batch =
+            AppendBatch { chat_id: chat.id.clone(), messages: vec![earlier], epoch: None, repeats_since_ms: None };
+        store.append(batch).await.unwrap();
+
+        let (frames_tx, mut frames) = mpsc::channel(16);
+        let edge = EdgeConn::new(1, frames_tx, tokio_util::sync::CancellationToken::new());
+        let (tx, rx) = mpsc::channel(16);
+        // Queued before the writer starts, so they form one batch.
+        tx.send(send("c2", &edge, 10)).await.unwrap();
+        tx.send(send("c1", &edge, 11)).await.unwrap();
+        tx.send(send("c2", &edge, 12)).await.unwrap();
+        let settings = ChatSettings {
+            store: store.clone(),
+            owner: "router-test".into(),
+            edges: EdgeRegistry::default(),
+            parked: Parked::default(),
+            idle: Duration::from_secs(60),
+            typing_ttl: Duration::from_secs(5),
+            typing_debounce: Duration::from_secs(2),
+        };
+        let writer = tokio::spawn(run_chat(chat.id.clone(), rx, settings));
+
+        let mut acks = HashMap::new();
+        while acks.len() < 3 {
+            let frame = tokio::time::timeout(Duration::from_secs(5), frames.recv()).await.unwrap().unwrap().unwrap();
+            if let Some(Kind::Reply(pb::Reply { id, result: Some(ReplyResult::Send(r)) })) = frame.kind {
+                let m = r.message.unwrap();
+                acks.insert(id, (m.client_id, m.seq, r.duplicate));
+            }
+        }
+        assert_eq!(acks[&10], ("c2".to_string(), 2, false));
+        assert_eq!(acks[&11], ("c1".to_string(), 1, true));
+        assert_eq!(acks[&12], ("c2".to_string(), 2, true));
+        let history = store.history(&chat.id, None, None, 10).await.unwrap();
+        let stored: Vec<_> = history.messages.iter().map(|m| (m.seq, m.client_id.as_str())).collect();
+        assert_eq!(stored, vec![(1, "c1"), (2, "c2")]);
+        drop(tx);
+        writer.await.unwrap();
     }
 }

@@ -5,7 +5,7 @@
 //! commits it (redb fsyncs on commit) before answering any of them. Reads
 //! open their own read transactions on the blocking pool.
 
-use crate::store::{AppendBatch, History, NewChat, Store, StoreError};
+use crate::store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
 use confab_proto::v1::{Chat, ChatSummary, Member, Message};
 use prost::Message as _;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -37,7 +37,7 @@ const WRITE_QUEUE: usize = 4096;
 
 enum Write {
     CreateChat(NewChat, oneshot::Sender<Result<(Chat, bool), StoreError>>),
-    Append(AppendBatch, oneshot::Sender<Result<u64, StoreError>>),
+    Append(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>),
     Put(Message, Option<u64>, oneshot::Sender<Result<u64, StoreError>>),
     Claim(String, String, oneshot::Sender<Result<u64, StoreError>>),
     SetCursor(String, String, u64, oneshot::Sender<Result<u64, StoreError>>),
@@ -125,6 +125,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Write>) {
 enum Outcome {
     Chat(oneshot::Sender<Result<(Chat, bool), StoreError>>, Result<(Chat, bool), StoreError>),
     Seq(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
+    Append(oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, StoreError>),
 }
 
 /// Fills the unread indexes (`SENT`, `DELETED`) from the messages of a
@@ -168,7 +169,7 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
                 }
                 Write::Append(b, reply) => {
                     let r = apply_append(&tx, &b);
-                    outcomes.push(Outcome::Seq(reply, r));
+                    outcomes.push(Outcome::Append(reply, r));
                 }
                 Write::Put(m, epoch, reply) => {
                     let r = check_epoch(&tx, &m.chat_id, epoch).and_then(|()| apply_put(&tx, &m));
@@ -198,8 +199,8 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
         let err = StoreError::Unavailable("store transaction failed".into());
         match write {
             Write::CreateChat(_, reply) => drop(reply.send(Err(err))),
-            Write::Append(_, reply)
-            | Write::Put(_, _, reply)
+            Write::Append(_, reply) => drop(reply.send(Err(err))),
+            Write::Put(_, _, reply)
             | Write::Claim(_, _, reply)
             | Write::SetCursor(_, _, _, reply)
             | Write::SaveChat(_, _, _, _, reply) => drop(reply.send(Err(err))),
@@ -209,8 +210,10 @@ fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
         match (outcome, &result) {
             (Outcome::Chat(reply, r), Ok(())) => drop(reply.send(r)),
             (Outcome::Seq(reply, r), Ok(())) => drop(reply.send(r)),
+            (Outcome::Append(reply, r), Ok(())) => drop(reply.send(r)),
             (Outcome::Chat(reply, _), Err(e)) => drop(reply.send(Err(StoreError::Unavailable(e.to_string())))),
             (Outcome::Seq(reply, _), Err(e)) => drop(reply.send(Err(StoreError::Unavailable(e.to_string())))),
+            (Outcome::Append(reply, _), Err(e)) => drop(reply.send(Err(StoreError::Unavailable(e.to_string())))),
         }
     }
 }
@@ -298,7 +301,7 @@ fn apply_claim(tx: &redb::WriteTransaction, chat_id: &str, owner: &str) -> Resul
     Ok(next)
 }
 
-fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64, StoreError> {
+fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<Appended, StoreError> {
     let chat_id = batch.chat_id.as_str();
     check_epoch(tx, chat_id, batch.epoch)?;
     let mut last_seq_table = tx.open_table(LAST_SEQ).map_err(internal)?;
@@ -313,10 +316,26 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64,
         }
     }
     let Some(new_last) = batch.messages.last().map(|m| m.seq) else {
-        return Ok(last_seq);
+        return Ok(Appended::Written(last_seq));
     };
     let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
     let mut client_ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
+    if let Some(since) = batch.repeats_since_ms {
+        let mut repeats = Vec::new();
+        for m in &batch.messages {
+            let Some(v) = client_ids.get((chat_id, m.sender_id.as_str(), m.client_id.as_str())).map_err(internal)?
+            else {
+                continue;
+            };
+            let (seq, created) = v.value();
+            if created >= since {
+                repeats.extend(read_message(&messages, chat_id, seq)?);
+            }
+        }
+        if !repeats.is_empty() {
+            return Ok(Appended::Repeats(repeats));
+        }
+    }
     let mut ids = tx.open_table(MESSAGE_IDS).map_err(internal)?;
     let mut sent = tx.open_table(SENT).map_err(internal)?;
     let mut deleted = tx.open_table(DELETED).map_err(internal)?;
@@ -329,7 +348,7 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<u64,
             .map_err(internal)?;
     }
     last_seq_table.insert(chat_id, new_last).map_err(internal)?;
-    Ok(new_last)
+    Ok(Appended::Written(new_last))
 }
 
 fn apply_put(tx: &redb::WriteTransaction, m: &Message) -> Result<u64, StoreError> {
@@ -399,7 +418,7 @@ fn read_chat(tx: &redb::ReadTransaction, chat_id: &str) -> Result<Option<(Chat, 
 }
 
 fn read_message(
-    table: &redb::ReadOnlyTable<(&str, u64), &[u8]>,
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     chat_id: &str,
     seq: u64,
 ) -> Result<Option<Message>, StoreError> {
@@ -469,7 +488,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn append(&self, batch: AppendBatch) -> Result<u64, StoreError> {
+    async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
         self.write(|reply| Write::Append(batch, reply)).await
     }
 
@@ -629,18 +648,66 @@ mod tests {
                 chat_id: chat.id.clone(),
                 messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)],
                 epoch: None,
+                repeats_since_ms: None,
             })
             .await;
-        assert_eq!(ok.unwrap(), 2);
-        let repeated =
-            store.append(AppendBatch { chat_id: chat.id.clone(), messages: vec![msg(&chat.id, 2)], epoch: None }).await;
+        assert_eq!(ok.unwrap(), Appended::Written(2));
+        let repeated = store
+            .append(AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: vec![msg(&chat.id, 2)],
+                epoch: None,
+                repeats_since_ms: None,
+            })
+            .await;
         assert!(matches!(repeated, Err(StoreError::SeqConflict { last_seq: 2, first_seq: 2 })));
-        let gap =
-            store.append(AppendBatch { chat_id: chat.id.clone(), messages: vec![msg(&chat.id, 4)], epoch: None }).await;
+        let gap = store
+            .append(AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: vec![msg(&chat.id, 4)],
+                epoch: None,
+                repeats_since_ms: None,
+            })
+            .await;
         assert!(matches!(gap, Err(StoreError::SeqConflict { .. })));
-        let unknown =
-            store.append(AppendBatch { chat_id: "nope".into(), messages: vec![msg("nope", 1)], epoch: None }).await;
+        let unknown = store
+            .append(AppendBatch {
+                chat_id: "nope".into(),
+                messages: vec![msg("nope", 1)],
+                epoch: None,
+                repeats_since_ms: None,
+            })
+            .await;
         assert!(matches!(unknown, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_repeats_a_client_id_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        let batch = |messages: Vec<Message>, since: Option<i64>| AppendBatch {
+            chat_id: chat.id.clone(),
+            messages,
+            epoch: None,
+            repeats_since_ms: since,
+        };
+        let first = batch(vec![msg(&chat.id, 1), msg(&chat.id, 2)], Some(0));
+        assert_eq!(store.append(first).await.unwrap(), Appended::Written(2));
+        // Seq 4 reuses seq 2's client id: seq 3 is not written either.
+        let repeat = Message { client_id: "c2".into(), ..msg(&chat.id, 4) };
+        let mixed = batch(vec![msg(&chat.id, 3), repeat.clone()], Some(0));
+        assert_eq!(store.append(mixed).await.unwrap(), Appended::Repeats(vec![msg(&chat.id, 2)]));
+        assert_eq!(store.get_chat(&chat.id).await.unwrap().1, 2);
+        assert_eq!(store.get_message(&chat.id, "m3", 0).await.unwrap(), None);
+        assert_eq!(store.find_by_client_id(&chat.id, "alice", "c2", 0).await.unwrap(), Some(msg(&chat.id, 2)));
+        assert_eq!(store.find_by_client_id(&chat.id, "alice", "c2", 3).await.unwrap(), None);
+        // Another sender's equal client id is not a repeat.
+        let bobs = Message { sender_id: "bob".into(), client_id: "c1".into(), ..msg(&chat.id, 3) };
+        assert_eq!(store.append(batch(vec![bobs], Some(0))).await.unwrap(), Appended::Written(3));
+        // Outside the window (seq 2 was stored at time 2) it is new again.
+        let late = Message { seq: 4, ..repeat };
+        assert_eq!(store.append(batch(vec![late], Some(3))).await.unwrap(), Appended::Written(4));
     }
 
     #[tokio::test]
@@ -648,8 +715,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
-        let batch =
-            AppendBatch { chat_id: chat.id.clone(), messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)], epoch: None };
+        let batch = AppendBatch {
+            chat_id: chat.id.clone(),
+            messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)],
+            epoch: None,
+            repeats_since_ms: None,
+        };
         store.append(batch).await.unwrap();
         let mut m = store.get_message(&chat.id, "m2", 0).await.unwrap().unwrap();
         assert_eq!(m.seq, 2);
@@ -680,10 +751,14 @@ mod tests {
         let first = store.claim(&chat.id, "router-a").await.unwrap();
         let second = store.claim(&chat.id, "router-b").await.unwrap();
         assert!(second > first);
-        let batch =
-            |epoch| AppendBatch { chat_id: chat.id.clone(), messages: vec![msg(&chat.id, 1)], epoch: Some(epoch) };
+        let batch = |epoch| AppendBatch {
+            chat_id: chat.id.clone(),
+            messages: vec![msg(&chat.id, 1)],
+            epoch: Some(epoch),
+            repeats_since_ms: None,
+        };
         assert!(matches!(store.append(batch(first)).await, Err(StoreError::Fenced)));
-        assert_eq!(store.append(batch(second)).await.unwrap(), 1);
+        assert_eq!(store.append(batch(second)).await.unwrap(), Appended::Written(1));
         let m = store.get_message(&chat.id, "", 1).await.unwrap().unwrap();
         assert!(matches!(store.put_message(m.clone(), Some(first)).await, Err(StoreError::Fenced)));
         store.put_message(m, Some(second)).await.unwrap();
@@ -697,7 +772,10 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
         let msgs = (1..=10).map(|s| msg(&chat.id, s)).collect();
-        store.append(AppendBatch { chat_id: chat.id.clone(), messages: msgs, epoch: None }).await.unwrap();
+        store
+            .append(AppendBatch { chat_id: chat.id.clone(), messages: msgs, epoch: None, repeats_since_ms: None })
+            .await
+            .unwrap();
         let seqs = |h: &History| h.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
         let newest = store.history(&chat.id, None, None, 3).await.unwrap();
         assert_eq!((seqs(&newest), newest.has_more), (vec![8, 9, 10], true));
@@ -726,7 +804,12 @@ mod tests {
             assert!(!created);
             assert_eq!(first.id, again.id);
             store
-                .append(AppendBatch { chat_id: first.id.clone(), messages: vec![msg(&first.id, 1)], epoch: None })
+                .append(AppendBatch {
+                    chat_id: first.id.clone(),
+                    messages: vec![msg(&first.id, 1)],
+                    epoch: None,
+                    repeats_since_ms: None,
+                })
                 .await
                 .unwrap();
             first.id
@@ -746,8 +829,10 @@ mod tests {
         };
         let (_, last) = store.get_chat(&id).await.unwrap();
         assert_eq!(last, 1);
-        let found = store.find_by_client_id(&id, "alice", "c1", 0).await.unwrap();
-        assert_eq!(found.map(|m| m.seq), Some(1));
+        // The client id outlives the reopen: sending it again is a repeat.
+        let again = Message { client_id: "c1".into(), ..msg(&id, 2) };
+        let batch = AppendBatch { chat_id: id.clone(), messages: vec![again], epoch: None, repeats_since_ms: Some(0) };
+        assert_eq!(store.append(batch).await.unwrap(), Appended::Repeats(vec![msg(&id, 1)]));
         let chats = store.list_user_chats("bob", 10).await.unwrap();
         assert_eq!(chats.len(), 1);
         assert_eq!(chats[0].unread, 1);
@@ -765,7 +850,15 @@ mod tests {
                 ..msg(&chat.id, seq)
             })
             .collect();
-        store.append(AppendBatch { chat_id: chat.id.clone(), messages: messages.clone(), epoch: None }).await.unwrap();
+        store
+            .append(AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: messages.clone(),
+                epoch: None,
+                repeats_since_ms: None,
+            })
+            .await
+            .unwrap();
         let unread = |user: &'static str| {
             let store = store.clone();
             async move { store.list_user_chats(user, 10).await.unwrap()[0].unread }

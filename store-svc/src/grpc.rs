@@ -1,7 +1,7 @@
 //! The store over gRPC: [`StoreService`] serves any [`Store`];
 //! [`RemoteStore`] is the client side, itself a [`Store`].
 
-use crate::store::{AppendBatch, History, NewChat, Store, StoreError};
+use crate::store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
 use confab_proto::v1 as pb;
 use confab_proto::v1::store_client::StoreClient;
 use confab_proto::v1::store_server::{Store as StoreRpc, StoreServer};
@@ -58,9 +58,17 @@ impl StoreRpc for StoreService {
 
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let r = req.into_inner();
-        let last_seq =
-            self.store.append(AppendBatch { chat_id: r.chat_id, messages: r.messages, epoch: r.epoch }).await?;
-        Ok(Response::new(pb::AppendResponse { last_seq }))
+        let batch = AppendBatch {
+            chat_id: r.chat_id,
+            messages: r.messages,
+            epoch: r.epoch,
+            repeats_since_ms: r.repeats_since_ms,
+        };
+        let response = match self.store.append(batch).await? {
+            Appended::Written(last_seq) => pb::AppendResponse { last_seq, repeats: Vec::new() },
+            Appended::Repeats(repeats) => pb::AppendResponse { last_seq: 0, repeats },
+        };
+        Ok(Response::new(response))
     }
 
     async fn find_by_client_id(
@@ -181,14 +189,15 @@ impl Store for RemoteStore {
         Ok(r.chats)
     }
 
-    async fn append(&self, batch: AppendBatch) -> Result<u64, StoreError> {
-        let r = self
-            .client
-            .clone()
-            .append(pb::AppendRequest { chat_id: batch.chat_id, messages: batch.messages, epoch: batch.epoch })
-            .await?
-            .into_inner();
-        Ok(r.last_seq)
+    async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
+        let request = pb::AppendRequest {
+            chat_id: batch.chat_id,
+            messages: batch.messages,
+            epoch: batch.epoch,
+            repeats_since_ms: batch.repeats_since_ms,
+        };
+        let r = self.client.clone().append(request).await?.into_inner();
+        Ok(if r.repeats.is_empty() { Appended::Written(r.last_seq) } else { Appended::Repeats(r.repeats) })
     }
 
     async fn find_by_client_id(

@@ -21,7 +21,7 @@ mod store;
 
 pub use embedded::EmbeddedStore;
 pub use grpc::{RemoteStore, StoreService};
-pub use store::{AppendBatch, History, NewChat, Store, StoreError};
+pub use store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
 
 use confab_common::Shutdown;
 use std::path::PathBuf;

@@ -68,6 +68,20 @@ pub struct AppendBatch {
     /// The writer's epoch from [`Store::claim`]; `None` skips the fence
     /// (tools and tests only: routers always pass theirs).
     pub epoch: Option<u64>,
+    /// Idempotency (CONTRACT §5): a message whose sender already stored its
+    /// client id at or after this time repeats that send, and the batch is
+    /// refused with [`Appended::Repeats`]. `None` skips the check.
+    pub repeats_since_ms: Option<i64>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Durably written; the chat's new last seq.
+    Written(u64),
+    /// Nothing was written: some messages repeat earlier sends (by sender and
+    /// client id). These are the stored messages they repeat.
+    Repeats(Vec<Message>),
 }
 
 /// One page of history.
@@ -87,9 +101,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError>;
     /// Makes `owner` the chat's only writer; returns the new epoch.
     async fn claim(&self, chat_id: &str, owner: &str) -> Result<u64, StoreError>;
-    /// Durably appends; returns the new last seq.
-    async fn append(&self, batch: AppendBatch) -> Result<u64, StoreError>;
-    /// The message a sender sent with `client_id`, if not older than `not_before_ms`.
+    /// Durably appends the whole batch, or nothing if it repeats earlier
+    /// sends; the idempotency check and the write are one transaction.
+    async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError>;
+    /// The message a sender sent with `client_id`, if not older than
+    /// `not_before_ms` (for sends that are not appended: rate limited ones).
     async fn find_by_client_id(
         &self,
         chat_id: &str,
