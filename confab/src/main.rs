@@ -1,13 +1,16 @@
 //! The `confab` command: `confab dev` runs the whole cluster in one process
-//! (still talking gRPC over loopback); `confab edge|router|store|presence`
+//! (router and edge share the embedded store in-process; edge, router and
+//! presence still talk gRPC over loopback); `confab edge|router|store|presence`
 //! run one role each, for containers; `confab token` mints a dev token.
 //! Each role is its crate's `run(config, listener, shutdown)`.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use confab_common::{shutdown, Shutdown};
+use confab_store::{EmbeddedStore, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -164,25 +167,33 @@ fn random_secret() -> String {
 
 async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let (store_l, presence_l, router_l) = (bind(loopback).await?, bind(loopback).await?, bind(loopback).await?);
+    let (presence_l, router_l) = (bind(loopback).await?, bind(loopback).await?);
     let edge_l = bind(args.listen).await?;
     let url = |l: &TcpListener| l.local_addr().map(|a| format!("http://{a}"));
-    let (store_url, presence_url, router_url) = (url(&store_l)?, url(&presence_l)?, url(&router_l)?);
+    let (presence_url, router_url) = (url(&presence_l)?, url(&router_l)?);
     let edge_addr = edge_l.local_addr()?;
     let generated = args.jwt_secret.is_none();
     let secret = args.jwt_secret.unwrap_or_else(random_secret);
 
-    let store = confab_store::run(confab_store::Config::for_test(args.data_dir.clone()), store_l, shutdown.clone());
+    // The router and the edge share the embedded store in-process (no
+    // store-svc hop); they reach each other and presence over gRPC as in a
+    // cluster.
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&args.data_dir)
+            .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?,
+    );
     let presence = confab_presence::run(args.presence, presence_l, shutdown.clone());
+    let in_process = String::new();
     let mut router_config =
-        confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], store_url.clone());
+        confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], in_process.clone());
     router_config.typing_ttl_ms = args.typing_ttl_ms;
     router_config.typing_debounce_ms = args.typing_debounce_ms;
-    let router = confab_router::run(router_config, router_l, shutdown.clone());
-    let mut edge_config = confab_edge::Config::for_test(vec![router_url], store_url, presence_url, secret.clone());
+    let router = confab_router::serve(router_config, store.clone(), router_l, shutdown.clone());
+
+    let mut edge_config = confab_edge::Config::for_test(vec![router_url], in_process, presence_url, secret.clone());
     edge_config.rate_limit_messages = args.rate_limit_messages;
     edge_config.rate_limit_window_ms = args.rate_limit_window_ms;
-    let edge = confab_edge::run(edge_config, edge_l, shutdown.clone());
+    let edge = confab_edge::serve(edge_config, store, edge_l, shutdown.clone());
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);
     println!("confab dev is up");
@@ -196,17 +207,34 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let (s, p, r, e) = tokio::join!(
-        stop_all_on_exit(store, &shutdown),
-        stop_all_on_exit(presence, &shutdown),
-        stop_all_on_exit(router, &shutdown),
-        stop_all_on_exit(edge, &shutdown)
-    );
-    s.context("store-svc")?;
-    p.context("presence-svc")?;
-    r.context("router")?;
+    // Router and presence get a thread and runtime of their own, as they
+    // would a process: a writer whose append is done runs at once instead of
+    // queueing behind the edge's socket writes.
+    let (router_shutdown, presence_shutdown) = (shutdown.clone(), shutdown.clone());
+    let services = on_own_thread("confab-services", async move {
+        let (p, r) =
+            tokio::join!(stop_all_on_exit(presence, &presence_shutdown), stop_all_on_exit(router, &router_shutdown));
+        p.context("presence-svc")?;
+        r.context("router")
+    })?;
+    let (services, e) = tokio::join!(services, stop_all_on_exit(edge, &shutdown));
+    services?;
     e.context("edge")?;
     Ok(())
+}
+
+/// Runs `service` on a new thread with a single-threaded runtime of its own.
+fn on_own_thread(
+    name: &str,
+    service: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        let _ = done_tx.send(runtime.block_on(service));
+    })?;
+    let name = name.to_string();
+    Ok(async move { done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("{name} thread panicked"))) })
 }
 
 /// One service ending, for any reason, ends the whole dev cluster.

@@ -197,8 +197,23 @@ pub(crate) struct Edge {
     pub metrics: Metrics,
 }
 
-/// Serves Socket.IO and HTTP on `listener` until `shutdown` fires.
+/// Serves Socket.IO and HTTP on `listener` until `shutdown` fires, with
+/// store-svc at `config.store_url`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+    let store: Arc<dyn Store> = Arc::new(
+        RemoteStore::connect_lazy(&config.store_url, config.request_timeout())
+            .map_err(|e| Error::Config(e.to_string()))?,
+    );
+    serve(config, store, listener, shutdown).await
+}
+
+/// Serves the edge over any `Store` (`confab dev` passes its embedded one).
+pub async fn serve(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
     let public_key_pem = match &config.jwt_public_key_file {
         Some(path) => Some(
             std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?,
@@ -218,8 +233,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     }
     let edge_id = EdgeId::generate();
     let timeout = config.request_timeout();
-    let store: Arc<dyn Store> =
-        Arc::new(RemoteStore::connect_lazy(&config.store_url, timeout).map_err(|e| Error::Config(e.to_string()))?);
     let presence = Endpoint::from_shared(config.presence_url.clone())
         .map_err(|e| Error::Config(format!("bad presence url: {e}")))?
         .connect_timeout(timeout)
@@ -277,6 +290,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
         .layer(axum::middleware::from_fn_with_state(handler, ws::intercept));
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
+    // Nagle would hold a socket's next frame until the client acks the last
+    // one, and clients delay their acks (up to 40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { shutdown.triggered().await })
         .await?;

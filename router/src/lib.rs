@@ -286,11 +286,22 @@ impl RouterRpc for RouterService {
     }
 }
 
-/// Serves the router on `listener` until `shutdown` fires.
+/// Serves the router on `listener` until `shutdown` fires, with store-svc
+/// at `config.store_url`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     let timeout = Duration::from_millis(config.store_timeout_ms);
     let store: Arc<dyn Store> =
         Arc::new(RemoteStore::connect_lazy(&config.store_url, timeout).map_err(|e| Error::Config(e.to_string()))?);
+    serve(config, store, listener, shutdown).await
+}
+
+/// Serves the router over any `Store` (`confab dev` passes its embedded one).
+pub async fn serve(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
     let detection = Detection {
         probe: Duration::from_millis(config.probe_ms.max(10)),
         window: Duration::from_millis(config.detect_ms.max(10)),
