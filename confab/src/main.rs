@@ -207,34 +207,19 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    // Router and presence get a thread and runtime of their own, as they
-    // would a process: a writer whose append is done runs at once instead of
-    // queueing behind the edge's socket writes.
-    let (router_shutdown, presence_shutdown) = (shutdown.clone(), shutdown.clone());
-    let services = on_own_thread("confab-services", async move {
-        let (p, r) =
-            tokio::join!(stop_all_on_exit(presence, &presence_shutdown), stop_all_on_exit(router, &router_shutdown));
-        p.context("presence-svc")?;
-        r.context("router")
-    })?;
-    let (services, e) = tokio::join!(services, stop_all_on_exit(edge, &shutdown));
-    services?;
+    // One runtime for all three. A thread of their own for router and
+    // presence was tried (so a chat writer need not queue behind the edge's
+    // socket writes): in S2 at 1,000-2,000 msgs/s its p99 was within the
+    // run-to-run noise of one runtime, so the simpler shape stays.
+    let (p, r, e) = tokio::join!(
+        stop_all_on_exit(presence, &shutdown),
+        stop_all_on_exit(router, &shutdown),
+        stop_all_on_exit(edge, &shutdown)
+    );
+    p.context("presence-svc")?;
+    r.context("router")?;
     e.context("edge")?;
     Ok(())
-}
-
-/// Runs `service` on a new thread with a single-threaded runtime of its own.
-fn on_own_thread(
-    name: &str,
-    service: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name(name.to_string()).spawn(move || {
-        let _ = done_tx.send(runtime.block_on(service));
-    })?;
-    let name = name.to_string();
-    Ok(async move { done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("{name} thread panicked"))) })
 }
 
 /// One service ending, for any reason, ends the whole dev cluster.
