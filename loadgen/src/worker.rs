@@ -187,6 +187,10 @@ async fn open(plan: Arc<Plan>, i: usize, user: String, chat: Option<usize>) -> a
     Ok((ws, last_seq))
 }
 
+async fn numbered<T>(i: usize, f: impl std::future::Future<Output = T>) -> (usize, T) {
+    (i, f.await)
+}
+
 /// Runs a plan: `ready` is called once every socket is open, then the
 /// measured phase starts when `go` resolves.
 pub async fn run(
@@ -197,12 +201,18 @@ pub async fn run(
     let plan = Arc::new(plan);
     let seats = seats(&plan);
     let started = client::now_micros();
-    let opening: Vec<_> =
-        seats.iter().enumerate().map(|(i, seat)| open(plan.clone(), i, seat.user.clone(), seat.chat)).collect();
-    let opened: Vec<anyhow::Result<(WsStream, u64)>> =
-        futures::stream::iter(opening).buffered(plan.connect_concurrency.max(1)).collect().await;
+    // Unordered: a slow handshake must not hold the slots of those behind
+    // it (with `buffered` the generator, not the server, set the rate).
+    let opening: Vec<_> = seats
+        .iter()
+        .enumerate()
+        .map(|(i, seat)| numbered(i, open(plan.clone(), i, seat.user.clone(), seat.chat)))
+        .collect();
+    let mut opened: Vec<(usize, anyhow::Result<(WsStream, u64)>)> =
+        futures::stream::iter(opening).buffer_unordered(plan.connect_concurrency.max(1)).collect().await;
+    opened.sort_unstable_by_key(|(i, _)| *i);
     let mut sockets = Vec::with_capacity(seats.len());
-    for s in opened {
+    for (_, s) in opened {
         sockets.push(s?);
     }
     ready(Ready {
