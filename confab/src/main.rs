@@ -175,25 +175,33 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let generated = args.jwt_secret.is_none();
     let secret = args.jwt_secret.unwrap_or_else(random_secret);
 
-    // The router and the edge share the embedded store in-process (no
-    // store-svc hop); they reach each other and presence over gRPC as in a
-    // cluster.
+    // No network between the services: router and edge share the embedded
+    // store, and the edge calls presence and the router as gRPC services
+    // in-process (no HTTP/2 or socket; messages are still encoded). Presence
+    // and router also listen on loopback, as in a cluster.
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(&args.data_dir)
             .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?,
     );
-    let presence = confab_presence::run(args.presence, presence_l, shutdown.clone());
-    let in_process = String::new();
+    let presence = confab_presence::Presence::new(&args.presence);
+    let presence_in_process = confab_edge::in_process(presence.grpc());
+    let presence = presence.serve(presence_l, shutdown.clone());
+    let no_store_url = String::new();
     let mut router_config =
-        confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], in_process.clone());
+        confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], no_store_url.clone());
     router_config.typing_ttl_ms = args.typing_ttl_ms;
     router_config.typing_debounce_ms = args.typing_debounce_ms;
-    let router = confab_router::serve(router_config, store.clone(), router_l, shutdown.clone());
+    let router = confab_router::Router::new(router_config, store.clone(), shutdown.clone())?;
+    let local = confab_edge::InProcess {
+        presence: Some(presence_in_process),
+        routers: [(router_url.clone(), confab_edge::in_process(router.grpc()))].into(),
+    };
+    let router = router.serve(router_l, shutdown.clone());
 
-    let mut edge_config = confab_edge::Config::for_test(vec![router_url], in_process, presence_url, secret.clone());
+    let mut edge_config = confab_edge::Config::for_test(vec![router_url], no_store_url, presence_url, secret.clone());
     edge_config.rate_limit_messages = args.rate_limit_messages;
     edge_config.rate_limit_window_ms = args.rate_limit_window_ms;
-    let edge = confab_edge::serve(edge_config, store, edge_l, shutdown.clone());
+    let edge = confab_edge::serve(edge_config, store, local, edge_l, shutdown.clone());
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);
     println!("confab dev is up");

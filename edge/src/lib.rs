@@ -36,7 +36,7 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// Session calls to presence in flight at once (see `Edge::presence_calls`).
 const PRESENCE_CALLS: usize = 64;
@@ -188,13 +188,48 @@ pub(crate) struct Edge {
     pub expiry: Arc<expiry::Expiry>,
     pub watchers: presence::Watchers,
     pub store: Arc<dyn Store>,
-    pub presence: PresenceClient<Channel>,
+    pub presence: PresenceClient<GrpcChannel>,
     /// Session open/close calls to presence in flight at once: a storm of
     /// connects or disconnects queues here instead of opening thousands of
     /// streams whose timeouts and cancellations would break the connection.
     pub presence_calls: Arc<tokio::sync::Semaphore>,
     pub shutdown: Shutdown,
     pub metrics: Metrics,
+}
+
+/// How the edge reaches presence-svc or a router: a network channel, or
+/// (`confab dev`) the service itself called in-process.
+pub type GrpcChannel = tower::util::BoxCloneSyncService<
+    ::http::Request<tonic::body::Body>,
+    ::http::Response<tonic::body::Body>,
+    tonic::transport::Error,
+>;
+
+/// A gRPC service of the same process as a [`GrpcChannel`]: calls skip
+/// HTTP/2 and the socket, not the encoding.
+pub fn in_process<S>(service: S) -> GrpcChannel
+where
+    S: tower::Service<
+            ::http::Request<tonic::body::Body>,
+            Response = ::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    GrpcChannel::new(tower::ServiceExt::map_err(service, |e: std::convert::Infallible| match e {}))
+}
+
+/// Services of the same process the edge calls without a network hop
+/// (`confab dev`); the rest it reaches over gRPC at their configured
+/// addresses.
+#[derive(Default)]
+pub struct InProcess {
+    pub presence: Option<GrpcChannel>,
+    /// By the address the router is listed under in `config.routers`.
+    pub routers: std::collections::HashMap<String, GrpcChannel>,
 }
 
 /// Serves Socket.IO and HTTP on `listener` until `shutdown` fires, with
@@ -204,13 +239,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         RemoteStore::connect_lazy(&config.store_url, config.request_timeout())
             .map_err(|e| Error::Config(e.to_string()))?,
     );
-    serve(config, store, listener, shutdown).await
+    serve(config, store, InProcess::default(), listener, shutdown).await
 }
 
-/// Serves the edge over any `Store` (`confab dev` passes its embedded one).
+/// Serves the edge over any `Store` and the services of `local`
+/// (`confab dev` passes its embedded store, presence and router).
 pub async fn serve(
     config: Config,
     store: Arc<dyn Store>,
+    local: InProcess,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
@@ -233,11 +270,17 @@ pub async fn serve(
     }
     let edge_id = EdgeId::generate();
     let timeout = config.request_timeout();
-    let presence = Endpoint::from_shared(config.presence_url.clone())
-        .map_err(|e| Error::Config(format!("bad presence url: {e}")))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect_lazy();
+    let presence = match local.presence {
+        Some(p) => p,
+        None => {
+            let channel = Endpoint::from_shared(config.presence_url.clone())
+                .map_err(|e| Error::Config(format!("bad presence url: {e}")))?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect_lazy();
+            GrpcChannel::new(channel)
+        }
+    };
     let (removals_tx, removals_rx) = tokio::sync::mpsc::channel(1024);
     let (gaps_tx, gaps_rx) = tokio::sync::mpsc::channel(4096);
     let rooms = Arc::new(rooms::Rooms::new(removals_tx, gaps_tx));
@@ -245,16 +288,8 @@ pub async fn serve(
         probe: Duration::from_millis(config.router_probe_ms.max(10)),
         window: Duration::from_millis(config.detect_ms.max(10)),
     };
-    let links = link::Links::start(
-        &config.routers,
-        detection,
-        edge_id.as_str(),
-        rooms.clone(),
-        config.router_queue,
-        timeout,
-        &shutdown,
-    )
-    .await;
+    let options = link::LinkOptions { detection, queue: config.router_queue, timeout, local: local.routers };
+    let links = link::Links::start(&config.routers, options, edge_id.as_str(), rooms.clone(), &shutdown).await;
     let engine_config = EngineIoConfig::builder()
         .req_path("/socket.io")
         .ping_interval(Duration::from_millis(config.ping_interval_ms))

@@ -15,6 +15,7 @@
 //! and the rooms fill any gap from the store.
 
 use crate::rooms::Rooms;
+use crate::GrpcChannel;
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_client::RouterClient;
@@ -50,6 +51,8 @@ pub struct Link {
     out_tx: mpsc::Sender<pb::EdgeFrame>,
     pending: Mutex<HashMap<u64, Pending>>,
     connected: AtomicBool,
+    /// The router itself when it runs in this process (`confab dev`).
+    local: Option<GrpcChannel>,
     /// Since when the stream is down (the link's start counts as down).
     down_since: Mutex<Option<Instant>>,
     ids: Arc<AtomicU64>,
@@ -66,6 +69,7 @@ pub struct Links {
     queue: usize,
     edge_id: String,
     rooms: Arc<Rooms>,
+    local: HashMap<String, GrpcChannel>,
 }
 
 fn unavailable(msg: &str) -> ReplyResult {
@@ -90,17 +94,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How the links run.
+pub struct LinkOptions {
+    pub detection: Detection,
+    /// Frames queued per router.
+    pub queue: usize,
+    /// Deadline of a request, retries included.
+    pub timeout: Duration,
+    /// Routers of this process, by address, called in-process.
+    pub local: HashMap<String, GrpcChannel>,
+}
+
 impl Links {
     /// Starts one link per router and the task that keeps the ring live.
     pub async fn start(
         routers: &[String],
-        detection: Detection,
+        options: LinkOptions,
         edge_id: &str,
         rooms: Arc<Rooms>,
-        queue: usize,
-        timeout: Duration,
         shutdown: &Shutdown,
     ) -> Arc<Self> {
+        let LinkOptions { detection, queue, timeout, local } = options;
         let discovery = Discovery::parse(routers);
         let initial = discovery.resolve().await;
         let links = Arc::new(Self {
@@ -113,6 +127,7 @@ impl Links {
             queue,
             edge_id: edge_id.to_string(),
             rooms,
+            local,
         });
         for addr in initial {
             links.add_link(&addr, shutdown);
@@ -128,6 +143,7 @@ impl Links {
             out_tx,
             pending: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
+            local: self.local.get(addr).cloned(),
             down_since: Mutex::new(Some(Instant::now())),
             ids: self.ids.clone(),
         });
@@ -348,13 +364,18 @@ async fn connect_once(
     rooms: &Arc<Rooms>,
     shutdown: &Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = Endpoint::from_shared(link.addr.clone())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_millis(500))
-        .keep_alive_timeout(Duration::from_secs(1))
-        .connect()
-        .await?;
+    let channel = match &link.local {
+        Some(local) => local.clone(),
+        None => GrpcChannel::new(
+            Endpoint::from_shared(link.addr.clone())?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_millis(500))
+                .keep_alive_timeout(Duration::from_secs(1))
+                .connect()
+                .await?,
+        ),
+    };
     let mut client = RouterClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     // Frames to the router: first a hello, then whatever the edge queues.
     let (stream_tx, stream_rx) = mpsc::channel::<pb::EdgeFrame>(1024);

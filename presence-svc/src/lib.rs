@@ -253,20 +253,42 @@ impl PresenceRpc for PresenceService {
 #[error("presence-svc failed: {0}")]
 pub struct Error(#[from] tonic::transport::Error);
 
+/// Presence built and not yet serving: `confab dev` takes its gRPC
+/// service to call in-process before serving it on its listener.
+pub struct Presence {
+    service: PresenceService,
+    tick: Duration,
+}
+
+impl Presence {
+    pub fn new(config: &Config) -> Self {
+        let windows = Windows {
+            offline_grace_ms: config.offline_grace_ms,
+            update_interval_ms: config.update_interval_ms,
+            lease_ms: config.lease_ms,
+        };
+        Self { service: PresenceService::new(windows), tick: Duration::from_millis(config.tick_ms.max(10)) }
+    }
+
+    /// The gRPC service itself, for a caller in the same process.
+    pub fn grpc(&self) -> PresenceServer<PresenceService> {
+        PresenceServer::new(self.service.clone())
+    }
+
+    /// Runs the clocks and serves gRPC on `listener` until `shutdown` fires.
+    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+        shutdown.spawn(self.service.clone().run_clock(self.tick, shutdown.clone()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tracing::info!("presence-svc serving");
+        tonic::transport::Server::builder()
+            .add_service(PresenceServer::new(self.service))
+            .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
+            .await?;
+        Ok(())
+    }
+}
+
 /// Serves presence over gRPC on `listener` until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
-    let windows = Windows {
-        offline_grace_ms: config.offline_grace_ms,
-        update_interval_ms: config.update_interval_ms,
-        lease_ms: config.lease_ms,
-    };
-    let service = PresenceService::new(windows);
-    shutdown.spawn(service.clone().run_clock(Duration::from_millis(config.tick_ms.max(10)), shutdown.clone()));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tracing::info!("presence-svc serving");
-    tonic::transport::Server::builder()
-        .add_service(PresenceServer::new(service))
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
-        .await?;
-    Ok(())
+    Presence::new(&config).serve(listener, shutdown).await
 }

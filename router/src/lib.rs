@@ -292,28 +292,43 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let timeout = Duration::from_millis(config.store_timeout_ms);
     let store: Arc<dyn Store> =
         Arc::new(RemoteStore::connect_lazy(&config.store_url, timeout).map_err(|e| Error::Config(e.to_string()))?);
-    serve(config, store, listener, shutdown).await
+    Router::new(config, store, shutdown.clone())?.serve(listener, shutdown).await
 }
 
-/// Serves the router over any `Store` (`confab dev` passes its embedded one).
-pub async fn serve(
-    config: Config,
-    store: Arc<dyn Store>,
-    listener: TcpListener,
-    shutdown: Shutdown,
-) -> Result<(), Error> {
-    let detection = Detection {
-        probe: Duration::from_millis(config.probe_ms.max(10)),
-        window: Duration::from_millis(config.detect_ms.max(10)),
-    };
-    let service = RouterService::new(config, store, shutdown.clone())?;
-    let membership = service.inner.membership.clone();
-    shutdown.spawn(membership.run(service.inner.discovery.clone(), detection, shutdown.clone()));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tracing::info!(node.id = %service.inner.advertise, "router serving");
-    tonic::transport::Server::builder()
-        .add_service(RouterServer::new(service))
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
-        .await?;
-    Ok(())
+/// A router built and not yet serving, over any `Store`: `confab dev`
+/// passes its embedded store and takes the gRPC service to call in-process
+/// before serving it on its listener.
+pub struct Router {
+    service: RouterService,
+    detection: Detection,
+}
+
+impl Router {
+    pub fn new(config: Config, store: Arc<dyn Store>, shutdown: Shutdown) -> Result<Self, Error> {
+        let detection = Detection {
+            probe: Duration::from_millis(config.probe_ms.max(10)),
+            window: Duration::from_millis(config.detect_ms.max(10)),
+        };
+        Ok(Self { service: RouterService::new(config, store, shutdown)?, detection })
+    }
+
+    /// The gRPC service itself, for a caller in the same process.
+    pub fn grpc(&self) -> RouterServer<RouterService> {
+        RouterServer::new(self.service.clone())
+    }
+
+    /// Joins the membership and serves gRPC on `listener` until `shutdown`
+    /// fires.
+    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+        let Self { service, detection } = self;
+        let membership = service.inner.membership.clone();
+        shutdown.spawn(membership.run(service.inner.discovery.clone(), detection, shutdown.clone()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tracing::info!(node.id = %service.inner.advertise, "router serving");
+        tonic::transport::Server::builder()
+            .add_service(RouterServer::new(service))
+            .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
+            .await?;
+        Ok(())
+    }
 }
