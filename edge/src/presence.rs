@@ -163,11 +163,16 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shutdown.is_triggered() {
         let mut p = edge.presence.clone();
-        let stream = p.watch(pb::WatchRequest { edge_id: edge.edge_id.to_string() }).await;
-        let mut stream = match stream {
-            Ok(s) => s.into_inner(),
-            Err(e) => {
-                tracing::warn!(error = %e, "presence watch failed");
+        // The deadline is ours, not the transport's: an in-process presence
+        // has no channel timeout.
+        let watch = p.watch(pb::WatchRequest { edge_id: edge.edge_id.to_string() });
+        let mut stream = match tokio::time::timeout(edge.config.request_timeout(), watch).await {
+            Ok(Ok(s)) => s.into_inner(),
+            failed => {
+                match failed {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "presence watch failed"),
+                    _ => tracing::warn!("presence watch timed out"),
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = shutdown.triggered() => return,
