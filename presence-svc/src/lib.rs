@@ -167,6 +167,31 @@ impl PresenceRpc for PresenceService {
         Ok(self.change(&r.user_id, |hub, now| hub.close(&r.user_id, &r.edge_id, &r.session_id, now)))
     }
 
+    async fn sessions(&self, req: Request<pb::SessionBatch>) -> Result<Response<pb::Empty>, Status> {
+        let changes = req.into_inner().changes;
+        let mut sessions = Vec::with_capacity(changes.len());
+        for c in changes {
+            let s = c.session.ok_or_else(|| Status::invalid_argument("a session change without its session"))?;
+            check_session(&s)?;
+            sessions.push((s, c.open));
+        }
+        let now = now_ms();
+        let updates = {
+            let mut hub = lock(&self.hub);
+            let mut updates = Vec::new();
+            for (s, open) in &sessions {
+                updates.extend(if *open {
+                    hub.open(&s.user_id, &s.edge_id, &s.session_id, now)
+                } else {
+                    hub.close(&s.user_id, &s.edge_id, &s.session_id, now)
+                });
+            }
+            updates
+        };
+        self.publish(updates);
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::Empty>, Status> {
         lock(&self.hub).heartbeat(&req.into_inner().edge_id, now_ms());
         Ok(Response::new(pb::Empty {}))

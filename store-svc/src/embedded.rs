@@ -407,6 +407,51 @@ fn apply_cursor(tx: &redb::WriteTransaction, chat_id: &str, user_id: &str, seq: 
     Ok(current)
 }
 
+/// A user's chats, most recently active first, at most `limit`.
+fn user_chats(tx: &redb::ReadTransaction, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
+    let user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
+    let cursors = tx.open_table(CURSORS).map_err(internal)?;
+    let messages = tx.open_table(MESSAGES).map_err(internal)?;
+    let sent = tx.open_table(SENT).map_err(internal)?;
+    let deleted = tx.open_table(DELETED).map_err(internal)?;
+    let mut out = Vec::new();
+    for entry in user_chats.range((user_id, "")..).map_err(internal)? {
+        let (key, _) = entry.map_err(internal)?;
+        let (user, chat_id) = key.value();
+        if user != user_id {
+            break;
+        }
+        let Some((chat, last_seq)) = read_chat(tx, chat_id)? else {
+            continue;
+        };
+        let last_read_seq = cursors.get((chat_id, user_id)).map_err(internal)?.map_or(0, |v| v.value());
+        // Unread (CONTRACT §8.7): the messages after the cursor, less
+        // the user's own and the deleted ones, counted from the
+        // indexes, so the cost follows those, not the backlog.
+        let mut unread = last_seq.saturating_sub(last_read_seq);
+        if unread > 0 {
+            let own = (chat_id, user_id, last_read_seq + 1)..=(chat_id, user_id, last_seq);
+            for entry in sent.range(own).map_err(internal)? {
+                entry.map_err(internal)?;
+                unread -= 1;
+            }
+            for entry in deleted.range((chat_id, last_read_seq + 1)..=(chat_id, last_seq)).map_err(internal)? {
+                let (_, sender) = entry.map_err(internal)?;
+                if sender.value() != user_id {
+                    unread = unread.saturating_sub(1);
+                }
+            }
+        }
+        let activity = match read_message(&messages, chat_id, last_seq)? {
+            Some(m) if last_seq > 0 => m.created_at_ms,
+            _ => chat.created_at_ms,
+        };
+        out.push((activity, ChatSummary { chat: Some(chat), last_seq, last_read_seq, unread }));
+    }
+    out.sort_by_key(|s| std::cmp::Reverse(s.0));
+    Ok(out.into_iter().take(limit).map(|(_, s)| s).collect())
+}
+
 fn read_chat(tx: &redb::ReadTransaction, chat_id: &str) -> Result<Option<(Chat, u64)>, StoreError> {
     let chats = tx.open_table(CHATS).map_err(internal)?;
     let Some(bytes) = chats.get(chat_id).map_err(internal)? else {
@@ -441,51 +486,12 @@ impl Store for EmbeddedStore {
 
     async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
         let user_id = user_id.to_string();
-        self.read(move |tx| {
-            let user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
-            let cursors = tx.open_table(CURSORS).map_err(internal)?;
-            let messages = tx.open_table(MESSAGES).map_err(internal)?;
-            let sent = tx.open_table(SENT).map_err(internal)?;
-            let deleted = tx.open_table(DELETED).map_err(internal)?;
-            let mut out = Vec::new();
-            for entry in user_chats.range((user_id.as_str(), "")..).map_err(internal)? {
-                let (key, _) = entry.map_err(internal)?;
-                let (user, chat_id) = key.value();
-                if user != user_id {
-                    break;
-                }
-                let Some((chat, last_seq)) = read_chat(tx, chat_id)? else {
-                    continue;
-                };
-                let last_read_seq =
-                    cursors.get((chat_id, user_id.as_str())).map_err(internal)?.map_or(0, |v| v.value());
-                // Unread (CONTRACT §8.7): the messages after the cursor, less
-                // the user's own and the deleted ones, counted from the
-                // indexes, so the cost follows those, not the backlog.
-                let mut unread = last_seq.saturating_sub(last_read_seq);
-                if unread > 0 {
-                    let own = (chat_id, user_id.as_str(), last_read_seq + 1)..=(chat_id, user_id.as_str(), last_seq);
-                    for entry in sent.range(own).map_err(internal)? {
-                        entry.map_err(internal)?;
-                        unread -= 1;
-                    }
-                    for entry in deleted.range((chat_id, last_read_seq + 1)..=(chat_id, last_seq)).map_err(internal)? {
-                        let (_, sender) = entry.map_err(internal)?;
-                        if sender.value() != user_id {
-                            unread = unread.saturating_sub(1);
-                        }
-                    }
-                }
-                let activity = match read_message(&messages, chat_id, last_seq)? {
-                    Some(m) if last_seq > 0 => m.created_at_ms,
-                    _ => chat.created_at_ms,
-                };
-                out.push((activity, ChatSummary { chat: Some(chat), last_seq, last_read_seq, unread }));
-            }
-            out.sort_by_key(|s| std::cmp::Reverse(s.0));
-            Ok(out.into_iter().take(limit).map(|(_, s)| s).collect())
-        })
-        .await
+        self.read(move |tx| user_chats(tx, &user_id, limit)).await
+    }
+
+    async fn list_users_chats(&self, user_ids: &[String], limit: usize) -> Result<Vec<Vec<ChatSummary>>, StoreError> {
+        let user_ids = user_ids.to_vec();
+        self.read(move |tx| user_ids.iter().map(|user| user_chats(tx, user, limit)).collect()).await
     }
 
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
@@ -636,6 +642,30 @@ mod tests {
             .unwrap();
         assert!(created);
         chat
+    }
+
+    #[tokio::test]
+    async fn several_users_chats_in_one_read_match_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        let batch = AppendBatch {
+            chat_id: chat.id.clone(),
+            messages: vec![msg(&chat.id, 1)],
+            epoch: None,
+            repeats_since_ms: None,
+        };
+        store.append(batch).await.unwrap();
+        let users: Vec<String> = ["bob", "nobody", "alice"].map(String::from).to_vec();
+        let lists = store.list_users_chats(&users, 10).await.unwrap();
+        assert_eq!(lists.len(), 3);
+        for (user, list) in users.iter().zip(&lists) {
+            assert_eq!(list, &store.list_user_chats(user, 10).await.unwrap(), "{user}");
+        }
+        assert!(lists[1].is_empty());
+        // bob has alice's message unread; alice does not.
+        assert_eq!((lists[0][0].unread, lists[2][0].unread), (1, 0));
+        assert!(store.list_users_chats(&[], 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

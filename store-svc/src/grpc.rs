@@ -56,6 +56,16 @@ impl StoreRpc for StoreService {
         Ok(Response::new(pb::ListUserChatsResponse { chats }))
     }
 
+    async fn list_users_chats(
+        &self,
+        req: Request<pb::ListUsersChatsRequest>,
+    ) -> Result<Response<pb::ListUsersChatsResponse>, Status> {
+        let r = req.into_inner();
+        let lists = self.store.list_users_chats(&r.user_ids, r.limit as usize).await?;
+        let lists = lists.into_iter().map(|chats| pb::ListUserChatsResponse { chats }).collect();
+        Ok(Response::new(pb::ListUsersChatsResponse { lists }))
+    }
+
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let r = req.into_inner();
         let batch = AppendBatch {
@@ -187,6 +197,20 @@ impl Store for RemoteStore {
             .await?
             .into_inner();
         Ok(r.chats)
+    }
+
+    async fn list_users_chats(
+        &self,
+        user_ids: &[String],
+        limit: usize,
+    ) -> Result<Vec<Vec<pb::ChatSummary>>, StoreError> {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let req = pb::ListUsersChatsRequest { user_ids: user_ids.to_vec(), limit };
+        let r = self.client.clone().list_users_chats(req).await?.into_inner();
+        if r.lists.len() != user_ids.len() {
+            return Err(StoreError::Internal("store returned a list per user of another request".into()));
+        }
+        Ok(r.lists.into_iter().map(|l| l.chats).collect())
     }
 
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {

@@ -99,6 +99,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError>;
     /// The user's chats, most recently active first, at most `limit`.
     async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError>;
+    /// [`Store::list_user_chats`] for several users at once, in their order.
+    async fn list_users_chats(&self, user_ids: &[String], limit: usize) -> Result<Vec<Vec<ChatSummary>>, StoreError> {
+        let mut lists = Vec::with_capacity(user_ids.len());
+        for user in user_ids {
+            lists.push(self.list_user_chats(user, limit).await?);
+        }
+        Ok(lists)
+    }
     /// Makes `owner` the chat's only writer; returns the new epoch.
     async fn claim(&self, chat_id: &str, owner: &str) -> Result<u64, StoreError>;
     /// Durably appends the whole batch, or nothing if it repeats earlier

@@ -2,7 +2,9 @@
 //! online while any socket is connected on any edge, offline after the
 //! grace window, statuses, throttling, visibility and edge leases.
 
-use confab_proto::v1::{presence_client::PresenceClient, SessionRequest};
+use confab_proto::v1::{
+    presence_client::PresenceClient, GetPresenceRequest, HeartbeatRequest, SessionBatch, SessionChange, SessionRequest,
+};
 use confab_tests::data;
 use confab_tests::Cluster;
 use serde_json::json;
@@ -168,4 +170,43 @@ async fn leaving_the_last_shared_chat_ends_the_subscription() {
     assert_eq!(carol.expect_event("presence:update", T).await["status"], "away");
     assert!(bob.next_event("presence:update", Duration::from_millis(INTERVAL_MS as u64 * 2)).await.is_none());
     let _ = second;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing() {
+    let cluster = cluster().await;
+    let mut p = PresenceClient::connect(cluster.presence_url.clone()).await.unwrap();
+    let change = |user: &str, session: &str, open: bool| SessionChange {
+        session: Some(SessionRequest { user_id: user.into(), edge_id: "edge-b".into(), session_id: session.into() }),
+        open,
+    };
+    // ghost opens and closes in one batch: offline after the grace window;
+    // applied the other way round it would stay online.
+    let batch = vec![change("ghost", "s1", true), change("spirit", "s2", true), change("ghost", "s1", false)];
+    p.sessions(SessionBatch { changes: batch }).await.unwrap();
+    let reader = p.clone();
+    let get = |user: &'static str| {
+        let mut p = reader.clone();
+        async move { p.get(GetPresenceRequest { user_id: user.into() }).await.unwrap().into_inner() }
+    };
+    assert_eq!(get("spirit").await.status, "online");
+    // edge-b keeps its lease, so only the close can take ghost offline.
+    for _ in 0..(GRACE_MS + 300) / 100 {
+        p.heartbeat(HeartbeatRequest { edge_id: "edge-b".into() }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get("ghost").await.status, "offline");
+    assert!(get("ghost").await.last_seen_ms.is_some());
+    assert_eq!(get("spirit").await.status, "online");
+    // One malformed change refuses the whole batch, and nothing in it applies.
+    let mut bad = change("phantom", "s3", true);
+    let broken = SessionChange {
+        session: Some(SessionRequest { session_id: String::new(), ..bad.session.clone().unwrap() }),
+        open: true,
+    };
+    bad.open = true;
+    let refused = p.sessions(SessionBatch { changes: vec![bad, broken] }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let phantom = get("phantom").await;
+    assert_eq!((phantom.status.as_str(), phantom.last_seen_ms), ("offline", None));
 }
