@@ -11,6 +11,7 @@
 //! reconnect elsewhere and recover with `room:join { sinceSeq }`.
 
 pub mod auth;
+mod batch;
 mod conn;
 mod error;
 mod events;
@@ -28,6 +29,7 @@ mod wire;
 mod ws;
 
 use confab_common::{EdgeId, Shutdown};
+use confab_proto::v1 as pb;
 use confab_proto::v1::presence_client::PresenceClient;
 use confab_store::{RemoteStore, Store};
 use engineioxide::config::EngineIoConfig;
@@ -38,8 +40,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
 
-/// Session calls to presence in flight at once (see `Edge::presence_calls`).
-const PRESENCE_CALLS: usize = 64;
+/// Session changes and chat lists waiting for their batched call, and the
+/// most one call carries (see [`batch`]).
+const BATCH_QUEUE: usize = 16_384;
+const MAX_BATCH: usize = 512;
+
+/// A user's chats for the auto-join, or why the store could not say.
+pub(crate) type ChatList = Result<Vec<pb::ChatSummary>, String>;
 
 /// Configuration of an edge process. Every limit has the contract's default.
 #[derive(Debug, Clone, clap::Args)]
@@ -189,10 +196,12 @@ pub(crate) struct Edge {
     pub watchers: presence::Watchers,
     pub store: Arc<dyn Store>,
     pub presence: PresenceClient<GrpcChannel>,
-    /// Session open/close calls to presence in flight at once: a storm of
-    /// connects or disconnects queues here instead of opening thousands of
-    /// streams whose timeouts and cancellations would break the connection.
-    pub presence_calls: Arc<tokio::sync::Semaphore>,
+    /// Session opens and closes, batched into one presence call at a time:
+    /// a storm of connects or disconnects costs a few calls, in order.
+    pub sessions: batch::Batcher<pb::SessionChange, Result<(), String>>,
+    /// Chat lists for CONNECT's auto-join, batched into one store call at a
+    /// time.
+    pub chat_lists: batch::Batcher<String, ChatList>,
     pub shutdown: Shutdown,
     pub metrics: Metrics,
 }
@@ -300,6 +309,35 @@ pub async fn serve(
         .max_buffer_size(config.socket_queue)
         .ws_read_buffer_size(1024)
         .build();
+    let presence = PresenceClient::new(presence);
+    let sessions = {
+        let presence = presence.clone();
+        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, &shutdown, move |changes: Vec<pb::SessionChange>| {
+            let (mut presence, n) = (presence.clone(), changes.len());
+            async move {
+                let call = presence.sessions(pb::SessionBatch { changes });
+                let outcome = match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("presence refused the session changes: {e}")),
+                    Err(_) => Err("presence did not answer in time".to_string()),
+                };
+                vec![outcome; n]
+            }
+        })
+    };
+    let chat_lists = {
+        let (store, limit) = (store.clone(), config.auto_join_limit);
+        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, &shutdown, move |users: Vec<String>| {
+            let store = store.clone();
+            async move {
+                match tokio::time::timeout(timeout, store.list_users_chats(&users, limit)).await {
+                    Ok(Ok(lists)) => lists.into_iter().map(Ok).collect(),
+                    Ok(Err(e)) => vec![Err(format!("store: {e}")); users.len()],
+                    Err(_) => vec![Err("store did not answer in time".to_string()); users.len()],
+                }
+            }
+        })
+    };
     let edge = Arc::new(Edge {
         verifier,
         expiry: Arc::default(),
@@ -309,8 +347,9 @@ pub async fn serve(
         links,
         rooms,
         store,
-        presence: PresenceClient::new(presence),
-        presence_calls: Arc::new(tokio::sync::Semaphore::new(PRESENCE_CALLS)),
+        presence,
+        sessions,
+        chat_lists,
         shutdown: shutdown.clone(),
         metrics: Metrics::default(),
     });

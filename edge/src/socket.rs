@@ -116,17 +116,7 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
         edge_id: edge.edge_id.to_string(),
         session_id: session.session_id.clone(),
     };
-    edge.shutdown.spawn(async move {
-        // Waits its turn (bounded); the timeout covers the call itself.
-        let _permit = edge2.presence_calls.acquire().await;
-        let mut presence = edge2.presence.clone();
-        let call = presence.session_close(req);
-        match tokio::time::timeout(edge2.config.request_timeout(), call).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "presence session close failed"),
-            Err(_) => tracing::warn!("presence session close timed out"),
-        }
-    });
+    edge.shutdown.spawn(async move { session_change(&edge2, req, false).await });
 }
 
 pub type EioSocket = Conn;
@@ -277,12 +267,13 @@ async fn start_session(
     socket: &Arc<EioSocket>,
     identity: crate::auth::Identity,
 ) -> Result<(), ApiError> {
-    let chats = tokio::time::timeout(
-        edge.config.request_timeout(),
-        edge.store.list_user_chats(&identity.user_id, edge.config.auto_join_limit),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+    let listed = tokio::time::timeout(edge.config.request_timeout(), edge.chat_lists.call(identity.user_id.clone()));
+    let chats = match listed.await {
+        Ok(Some(Ok(chats))) => chats,
+        Ok(Some(Err(why))) => return Err(ApiError::unavailable(why)),
+        Ok(None) => return Err(ApiError::unavailable("the edge is shutting down")),
+        Err(_) => return Err(ApiError::unavailable("store did not answer in time")),
+    };
     let session_id = uuid::Uuid::new_v4().to_string();
     let user_id = identity.user_id.clone();
     let _ = socket.data.session.set(Session {
@@ -320,20 +311,27 @@ async fn start_session(
     });
     send(socket, sio::event("session:ready", &ready));
 
-    let _permit = edge.presence_calls.acquire().await;
-    let mut presence = edge.presence.clone();
     let req = pb::SessionRequest { user_id, edge_id: edge.edge_id.to_string(), session_id };
-    match tokio::time::timeout(edge.config.request_timeout(), presence.session_open(req.clone())).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "presence session open failed"),
-        Err(_) => tracing::warn!("presence session open timed out"),
-    }
+    session_change(edge, req.clone(), true).await;
     // A disconnect that raced the start saw no session (or not every
     // room): release what was set up since.
     if socket.data.disconnected.load(Ordering::Acquire) {
         release(edge, socket);
         // The close sent by an earlier release may have overtaken the open.
-        let _ = tokio::time::timeout(edge.config.request_timeout(), presence.session_close(req)).await;
+        session_change(edge, req, false).await;
     }
     Ok(())
+}
+
+/// Tells presence a session opened or closed (batched with the other
+/// sockets' changes); a failure is logged, the socket goes on.
+async fn session_change(edge: &Edge, session: pb::SessionRequest, open: bool) {
+    let change = pb::SessionChange { session: Some(session), open };
+    let what = if open { "open" } else { "close" };
+    match tokio::time::timeout(edge.config.request_timeout(), edge.sessions.call(change)).await {
+        Ok(Some(Ok(()))) => {}
+        Ok(Some(Err(why))) => tracing::warn!(error = %why, "presence session {what} failed"),
+        Ok(None) => tracing::debug!("presence session {what} dropped: shutting down"),
+        Err(_) => tracing::warn!("presence session {what} timed out"),
+    }
 }
