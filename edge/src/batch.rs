@@ -3,11 +3,12 @@
 //!
 //! A connect storm then costs presence and the store a few calls instead of
 //! one per socket, and a single connect still goes out at once (there is no
-//! timer to wait for). One call is in flight at a time, so changes reach
-//! the service in the order they were queued. The queue is bounded: a caller
-//! waits for room within its own deadline.
+//! timer to wait for). At most `in_flight` calls are out at a time; with one,
+//! changes reach the service in the order they were queued. The queue is
+//! bounded: a caller waits for room within its own deadline.
 
 use confab_common::Shutdown;
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,7 +23,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     /// Starts the calling task. `call` answers a batch with one response per
     /// request, in order (it keeps its own deadline); requests it leaves
     /// unanswered get `None`. The task ends at shutdown.
-    pub fn start<F, Fut>(queue: usize, max_batch: usize, shutdown: &Shutdown, call: F) -> Self
+    pub fn start<F, Fut>(queue: usize, max_batch: usize, in_flight: usize, shutdown: &Shutdown, call: F) -> Self
     where
         F: Fn(Vec<Req>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<Resp>> + Send + 'static,
@@ -31,7 +32,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         let stop = shutdown.clone();
         shutdown.spawn(async move {
             tokio::select! {
-                () = run(rx, max_batch.max(1), call) => {}
+                () = run(rx, max_batch.max(1), in_flight.max(1), call) => {}
                 () = stop.triggered() => {}
             }
         });
@@ -46,23 +47,36 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     }
 }
 
-async fn run<Req, Resp, F, Fut>(mut rx: mpsc::Receiver<Queued<Req, Resp>>, max_batch: usize, call: F)
+async fn run<Req, Resp, F, Fut>(mut rx: mpsc::Receiver<Queued<Req, Resp>>, max_batch: usize, in_flight: usize, call: F)
 where
     F: Fn(Vec<Req>) -> Fut,
     Fut: Future<Output = Vec<Resp>>,
 {
-    let mut replies = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
-        let mut requests = Vec::with_capacity(max_batch);
-        for (req, reply) in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())).take(max_batch) {
-            requests.push(req);
-            replies.push(reply);
+    let mut calls = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            first = rx.recv(), if open && calls.len() < in_flight => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let (mut requests, mut replies) = (Vec::new(), Vec::new());
+                let queued = std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()));
+                for (req, reply) in queued.take(max_batch) {
+                    requests.push(req);
+                    replies.push(reply);
+                }
+                let answers = call(requests);
+                calls.push(async move {
+                    for (reply, answer) in replies.into_iter().zip(answers.await) {
+                        let _ = reply.send(answer);
+                    }
+                });
+            }
+            Some(()) = calls.next(), if !calls.is_empty() => {}
+            else => return,
         }
-        let answers = call(requests).await;
-        for (reply, answer) in replies.drain(..).zip(answers) {
-            let _ = reply.send(answer);
-        }
-        replies.clear();
     }
 }
 
@@ -77,7 +91,7 @@ mod tests {
         let shutdown = Shutdown::new();
         let seen: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
         let log = seen.clone();
-        let batcher = Arc::new(Batcher::start(64, 3, &shutdown, move |reqs: Vec<u32>| {
+        let batcher = Arc::new(Batcher::start(64, 3, 1, &shutdown, move |reqs: Vec<u32>| {
             log.lock().unwrap().push(reqs.clone());
             async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -108,9 +122,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_most_in_flight_calls_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let shutdown = Shutdown::new();
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, m) = (now.clone(), most.clone());
+        let batcher = Arc::new(Batcher::start(64, 1, 2, &shutdown, move |reqs: Vec<u32>| {
+            let (n, m) = (n.clone(), m.clone());
+            async move {
+                m.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                reqs
+            }
+        }));
+        let calls: Vec<_> = (0..6)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.call(i).await })
+            })
+            .collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap(), Some(i as u32));
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn unanswered_requests_and_a_stopped_batcher_give_none() {
         let shutdown = Shutdown::new();
-        let batcher = Batcher::start(8, 8, &shutdown, |_reqs: Vec<u32>| async { Vec::<u32>::new() });
+        let batcher = Batcher::start(8, 8, 1, &shutdown, |_reqs: Vec<u32>| async { Vec::<u32>::new() });
         assert_eq!(batcher.call(1).await, None);
         shutdown.trigger();
         tokio::time::sleep(Duration::from_millis(10)).await;

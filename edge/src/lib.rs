@@ -44,6 +44,9 @@ use tonic::transport::Endpoint;
 /// most one call carries (see [`batch`]).
 const BATCH_QUEUE: usize = 16_384;
 const MAX_BATCH: usize = 512;
+/// Chat-list calls in flight at once: they are reads, order does not
+/// matter, and CONNECT waits for them (session changes go one at a time).
+const LIST_CALLS: usize = 4;
 
 /// A user's chats for the auto-join, or why the store could not say.
 pub(crate) type ChatList = Result<Vec<pb::ChatSummary>, String>;
@@ -199,8 +202,8 @@ pub(crate) struct Edge {
     /// Session opens and closes, batched into one presence call at a time:
     /// a storm of connects or disconnects costs a few calls, in order.
     pub sessions: batch::Batcher<pb::SessionChange, Result<(), String>>,
-    /// Chat lists for CONNECT's auto-join, batched into one store call at a
-    /// time.
+    /// Chat lists for CONNECT's auto-join, batched into a few store calls
+    /// at a time.
     pub chat_lists: batch::Batcher<String, ChatList>,
     pub shutdown: Shutdown,
     pub metrics: Metrics,
@@ -312,7 +315,7 @@ pub async fn serve(
     let presence = PresenceClient::new(presence);
     let sessions = {
         let presence = presence.clone();
-        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, &shutdown, move |changes: Vec<pb::SessionChange>| {
+        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, 1, &shutdown, move |changes: Vec<pb::SessionChange>| {
             let (mut presence, n) = (presence.clone(), changes.len());
             async move {
                 let call = presence.sessions(pb::SessionBatch { changes });
@@ -327,7 +330,7 @@ pub async fn serve(
     };
     let chat_lists = {
         let (store, limit) = (store.clone(), config.auto_join_limit);
-        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, &shutdown, move |users: Vec<String>| {
+        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, LIST_CALLS, &shutdown, move |users: Vec<String>| {
             let store = store.clone();
             async move {
                 match tokio::time::timeout(timeout, store.list_users_chats(&users, limit)).await {
