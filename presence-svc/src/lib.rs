@@ -303,7 +303,9 @@ impl Presence {
     /// Runs the clocks and serves gRPC on `listener` until `shutdown` fires.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
         shutdown.spawn(self.service.clone().run_clock(self.tick, shutdown.clone()));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // tonic ignores its own nodelay setting for a stream of our listener's
+        // sockets: without it replies wait for the peer's next packet (Nagle).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tracing::info!("presence-svc serving");
         tonic::transport::Server::builder()
             .add_service(PresenceServer::new(self.service))
