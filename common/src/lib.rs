@@ -1,8 +1,9 @@
 //! Pieces every confab service shares and nothing more: id newtypes, the
-//! client-facing error codes, timestamp formatting, shutdown and telemetry
-//! set-up. Domain logic lives in the service crates.
+//! client-facing error codes, timestamp formatting, shutdown, telemetry
+//! set-up and gRPC listening. Domain logic lives in the service crates.
 
 pub mod error;
+pub mod grpc;
 pub mod ids;
 pub mod shutdown;
 pub mod telemetry;

@@ -155,18 +155,6 @@ type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Prese
 impl PresenceRpc for PresenceService {
     type WatchStream = WatchStream;
 
-    async fn session_open(&self, req: Request<pb::SessionRequest>) -> Result<Response<pb::PresenceState>, Status> {
-        let r = req.into_inner();
-        check_session(&r)?;
-        Ok(self.change(&r.user_id, |hub, now| hub.open(&r.user_id, &r.edge_id, &r.session_id, now)))
-    }
-
-    async fn session_close(&self, req: Request<pb::SessionRequest>) -> Result<Response<pb::PresenceState>, Status> {
-        let r = req.into_inner();
-        check_session(&r)?;
-        Ok(self.change(&r.user_id, |hub, now| hub.close(&r.user_id, &r.edge_id, &r.session_id, now)))
-    }
-
     async fn sessions(&self, req: Request<pb::SessionBatch>) -> Result<Response<pb::Empty>, Status> {
         let changes = req.into_inner().changes;
         let mut sessions = Vec::with_capacity(changes.len());
@@ -303,9 +291,7 @@ impl Presence {
     /// Runs the clocks and serves gRPC on `listener` until `shutdown` fires.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
         shutdown.spawn(self.service.clone().run_clock(self.tick, shutdown.clone()));
-        // tonic ignores its own nodelay setting for a stream of our listener's
-        // sockets: without it replies wait for the peer's next packet (Nagle).
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = confab_common::grpc::incoming(listener);
         tracing::info!("presence-svc serving");
         tonic::transport::Server::builder()
             .add_service(PresenceServer::new(self.service))

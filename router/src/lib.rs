@@ -323,9 +323,7 @@ impl Router {
         let Self { service, detection } = self;
         let membership = service.inner.membership.clone();
         shutdown.spawn(membership.run(service.inner.discovery.clone(), detection, shutdown.clone()));
-        // tonic ignores its own nodelay setting for a stream of our listener's
-        // sockets: without it replies wait for the peer's next packet (Nagle).
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = confab_common::grpc::incoming(listener);
         tracing::info!(node.id = %service.inner.advertise, "router serving");
         tonic::transport::Server::builder()
             .add_service(RouterServer::new(service))

@@ -50,9 +50,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 
 /// Serves any `Store` over gRPC.
 pub async fn serve(store: Arc<dyn Store>, listener: TcpListener, shutdown: Shutdown) -> Result<(), StoreError> {
-    // tonic ignores its own nodelay setting for a stream of our listener's
-    // sockets: without it replies wait for the peer's next packet (Nagle).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = confab_common::grpc::incoming(listener);
     tracing::info!("store-svc serving");
     tonic::transport::Server::builder()
         .add_service(StoreService::new(store).into_server())

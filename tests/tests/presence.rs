@@ -139,7 +139,7 @@ async fn an_edge_that_stops_reporting_takes_its_users_offline() {
     // A fake edge opens a session over gRPC and then falls silent.
     let mut p = PresenceClient::connect(cluster.presence_url.clone()).await.unwrap();
     let req = SessionRequest { user_id: "ghost".into(), edge_id: "edge-that-dies".into(), session_id: "s1".into() };
-    p.session_open(req).await.unwrap();
+    p.sessions(SessionBatch { changes: vec![SessionChange { session: Some(req), open: true }] }).await.unwrap();
     assert_eq!(bob.expect_event("presence:update", T).await["status"], "online");
     let silent = Instant::now();
     let off = bob.expect_event("presence:update", T).await;
