@@ -176,7 +176,8 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let secret = args.jwt_secret.unwrap_or_else(random_secret);
 
     // No network between the services: router and edge share the embedded
-    // store, and the edge calls presence and the router as gRPC services
+    // store, the edge attaches to the router directly (its frames are
+    // passed as they are, not encoded) and calls presence as a gRPC service
     // in-process (no HTTP/2 or socket; messages are still encoded). Presence
     // and router also listen on loopback, as in a cluster.
     let store: Arc<dyn Store> = Arc::new(
@@ -194,7 +195,7 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let router = confab_router::Router::new(router_config, store.clone(), shutdown.clone())?;
     let local = confab_edge::InProcess {
         presence: Some(presence_in_process),
-        routers: [(router_url.clone(), confab_edge::in_process(router.grpc()))].into(),
+        routers: [(router_url.clone(), router.service())].into(),
     };
     let router = router.serve(router_l, shutdown.clone());
 

@@ -241,7 +241,7 @@ where
 pub struct InProcess {
     pub presence: Option<GrpcChannel>,
     /// By the address the router is listed under in `config.routers`.
-    pub routers: std::collections::HashMap<String, GrpcChannel>,
+    pub routers: std::collections::HashMap<String, confab_router::RouterService>,
 }
 
 /// Serves Socket.IO and HTTP on `listener` until `shutdown` fires, with

@@ -21,6 +21,8 @@ use confab_proto::v1 as pb;
 use confab_proto::v1::router_client::RouterClient;
 use confab_router::membership::{Detection, Discovery};
 use confab_router::Ring;
+use confab_router::{FrameStream, RouterService};
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,7 +54,7 @@ pub struct Link {
     pending: Mutex<HashMap<u64, Pending>>,
     connected: AtomicBool,
     /// The router itself when it runs in this process (`confab dev`).
-    local: Option<GrpcChannel>,
+    local: Option<RouterService>,
     /// Since when the stream is down (the link's start counts as down).
     down_since: Mutex<Option<Instant>>,
     ids: Arc<AtomicU64>,
@@ -69,7 +71,7 @@ pub struct Links {
     queue: usize,
     edge_id: String,
     rooms: Arc<Rooms>,
-    local: HashMap<String, GrpcChannel>,
+    local: HashMap<String, RouterService>,
 }
 
 fn unavailable(msg: &str) -> ReplyResult {
@@ -101,8 +103,8 @@ pub struct LinkOptions {
     pub queue: usize,
     /// Deadline of a request, retries included.
     pub timeout: Duration,
-    /// Routers of this process, by address, called in-process.
-    pub local: HashMap<String, GrpcChannel>,
+    /// Routers of this process, by address, attached directly.
+    pub local: HashMap<String, RouterService>,
 }
 
 impl Links {
@@ -364,24 +366,26 @@ async fn connect_once(
     rooms: &Arc<Rooms>,
     shutdown: &Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = match &link.local {
-        Some(local) => local.clone(),
-        None => GrpcChannel::new(
-            Endpoint::from_shared(link.addr.clone())?
+    // Frames to the router: first a hello, then whatever the edge queues.
+    let (stream_tx, stream_rx) = mpsc::channel::<pb::EdgeFrame>(1024);
+    let hello = pb::Hello { edge_id: edge_id.to_string() };
+    stream_tx.send(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(hello)) }).await?;
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(stream_rx);
+    let mut inbound: FrameStream = match &link.local {
+        // A router of this process: no encoding, no HTTP/2.
+        Some(router) => router.attach(outbound.map(Ok)),
+        None => {
+            let channel = Endpoint::from_shared(link.addr.clone())?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_millis(500))
                 .keep_alive_timeout(Duration::from_secs(1))
                 .connect()
-                .await?,
-        ),
+                .await?;
+            let mut client = RouterClient::new(GrpcChannel::new(channel)).max_decoding_message_size(64 * 1024 * 1024);
+            Box::pin(client.edge_stream(outbound).await?.into_inner())
+        }
     };
-    let mut client = RouterClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    // Frames to the router: first a hello, then whatever the edge queues.
-    let (stream_tx, stream_rx) = mpsc::channel::<pb::EdgeFrame>(1024);
-    let hello = pb::Hello { edge_id: edge_id.to_string() };
-    stream_tx.send(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(hello)) }).await?;
-    let mut inbound = client.edge_stream(tokio_stream::wrappers::ReceiverStream::new(stream_rx)).await?.into_inner();
     link.connected.store(true, Ordering::Relaxed);
     *lock(&link.down_since) = None;
     tracing::info!(router = %link.addr, "router stream up");
@@ -403,9 +407,10 @@ async fn connect_once(
                 let Some(frame) = frame else { return Ok(()) };
                 stream_tx.send(frame).await?;
             }
-            msg = inbound.message() => {
-                match msg? {
-                    Some(frame) => handle_frame(link, rooms, frame),
+            msg = inbound.next() => {
+                match msg {
+                    Some(Ok(frame)) => handle_frame(link, rooms, frame),
+                    Some(Err(status)) => return Err(status.into()),
                     None => return Err("router closed the stream".into()),
                 }
             }

@@ -230,7 +230,8 @@ fn unavailable(message: &str) -> pb::reply::Result {
     })
 }
 
-type FrameStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RouterFrame, Status>> + Send>>;
+/// What a router sends an edge.
+pub type FrameStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RouterFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RouterRpc for RouterService {
@@ -245,7 +246,20 @@ impl RouterRpc for RouterService {
     }
 
     async fn edge_stream(&self, req: Request<Streaming<pb::EdgeFrame>>) -> Result<Response<FrameStream>, Status> {
-        let mut inbound = req.into_inner();
+        Ok(Response::new(self.attach(req.into_inner())))
+    }
+}
+
+impl RouterService {
+    /// Attaches one edge stream: `inbound` is what the edge sends, the
+    /// returned stream what the router sends back. Over gRPC this is the
+    /// `EdgeStream` call; an edge of the same process (`confab dev`) calls
+    /// it directly and skips the encoding.
+    pub fn attach<S>(&self, inbound: S) -> FrameStream
+    where
+        S: futures::Stream<Item = Result<pb::EdgeFrame, Status>> + Send + 'static,
+    {
+        let mut inbound = Box::pin(inbound);
         let key = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.inner.config.edge_queue);
         let kill = CancellationToken::new();
@@ -258,19 +272,19 @@ impl RouterRpc for RouterService {
             let mut subscribed = HashSet::new();
             loop {
                 let frame = tokio::select! {
-                    f = inbound.message() => f,
+                    f = inbound.next() => f,
                     () = reader_kill.cancelled() => break,
                     () = shutdown.triggered() => break,
                 };
                 match frame {
-                    Ok(Some(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(r)) })) => {
+                    Some(Ok(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(r)) })) => {
                         this.handle_request(r, &edge, &mut subscribed);
                     }
-                    Ok(Some(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(h)) })) => {
+                    Some(Ok(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(h)) })) => {
                         tracing::info!(edge.id = %h.edge_id, stream = key, "edge attached");
                     }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
                 }
             }
             reader_kill.cancel();
@@ -281,8 +295,7 @@ impl RouterRpc for RouterService {
             }
             tracing::info!(stream = key, "edge detached");
         });
-        let out = tokio_stream::wrappers::ReceiverStream::new(rx).take_until(kill.cancelled_owned());
-        Ok(Response::new(Box::pin(out)))
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).take_until(kill.cancelled_owned()))
     }
 }
 
@@ -312,9 +325,10 @@ impl Router {
         Ok(Self { service: RouterService::new(config, store, shutdown)?, detection })
     }
 
-    /// The gRPC service itself, for a caller in the same process.
-    pub fn grpc(&self) -> RouterServer<RouterService> {
-        RouterServer::new(self.service.clone())
+    /// The service itself, for an edge in the same process
+    /// ([`RouterService::attach`]).
+    pub fn service(&self) -> RouterService {
+        self.service.clone()
     }
 
     /// Joins the membership and serves gRPC on `listener` until `shutdown`
