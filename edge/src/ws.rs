@@ -31,6 +31,8 @@ use tokio::time::Instant;
 const READ_BUFFER: usize = 512;
 /// Queued frames are written once this many bytes are waiting, at the latest.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// A batch buffer larger than this many packets is not kept between writes.
+const KEPT_BATCH: usize = 64;
 
 /// Packets waiting for a connection's task.
 pub struct Outbox {
@@ -77,10 +79,12 @@ impl Outbox {
         }
     }
 
-    /// Everything queued, and whether the connection is to close after it.
-    fn take(&self) -> (VecDeque<Packet>, Option<DisconnectReason>) {
+    /// Moves everything queued into `into` (empty, its buffer reused for
+    /// the next batch), and says whether the connection is to close after it.
+    fn take(&self, into: &mut VecDeque<Packet>) -> Option<DisconnectReason> {
         let mut state = self.lock();
-        (std::mem::take(&mut state.queue), state.closed.clone())
+        std::mem::swap(&mut state.queue, into);
+        state.closed.clone()
     }
 }
 
@@ -168,24 +172,40 @@ async fn run(
     let timer = tokio::time::sleep(ping_interval);
     tokio::pin!(timer);
     let mut awaiting_pong = false;
+    // The batch being written; its buffer is kept for the next one.
+    let mut packets = VecDeque::new();
     loop {
         tokio::select! {
             () = outbox.wake.notified() => {
-                let (packets, closing) = outbox.take();
+                let closing = outbox.take(&mut packets);
                 if !packets.is_empty() {
-                    let write = async {
-                        for p in packets {
-                            ws.feed(Message::Text(p.frame())).await?;
+                    let written = {
+                        let batch = &mut packets;
+                        let write = async {
+                            for p in batch.drain(..) {
+                                ws.feed(Message::Text(p.frame())).await?;
+                            }
+                            ws.flush().await
+                        };
+                        let mut write = std::pin::pin!(write);
+                        // Most writes finish at once: only one that has to
+                        // wait for the socket gets a deadline (and a timer).
+                        match futures::poll!(write.as_mut()) {
+                            std::task::Poll::Ready(r) => Some(r),
+                            std::task::Poll::Pending => tokio::time::timeout(ping_timeout, write).await.ok(),
                         }
-                        ws.flush().await
                     };
-                    match tokio::time::timeout(ping_timeout, write).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return DisconnectReason::TransportError,
-                        Err(_) => {
+                    match written {
+                        Some(Ok(())) => {}
+                        Some(Err(_)) => return DisconnectReason::TransportError,
+                        None => {
                             tracing::info!(sid = %conn.id, "write timed out: closing slow connection");
                             return DisconnectReason::TransportError;
                         }
+                    }
+                    packets.clear();
+                    if packets.capacity() > KEPT_BATCH {
+                        packets = VecDeque::new();
                     }
                 }
                 if let Some(reason) = closing {
@@ -260,12 +280,15 @@ mod tests {
         assert_eq!(outbox.push(&p), Ok(()));
         assert_eq!(outbox.push(&p), Ok(()));
         assert_eq!(outbox.push(&p), Err(EmitError::Full));
-        let (queued, closing) = outbox.take();
+        let mut queued = VecDeque::new();
+        let closing = outbox.take(&mut queued);
         assert_eq!(queued.len(), 2);
         assert!(closing.is_none());
         assert_eq!(queued[0].frame().as_str(), "42[\"x\",{}]");
         outbox.close(DisconnectReason::TransportClose);
         assert_eq!(outbox.push(&p), Err(EmitError::Closed));
-        assert_eq!(outbox.take().1, Some(DisconnectReason::TransportClose));
+        queued.clear();
+        assert_eq!(outbox.take(&mut queued), Some(DisconnectReason::TransportClose));
+        assert!(queued.is_empty());
     }
 }
