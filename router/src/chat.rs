@@ -11,6 +11,7 @@
 
 use crate::edges::{EdgeConn, EdgeRegistry};
 use crate::events;
+use crate::tail::Tail;
 use confab_common::time::now_ms;
 use confab_proto::v1 as pb;
 use confab_proto::v1::{reply::Result as ReplyResult, router_frame::Kind};
@@ -25,6 +26,10 @@ use tokio::time::Instant;
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Recently seen client ids kept in memory before asking the store.
 const RECENT_CLIENT_IDS: usize = 4096;
+/// Messages a chat writer keeps for joins with `sinceSeq`, at most, and
+/// their encoded bytes at most.
+const TAIL_MESSAGES: usize = 256;
+const TAIL_BYTES: usize = 256 * 1024;
 /// Sends appended in one store call at most.
 const MAX_SEND_BATCH: usize = 128;
 
@@ -111,6 +116,8 @@ struct ChatState {
     subscribers: HashMap<u64, EdgeConn>,
     recent: HashMap<(String, String), pb::Message>,
     recent_order: VecDeque<(String, String)>,
+    /// The last messages, for joins with `sinceSeq`.
+    tail: Tail,
     cursors: HashMap<String, u64>,
     typing: HashMap<String, Typing>,
 }
@@ -206,6 +213,7 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, setti
             subscribers: settings.parked.take(&chat_id),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
+            tail: Tail::new(TAIL_MESSAGES, TAIL_BYTES),
             cursors: HashMap::new(),
             typing: HashMap::new(),
         },
@@ -340,11 +348,16 @@ impl ChatState {
         let (missed, has_more) = match op.since_seq {
             Some(since) if since < self.last_seq => {
                 let limit = op.limit.clamp(1, 1000) as usize;
-                let h = store
-                    .history(&self.chat_id, Some(since), Some(self.last_seq + 1), limit)
-                    .await
-                    .map_err(|e| store_error(&e))?;
-                (h.messages, h.has_more)
+                match self.tail.since(since, self.last_seq, limit) {
+                    Some(found) => found,
+                    None => {
+                        let h = store
+                            .history(&self.chat_id, Some(since), Some(self.last_seq + 1), limit)
+                            .await
+                            .map_err(|e| store_error(&e))?;
+                        (h.messages, h.has_more)
+                    }
+                }
             }
             _ => (Vec::new(), false),
         };
@@ -500,6 +513,7 @@ impl ChatState {
             .await
             .map_err(|e| self.fenced_by(e))
             .map_err(|e| store_error(&e))?;
+        self.tail.update(&m);
         self.broadcast(events::message_updated(&m), None);
         Ok(json(events::edit_ack(&m)))
     }
@@ -526,6 +540,7 @@ impl ChatState {
                 .await
                 .map_err(|e| self.fenced_by(e))
                 .map_err(|e| store_error(&e))?;
+            self.tail.update(&m);
             self.broadcast(events::message_deleted(&m), None);
         }
         Ok(json(serde_json::json!({ "messageId": m.id })))
@@ -561,6 +576,7 @@ impl ChatState {
                 .await
                 .map_err(|e| self.fenced_by(e))
                 .map_err(|e| store_error(&e))?;
+            self.tail.update(&m);
             self.broadcast(events::reaction_update(&m, &op.emoji, user, op.add), None);
         }
         Ok(json(serde_json::json!({})))
@@ -742,6 +758,7 @@ impl ChatState {
                     self.last_seq = last;
                     for f in &fresh {
                         self.remember(&f.message);
+                        self.tail.push(&f.message);
                         self.deliver(&f.message);
                     }
                     for f in fresh {
@@ -776,6 +793,7 @@ impl ChatState {
                     let e = self.fenced_by(e);
                     tracing::warn!(chat.id = %self.chat_id, error = %e, "append failed");
                     // Whatever happened, continue from what the store holds.
+                    self.tail.clear();
                     if let Ok((_, last)) = store.get_chat(&self.chat_id).await {
                         self.last_seq = last;
                     }
@@ -873,6 +891,66 @@ mod tests {
         let history = store.history(&chat.id, None, None, 10).await.unwrap();
         let stored: Vec<_> = history.messages.iter().map(|m| (m.seq, m.client_id.as_str())).collect();
         assert_eq!(stored, vec![(1, "c1"), (2, "c2")]);
+        drop(tx);
+        writer.await.unwrap();
+    }
+
+    /// A join with `sinceSeq` is answered from the writer's tail: the same
+    /// messages the store holds, an edit included.
+    #[tokio::test]
+    async fn a_join_since_a_seq_sees_what_the_store_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let new = NewChat {
+            kind: "group".into(),
+            title: None,
+            created_by: "alice".into(),
+            member_ids: vec!["alice".into(), "bob".into()],
+        };
+        let (chat, _) = store.create_chat(new).await.unwrap();
+        let (frames_tx, mut frames) = mpsc::channel(64);
+        let edge = EdgeConn::new(1, frames_tx, tokio_util::sync::CancellationToken::new());
+        let (tx, rx) = mpsc::channel(16);
+        let settings = ChatSettings {
+            store: store.clone(),
+            owner: "router-test".into(),
+            edges: EdgeRegistry::default(),
+            parked: Parked::default(),
+            idle: Duration::from_secs(60),
+            typing_ttl: Duration::from_secs(5),
+            typing_debounce: Duration::from_secs(2),
+        };
+        let writer = tokio::spawn(run_chat(chat.id.clone(), rx, settings));
+        let mut reply = async |cmd: Cmd| {
+            let id = cmd.req_id;
+            tx.send(cmd).await.unwrap();
+            loop {
+                let frame = tokio::time::timeout(Duration::from_secs(5), frames.recv()).await.unwrap().unwrap();
+                if let Some(Kind::Reply(r)) = frame.unwrap().kind {
+                    if r.id == id {
+                        return r.result.unwrap();
+                    }
+                }
+            }
+        };
+        let mut ids = Vec::new();
+        for i in 1..=3 {
+            match reply(send(&format!("c{i}"), &edge, i)).await {
+                ReplyResult::Send(r) => ids.push(r.message.unwrap().id),
+                other => panic!("send: {other:?}"),
+            }
+        }
+        let edit = pb::EditOp { message_id: ids[1].clone(), body: "edited".into() };
+        let cmd = Cmd { req_id: 10, user: "alice".into(), edge: edge.clone(), op: Op::Edit(edit) };
+        assert!(matches!(reply(cmd).await, ReplyResult::Json(_)));
+        let join = pb::JoinOp { since_seq: Some(1), limit: 100 };
+        let cmd = Cmd { req_id: 11, user: "bob".into(), edge: edge.clone(), op: Op::Join(join) };
+        let ReplyResult::Join(joined) = reply(cmd).await else { panic!("join failed") };
+        let stored = store.history(&chat.id, Some(1), None, 100).await.unwrap();
+        assert_eq!(joined.missed, stored.messages);
+        let bodies: Vec<&str> = joined.missed.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, vec!["edited", "body c3"]);
+        assert!(!joined.has_more);
         drop(tx);
         writer.await.unwrap();
     }

@@ -15,6 +15,7 @@ mod edges;
 mod events;
 pub mod membership;
 pub mod ring;
+mod tail;
 
 pub use ring::Ring;
 
