@@ -205,6 +205,8 @@ pub(crate) struct Edge {
     /// Chat lists for CONNECT's auto-join, batched into a few store calls
     /// at a time.
     pub chat_lists: batch::Batcher<String, ChatList>,
+    /// Rate-limit slots leased from presence, spent locally.
+    pub leases: limits::Leases,
     pub shutdown: Shutdown,
     pub metrics: Metrics,
 }
@@ -353,6 +355,7 @@ pub async fn serve(
         presence,
         sessions,
         chat_lists,
+        leases: limits::Leases::default(),
         shutdown: shutdown.clone(),
         metrics: Metrics::default(),
     });
@@ -360,6 +363,7 @@ pub async fn serve(
     shutdown.spawn(presence::run(edge.clone(), heartbeat));
     shutdown.spawn(presence::run_rechecks(edge.clone(), removals_rx));
     shutdown.spawn(recovery::run(edge.clone(), gaps_rx));
+    shutdown.spawn(limits::sweep(edge.clone()));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });

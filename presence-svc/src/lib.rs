@@ -248,16 +248,20 @@ impl PresenceRpc for PresenceService {
         if r.key.is_empty() || r.limit == 0 || r.window_ms == 0 {
             return Err(Status::invalid_argument("key, limit and window_ms are required"));
         }
-        let answer = match self.limiter.acquire(&r.key, r.limit, r.window_ms, now_ms()) {
-            Acquired::Allowed { slot_ms } => pb::AcquireResponse { allowed: true, retry_after_ms: 0, slot_ms },
-            Acquired::Refused { retry_after_ms } => pb::AcquireResponse { allowed: false, retry_after_ms, slot_ms: 0 },
+        let answer = match self.limiter.acquire(&r.key, r.limit, r.window_ms, r.count, now_ms()) {
+            Acquired::Allowed { slot_ms, granted } => {
+                pb::AcquireResponse { allowed: true, retry_after_ms: 0, slot_ms, granted }
+            }
+            Acquired::Refused { retry_after_ms } => {
+                pb::AcquireResponse { allowed: false, retry_after_ms, slot_ms: 0, granted: 0 }
+            }
         };
         Ok(Response::new(answer))
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
-        self.limiter.release(&r.key, r.slot_ms);
+        self.limiter.release(&r.key, r.slot_ms, r.count);
         Ok(Response::new(pb::Empty {}))
     }
 }

@@ -8,8 +8,9 @@ use std::sync::Mutex;
 /// Outcome of an acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acquired {
-    /// Taken; the slot's time identifies it for a release.
-    Allowed { slot_ms: i64 },
+    /// `granted` slots taken, all at `slot_ms` (which identifies them for a
+    /// release).
+    Allowed { slot_ms: i64, granted: u32 },
     /// Full: a slot frees in this many milliseconds.
     Refused { retry_after_ms: u64 },
 }
@@ -20,7 +21,8 @@ pub struct MemoryLimiter {
 }
 
 impl MemoryLimiter {
-    pub fn acquire(&self, key: &str, limit: u32, window_ms: u64, now_ms: i64) -> Acquired {
+    /// Takes up to `count` slots (at least one, or none and a refusal).
+    pub fn acquire(&self, key: &str, limit: u32, window_ms: u64, count: u32, now_ms: i64) -> Acquired {
         let window = i64::try_from(window_ms).unwrap_or(i64::MAX);
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         // Forget idle keys now and then so memory follows active users only.
@@ -31,19 +33,27 @@ impl MemoryLimiter {
         while slots.front().is_some_and(|t| *t <= now_ms - window) {
             slots.pop_front();
         }
-        if slots.len() < limit as usize {
-            slots.push_back(now_ms);
-            return Acquired::Allowed { slot_ms: now_ms };
+        let free = (limit as usize).saturating_sub(slots.len());
+        if free > 0 {
+            let granted = free.min(count.max(1) as usize);
+            slots.extend(std::iter::repeat_n(now_ms, granted));
+            return Acquired::Allowed { slot_ms: now_ms, granted: granted as u32 };
         }
         let oldest = slots.front().copied().unwrap_or(now_ms);
         Acquired::Refused { retry_after_ms: u64::try_from(oldest + window - now_ms).unwrap_or(1).max(1) }
     }
 
-    pub fn release(&self, key: &str, slot_ms: i64) {
+    /// Gives back up to `count` slots taken at `slot_ms`.
+    pub fn release(&self, key: &str, slot_ms: i64, count: u32) {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slots) = keys.get_mut(key) {
-            if let Some(i) = slots.iter().rposition(|t| *t == slot_ms) {
-                slots.remove(i);
+            for _ in 0..count.max(1) {
+                match slots.iter().rposition(|t| *t == slot_ms) {
+                    Some(i) => {
+                        slots.remove(i);
+                    }
+                    None => break,
+                }
             }
         }
     }
@@ -57,16 +67,31 @@ mod tests {
     fn a_sliding_window() {
         let l = MemoryLimiter::default();
         for t in 0..3 {
-            assert!(matches!(l.acquire("u", 3, 1000, t * 100), Acquired::Allowed { .. }));
+            assert!(matches!(l.acquire("u", 3, 1000, 1, t * 100), Acquired::Allowed { granted: 1, .. }));
         }
-        assert_eq!(l.acquire("u", 3, 1000, 500), Acquired::Refused { retry_after_ms: 500 });
+        assert_eq!(l.acquire("u", 3, 1000, 1, 500), Acquired::Refused { retry_after_ms: 500 });
         // Another key is not affected.
-        assert!(matches!(l.acquire("v", 3, 1000, 500), Acquired::Allowed { .. }));
+        assert!(matches!(l.acquire("v", 3, 1000, 1, 500), Acquired::Allowed { .. }));
         // The first slot leaves the window at 1000.
-        assert!(matches!(l.acquire("u", 3, 1000, 1000), Acquired::Allowed { .. }));
-        assert_eq!(l.acquire("u", 3, 1000, 1001), Acquired::Refused { retry_after_ms: 99 });
+        assert!(matches!(l.acquire("u", 3, 1000, 1, 1000), Acquired::Allowed { .. }));
+        assert_eq!(l.acquire("u", 3, 1000, 1, 1001), Acquired::Refused { retry_after_ms: 99 });
         // A released slot is free again.
-        l.release("u", 1000);
-        assert!(matches!(l.acquire("u", 3, 1000, 1001), Acquired::Allowed { slot_ms: 1001 }));
+        l.release("u", 1000, 1);
+        assert!(matches!(l.acquire("u", 3, 1000, 1, 1001), Acquired::Allowed { slot_ms: 1001, granted: 1 }));
+    }
+
+    #[test]
+    fn a_lease_takes_what_is_free_and_gives_back_what_is_left() {
+        let l = MemoryLimiter::default();
+        assert_eq!(l.acquire("u", 10, 1000, 4, 0), Acquired::Allowed { slot_ms: 0, granted: 4 });
+        assert_eq!(l.acquire("u", 10, 1000, 8, 10), Acquired::Allowed { slot_ms: 10, granted: 6 });
+        assert_eq!(l.acquire("u", 10, 1000, 8, 20), Acquired::Refused { retry_after_ms: 980 });
+        // Three of the second lease were not used: they are free again.
+        l.release("u", 10, 3);
+        assert_eq!(l.acquire("u", 10, 1000, 0, 30), Acquired::Allowed { slot_ms: 30, granted: 1 });
+        assert_eq!(l.acquire("u", 10, 1000, 5, 40), Acquired::Allowed { slot_ms: 40, granted: 2 });
+        // Giving back more than was taken at a time frees only those.
+        l.release("u", 40, 9);
+        assert_eq!(l.acquire("u", 10, 1000, 5, 50), Acquired::Allowed { slot_ms: 50, granted: 2 });
     }
 }

@@ -86,3 +86,35 @@ async fn sends_of_one_socket_keep_their_order_through_the_limiter() {
     let bodies: Vec<u64> = got.iter().map(|m| m["body"].as_str().unwrap().parse().unwrap()).collect();
     assert_eq!(bodies, (0..50).collect::<Vec<_>>(), "seqs follow the order the socket sent in");
 }
+
+/// With a larger limit an edge leases several slots at once and spends
+/// them itself; what a lease leaves unspent goes back to presence, so the
+/// user's other edges get the whole limit, and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_slots_left_unspent_go_back_to_the_window() {
+    let cluster = Cluster::builder()
+        .edges(2)
+        .edge_config(|c| {
+            // Leases of 2 slots, spent within 250 ms.
+            c.rate_limit_messages = 16;
+            c.rate_limit_window_ms = 5000;
+        })
+        .build()
+        .await;
+    let chat = cluster.create_chat("alice", "group", &[]).await;
+    let mut a0 = cluster.connect(0, "alice").await;
+    let mut a1 = cluster.connect(1, "alice").await;
+    let send = |id: String| json!({ "chatId": chat, "body": "x", "clientId": id });
+    let ack = a0.call("message:send", send("first".into())).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    // The second slot of edge 0's lease expires unspent and is given back.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for i in 0..15 {
+        let ack = a1.call("message:send", send(format!("m{i}"))).await;
+        assert_eq!(ack["ok"], true, "send {i} of 15 after the first: {ack}");
+    }
+    let limited = a1.call("message:send", send("over".into())).await;
+    assert_eq!(limited["error"], "RATE_LIMITED", "{limited}");
+    let limited = a0.call("message:send", send("over0".into())).await;
+    assert_eq!(limited["error"], "RATE_LIMITED", "{limited}");
+}
