@@ -31,8 +31,6 @@ use tokio::time::Instant;
 const READ_BUFFER: usize = 512;
 /// Queued frames are written once this many bytes are waiting, at the latest.
 const WRITE_BUFFER: usize = 64 * 1024;
-/// A batch buffer larger than this many packets is not kept between writes.
-const KEPT_BATCH: usize = 64;
 
 /// Packets waiting for a connection's task.
 pub struct Outbox {
@@ -79,8 +77,8 @@ impl Outbox {
         }
     }
 
-    /// Moves everything queued into `into` (empty, its buffer reused for
-    /// the next batch), and says whether the connection is to close after it.
+    /// Moves everything queued into `into` (which must be empty), and says
+    /// whether the connection is to close after it.
     fn take(&self, into: &mut VecDeque<Packet>) -> Option<DisconnectReason> {
         let mut state = self.lock();
         std::mem::swap(&mut state.queue, into);
@@ -172,7 +170,7 @@ async fn run(
     let timer = tokio::time::sleep(ping_interval);
     tokio::pin!(timer);
     let mut awaiting_pong = false;
-    // The batch being written; its buffer is kept for the next one.
+    // The batch being written.
     let mut packets = VecDeque::new();
     loop {
         tokio::select! {
@@ -203,10 +201,8 @@ async fn run(
                             return DisconnectReason::TransportError;
                         }
                     }
-                    packets.clear();
-                    if packets.capacity() > KEPT_BATCH {
-                        packets = VecDeque::new();
-                    }
+                    // Not kept: an idle connection holds no batch buffer.
+                    packets = VecDeque::new();
                 }
                 if let Some(reason) = closing {
                     return reason;
