@@ -25,7 +25,7 @@ pub const MAX_LEASE: u32 = 64;
 pub const MAX_HOLD: Duration = Duration::from_millis(250);
 
 /// What the limiter said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Slot {
     Allowed(i64),
     Refused(u64),

@@ -77,12 +77,10 @@ impl Outbox {
         }
     }
 
-    /// Moves everything queued into `into` (which must be empty), and says
-    /// whether the connection is to close after it.
-    fn take(&self, into: &mut VecDeque<Packet>) -> Option<DisconnectReason> {
+    /// Everything queued, and whether the connection is to close after it.
+    fn take(&self) -> (VecDeque<Packet>, Option<DisconnectReason>) {
         let mut state = self.lock();
-        std::mem::swap(&mut state.queue, into);
-        state.closed.clone()
+        (std::mem::take(&mut state.queue), state.closed.clone())
     }
 }
 
@@ -170,28 +168,23 @@ async fn run(
     let timer = tokio::time::sleep(ping_interval);
     tokio::pin!(timer);
     let mut awaiting_pong = false;
-    // The batch being written.
-    let mut packets = VecDeque::new();
     loop {
         tokio::select! {
             () = outbox.wake.notified() => {
-                let closing = outbox.take(&mut packets);
+                let (packets, closing) = outbox.take();
                 if !packets.is_empty() {
-                    let written = {
-                        let batch = &mut packets;
-                        let write = async {
-                            for p in batch.drain(..) {
-                                ws.feed(Message::Text(p.frame())).await?;
-                            }
-                            ws.flush().await
-                        };
-                        let mut write = std::pin::pin!(write);
-                        // Most writes finish at once: only one that has to
-                        // wait for the socket gets a deadline (and a timer).
-                        match futures::poll!(write.as_mut()) {
-                            std::task::Poll::Ready(r) => Some(r),
-                            std::task::Poll::Pending => tokio::time::timeout(ping_timeout, write).await.ok(),
+                    let write = async {
+                        for p in packets {
+                            ws.feed(Message::Text(p.frame())).await?;
                         }
+                        ws.flush().await
+                    };
+                    let mut write = std::pin::pin!(write);
+                    // Most writes finish at once: only one that has to wait
+                    // for the socket gets a deadline (and a timer).
+                    let written = match futures::poll!(write.as_mut()) {
+                        std::task::Poll::Ready(r) => Some(r),
+                        std::task::Poll::Pending => tokio::time::timeout(ping_timeout, write).await.ok(),
                     };
                     match written {
                         Some(Ok(())) => {}
@@ -201,8 +194,6 @@ async fn run(
                             return DisconnectReason::TransportError;
                         }
                     }
-                    // Not kept: an idle connection holds no batch buffer.
-                    packets = VecDeque::new();
                 }
                 if let Some(reason) = closing {
                     return reason;
@@ -276,15 +267,12 @@ mod tests {
         assert_eq!(outbox.push(&p), Ok(()));
         assert_eq!(outbox.push(&p), Ok(()));
         assert_eq!(outbox.push(&p), Err(EmitError::Full));
-        let mut queued = VecDeque::new();
-        let closing = outbox.take(&mut queued);
+        let (queued, closing) = outbox.take();
         assert_eq!(queued.len(), 2);
         assert!(closing.is_none());
         assert_eq!(queued[0].frame().as_str(), "42[\"x\",{}]");
         outbox.close(DisconnectReason::TransportClose);
         assert_eq!(outbox.push(&p), Err(EmitError::Closed));
-        queued.clear();
-        assert_eq!(outbox.take(&mut queued), Some(DisconnectReason::TransportClose));
-        assert!(queued.is_empty());
+        assert_eq!(outbox.take().1, Some(DisconnectReason::TransportClose));
     }
 }

@@ -828,6 +828,29 @@ mod tests {
     use super::*;
     use confab_store::{EmbeddedStore, NewChat};
 
+    /// A group chat of alice and bob.
+    async fn group_chat(store: &Arc<dyn Store>) -> pb::Chat {
+        let new = NewChat {
+            kind: "group".into(),
+            title: None,
+            created_by: "alice".into(),
+            member_ids: vec!["alice".into(), "bob".into()],
+        };
+        store.create_chat(new).await.unwrap().0
+    }
+
+    fn settings(store: &Arc<dyn Store>) -> ChatSettings {
+        ChatSettings {
+            store: store.clone(),
+            owner: "router-test".into(),
+            edges: EdgeRegistry::default(),
+            parked: Parked::default(),
+            idle: Duration::from_secs(60),
+            typing_ttl: Duration::from_secs(5),
+            typing_debounce: Duration::from_secs(2),
+        }
+    }
+
     fn send(client_id: &str, edge: &EdgeConn, req_id: u64) -> Cmd {
         let op = pb::SendOp { body: format!("body {client_id}"), client_id: client_id.into(), ..Default::default() };
         Cmd { req_id, user: "alice".into(), edge: edge.clone(), op: Op::Send(op) }
@@ -839,13 +862,7 @@ mod tests {
     async fn the_store_finds_repeats_this_writer_never_saw() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let new = NewChat {
-            kind: "group".into(),
-            title: None,
-            created_by: "alice".into(),
-            member_ids: vec!["alice".into(), "bob".into()],
-        };
-        let (chat, _) = store.create_chat(new).await.unwrap();
+        let chat = group_chat(&store).await;
         let earlier = pb::Message {
             chat_id: chat.id.clone(),
             id: "earlier".into(),
@@ -866,16 +883,7 @@ mod tests {
         tx.send(send("c2", &edge, 10)).await.unwrap();
         tx.send(send("c1", &edge, 11)).await.unwrap();
         tx.send(send("c2", &edge, 12)).await.unwrap();
-        let settings = ChatSettings {
-            store: store.clone(),
-            owner: "router-test".into(),
-            edges: EdgeRegistry::default(),
-            parked: Parked::default(),
-            idle: Duration::from_secs(60),
-            typing_ttl: Duration::from_secs(5),
-            typing_debounce: Duration::from_secs(2),
-        };
-        let writer = tokio::spawn(run_chat(chat.id.clone(), rx, settings));
+        let writer = tokio::spawn(run_chat(chat.id.clone(), rx, settings(&store)));
 
         let mut acks = HashMap::new();
         while acks.len() < 3 {
@@ -901,26 +909,11 @@ mod tests {
     async fn a_join_since_a_seq_sees_what_the_store_holds() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let new = NewChat {
-            kind: "group".into(),
-            title: None,
-            created_by: "alice".into(),
-            member_ids: vec!["alice".into(), "bob".into()],
-        };
-        let (chat, _) = store.create_chat(new).await.unwrap();
+        let chat = group_chat(&store).await;
         let (frames_tx, mut frames) = mpsc::channel(64);
         let edge = EdgeConn::new(1, frames_tx, tokio_util::sync::CancellationToken::new());
         let (tx, rx) = mpsc::channel(16);
-        let settings = ChatSettings {
-            store: store.clone(),
-            owner: "router-test".into(),
-            edges: EdgeRegistry::default(),
-            parked: Parked::default(),
-            idle: Duration::from_secs(60),
-            typing_ttl: Duration::from_secs(5),
-            typing_debounce: Duration::from_secs(2),
-        };
-        let writer = tokio::spawn(run_chat(chat.id.clone(), rx, settings));
+        let writer = tokio::spawn(run_chat(chat.id.clone(), rx, settings(&store)));
         let mut reply = async |cmd: Cmd| {
             let id = cmd.req_id;
             tx.send(cmd).await.unwrap();
