@@ -5,17 +5,17 @@
 //!   polling session (what `socket.io-client` does by default);
 //! - the edge's own lean WebSocket path ([`crate::ws`]) for clients that open
 //!   a WebSocket directly (`transports: ["websocket"]`, most mobile and
-//!   server clients): one task per connection, no per-socket channel, and
-//!   every packet queued while the task was busy goes out in one write.
+//!   server clients): packets are written to the socket by whoever emits
+//!   them, one write per socket per fan-out batch.
 //!
-//! Packets are encoded once per edge as [`Packet`] and shared by every
-//! socket they go to.
+//! Packets are encoded once per edge as [`Packet`], WebSocket frame header
+//! included, and shared by every socket they go to.
 
 use crate::socket::SocketData;
 use crate::ws::Outbox;
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use engineioxide::{socket::Sid, DisconnectReason, Str};
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 /// An engineioxide socket; its data points back at our [`Conn`].
 pub type EngineSocket = engineioxide::Socket<EngineData>;
@@ -26,11 +26,12 @@ pub struct EngineData(pub std::sync::OnceLock<std::sync::Arc<Conn>>);
 
 /// A Socket.IO packet, encoded once per edge in both forms its transports
 /// send, and shared (reference counted) by every socket it goes to: no
-/// per-socket copy or UTF-8 check.
+/// per-socket encoding or UTF-8 check.
 #[derive(Clone, Debug)]
 pub struct Packet {
-    /// The Engine.IO message text, `4` included: the lean path's frame.
-    frame: Utf8Bytes,
+    /// The whole WebSocket text frame (header, `4`, the packet): what the
+    /// lean path copies into a socket's outbox.
+    ws: Bytes,
     /// The Socket.IO packet alone (engineioxide adds the `4` itself).
     sio: Str,
 }
@@ -38,22 +39,40 @@ pub struct Packet {
 impl Packet {
     /// Frames one Socket.IO packet (as built by [`crate::sio`]).
     pub fn new(sio: &str) -> Self {
-        let mut s = String::with_capacity(sio.len() + 1);
-        s.push('4');
-        s.push_str(sio);
-        Self { frame: Utf8Bytes::from(s), sio: Str::copy_from_slice(sio) }
+        Self { ws: ws_text_frame(&["4", sio]), sio: Str::copy_from_slice(sio) }
     }
 
-    /// An Engine.IO packet other than a message (`2` ping, `3` pong); the
-    /// lean path only.
-    pub(crate) fn raw(eio: &'static str) -> Self {
-        Self { frame: Utf8Bytes::from_static(eio), sio: Str::from("") }
+    /// An Engine.IO packet other than a message (`0` open, `2` ping, `3`
+    /// pong); the lean path only.
+    pub(crate) fn engine(eio: String) -> Self {
+        Self { ws: ws_text_frame(&[&eio]), sio: Str::from("") }
     }
 
-    /// The WebSocket text frame.
-    pub fn frame(&self) -> Utf8Bytes {
-        self.frame.clone()
+    /// The WebSocket frame, header included.
+    pub fn ws_frame(&self) -> &[u8] {
+        &self.ws
     }
+}
+
+/// An unmasked, final WebSocket text frame (RFC 6455 §5.2) holding `parts`
+/// one after the other.
+fn ws_text_frame(parts: &[&str]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut frame = Vec::with_capacity(len + 10);
+    frame.push(0x81); // FIN, text
+    if len < 126 {
+        frame.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        frame.push(126);
+        frame.extend_from_slice(&len.to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    for p in parts {
+        frame.extend_from_slice(p.as_bytes());
+    }
+    Bytes::from(frame)
 }
 
 /// Why an emit did not queue its packet.
@@ -66,7 +85,7 @@ pub enum EmitError {
 
 enum Transport {
     Engine(Weak<EngineSocket>),
-    Ws(Outbox),
+    Ws(Arc<Outbox>),
 }
 
 /// What the handshake request carried that CONNECT may need (CONTRACT §2:
@@ -103,7 +122,7 @@ impl Conn {
         }
     }
 
-    pub fn ws(outbox: Outbox, handshake: Handshake) -> Self {
+    pub fn ws(outbox: Arc<Outbox>, handshake: Handshake) -> Self {
         Self {
             id: Sid::new(),
             data: SocketData::default(),
@@ -115,14 +134,6 @@ impl Conn {
     /// The handshake's token sources, once (CONNECT is accepted only once).
     pub fn take_handshake(&self) -> Handshake {
         self.handshake.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
-    }
-
-    /// The queue of a connection on the lean WebSocket path.
-    pub(crate) fn outbox(&self) -> Option<&Outbox> {
-        match &self.transport {
-            Transport::Ws(outbox) => Some(outbox),
-            Transport::Engine(_) => None,
-        }
     }
 
     /// Queues a packet; never waits.
@@ -150,5 +161,28 @@ impl Conn {
             }
             Transport::Ws(outbox) => outbox.close(reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_the_length_in_the_form_its_size_needs() {
+        // RFC 6455 §5.2: 7 bits up to 125, then 16 bits, then 64 bits.
+        for (len, header) in
+            [(125, vec![0x81, 125]), (126, vec![0x81, 126, 0, 126]), (65_535, vec![0x81, 126, 255, 255])]
+        {
+            let frame = ws_text_frame(&[&"a".repeat(len)]);
+            assert_eq!(&frame[..header.len()], &header[..], "len {len}");
+            assert_eq!(frame.len(), header.len() + len);
+        }
+        let frame = ws_text_frame(&["4", &"b".repeat(65_535)]);
+        assert_eq!(&frame[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(&frame[10..12], b"4b");
+        let p = Packet::new("0");
+        assert_eq!(p.ws_frame(), &[0x81, 2, b'4', b'0']);
+        assert_eq!(&*p.sio, "0");
     }
 }

@@ -19,6 +19,7 @@ mod expiry;
 mod http;
 mod limits;
 mod link;
+mod listener;
 mod presence;
 mod recovery;
 mod rooms;
@@ -371,14 +372,7 @@ pub async fn serve(
         .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
         .layer(axum::middleware::from_fn_with_state(handler, ws::intercept));
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
-    // Nagle would hold a socket's next frame until the client acks the last
-    // one, and clients delay their acks (up to 40 ms on Linux).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    axum::serve(listener, app.into_make_service())
+    axum::serve(listener::Shared(listener), app.into_make_service_with_connect_info::<listener::Socket>())
         .with_graceful_shutdown(async move { shutdown.triggered().await })
         .await?;
     Ok(())

@@ -22,7 +22,7 @@ use confab_proto::v1::router_client::RouterClient;
 use confab_router::membership::{Detection, Discovery};
 use confab_router::Ring;
 use confab_router::{FrameStream, RouterService};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,6 +39,10 @@ pub type ReplyResult = pb::reply::Result;
 /// run again when the request is retried.
 pub type OnReply = Arc<dyn Fn(&ReplyResult) + Send + Sync>;
 
+/// Router frames fanned out as one batch at most (see [`crate::ws::batched`]).
+const BATCH_FRAMES: usize = 64;
+/// Why a router stream ended.
+type StreamEnd = Box<dyn std::error::Error + Send + Sync>;
 /// Pause between two tries of a request.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -365,7 +369,7 @@ async fn connect_once(
     edge_id: &str,
     rooms: &Arc<Rooms>,
     shutdown: &Shutdown,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), StreamEnd> {
     // Frames to the router: first a hello, then whatever the edge queues.
     let (stream_tx, stream_rx) = mpsc::channel::<pb::EdgeFrame>(1024);
     let hello = pb::Hello { edge_id: edge_id.to_string() };
@@ -408,10 +412,25 @@ async fn connect_once(
                 stream_tx.send(frame).await?;
             }
             msg = inbound.next() => {
-                match msg {
-                    Some(Ok(frame)) => handle_frame(link, rooms, frame),
-                    Some(Err(status)) => return Err(status.into()),
-                    None => return Err("router closed the stream".into()),
+                // This frame and whatever else has already arrived are fanned
+                // out as one batch: one socket write per client for all.
+                let ended: Option<StreamEnd> = crate::ws::batched(|| {
+                    let (mut msg, mut handled) = (msg, 0);
+                    loop {
+                        match msg {
+                            Some(Ok(frame)) => handle_frame(link, rooms, frame),
+                            Some(Err(status)) => return Some(status.into()),
+                            None => return Some("router closed the stream".into()),
+                        }
+                        handled += 1;
+                        if handled == BATCH_FRAMES {
+                            return None;
+                        }
+                        msg = inbound.next().now_or_never()?;
+                    }
+                });
+                if let Some(e) = ended {
+                    return Err(e);
                 }
             }
             () = shutdown.triggered() => return Ok(()),
