@@ -266,11 +266,9 @@ impl Links {
                     .map(|l| l.addr.clone())
                     .collect()
             };
-            let ring = Arc::new(Ring::new(live));
             let old = self.ring();
-            if ring.routers() == old.routers() {
-                continue;
-            }
+            let Some(ring) = old.changed(live) else { continue };
+            let ring = Arc::new(ring);
             tracing::info!(routers = ?ring.routers(), "router ring changed");
             *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring.clone();
             for chat_id in self.rooms.chats() {

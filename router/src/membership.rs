@@ -137,9 +137,7 @@ impl Membership {
             let mut live: Vec<String> =
                 peers.iter().filter(|(_, p)| p.last_ok.elapsed() < detection.window).map(|(a, _)| a.clone()).collect();
             live.push(self.me.clone());
-            let ring = Ring::new(live);
-            let changed = ring.routers() != self.ring().routers();
-            if changed {
+            if let Some(ring) = self.ring().changed(live) {
                 tracing::info!(routers = ?ring.routers(), "router ring changed");
                 *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
             }

@@ -43,10 +43,23 @@ impl Ring {
         Self::with_vnodes(routers, DEFAULT_VNODES)
     }
 
-    pub fn with_vnodes(routers: impl IntoIterator<Item = String>, vnodes: usize) -> Self {
+    /// A ring of `routers` unless it would hold the same routers as this one
+    /// (building one hashes every virtual node: membership checks this
+    /// first, several times a second).
+    pub fn changed(&self, routers: impl IntoIterator<Item = String>) -> Option<Self> {
+        let routers = Self::normalize(routers);
+        (routers != self.routers).then(|| Self::with_vnodes(routers, DEFAULT_VNODES))
+    }
+
+    fn normalize(routers: impl IntoIterator<Item = String>) -> Vec<String> {
         let mut routers: Vec<String> = routers.into_iter().collect();
         routers.sort();
         routers.dedup();
+        routers
+    }
+
+    pub fn with_vnodes(routers: impl IntoIterator<Item = String>, vnodes: usize) -> Self {
+        let routers = Self::normalize(routers);
         let mut nodes = Vec::with_capacity(routers.len() * vnodes);
         for (router, addr) in routers.iter().enumerate() {
             let addr: std::sync::Arc<str> = addr.as_str().into();
@@ -76,6 +89,11 @@ mod tests {
     fn placement_ignores_listing_order() {
         let a = Ring::new(["http://r1".to_string(), "http://r2".into(), "http://r3".into()]);
         let b = Ring::new(["http://r3".to_string(), "http://r1".into(), "http://r2".into()]);
+        assert!(a
+            .changed(["http://r2".to_string(), "http://r3".into(), "http://r1".into(), "http://r1".into()])
+            .is_none());
+        let c = a.changed(["http://r2".to_string(), "http://r3".into()]).expect("one router fewer");
+        assert_eq!(c.routers(), ["http://r2", "http://r3"]);
         for i in 0..1000 {
             let chat = format!("chat-{i}");
             assert_eq!(a.owner(&chat), b.owner(&chat));
