@@ -64,12 +64,23 @@ impl User {
             s => s,
         }
     }
+
+    /// Whether the clock still has something to do for this user: a grace
+    /// window running, an update held back, or an offline not yet shown.
+    fn pending(&self) -> bool {
+        self.closing_at.is_some()
+            || self.published != Some(self.visible())
+            || (self.sessions.is_empty() && self.shown != "offline")
+    }
 }
 
 #[derive(Default)]
 pub struct Hub {
     pub windows: Windows,
     users: HashMap<String, User>,
+    /// Users the clock has something to do for (see `User::pending`): a
+    /// tick looks at these, not at every user.
+    pending: HashSet<String>,
     /// Edge -> last heartbeat.
     leases: HashMap<String, i64>,
 }
@@ -145,11 +156,21 @@ impl Hub {
         }
         let due = u.published != Some(u.shown) && u.published_at.is_none_or(|t| now - t >= interval);
         if !due {
+            self.mark(user);
             return Vec::new();
         }
         u.published = Some(u.shown);
         u.published_at = Some(now);
-        vec![self.seen_by(user, "", now)]
+        let out = vec![self.seen_by(user, "", now)];
+        self.mark(user);
+        out
+    }
+
+    /// Leaves `user` to the clock if it still has something to do for it.
+    fn mark(&mut self, user: &str) {
+        if self.users.get(user).is_some_and(User::pending) && !self.pending.contains(user) {
+            self.pending.insert(user.to_string());
+        }
     }
 
     /// Runs the clocks: grace windows that ended, throttled updates whose
@@ -159,27 +180,30 @@ impl Hub {
             self.leases.iter().filter(|(_, t)| now - **t >= self.windows.lease_ms).map(|(e, _)| e.clone()).collect();
         for edge in &dead {
             self.leases.remove(edge);
-            for u in self.users.values_mut() {
+            for (id, u) in self.users.iter_mut() {
                 let before = u.sessions.len();
                 u.sessions.retain(|(e, _)| e != edge);
                 if before > 0 && u.sessions.is_empty() {
                     // A dead edge's users are offline at once (the lease was the grace).
                     u.closing_at = None;
                     u.last_visible_ms = Some(now);
+                    self.pending.insert(id.clone());
                 }
             }
         }
         let grace = self.windows.offline_grace_ms;
         let mut out = Vec::new();
         let ids: Vec<String> = self
-            .users
+            .pending
             .iter()
-            .filter(|(_, u)| {
-                u.closing_at.is_some_and(|t| now - t >= grace)
-                    || u.published != Some(u.visible())
-                    || (u.sessions.is_empty() && u.closing_at.is_none() && u.shown != "offline")
+            .filter(|id| {
+                self.users.get(*id).is_some_and(|u| {
+                    u.closing_at.is_some_and(|t| now - t >= grace)
+                        || u.published != Some(u.visible())
+                        || (u.sessions.is_empty() && u.closing_at.is_none() && u.shown != "offline")
+                })
             })
-            .map(|(id, _)| id.clone())
+            .cloned()
             .collect();
         for id in ids {
             let u = self.user(&id);
@@ -194,6 +218,8 @@ impl Hub {
             }
             out.extend(self.changed(&id, now));
         }
+        let users = &self.users;
+        self.pending.retain(|id| users.get(id).is_some_and(User::pending));
         out
     }
 }
@@ -243,9 +269,25 @@ mod tests {
         assert!(h.set_status("u", "online", 2200).is_empty());
         assert!(h.set_status("u", "busy", 2300).is_empty());
         assert!(h.tick(3999).is_empty());
+        assert_eq!(h.pending.len(), 1, "the held update is the clock's");
         assert_eq!(statuses(&h.tick(4000)), vec![("u", "busy")]);
+        assert!(h.pending.is_empty(), "nothing left for the clock");
         // Back to a state already published: nothing to send.
         assert!(h.tick(9000).is_empty());
+    }
+
+    #[test]
+    fn the_clock_looks_only_at_users_it_has_something_to_do_for() {
+        let mut h = hub();
+        for i in 0..1000 {
+            h.open(&format!("u{i}"), "e1", "s", 0);
+        }
+        assert!(h.pending.is_empty(), "every open was published at once");
+        h.close("u7", "e1", "s", 100);
+        assert_eq!(h.pending.iter().collect::<Vec<_>>(), ["u7"]);
+        assert!(h.tick(200).is_empty());
+        assert_eq!(statuses(&h.tick(5100)), vec![("u7", "offline")]);
+        assert!(h.pending.is_empty());
     }
 
     #[test]
@@ -267,6 +309,7 @@ mod tests {
         h.heartbeat("alive", 20_000);
         assert!(h.tick(29_999).is_empty());
         assert_eq!(statuses(&h.tick(30_000)), vec![("u", "offline")]);
+        assert!(h.pending.is_empty());
         assert_eq!(h.seen_by("w", "v", 30_000).status, "online");
     }
 }
