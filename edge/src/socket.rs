@@ -284,32 +284,45 @@ async fn start_session(
     edge.metrics.sessions.fetch_add(1, Ordering::Relaxed);
     edge.rooms.join_user(&user_id, socket);
     edge.expiry.watch(identity.expires_at, socket);
-    send(socket, sio::connect_ok("/", &socket.id.to_string()));
-
-    // Subscribe this edge to the chats it had no socket of yet.
+    // Subscribe this edge to the chats it had no socket of yet. The CONNECT
+    // ack goes first; when no subscribe is needed, `session:ready` goes in
+    // the same write.
     let mut waits = Vec::new();
     let mut listed = Vec::with_capacity(chats.len());
-    for s in &chats {
-        let Some(chat) = &s.chat else { continue };
-        if join_chat(edge, socket, &chat.id, s.last_seq) {
-            waits.push(edge.links.request(&chat.id, &user_id, pb::request::Op::Subscribe(pb::SubscribeOp {}), None));
+    let ready = |listed: &[Value]| {
+        let ready = json!({
+            "userId": user_id,
+            "sessionId": session_id,
+            "serverTime": confab_common::time::iso8601(confab_common::time::now_ms()),
+            "chats": listed,
+        });
+        send(socket, sio::event("session:ready", &ready));
+    };
+    let sent = crate::ws::batched(|| {
+        send(socket, sio::connect_ok("/", &socket.id.to_string()));
+        for s in &chats {
+            let Some(chat) = &s.chat else { continue };
+            if join_chat(edge, socket, &chat.id, s.last_seq) {
+                let op = pb::request::Op::Subscribe(pb::SubscribeOp {});
+                waits.push(edge.links.request(&chat.id, &user_id, op, None));
+            }
+            listed.push(
+                json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }),
+            );
         }
-        listed.push(
-            json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }),
-        );
-    }
-    for r in futures::future::join_all(waits).await {
-        if let Err(e) = crate::error::from_reply(r) {
-            tracing::warn!(user.id = %user_id, error = %e.message, "auto-join subscribe failed");
+        waits.is_empty() && {
+            ready(&listed);
+            true
         }
-    }
-    let ready = json!({
-        "userId": user_id,
-        "sessionId": session_id,
-        "serverTime": confab_common::time::iso8601(confab_common::time::now_ms()),
-        "chats": listed,
     });
-    send(socket, sio::event("session:ready", &ready));
+    if !sent {
+        for r in futures::future::join_all(waits).await {
+            if let Err(e) = crate::error::from_reply(r) {
+                tracing::warn!(user.id = %user_id, error = %e.message, "auto-join subscribe failed");
+            }
+        }
+        ready(&listed);
+    }
 
     let req = pb::SessionRequest { user_id, edge_id: edge.edge_id.to_string(), session_id };
     session_change(edge, req.clone(), true).await;
