@@ -140,6 +140,10 @@ impl Bench {
         connections: usize,
         args: &[String],
     ) -> anyhow::Result<serde_json::Value> {
+        // What earlier runs left for the disk is written now, not during
+        // this run (confab's store fsyncs, and would wait for it).
+        let synced = Command::new("sync").status().context("running sync")?;
+        anyhow::ensure!(synced.success(), "sync failed: {synced}");
         // A port picked free can be taken by the time a server binds it:
         // try again with fresh ports.
         let mut attempt = 0;
