@@ -144,6 +144,12 @@ impl Bench {
         // this run (confab's store fsyncs, and would wait for it).
         let synced = Command::new("sync").status().context("running sync")?;
         anyhow::ensure!(synced.success(), "sync failed: {synced}");
+        // confab's store fsyncs every commit: note what the disk gave just
+        // before the run, so a reader can tell the disk's stalls from ours.
+        let disk = match target {
+            Target::ConfabDev | Target::ConfabCluster => Some(probe_disk(&self.env.work, DISK_PROBE)?),
+            _ => None,
+        };
         // A port picked free can be taken by the time a server binds it:
         // try again with fresh ports.
         let mut attempt = 0;
@@ -180,8 +186,43 @@ impl Bench {
             anyhow::bail!("loadgen failed: {}", why.join(" / "));
         }
         let last = stdout.lines().last().unwrap_or("");
-        serde_json::from_str(last).context("loadgen printed no JSON report")
+        let mut report: serde_json::Value = serde_json::from_str(last).context("loadgen printed no JSON report")?;
+        if let (Some(disk), Some(fields)) = (disk, report.as_object_mut()) {
+            fields.insert("disk_fsync_ms".into(), disk);
+        }
+        Ok(report)
     }
+}
+
+/// The disk probe's figure for confab's targets, "–" for the others.
+fn disk(t: Target, probe: Option<stats::Spread>) -> String {
+    match t {
+        Target::ConfabDev | Target::ConfabCluster => fmt(probe, 1),
+        _ => "–".into(),
+    }
+}
+
+/// How long the disk is probed before each confab run.
+const DISK_PROBE: Duration = Duration::from_millis(500);
+
+/// 4 KiB written over and over to one place in a file of `dir`, each
+/// followed by `fdatasync`, for `time`: the latencies' p50, p99 and max in
+/// milliseconds.
+fn probe_disk(dir: &std::path::Path, time: Duration) -> anyhow::Result<serde_json::Value> {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("fsync-probe"))?;
+    let (block, end) = ([7u8; 4096], Instant::now() + time);
+    let mut ms = Vec::new();
+    while Instant::now() < end {
+        file.write_all_at(&block, 0)?;
+        let t = Instant::now();
+        file.sync_data()?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    Ok(serde_json::json!({ "p50": at(0.5), "p99": at(0.99), "max": at(1.0), "samples": ms.len() }))
 }
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -345,7 +386,7 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
     }
 
     if has("fanout") {
-        md.push_str("## S2 group fan-out (10 chats × 100)\n\n| target | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | lost | loadgen CPU % |\n|---|---|---|---|---|---|---|---|\n");
+        md.push_str("## S2 group fan-out (10 chats × 100)\n\n| target | sent/s | delivered/s | p50 ms | p99 ms | p99.9 ms | lost | loadgen CPU % | disk fsync max ms |\n|---|---|---|---|---|---|---|---|---|\n");
         let (mut p99_series, mut best) = (Vec::new(), Vec::new());
         for &t in targets {
             let mut points = Vec::new();
@@ -353,7 +394,7 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
             for rate in params("fanout", t) {
                 let f = |p: &str| field(records, "fanout", t, rate, p);
                 md.push_str(&format!(
-                    "| {} | {rate:.0} | {} | {} | {} | {} | {} | {} |\n",
+                    "| {} | {rate:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
                     t.name(),
                     fmt(f("/delivered_per_sec"), 0),
                     fmt(f("/delivery_ms/p50"), 1),
@@ -361,6 +402,7 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
                     fmt(f("/delivery_ms/p999"), 1),
                     fmt(f("/lost"), 0),
                     fmt(f("/loadgen_cpu/max_core_percent"), 0),
+                    disk(t, f("/disk_fsync_ms/max")),
                 ));
                 if let Some(p) = f("/delivery_ms/p99") {
                     points.push((rate, p.median));
@@ -402,12 +444,12 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
     }
 
     if has("dm") {
-        md.push_str("## S3 direct messages (5,000 two-person chats, 1,000 msgs/s)\n\n| target | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | loadgen CPU % |\n|---|---|---|---|---|---|---|---|\n");
+        md.push_str("## S3 direct messages (5,000 two-person chats, 1,000 msgs/s)\n\n| target | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | loadgen CPU % | disk fsync max ms |\n|---|---|---|---|---|---|---|---|---|\n");
         for &t in targets {
             for rate in params("dm", t) {
                 let f = |p: &str| field(records, "dm", t, rate, p);
                 md.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                     t.name(),
                     fmt(f("/delivered_per_sec"), 0),
                     fmt(f("/delivery_ms/p50"), 1),
@@ -416,6 +458,7 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
                     fmt(f("/delivery_ms/max"), 1),
                     fmt(f("/lost"), 0),
                     fmt(f("/loadgen_cpu/max_core_percent"), 0),
+                    disk(t, f("/disk_fsync_ms/max")),
                 ));
             }
         }
