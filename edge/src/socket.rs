@@ -310,10 +310,11 @@ async fn start_session(
                 json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }),
             );
         }
-        waits.is_empty() && {
-            ready(&listed);
-            true
+        if !waits.is_empty() {
+            return false;
         }
+        ready(&listed);
+        true
     });
     if !sent {
         for r in futures::future::join_all(waits).await {

@@ -182,10 +182,6 @@ impl Outbox {
                 if state.broken {
                     return false;
                 }
-                if state.sent >= state.buf.len() {
-                    state.waiting = false;
-                    return true;
-                }
                 state.waiting = false;
                 self.write_locked(&mut state);
                 if !state.waiting {
