@@ -1,14 +1,21 @@
-//! The embedded default: one redb file, one writer thread with group commit.
+//! The embedded default: one redb file behind a write-ahead log, one writer
+//! thread with group commit.
 //!
-//! Writes go through a bounded queue to a single thread that takes every
-//! write waiting (up to [`MAX_BATCH`]), applies them in one transaction and
-//! commits it (redb fsyncs on commit) before answering any of them. Reads
-//! open their own read transactions on the blocking pool.
+//! Writes go through a bounded queue to a single thread ([`writer`]) that
+//! takes every write waiting and applies them to its open transaction,
+//! whose tables record each change they make. It appends those changes to
+//! the log ([`crate::wal`]) and syncs it before answering; redb itself is
+//! committed when a reader needs it, on a clock, and durably at
+//! checkpoints. Opening the store redoes the log's records since the last
+//! checkpoint, so a restart or a crash loses nothing that was answered.
+//! Reads first make sure every answered write is committed, then open their
+//! own read transactions on the blocking pool.
 
 use crate::store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
+use crate::wal::{self, Wal};
 use confab_proto::v1::{Chat, ChatSummary, Member, Message};
 use prost::Message as _;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -31,9 +38,13 @@ const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursor
 const SENT: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("sent");
 /// (chat, seq) → sender of each deleted message.
 const DELETED: TableDefinition<(&str, u64), &str> = TableDefinition::new("deleted");
+/// The generation of log records not yet checkpointed into the tables.
+const WAL_GENERATION: &str = "wal_generation";
 
-const MAX_BATCH: usize = 512;
 const WRITE_QUEUE: usize = 4096;
+
+mod writer;
+use writer::{redo_change, Logged, Visibility, Writer, Wtx, META};
 
 enum Write {
     CreateChat(NewChat, oneshot::Sender<Result<(Chat, bool), StoreError>>),
@@ -42,6 +53,8 @@ enum Write {
     Claim(String, String, oneshot::Sender<Result<u64, StoreError>>),
     SetCursor(String, String, u64, oneshot::Sender<Result<u64, StoreError>>),
     SaveChat(Chat, Vec<String>, bool, Option<u64>, oneshot::Sender<Result<u64, StoreError>>),
+    /// Commit what has been answered, so that reads see it.
+    Visible(writer::VisibleReply),
 }
 
 /// The embedded store. Cheap to clone.
@@ -49,6 +62,7 @@ enum Write {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     write_tx: mpsc::Sender<Write>,
+    visibility: Arc<Visibility>,
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -60,33 +74,58 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(internal)?;
         let db = Arc::new(Database::create(dir.join("confab.redb")).map_err(internal)?);
+        let generation = {
+            let tx = db.begin_read().map_err(internal)?;
+            match tx.open_table(META) {
+                Ok(meta) => meta.get(WAL_GENERATION).map_err(internal)?.map_or(0, |v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(internal(e)),
+            }
+        };
+        let (mut wal, records) = Wal::open(&dir.join("confab.wal"), generation).map_err(internal)?;
         {
             let tx = db.begin_write().map_err(internal)?;
-            tx.open_table(CHATS).map_err(internal)?;
-            tx.open_table(USER_CHATS).map_err(internal)?;
-            tx.open_table(LAST_SEQ).map_err(internal)?;
-            tx.open_table(MESSAGES).map_err(internal)?;
-            tx.open_table(CLIENT_IDS).map_err(internal)?;
-            tx.open_table(DM_PAIRS).map_err(internal)?;
-            tx.open_table(CURSORS).map_err(internal)?;
-            tx.open_table(MESSAGE_IDS).map_err(internal)?;
-            tx.open_table(OWNERS).map_err(internal)?;
+            for record in &records {
+                redo(&tx, record)?;
+            }
+            let tx = Wtx::new(tx);
+            tx.open(CHATS)?;
+            tx.open(USER_CHATS)?;
+            tx.open(LAST_SEQ)?;
+            tx.open(MESSAGES)?;
+            tx.open(CLIENT_IDS)?;
+            tx.open(DM_PAIRS)?;
+            tx.open(CURSORS)?;
+            tx.open(MESSAGE_IDS)?;
+            tx.open(OWNERS)?;
             index_existing_messages(&tx)?;
+            let (tx, _) = tx.into_parts();
+            tx.open_table(META).map_err(internal)?.insert(WAL_GENERATION, generation + 1).map_err(internal)?;
             tx.commit().map_err(internal)?;
+            wal.restart(generation + 1);
         }
+        if !records.is_empty() {
+            tracing::info!(records = records.len(), "store: redid the log since the last checkpoint");
+        }
+        let file = std::fs::File::open(dir.join("confab.redb")).map_err(internal)?;
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
-        let writer_db = db.clone();
+        let visibility = Arc::new(Visibility::default());
+        let (writer_db, writer_visibility) = (db.clone(), visibility.clone());
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&writer_db, write_rx))
+            .spawn(move || Writer::new(&writer_db, file, wal, &writer_visibility).run(write_rx))
             .map_err(internal)?;
-        Ok(Self { db, write_tx })
+        Ok(Self { db, write_tx, visibility })
     }
 
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // Reads see every write answered before they began.
+        if self.visibility.behind() {
+            self.write(Write::Visible).await?;
+        }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_read().map_err(internal)?;
@@ -106,34 +145,86 @@ impl EmbeddedStore {
     }
 }
 
-/// The single writer: drains whatever is queued, applies it in one
-/// transaction, commits (fsync), then answers. Ends when every sender is gone.
-fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Write>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
+/// Applies one log record's changes again.
+fn redo(tx: &WriteTransaction, record: &[u8]) -> Result<(), StoreError> {
+    for change in wal::decode(record).map_err(|e| internal(format!("store log: {e}")))? {
+        match change.table {
+            "chats" => redo_change(tx, CHATS, &change)?,
+            "user_chats" => redo_change(tx, USER_CHATS, &change)?,
+            "last_seq" => redo_change(tx, LAST_SEQ, &change)?,
+            "messages" => redo_change(tx, MESSAGES, &change)?,
+            "client_ids" => redo_change(tx, CLIENT_IDS, &change)?,
+            "dm_pairs" => redo_change(tx, DM_PAIRS, &change)?,
+            "message_ids" => redo_change(tx, MESSAGE_IDS, &change)?,
+            "owners" => redo_change(tx, OWNERS, &change)?,
+            "cursors" => redo_change(tx, CURSORS, &change)?,
+            "sent" => redo_change(tx, SENT, &change)?,
+            "deleted" => redo_change(tx, DELETED, &change)?,
+            other => return Err(internal(format!("store log names an unknown table {other:?}"))),
         }
-        commit_batch(db, &mut batch);
     }
+    Ok(())
 }
 
+/// A write's reply and what it would answer if its batch is logged.
 enum Outcome {
     Chat(oneshot::Sender<Result<(Chat, bool), StoreError>>, Result<(Chat, bool), StoreError>),
     Seq(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
     Append(oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, StoreError>),
 }
 
+impl Outcome {
+    /// A write that was not applied.
+    fn failed(write: Write, err: StoreError) -> Self {
+        match write {
+            Write::CreateChat(_, reply) => Outcome::Chat(reply, Err(err)),
+            Write::Append(_, reply) => Outcome::Append(reply, Err(err)),
+            Write::Put(_, _, reply)
+            | Write::Claim(_, _, reply)
+            | Write::SetCursor(_, _, _, reply)
+            | Write::SaveChat(_, _, _, _, reply)
+            | Write::Visible(reply) => Outcome::Seq(reply, Err(err)),
+        }
+    }
+
+    /// Sends the answer, or the batch's error when it was not logged.
+    fn answer(self, batch: &Result<(), StoreError>) {
+        let failed = |e: &StoreError| StoreError::Unavailable(e.to_string());
+        match (self, batch) {
+            (Outcome::Chat(reply, r), Ok(())) => drop(reply.send(r)),
+            (Outcome::Seq(reply, r), Ok(())) => drop(reply.send(r)),
+            (Outcome::Append(reply, r), Ok(())) => drop(reply.send(r)),
+            (Outcome::Chat(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+            (Outcome::Seq(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+            (Outcome::Append(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+        }
+    }
+}
+
+/// Applies one write to the writer's transaction.
+fn apply(tx: &Wtx, write: Write) -> Outcome {
+    match write {
+        Write::CreateChat(chat, reply) => Outcome::Chat(reply, apply_create_chat(tx, chat)),
+        Write::Append(b, reply) => Outcome::Append(reply, apply_append(tx, &b)),
+        Write::Put(m, epoch, reply) => {
+            Outcome::Seq(reply, check_epoch(tx, &m.chat_id, epoch).and_then(|()| apply_put(tx, &m)))
+        }
+        Write::Claim(chat, owner, reply) => Outcome::Seq(reply, apply_claim(tx, &chat, &owner)),
+        Write::SetCursor(chat, user, seq, reply) => Outcome::Seq(reply, apply_cursor(tx, &chat, &user, seq)),
+        Write::SaveChat(chat, removed, delete, epoch, reply) => {
+            let r = check_epoch(tx, &chat.id, epoch).and_then(|()| apply_save_chat(tx, &chat, &removed, delete));
+            Outcome::Seq(reply, r.map(|()| 0))
+        }
+        Write::Visible(reply) => Outcome::Seq(reply, Ok(0)),
+    }
+}
+
 /// Fills the unread indexes (`SENT`, `DELETED`) from the messages of a
 /// store written before they existed; a no-op once they are filled.
-fn index_existing_messages(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let mut sent = tx.open_table(SENT).map_err(internal)?;
-    let mut deleted = tx.open_table(DELETED).map_err(internal)?;
-    let messages = tx.open_table(MESSAGES).map_err(internal)?;
+fn index_existing_messages(tx: &Wtx) -> Result<(), StoreError> {
+    let mut sent = tx.open(SENT)?;
+    let mut deleted = tx.open(DELETED)?;
+    let messages = tx.open(MESSAGES)?;
     if !sent.is_empty().map_err(internal)? || messages.is_empty().map_err(internal)? {
         return Ok(());
     }
@@ -146,76 +237,15 @@ fn index_existing_messages(tx: &redb::WriteTransaction) -> Result<(), StoreError
 }
 
 fn index_message(
-    sent: &mut redb::Table<(&str, &str, u64), ()>,
-    deleted: &mut redb::Table<(&str, u64), &str>,
+    sent: &mut Logged<'_, (&'static str, &'static str, u64), ()>,
+    deleted: &mut Logged<'_, (&'static str, u64), &'static str>,
     m: &Message,
 ) -> Result<(), StoreError> {
-    sent.insert((m.chat_id.as_str(), m.sender_id.as_str(), m.seq), ()).map_err(internal)?;
+    sent.insert((m.chat_id.as_str(), m.sender_id.as_str(), m.seq), ())?;
     if m.deleted {
-        deleted.insert((m.chat_id.as_str(), m.seq), m.sender_id.as_str()).map_err(internal)?;
+        deleted.insert((m.chat_id.as_str(), m.seq), m.sender_id.as_str())?;
     }
     Ok(())
-}
-
-fn commit_batch(db: &Database, batch: &mut Vec<Write>) {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let result = (|| -> Result<(), StoreError> {
-        let tx = db.begin_write().map_err(internal)?;
-        for write in batch.drain(..) {
-            match write {
-                Write::CreateChat(chat, reply) => {
-                    let r = apply_create_chat(&tx, chat);
-                    outcomes.push(Outcome::Chat(reply, r));
-                }
-                Write::Append(b, reply) => {
-                    let r = apply_append(&tx, &b);
-                    outcomes.push(Outcome::Append(reply, r));
-                }
-                Write::Put(m, epoch, reply) => {
-                    let r = check_epoch(&tx, &m.chat_id, epoch).and_then(|()| apply_put(&tx, &m));
-                    outcomes.push(Outcome::Seq(reply, r));
-                }
-                Write::Claim(chat, owner, reply) => {
-                    let r = apply_claim(&tx, &chat, &owner);
-                    outcomes.push(Outcome::Seq(reply, r));
-                }
-                Write::SetCursor(chat, user, seq, reply) => {
-                    let r = apply_cursor(&tx, &chat, &user, seq);
-                    outcomes.push(Outcome::Seq(reply, r));
-                }
-                Write::SaveChat(chat, removed, delete, epoch, reply) => {
-                    let r = check_epoch(&tx, &chat.id, epoch)
-                        .and_then(|()| apply_save_chat(&tx, &chat, &removed, delete))
-                        .map(|()| 0);
-                    outcomes.push(Outcome::Seq(reply, r));
-                }
-            }
-        }
-        tx.commit().map_err(|e| StoreError::Unavailable(format!("commit failed: {e}")))?;
-        Ok(())
-    })();
-    // Leftovers (when begin_write failed before draining) are answered too.
-    for write in batch.drain(..) {
-        let err = StoreError::Unavailable("store transaction failed".into());
-        match write {
-            Write::CreateChat(_, reply) => drop(reply.send(Err(err))),
-            Write::Append(_, reply) => drop(reply.send(Err(err))),
-            Write::Put(_, _, reply)
-            | Write::Claim(_, _, reply)
-            | Write::SetCursor(_, _, _, reply)
-            | Write::SaveChat(_, _, _, _, reply) => drop(reply.send(Err(err))),
-        }
-    }
-    for outcome in outcomes {
-        match (outcome, &result) {
-            (Outcome::Chat(reply, r), Ok(())) => drop(reply.send(r)),
-            (Outcome::Seq(reply, r), Ok(())) => drop(reply.send(r)),
-            (Outcome::Append(reply, r), Ok(())) => drop(reply.send(r)),
-            (Outcome::Chat(reply, _), Err(e)) => drop(reply.send(Err(StoreError::Unavailable(e.to_string())))),
-            (Outcome::Seq(reply, _), Err(e)) => drop(reply.send(Err(StoreError::Unavailable(e.to_string())))),
-            (Outcome::Append(reply, _), Err(e)) => drop(reply.send(Err(StoreError::Unavailable(e.to_string())))),
-        }
-    }
 }
 
 fn dm_key(a: &str, b: &str) -> String {
@@ -230,14 +260,14 @@ fn decode_chat(bytes: &[u8]) -> Result<Chat, StoreError> {
     Chat::decode(bytes).map_err(internal)
 }
 
-fn apply_create_chat(tx: &redb::WriteTransaction, new: NewChat) -> Result<(Chat, bool), StoreError> {
-    let mut chats = tx.open_table(CHATS).map_err(internal)?;
+fn apply_create_chat(tx: &Wtx, new: NewChat) -> Result<(Chat, bool), StoreError> {
+    let mut chats = tx.open(CHATS)?;
     let dm = if new.kind == "dm" {
         if new.member_ids.len() != 2 {
             return Err(StoreError::Invalid("a dm has exactly two members".into()));
         }
         let key = dm_key(&new.member_ids[0], &new.member_ids[1]);
-        let pairs = tx.open_table(DM_PAIRS).map_err(internal)?;
+        let pairs = tx.open(DM_PAIRS)?;
         let existing = pairs.get(key.as_str()).map_err(internal)?.map(|v| v.value().to_string());
         if let Some(id) = existing {
             if let Some(bytes) = chats.get(id.as_str()).map_err(internal)? {
@@ -267,22 +297,22 @@ fn apply_create_chat(tx: &redb::WriteTransaction, new: NewChat) -> Result<(Chat,
         created_at_ms: now,
         updated_at_ms: now,
     };
-    chats.insert(id.as_str(), chat.encode_to_vec().as_slice()).map_err(internal)?;
+    chats.insert(id.as_str(), chat.encode_to_vec().as_slice())?;
     if let Some((mut pairs, key)) = dm {
-        pairs.insert(key.as_str(), id.as_str()).map_err(internal)?;
+        pairs.insert(key.as_str(), id.as_str())?;
     }
-    let mut user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
+    let mut user_chats = tx.open(USER_CHATS)?;
     for m in &chat.members {
-        user_chats.insert((m.user_id.as_str(), id.as_str()), ()).map_err(internal)?;
+        user_chats.insert((m.user_id.as_str(), id.as_str()), ())?;
     }
-    tx.open_table(LAST_SEQ).map_err(internal)?.insert(id.as_str(), 0).map_err(internal)?;
+    tx.open(LAST_SEQ)?.insert(id.as_str(), 0)?;
     Ok((chat, true))
 }
 
 /// The fence: a write with an epoch must carry the chat's current one.
-fn check_epoch(tx: &redb::WriteTransaction, chat_id: &str, epoch: Option<u64>) -> Result<(), StoreError> {
+fn check_epoch(tx: &Wtx, chat_id: &str, epoch: Option<u64>) -> Result<(), StoreError> {
     let Some(epoch) = epoch else { return Ok(()) };
-    let owners = tx.open_table(OWNERS).map_err(internal)?;
+    let owners = tx.open(OWNERS)?;
     let current = owners.get(chat_id).map_err(internal)?.map_or(0, |v| v.value().0);
     if current == epoch {
         Ok(())
@@ -291,20 +321,20 @@ fn check_epoch(tx: &redb::WriteTransaction, chat_id: &str, epoch: Option<u64>) -
     }
 }
 
-fn apply_claim(tx: &redb::WriteTransaction, chat_id: &str, owner: &str) -> Result<u64, StoreError> {
-    if tx.open_table(CHATS).map_err(internal)?.get(chat_id).map_err(internal)?.is_none() {
+fn apply_claim(tx: &Wtx, chat_id: &str, owner: &str) -> Result<u64, StoreError> {
+    if tx.open(CHATS)?.get(chat_id).map_err(internal)?.is_none() {
         return Err(StoreError::NotFound);
     }
-    let mut owners = tx.open_table(OWNERS).map_err(internal)?;
+    let mut owners = tx.open(OWNERS)?;
     let next = owners.get(chat_id).map_err(internal)?.map_or(0, |v| v.value().0) + 1;
-    owners.insert(chat_id, (next, owner)).map_err(internal)?;
+    owners.insert(chat_id, (next, owner))?;
     Ok(next)
 }
 
-fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<Appended, StoreError> {
+fn apply_append(tx: &Wtx, batch: &AppendBatch) -> Result<Appended, StoreError> {
     let chat_id = batch.chat_id.as_str();
     check_epoch(tx, chat_id, batch.epoch)?;
-    let mut last_seq_table = tx.open_table(LAST_SEQ).map_err(internal)?;
+    let mut last_seq_table = tx.open(LAST_SEQ)?;
     let last_seq = match last_seq_table.get(chat_id).map_err(internal)? {
         Some(v) => v.value(),
         None => return Err(StoreError::NotFound),
@@ -318,8 +348,8 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<Appe
     let Some(new_last) = batch.messages.last().map(|m| m.seq) else {
         return Ok(Appended::Written(last_seq));
     };
-    let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
-    let mut client_ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
+    let mut messages = tx.open(MESSAGES)?;
+    let mut client_ids = tx.open(CLIENT_IDS)?;
     if let Some(since) = batch.repeats_since_ms {
         let mut repeats = Vec::new();
         for m in &batch.messages {
@@ -329,30 +359,28 @@ fn apply_append(tx: &redb::WriteTransaction, batch: &AppendBatch) -> Result<Appe
             };
             let (seq, created) = v.value();
             if created >= since {
-                repeats.extend(read_message(&messages, chat_id, seq)?);
+                repeats.extend(read_message(&*messages, chat_id, seq)?);
             }
         }
         if !repeats.is_empty() {
             return Ok(Appended::Repeats(repeats));
         }
     }
-    let mut ids = tx.open_table(MESSAGE_IDS).map_err(internal)?;
-    let mut sent = tx.open_table(SENT).map_err(internal)?;
-    let mut deleted = tx.open_table(DELETED).map_err(internal)?;
+    let mut ids = tx.open(MESSAGE_IDS)?;
+    let mut sent = tx.open(SENT)?;
+    let mut deleted = tx.open(DELETED)?;
     for m in &batch.messages {
         index_message(&mut sent, &mut deleted, m)?;
-        ids.insert((chat_id, m.id.as_str()), m.seq).map_err(internal)?;
-        messages.insert((chat_id, m.seq), m.encode_to_vec().as_slice()).map_err(internal)?;
-        client_ids
-            .insert((chat_id, m.sender_id.as_str(), m.client_id.as_str()), (m.seq, m.created_at_ms))
-            .map_err(internal)?;
+        ids.insert((chat_id, m.id.as_str()), m.seq)?;
+        messages.insert((chat_id, m.seq), m.encode_to_vec().as_slice())?;
+        client_ids.insert((chat_id, m.sender_id.as_str(), m.client_id.as_str()), (m.seq, m.created_at_ms))?;
     }
-    last_seq_table.insert(chat_id, new_last).map_err(internal)?;
+    last_seq_table.insert(chat_id, new_last)?;
     Ok(Appended::Written(new_last))
 }
 
-fn apply_put(tx: &redb::WriteTransaction, m: &Message) -> Result<u64, StoreError> {
-    let mut messages = tx.open_table(MESSAGES).map_err(internal)?;
+fn apply_put(tx: &Wtx, m: &Message) -> Result<u64, StoreError> {
+    let mut messages = tx.open(MESSAGES)?;
     let key = (m.chat_id.as_str(), m.seq);
     let same = match messages.get(key).map_err(internal)? {
         Some(old) => Message::decode(old.value()).map_err(internal)?.id == m.id,
@@ -361,47 +389,42 @@ fn apply_put(tx: &redb::WriteTransaction, m: &Message) -> Result<u64, StoreError
     if !same {
         return Err(StoreError::Invalid("message id does not match its seq".into()));
     }
-    messages.insert(key, m.encode_to_vec().as_slice()).map_err(internal)?;
+    messages.insert(key, m.encode_to_vec().as_slice())?;
     if m.deleted {
-        tx.open_table(DELETED).map_err(internal)?.insert(key, m.sender_id.as_str()).map_err(internal)?;
+        tx.open(DELETED)?.insert(key, m.sender_id.as_str())?;
     }
     Ok(m.seq)
 }
 
-fn apply_save_chat(
-    tx: &redb::WriteTransaction,
-    chat: &Chat,
-    removed: &[String],
-    delete: bool,
-) -> Result<(), StoreError> {
+fn apply_save_chat(tx: &Wtx, chat: &Chat, removed: &[String], delete: bool) -> Result<(), StoreError> {
     let id = chat.id.as_str();
-    let mut chats = tx.open_table(CHATS).map_err(internal)?;
+    let mut chats = tx.open(CHATS)?;
     if chats.get(id).map_err(internal)?.is_none() {
         return Err(StoreError::NotFound);
     }
-    let mut user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
+    let mut user_chats = tx.open(USER_CHATS)?;
     for user in removed {
-        user_chats.remove((user.as_str(), id)).map_err(internal)?;
+        user_chats.remove((user.as_str(), id))?;
     }
     if delete {
         for m in &chat.members {
-            user_chats.remove((m.user_id.as_str(), id)).map_err(internal)?;
+            user_chats.remove((m.user_id.as_str(), id))?;
         }
-        chats.remove(id).map_err(internal)?;
+        chats.remove(id)?;
         return Ok(());
     }
     for m in &chat.members {
-        user_chats.insert((m.user_id.as_str(), id), ()).map_err(internal)?;
+        user_chats.insert((m.user_id.as_str(), id), ())?;
     }
-    chats.insert(id, chat.encode_to_vec().as_slice()).map_err(internal)?;
+    chats.insert(id, chat.encode_to_vec().as_slice())?;
     Ok(())
 }
 
-fn apply_cursor(tx: &redb::WriteTransaction, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
-    let mut cursors = tx.open_table(CURSORS).map_err(internal)?;
+fn apply_cursor(tx: &Wtx, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+    let mut cursors = tx.open(CURSORS)?;
     let current = cursors.get((chat_id, user_id)).map_err(internal)?.map_or(0, |v| v.value());
     if seq > current {
-        cursors.insert((chat_id, user_id), seq).map_err(internal)?;
+        cursors.insert((chat_id, user_id), seq)?;
         return Ok(seq);
     }
     Ok(current)
@@ -644,6 +667,155 @@ mod tests {
         chat
     }
 
+    /// Opens the store in `dir` again once the writer thread of the
+    /// previous instance has released the file.
+    async fn reopen(dir: &Path) -> EmbeddedStore {
+        for _ in 0..250 {
+            if let Ok(store) = EmbeddedStore::open(dir) {
+                return store;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("store did not reopen: {:?}", EmbeddedStore::open(dir).err());
+    }
+
+    /// The messages of `chat` that the redb file alone holds, without the log.
+    fn seqs_in_redb_alone(dir: &Path, chat: &str) -> Vec<u64> {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("confab.redb"), copy.path().join("confab.redb")).unwrap();
+        let db = Database::open(copy.path().join("confab.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let messages = tx.open_table(MESSAGES).unwrap();
+        let seqs = messages.range((chat, 0)..=(chat, u64::MAX)).unwrap().map(|e| e.unwrap().0.value().1).collect();
+        seqs
+    }
+
+    #[tokio::test]
+    async fn a_restart_redoes_every_kind_of_write_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chat, dm) = {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let chat = group(&store).await;
+            let new_dm = NewChat {
+                kind: "dm".into(),
+                title: None,
+                created_by: "alice".into(),
+                member_ids: vec!["alice".into(), "carol".into()],
+            };
+            let (dm, _) = store.create_chat(new_dm).await.unwrap();
+            let epoch = store.claim(&chat.id, "router-a").await.unwrap();
+            let batch = AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: (1..=3).map(|seq| msg(&chat.id, seq)).collect(),
+                epoch: Some(epoch),
+                repeats_since_ms: None,
+            };
+            store.append(batch).await.unwrap();
+            let deleted = Message { deleted: true, body: String::new(), ..msg(&chat.id, 2) };
+            store.put_message(deleted, Some(epoch)).await.unwrap();
+            store.set_cursor(&chat.id, "bob", 1).await.unwrap();
+            // bob leaves, dave joins; the dm is deleted.
+            let mut changed = chat.clone();
+            changed.members.retain(|m| m.user_id != "bob");
+            changed.members.push(Member { user_id: "dave".into(), role: "member".into(), joined_at_ms: 1 });
+            store.save_chat(changed, vec!["bob".into()], false, Some(epoch)).await.unwrap();
+            store.save_chat(dm.clone(), vec![], true, None).await.unwrap();
+            (chat, dm)
+        };
+        // Nothing was checkpointed: the redb file alone has none of it.
+        assert!(seqs_in_redb_alone(dir.path(), &chat.id).is_empty());
+        let store = reopen(dir.path()).await;
+        let (stored, last) = store.get_chat(&chat.id).await.unwrap();
+        assert_eq!(last, 3);
+        let members: Vec<_> = stored.members.iter().map(|m| m.user_id.as_str()).collect();
+        assert_eq!(members, ["alice", "dave"]);
+        assert!(store.get_message(&chat.id, "m2", 0).await.unwrap().unwrap().deleted);
+        assert_eq!(store.get_message(&chat.id, "m3", 0).await.unwrap(), Some(msg(&chat.id, 3)));
+        assert_eq!(store.get_cursor(&chat.id, "bob").await.unwrap(), 1);
+        assert!(store.list_user_chats("bob", 10).await.unwrap().is_empty());
+        assert!(matches!(store.get_chat(&dm.id).await, Err(StoreError::NotFound)));
+        // dave has 3, less the deleted one, unread.
+        assert_eq!(store.list_user_chats("dave", 10).await.unwrap()[0].unread, 2);
+        // The claim survived: a newer claim fences the older epoch.
+        assert_eq!(store.claim(&chat.id, "router-b").await.unwrap(), 2);
+        // Opening checkpointed the redo; a second restart finds it in redb.
+        drop(store);
+        assert_eq!(seqs_in_redb_alone(dir.path(), &chat.id), vec![1, 2, 3]);
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.get_chat(&chat.id).await.unwrap().1, 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_log_is_checkpointed_into_redb_and_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        let body = "x".repeat(64 << 10);
+        let count = wal::CHECKPOINT_BYTES / (64 << 10) + 8;
+        for seq in 1..=count {
+            let m = Message { body: body.clone(), ..msg(&chat.id, seq) };
+            let batch =
+                AppendBatch { chat_id: chat.id.clone(), messages: vec![m], epoch: None, repeats_since_ms: None };
+            store.append(batch).await.unwrap();
+        }
+        drop(store);
+        // The checkpoint holds everything up to the moment the log filled;
+        // the rest comes back from the restarted log.
+        let in_redb = seqs_in_redb_alone(dir.path(), &chat.id);
+        assert!(in_redb.len() as u64 >= wal::CHECKPOINT_BYTES / (64 << 10), "{} in redb", in_redb.len());
+        assert!((in_redb.len() as u64) < count);
+        assert_eq!(in_redb, (1..=in_redb.len() as u64).collect::<Vec<_>>());
+        let log = std::fs::metadata(dir.path().join("confab.wal")).unwrap().len();
+        assert!(log <= wal::CHECKPOINT_BYTES + (2 << 20), "log file of {log} bytes");
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.get_chat(&chat.id).await.unwrap().1, count);
+        assert_eq!(store.get_message(&chat.id, "", count).await.unwrap().unwrap().body, body);
+    }
+
+    #[tokio::test]
+    async fn reads_see_answered_writes_at_once_and_the_clock_commits_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        for seq in 1..=50 {
+            let batch = AppendBatch {
+                chat_id: chat.id.clone(),
+                messages: vec![msg(&chat.id, seq)],
+                epoch: None,
+                repeats_since_ms: None,
+            };
+            store.append(batch).await.unwrap();
+            assert_eq!(store.get_chat(&chat.id).await.unwrap().1, seq);
+        }
+        // Without a reader asking, an answered write is committed within
+        // VISIBLE_AFTER; read transactions that skip the check see it then.
+        let batch = AppendBatch {
+            chat_id: chat.id.clone(),
+            messages: vec![msg(&chat.id, 51)],
+            epoch: None,
+            repeats_since_ms: None,
+        };
+        let sent = std::time::Instant::now();
+        store.append(batch).await.unwrap();
+        let last_seq = || {
+            let tx = store.db.begin_read().unwrap();
+            tx.open_table(LAST_SEQ).unwrap().get(chat.id.as_str()).unwrap().unwrap().value()
+        };
+        // (Unless this machine stalled for half of VISIBLE_AFTER.)
+        if sent.elapsed() < std::time::Duration::from_millis(50) {
+            assert!(store.visibility.behind());
+            assert_eq!(last_seq(), 50);
+        }
+        for _ in 0..100 {
+            if !store.visibility.behind() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!store.visibility.behind());
+        assert_eq!(last_seq(), 51);
+    }
+
     #[tokio::test]
     async fn several_users_chats_in_one_read_match_one_by_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -844,19 +1016,7 @@ mod tests {
                 .unwrap();
             first.id
         };
-        // Give the writer thread of the first instance time to release the file.
-        let mut tries = 0;
-        let store = loop {
-            match EmbeddedStore::open(dir.path()) {
-                Ok(s) => break s,
-                Err(e) if tries < 250 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("store did not reopen: {e}"),
-            }
-        };
+        let store = reopen(dir.path()).await;
         let (_, last) = store.get_chat(&id).await.unwrap();
         assert_eq!(last, 1);
         // The client id outlives the reopen: sending it again is a repeat.

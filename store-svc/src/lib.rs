@@ -3,7 +3,9 @@
 //!
 //! Callers depend on the narrow [`Store`] trait. Two implementations:
 //! - [`EmbeddedStore`], the default: a single [redb] file with one writer
-//!   thread that group-commits (fsync) batches of writes. redb was chosen
+//!   thread that group-commits batches of writes through a write-ahead log
+//!   (one sequential append and `fdatasync` per batch; redb commits durably
+//!   only at checkpoints). redb was chosen
 //!   because it is pure Rust (nothing to install), ACID with a durable commit
 //!   by default, has a stable file format and a small, well-kept codebase;
 //!   an LSM (fjall) would write faster but brings background compaction we
@@ -18,6 +20,7 @@
 mod embedded;
 mod grpc;
 mod store;
+mod wal;
 
 pub use embedded::EmbeddedStore;
 pub use grpc::{RemoteStore, StoreService};

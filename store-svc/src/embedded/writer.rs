@@ -1,0 +1,333 @@
+//! The embedded store's single writer thread.
+//!
+//! It keeps one redb transaction open across group commits. Each batch of
+//! writes is applied to it, its changes are appended to the log and synced,
+//! and only then are the writes answered: the log is what makes them
+//! durable. The open transaction is committed (without an fsync) when a
+//! reader needs to see answered writes ([`Write::Visible`]), or
+//! [`VISIBLE_AFTER`] after its first logged batch; and durably, as the
+//! checkpoint, when the log is full. redb commits therefore follow reads and
+//! the clock, not every batch: each redb commit rewrites the pages along
+//! every path it touched, and one per batch wrote tens of MB/s.
+//!
+//! A checkpoint's fsync would stall every write behind it for as long as the
+//! disk takes to write what redb wrote since the last one. So a helper
+//! thread first syncs the redb file while the writer goes on, and the
+//! checkpoint's own fsync is left with the little written meanwhile.
+
+use super::{apply, internal, redo, Outcome, Write, WAL_GENERATION};
+use crate::store::StoreError;
+use crate::wal::{self, Wal};
+use redb::{Database, Durability, Key, TableDefinition, TableHandle, Value, WriteTransaction};
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Writes taken into one group commit at most.
+const MAX_BATCH: usize = 512;
+/// How long answered writes may stay invisible to readers that do not ask.
+const VISIBLE_AFTER: Duration = Duration::from_millis(100);
+/// How often an idle writer looks whether the pre-checkpoint sync is done.
+const FLUSH_POLL: Duration = Duration::from_millis(5);
+/// The store's own settings: [`WAL_GENERATION`].
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// What readers check before reading: whether every answered write has
+/// been committed to redb.
+#[derive(Default)]
+pub(super) struct Visibility {
+    /// Batches logged (and so answered).
+    logged: AtomicU64,
+    /// `logged` as of the last commit.
+    visible: AtomicU64,
+}
+
+impl Visibility {
+    /// Whether some answered write is not yet visible to a read transaction.
+    pub(super) fn behind(&self) -> bool {
+        self.visible.load(Ordering::Acquire) < self.logged.load(Ordering::Acquire)
+    }
+}
+
+pub(super) struct Writer<'a> {
+    db: &'a Database,
+    wal: Wal,
+    vis: &'a Visibility,
+    /// The transaction holding the logged batches not yet committed.
+    open: Option<Wtx>,
+    /// Those batches' log records, to redo into a new transaction if the
+    /// open one is lost (a failed append or commit).
+    unseen: Vec<Vec<u8>>,
+    /// When the first of them was logged.
+    first_unseen: Instant,
+    /// The redb file, for syncing ahead of a checkpoint.
+    file: File,
+    /// That sync, while it runs.
+    flushing: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl<'a> Writer<'a> {
+    /// `file` is the database's file, opened again.
+    pub(super) fn new(db: &'a Database, file: File, wal: Wal, vis: &'a Visibility) -> Self {
+        Self { db, wal, vis, open: None, unseen: Vec::new(), first_unseen: Instant::now(), file, flushing: None }
+    }
+
+    /// Serves the queue until every sender is gone.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Write>) {
+        let clock = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "store writer: no timer; writes will fail");
+                return;
+            }
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let deadline = match (self.unseen.is_empty(), &self.flushing) {
+                (_, Some(_)) => Some(Instant::now() + FLUSH_POLL),
+                (false, None) => Some(self.first_unseen + VISIBLE_AFTER),
+                (true, None) => None,
+            };
+            let next = match deadline {
+                None => clock.block_on(rx.recv()),
+                Some(deadline) => {
+                    match clock.block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await }) {
+                        Ok(next) => next,
+                        Err(_) => {
+                            if self.first_unseen + VISIBLE_AFTER <= Instant::now() {
+                                self.commit(false).ok();
+                            }
+                            self.checkpoint_when_due();
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(first) = next else { break };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            self.group_commit(&mut batch);
+            self.checkpoint_when_due();
+        }
+        if let Some(flushing) = self.flushing.take() {
+            drop(flushing.join());
+        }
+    }
+
+    /// Once the log is full: starts syncing the redb file, and when that is
+    /// done, checkpoints.
+    fn checkpoint_when_due(&mut self) {
+        if !self.wal.is_full() {
+            return;
+        }
+        match &self.flushing {
+            Some(flushing) if !flushing.is_finished() => return,
+            Some(_) => {
+                let flushed = self.flushing.take().map(|f| f.join());
+                if !matches!(flushed, Some(Ok(Ok(())))) {
+                    tracing::warn!("store: the sync before a checkpoint failed; the checkpoint syncs itself");
+                }
+            }
+            None => {
+                let file = self.file.try_clone();
+                let spawned = file.and_then(|file| {
+                    std::thread::Builder::new().name("store-flush".into()).spawn(move || file.sync_data())
+                });
+                if let Ok(flushing) = spawned {
+                    self.flushing = Some(flushing);
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.commit(true) {
+            tracing::error!(error = %e, "store: checkpoint failed; the log keeps growing");
+        }
+    }
+
+    /// The open transaction, begun (with the unseen batches redone) if
+    /// there is none.
+    fn open(&mut self) -> Result<&Wtx, StoreError> {
+        if self.open.is_none() {
+            let mut tx = self.db.begin_write().map_err(internal)?;
+            // The log makes writes durable; the checkpoint makes redb so.
+            tx.set_durability(Durability::None);
+            for record in &self.unseen {
+                redo(&tx, record)?;
+            }
+            self.open = Some(Wtx::new(tx));
+        }
+        Ok(self.open.as_ref().expect("just opened"))
+    }
+
+    fn group_commit(&mut self, batch: &mut Vec<Write>) {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::new();
+        let result = match self.open() {
+            Ok(tx) => {
+                for write in batch.drain(..) {
+                    match write {
+                        Write::Visible(reply) => waiting.push(reply),
+                        write => outcomes.push(apply(tx, write)),
+                    }
+                }
+                let changes = tx.take_changes();
+                if changes.is_empty() {
+                    Ok(())
+                } else {
+                    self.log(changes)
+                }
+            }
+            Err(e) => Err(e),
+        };
+        // Writes not reached (when no transaction could begin) fail too.
+        for write in batch.drain(..) {
+            let err = StoreError::Unavailable("store transaction failed".into());
+            match write {
+                Write::Visible(reply) => waiting.push(reply),
+                write => outcomes.push(Outcome::failed(write, err)),
+            }
+        }
+        for outcome in outcomes {
+            outcome.answer(&result);
+        }
+        if !waiting.is_empty() {
+            let visible = self.commit(false);
+            for reply in waiting {
+                drop(reply.send(visible.as_ref().map(|()| 0).map_err(|e| StoreError::Unavailable(e.to_string()))));
+            }
+        }
+    }
+
+    /// Appends a batch's changes to the log. On failure the open
+    /// transaction, which holds them, is dropped.
+    fn log(&mut self, changes: Vec<u8>) -> Result<(), StoreError> {
+        if let Err(e) = self.wal.append(&changes) {
+            self.open = None;
+            return Err(StoreError::Unavailable(format!("log write failed: {e}")));
+        }
+        if self.unseen.is_empty() {
+            self.first_unseen = Instant::now();
+        }
+        self.unseen.push(changes);
+        self.vis.logged.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Commits the open transaction: visible to readers, and with
+    /// `checkpoint` also durable in redb, after which the log starts over.
+    fn commit(&mut self, checkpoint: bool) -> Result<(), StoreError> {
+        if self.unseen.is_empty() && !checkpoint {
+            return Ok(());
+        }
+        let next = self.wal.generation() + 1;
+        self.open()?;
+        let (mut tx, _) = self.open.take().expect("just opened").into_parts();
+        if checkpoint {
+            tx.set_durability(Durability::Immediate);
+            tx.open_table(META).map_err(internal)?.insert(WAL_GENERATION, next).map_err(internal)?;
+        }
+        let logged = self.vis.logged.load(Ordering::Acquire);
+        let started = Instant::now();
+        tx.commit().map_err(|e| StoreError::Unavailable(format!("store commit failed: {e}")))?;
+        self.unseen.clear();
+        self.vis.visible.store(logged, Ordering::Release);
+        if checkpoint {
+            self.wal.restart(next);
+            tracing::debug!(elapsed = ?started.elapsed(), "store: checkpoint");
+        }
+        Ok(())
+    }
+}
+
+/// A write transaction whose tables record every change they make, in the
+/// log's format, so that a batch can be logged before it is answered.
+pub(super) struct Wtx {
+    tx: WriteTransaction,
+    changes: RefCell<Vec<u8>>,
+}
+
+impl Wtx {
+    pub(super) fn new(tx: WriteTransaction) -> Self {
+        Self { tx, changes: RefCell::new(Vec::new()) }
+    }
+
+    pub(super) fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+    ) -> Result<Logged<'_, K, V>, StoreError> {
+        Ok(Logged { table: self.tx.open_table(def).map_err(internal)?, def, changes: &self.changes })
+    }
+
+    /// The changes made since the last call.
+    fn take_changes(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.changes.borrow_mut())
+    }
+
+    /// The transaction and the changes not yet taken.
+    pub(super) fn into_parts(self) -> (WriteTransaction, Vec<u8>) {
+        (self.tx, self.changes.into_inner())
+    }
+}
+
+/// A table of a [`Wtx`]: reads through `Deref`, writes through its own
+/// `insert` and `remove`, which record the change first.
+pub(super) struct Logged<'t, K: Key + 'static, V: Value + 'static> {
+    table: redb::Table<'t, K, V>,
+    def: TableDefinition<'static, K, V>,
+    changes: &'t RefCell<Vec<u8>>,
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> std::ops::Deref for Logged<'t, K, V> {
+    type Target = redb::Table<'t, K, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
+impl<K: Key + 'static, V: Value + 'static> Logged<'_, K, V> {
+    pub(super) fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<(), StoreError> {
+        {
+            let (k, v) = (K::as_bytes(key.borrow()), V::as_bytes(value.borrow()));
+            wal::encode(&mut self.changes.borrow_mut(), self.def.name(), k.as_ref(), Some(v.as_ref()));
+        }
+        self.table.insert(key, value).map_err(internal)?;
+        Ok(())
+    }
+
+    pub(super) fn remove<'k>(&mut self, key: impl Borrow<K::SelfType<'k>>) -> Result<(), StoreError> {
+        wal::encode(&mut self.changes.borrow_mut(), self.def.name(), K::as_bytes(key.borrow()).as_ref(), None);
+        self.table.remove(key).map_err(internal)?;
+        Ok(())
+    }
+}
+
+/// Writes one logged change again, into `def`.
+pub(super) fn redo_change<K: Key + 'static, V: Value + 'static>(
+    tx: &WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    change: &wal::Change<'_>,
+) -> Result<(), StoreError> {
+    let mut table = tx.open_table(def).map_err(internal)?;
+    let key = K::from_bytes(change.key);
+    match change.value {
+        Some(value) => drop(table.insert(key, V::from_bytes(value)).map_err(internal)?),
+        None => drop(table.remove(key).map_err(internal)?),
+    }
+    Ok(())
+}
+
+/// An answer to a reader waiting for [`Write::Visible`].
+pub(super) type VisibleReply = oneshot::Sender<Result<u64, StoreError>>;
