@@ -114,8 +114,21 @@ fn parse_ttl(s: &str) -> Result<i64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
+/// Connections the kernel completes and queues for `accept`. tokio's
+/// default of 1,024 overflowed when 100,000 clients connected as fast as
+/// they could: the kernel dropped the overflowing SYNs, and each such client
+/// waited for its 1 s SYN retry. Linux caps the figure at
+/// `net.core.somaxconn` (4,096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+    let listen = || {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("cannot listen on {addr}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -254,5 +267,23 @@ mod tests {
         assert_eq!(parse_ttl("7d"), Ok(7 * 86400));
         assert!(parse_ttl("1w").is_err());
         assert!(parse_ttl("h").is_err());
+    }
+
+    /// More connections than tokio's default backlog complete their
+    /// handshake while the server is not accepting.
+    #[tokio::test]
+    async fn the_listener_queues_a_burst_of_connections() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..1500 {
+            connects.spawn(tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)));
+        }
+        let mut open = Vec::new();
+        while let Some(joined) = connects.join_next().await {
+            open.push(joined.unwrap().expect("connected in time").unwrap());
+        }
+        assert_eq!(open.len(), 1500);
+        assert!(bind(addr).await.is_err(), "the port is taken");
     }
 }
