@@ -38,13 +38,11 @@ const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursor
 const SENT: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("sent");
 /// (chat, seq) → sender of each deleted message.
 const DELETED: TableDefinition<(&str, u64), &str> = TableDefinition::new("deleted");
-/// The generation of log records not yet checkpointed into the tables.
-const WAL_GENERATION: &str = "wal_generation";
 
 const WRITE_QUEUE: usize = 4096;
 
 mod writer;
-use writer::{redo_change, Logged, Visibility, Writer, Wtx, META};
+use writer::{redo_change, Logged, Visibility, Writer, Wtx, META, WAL_GENERATION};
 
 enum Write {
     CreateChat(NewChat, oneshot::Sender<Result<(Chat, bool), StoreError>>),

@@ -15,7 +15,7 @@
 //! thread first syncs the redb file while the writer goes on, and the
 //! checkpoint's own fsync is left with the little written meanwhile.
 
-use super::{apply, internal, redo, Outcome, Write, WAL_GENERATION};
+use super::{apply, internal, redo, Outcome, Write};
 use crate::store::StoreError;
 use crate::wal::{self, Wal};
 use redb::{Database, Durability, Key, TableDefinition, TableHandle, Value, WriteTransaction};
@@ -35,6 +35,8 @@ const VISIBLE_AFTER: Duration = Duration::from_millis(100);
 const FLUSH_POLL: Duration = Duration::from_millis(5);
 /// The store's own settings: [`WAL_GENERATION`].
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The generation of log records not yet checkpointed into the tables.
+pub(super) const WAL_GENERATION: &str = "wal_generation";
 
 /// What readers check before reading: whether every answered write has
 /// been committed to redb.
