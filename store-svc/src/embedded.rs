@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 const CHATS: TableDefinition<&str, &[u8]> = TableDefinition::new("chats");
 const USER_CHATS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_chats");
-const LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("last_seq");
+pub(crate) const LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("last_seq");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// (chat, sender, client id) -> (seq, created at ms)
 const CLIENT_IDS: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinition::new("client_ids");

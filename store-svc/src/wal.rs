@@ -43,6 +43,9 @@ pub(crate) struct Wal {
     allocated: u64,
     generation: u64,
     record: Vec<u8>,
+    /// Tests: appends fail as a full or broken disk would make them.
+    #[cfg(test)]
+    pub(crate) fail_appends: bool,
 }
 
 impl Wal {
@@ -52,7 +55,15 @@ impl Wal {
     pub(crate) fn open(path: &Path, generation: u64) -> io::Result<(Self, Vec<Vec<u8>>)> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let allocated = file.metadata()?.len();
-        let mut wal = Self { file, offset: 0, allocated, generation, record: Vec::new() };
+        let mut wal = Self {
+            file,
+            offset: 0,
+            allocated,
+            generation,
+            record: Vec::new(),
+            #[cfg(test)]
+            fail_appends: false,
+        };
         let records = wal.read_generation()?;
         if wal.allocated < CHECKPOINT_BYTES + GROW_BYTES {
             wal.grow(CHECKPOINT_BYTES + GROW_BYTES)?;
@@ -87,6 +98,10 @@ impl Wal {
 
     /// Appends one record of `changes` and waits until it is on disk.
     pub(crate) fn append(&mut self, changes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_appends {
+            return Err(io::Error::other("injected by a test"));
+        }
         self.record.clear();
         let len = u32::try_from(8 + changes.len()).map_err(|_| io::Error::other("log record too large"))?;
         self.record.extend_from_slice(&len.to_le_bytes());

@@ -333,3 +333,64 @@ pub(super) fn redo_change<K: Key + 'static, V: Value + 'static>(
 
 /// An answer to a reader waiting for [`Write::Visible`].
 pub(super) type VisibleReply = oneshot::Sender<Result<u64, StoreError>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::LAST_SEQ;
+    use crate::store::{AppendBatch, Appended, NewChat};
+    use confab_proto::v1::{Chat, Message};
+    use redb::ReadableTable;
+
+    fn append(chat: &str, seq: u64) -> (Write, oneshot::Receiver<Result<Appended, StoreError>>) {
+        let m = Message {
+            chat_id: chat.into(),
+            id: format!("m{seq}"),
+            seq,
+            client_id: format!("c{seq}"),
+            ..Default::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        let batch = AppendBatch { chat_id: chat.into(), messages: vec![m], epoch: None, repeats_since_ms: None };
+        (Write::Append(batch, tx), rx)
+    }
+
+    /// A log append that fails answers its batch with an error and drops
+    /// the open transaction; the batches answered before it are redone into
+    /// the next one, so nothing answered goes missing.
+    #[test]
+    fn a_failed_append_loses_only_its_own_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("confab.redb")).unwrap();
+        let (wal, _) = Wal::open(&dir.path().join("confab.wal"), 1).unwrap();
+        let file = File::open(dir.path().join("confab.redb")).unwrap();
+        let vis = Visibility::default();
+        let mut writer = Writer::new(&db, file, wal, &vis);
+
+        let (reply, mut created) = oneshot::channel::<Result<(Chat, bool), StoreError>>();
+        let new = NewChat { kind: "group".into(), title: None, created_by: "a".into(), member_ids: vec!["a".into()] };
+        writer.group_commit(&mut vec![Write::CreateChat(new, reply)]);
+        let chat = created.try_recv().unwrap().unwrap().0.id;
+        let (write, mut first) = append(&chat, 1);
+        writer.group_commit(&mut vec![write]);
+        assert_eq!(first.try_recv().unwrap().unwrap(), Appended::Written(1));
+
+        writer.wal.fail_appends = true;
+        let (write, mut failed) = append(&chat, 2);
+        writer.group_commit(&mut vec![write]);
+        assert!(matches!(failed.try_recv().unwrap(), Err(StoreError::Unavailable(_))));
+        assert!(writer.open.is_none());
+
+        writer.wal.fail_appends = false;
+        // Seq 2 again: the failed batch left nothing, and seq 1 is still there.
+        let (write, mut again) = append(&chat, 2);
+        let (visible, mut seen) = oneshot::channel();
+        writer.group_commit(&mut vec![write, Write::Visible(visible)]);
+        assert_eq!(again.try_recv().unwrap().unwrap(), Appended::Written(2));
+        assert!(seen.try_recv().unwrap().is_ok());
+        assert!(!vis.behind());
+        let last_seq =
+            db.begin_read().unwrap().open_table(LAST_SEQ).unwrap().get(chat.as_str()).unwrap().unwrap().value();
+        assert_eq!(last_seq, 2);
+    }
+}
