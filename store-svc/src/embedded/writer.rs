@@ -340,7 +340,6 @@ mod tests {
     use crate::embedded::LAST_SEQ;
     use crate::store::{AppendBatch, Appended, NewChat};
     use confab_proto::v1::{Chat, Message};
-    use redb::ReadableTable;
 
     fn append(chat: &str, seq: u64) -> (Write, oneshot::Receiver<Result<Appended, StoreError>>) {
         let m = Message {
