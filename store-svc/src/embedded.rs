@@ -51,6 +51,13 @@ enum Write {
     Claim(String, String, oneshot::Sender<Result<u64, StoreError>>),
     SetCursor(String, String, u64, oneshot::Sender<Result<u64, StoreError>>),
     SaveChat(Chat, Vec<String>, bool, Option<u64>, oneshot::Sender<Result<u64, StoreError>>),
+}
+
+/// What the writer's queue carries. (A `Job` is as large as a `Write`, as
+/// the queue's items were before; boxing would cost an allocation a write.)
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    Write(Write),
     /// Commit what has been answered, so that reads see it.
     Visible(writer::VisibleReply),
 }
@@ -59,7 +66,7 @@ enum Write {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    write_tx: mpsc::Sender<Write>,
+    write_tx: mpsc::Sender<Job>,
     visibility: Arc<Visibility>,
 }
 
@@ -97,7 +104,7 @@ impl EmbeddedStore {
             tx.open(MESSAGE_IDS)?;
             tx.open(OWNERS)?;
             index_existing_messages(&tx)?;
-            let (tx, _) = tx.into_parts();
+            let tx = tx.into_transaction();
             tx.open_table(META).map_err(internal)?.insert(WAL_GENERATION, generation + 1).map_err(internal)?;
             tx.commit().map_err(internal)?;
             wal.restart(generation + 1);
@@ -122,7 +129,7 @@ impl EmbeddedStore {
     ) -> Result<T, StoreError> {
         // Reads see every write answered before they began.
         if self.visibility.behind() {
-            self.write(Write::Visible).await?;
+            self.ask(Job::Visible).await?;
         }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
@@ -137,6 +144,11 @@ impl EmbeddedStore {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
     ) -> Result<T, StoreError> {
+        self.ask(|reply| Job::Write(make(reply))).await
+    }
+
+    /// Queues a job for the writer and waits for its answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.write_tx.send(make(tx)).await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
@@ -180,8 +192,7 @@ impl Outcome {
             Write::Put(_, _, reply)
             | Write::Claim(_, _, reply)
             | Write::SetCursor(_, _, _, reply)
-            | Write::SaveChat(_, _, _, _, reply)
-            | Write::Visible(reply) => Outcome::Seq(reply, Err(err)),
+            | Write::SaveChat(_, _, _, _, reply) => Outcome::Seq(reply, Err(err)),
         }
     }
 
@@ -213,7 +224,6 @@ fn apply(tx: &Wtx, write: Write) -> Outcome {
             let r = check_epoch(tx, &chat.id, epoch).and_then(|()| apply_save_chat(tx, &chat, &removed, delete));
             Outcome::Seq(reply, r.map(|()| 0))
         }
-        Write::Visible(reply) => Outcome::Seq(reply, Ok(0)),
     }
 }
 

@@ -4,7 +4,7 @@
 //! writes is applied to it, its changes are appended to the log and synced,
 //! and only then are the writes answered: the log is what makes them
 //! durable. The open transaction is committed (without an fsync) when a
-//! reader needs to see answered writes ([`Write::Visible`]), or
+//! reader needs to see answered writes ([`Job::Visible`]), or
 //! [`VISIBLE_AFTER`] after its first logged batch; and durably, as the
 //! checkpoint, when the log is full. redb commits therefore follow reads and
 //! the clock, not every batch: each redb commit rewrites the pages along
@@ -15,7 +15,7 @@
 //! thread first syncs the redb file while the writer goes on, and the
 //! checkpoint's own fsync is left with the little written meanwhile.
 
-use super::{apply, internal, redo, Outcome, Write};
+use super::{apply, internal, redo, Job, Outcome};
 use crate::store::StoreError;
 use crate::wal::{self, Wal};
 use redb::{Database, Durability, Key, TableDefinition, TableHandle, Value, WriteTransaction};
@@ -79,7 +79,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Serves the queue until every sender is gone.
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Write>) {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let clock = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -170,15 +170,15 @@ impl<'a> Writer<'a> {
         Ok(self.open.as_ref().expect("just opened"))
     }
 
-    fn group_commit(&mut self, batch: &mut Vec<Write>) {
+    fn group_commit(&mut self, batch: &mut Vec<Job>) {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut waiting = Vec::new();
         let result = match self.open() {
             Ok(tx) => {
-                for write in batch.drain(..) {
-                    match write {
-                        Write::Visible(reply) => waiting.push(reply),
-                        write => outcomes.push(apply(tx, write)),
+                for job in batch.drain(..) {
+                    match job {
+                        Job::Visible(reply) => waiting.push(reply),
+                        Job::Write(write) => outcomes.push(apply(tx, write)),
                     }
                 }
                 let changes = tx.take_changes();
@@ -191,11 +191,11 @@ impl<'a> Writer<'a> {
             Err(e) => Err(e),
         };
         // Writes not reached (when no transaction could begin) fail too.
-        for write in batch.drain(..) {
+        for job in batch.drain(..) {
             let err = StoreError::Unavailable("store transaction failed".into());
-            match write {
-                Write::Visible(reply) => waiting.push(reply),
-                write => outcomes.push(Outcome::failed(write, err)),
+            match job {
+                Job::Visible(reply) => waiting.push(reply),
+                Job::Write(write) => outcomes.push(Outcome::failed(write, err)),
             }
         }
         for outcome in outcomes {
@@ -232,7 +232,7 @@ impl<'a> Writer<'a> {
         }
         let next = self.wal.generation() + 1;
         self.open()?;
-        let (mut tx, _) = self.open.take().expect("just opened").into_parts();
+        let mut tx = self.open.take().expect("just opened").into_transaction();
         if checkpoint {
             tx.set_durability(Durability::Immediate);
             tx.open_table(META).map_err(internal)?.insert(WAL_GENERATION, next).map_err(internal)?;
@@ -274,9 +274,9 @@ impl Wtx {
         std::mem::take(&mut *self.changes.borrow_mut())
     }
 
-    /// The transaction and the changes not yet taken.
-    pub(super) fn into_parts(self) -> (WriteTransaction, Vec<u8>) {
-        (self.tx, self.changes.into_inner())
+    /// The transaction, its changes already taken (or not to be logged).
+    pub(super) fn into_transaction(self) -> WriteTransaction {
+        self.tx
     }
 }
 
@@ -331,17 +331,17 @@ pub(super) fn redo_change<K: Key + 'static, V: Value + 'static>(
     Ok(())
 }
 
-/// An answer to a reader waiting for [`Write::Visible`].
+/// An answer to a reader waiting for [`Job::Visible`].
 pub(super) type VisibleReply = oneshot::Sender<Result<u64, StoreError>>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embedded::LAST_SEQ;
+    use crate::embedded::{Write, LAST_SEQ};
     use crate::store::{AppendBatch, Appended, NewChat};
     use confab_proto::v1::{Chat, Message};
 
-    fn append(chat: &str, seq: u64) -> (Write, oneshot::Receiver<Result<Appended, StoreError>>) {
+    fn append(chat: &str, seq: u64) -> (Job, oneshot::Receiver<Result<Appended, StoreError>>) {
         let m = Message {
             chat_id: chat.into(),
             id: format!("m{seq}"),
@@ -351,7 +351,7 @@ mod tests {
         };
         let (tx, rx) = oneshot::channel();
         let batch = AppendBatch { chat_id: chat.into(), messages: vec![m], epoch: None, repeats_since_ms: None };
-        (Write::Append(batch, tx), rx)
+        (Job::Write(Write::Append(batch, tx)), rx)
     }
 
     /// A log append that fails answers its batch with an error and drops
@@ -368,7 +368,7 @@ mod tests {
 
         let (reply, mut created) = oneshot::channel::<Result<(Chat, bool), StoreError>>();
         let new = NewChat { kind: "group".into(), title: None, created_by: "a".into(), member_ids: vec!["a".into()] };
-        writer.group_commit(&mut vec![Write::CreateChat(new, reply)]);
+        writer.group_commit(&mut vec![Job::Write(Write::CreateChat(new, reply))]);
         let chat = created.try_recv().unwrap().unwrap().0.id;
         let (write, mut first) = append(&chat, 1);
         writer.group_commit(&mut vec![write]);
@@ -384,7 +384,7 @@ mod tests {
         // Seq 2 again: the failed batch left nothing, and seq 1 is still there.
         let (write, mut again) = append(&chat, 2);
         let (visible, mut seen) = oneshot::channel();
-        writer.group_commit(&mut vec![write, Write::Visible(visible)]);
+        writer.group_commit(&mut vec![write, Job::Visible(visible)]);
         assert_eq!(again.try_recv().unwrap().unwrap(), Appended::Written(2));
         assert!(seen.try_recv().unwrap().is_ok());
         assert!(!vis.behind());
