@@ -153,6 +153,9 @@ pub struct Report {
     pub ack_ms: Latency,
     pub delivery_ms: Latency,
     pub recovery: Option<Recovery>,
+    /// Chats whose every receiver had the last acked message before the
+    /// drain's cap (the run's wall time, and the CPU share, end there).
+    pub settled_chats: u64,
     pub loadgen_cpu: LoadCpu,
 }
 
@@ -497,6 +500,7 @@ fn report(config: &Config, connections: usize, connect_per_sec: f64, rss: Option
             missed: sum(|o| o.missed),
             recovery_ms: Latency::of(&recovery),
         }),
+        settled_chats: sum(|o| o.settled_chats),
         loadgen_cpu: LoadCpu {
             workers: outcomes.len(),
             max_core_percent: outcomes.iter().map(|o| 100.0 * o.cpu_secs / o.wall_secs.max(1e-6)).fold(0.0, f64::max),

@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 
 /// How long one connect or one acked call may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(20);
-/// After the last send, how long receivers keep reading.
+/// After the last send, how long receivers keep reading at most. A fan-out
+/// or DM receiver stops sooner, once it has seen its chat's last acked seq
+/// (see [`Settled`]).
 const DRAIN: Duration = Duration::from_secs(2);
 /// Reconnect: how long after the drop a client may take to recover.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
@@ -88,6 +90,9 @@ pub struct Outcome {
     pub recovered: u64,
     pub missed: u64,
     pub recovery_us: Counts,
+    /// Chats whose sender announced them settled (everything acked and
+    /// seen), so that their receivers stopped before the drain's end.
+    pub settled_chats: u64,
     /// CPU time this process used during the measured phase, and its length.
     pub cpu_secs: f64,
     pub wall_secs: f64,
@@ -128,6 +133,7 @@ struct Totals {
     expected: AtomicU64,
     missed: AtomicU64,
     recovered: AtomicU64,
+    settled: AtomicU64,
     ack: Mutex<Option<Histogram<u64>>>,
     delivery: Mutex<Option<Histogram<u64>>>,
     recovery: Mutex<Option<Histogram<u64>>>,
@@ -229,6 +235,7 @@ pub async fn run(
     let until = t0 + send_for + DRAIN;
     // The last acked seq of each chat, for the reconnect checks.
     let heads: Arc<Vec<AtomicU64>> = Arc::new(plan.chats.iter().map(|_| AtomicU64::new(0)).collect());
+    let settled: Vec<_> = plan.chats.iter().map(|_| tokio::sync::watch::channel(None)).collect();
     let mut tasks = Vec::new();
     for (i, (seat, (ws, joined_at))) in seats.iter().zip(sockets).enumerate() {
         let Some(c) = seat.chat else {
@@ -239,9 +246,9 @@ pub async fn run(
         let totals = totals.clone();
         let members = plan.chats[c].members.len() as u64 + 1;
         if seat.sender {
-            let (plan, heads) = (plan.clone(), heads.clone());
+            let (plan, heads, settled) = (plan.clone(), heads.clone(), settled[c].0.clone());
             tasks.push(tokio::spawn(async move {
-                send_loop(ws, &plan, c, t0, until, members, &heads[c], &totals).await;
+                send_loop(ws, &plan, c, t0, until, members, &heads[c], &settled, &totals).await;
             }));
         } else if plan.scenario == Scenario::Reconnect {
             let (plan, heads, user) = (plan.clone(), heads.clone(), seat.user.clone());
@@ -249,7 +256,7 @@ pub async fn run(
                 reconnecting_receiver(ws, &plan, i, &user, c, joined_at, t0, until, &heads, &totals).await;
             }));
         } else {
-            tasks.push(tokio::spawn(receive(ws, until, totals)));
+            tasks.push(tokio::spawn(receive(ws, until, settled[c].1.clone(), totals)));
         }
     }
     for t in tasks {
@@ -270,19 +277,50 @@ pub async fn run(
         recovered: totals.recovered.load(Ordering::Relaxed),
         missed: totals.missed.load(Ordering::Relaxed),
         recovery_us: Totals::take(&totals.recovery),
+        settled_chats: totals.settled.load(Ordering::Relaxed),
         cpu_secs: cpu_seconds() - cpu0,
         wall_secs: t0.elapsed().as_secs_f64(),
     })
 }
 
+/// A chat's sender announces here, once it has stopped sending and every
+/// send is acked, the last seq it was acked: a receiver that has seen it has
+/// everything it will get, and need not wait out the drain.
+type Settled = tokio::sync::watch::Sender<Option<u64>>;
+
 /// Reads a socket until `until` or its end, answering pings and passing
 /// each `message:new` (seq, send time) to `on_new`.
-async fn read_live(ws: &mut WsStream, until: Instant, mut on_new: impl FnMut(u64, Option<u64>)) {
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
+async fn read_live(ws: &mut WsStream, until: Instant, on_new: impl FnMut(u64, Option<u64>)) {
+    let (_never, settled) = tokio::sync::watch::channel(None);
+    read_until_settled(ws, until, settled, on_new).await;
+}
+
+/// Like [`read_live`], but also stops once the chat has settled and this
+/// socket has seen its last seq.
+async fn read_until_settled(
+    ws: &mut WsStream,
+    until: Instant,
+    mut settled: tokio::sync::watch::Receiver<Option<u64>>,
+    mut on_new: impl FnMut(u64, Option<u64>),
+) {
+    let mut last = 0;
+    loop {
+        if settled.borrow_and_update().is_some_and(|head| last >= head) {
+            break;
+        }
+        let msg = tokio::select! {
+            msg = tokio::time::timeout_at(until.into(), ws.next()) => msg,
+            // A closed channel (its sender gone unsettled) waits out `until`.
+            Ok(()) = settled.changed() => continue,
+        };
+        let Ok(Some(Ok(msg))) = msg else { break };
         let Ws::Text(t) = msg else { continue };
         match classify(&t) {
             Frame::Ping if ws.send(Ws::text("3")).await.is_err() => break,
-            Frame::New { seq, sent_micros } => on_new(seq, sent_micros),
+            Frame::New { seq, sent_micros } => {
+                last = last.max(seq);
+                on_new(seq, sent_micros);
+            }
             _ => {}
         }
     }
@@ -309,15 +347,23 @@ async fn hold(mut ws: WsStream, until: Instant) {
     read_live(&mut ws, until, |_, _| {}).await;
 }
 
-/// Reads `message:new` until `until`, timing each delivery.
-async fn receive(mut ws: WsStream, until: Instant, totals: Arc<Totals>) {
+/// Reads `message:new` until `until` or the chat has settled, timing each
+/// delivery.
+async fn receive(
+    mut ws: WsStream,
+    until: Instant,
+    settled: tokio::sync::watch::Receiver<Option<u64>>,
+    totals: Arc<Totals>,
+) {
     let mut d = Deliveries::default();
-    read_live(&mut ws, until, |_, sent| d.note(sent)).await;
+    read_until_settled(&mut ws, until, settled, |_, sent| d.note(sent)).await;
     d.report(&totals);
 }
 
 /// Sends open-loop at the plan's interval (starting at the chat's phase),
-/// reading acks and its own deliveries on the same socket.
+/// reading acks and its own deliveries on the same socket. Once it has
+/// stopped sending, has every ack and its own copy of the last message, it
+/// announces the chat settled and ends.
 #[allow(clippy::too_many_arguments)]
 async fn send_loop(
     ws: WsStream,
@@ -327,6 +373,7 @@ async fn send_loop(
     until: Instant,
     members: u64,
     head: &AtomicU64,
+    settled: &Settled,
     totals: &Totals,
 ) {
     let (mut sink, mut stream) = ws.split();
@@ -338,8 +385,18 @@ async fn send_loop(
     let mut sent_at = std::collections::HashMap::new();
     let (mut acks, mut deliveries) = (Vec::new(), Vec::new());
     let (mut sent, mut acked, mut delivered, mut id) = (0u64, 0u64, 0u64, 1u64);
+    let mut own_last = 0u64;
     loop {
+        // Acks without a seq (head stays 0) never settle: the drain decides.
+        let last = head.load(Ordering::Relaxed);
+        if Instant::now() >= stop_sending && sent_at.is_empty() && (sent == 0 || last > 0) && own_last >= last {
+            settled.send_replace(Some(last));
+            totals.settled.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
         tokio::select! {
+            // Wakes the loop to check the condition above when sending ends.
+            () = tokio::time::sleep_until(stop_sending.into()), if Instant::now() < stop_sending => {}
             _ = tick.tick(), if Instant::now() < stop_sending => {
                 // The guard is checked when the wait starts, not when it ends.
                 if Instant::now() >= stop_sending {
@@ -370,9 +427,10 @@ async fn send_loop(
                             }
                         }
                     }
-                    Frame::New { sent_micros: Some(s), .. } => {
+                    Frame::New { seq, sent_micros: Some(s) } => {
                         deliveries.push(client::now_micros().saturating_sub(s));
                         delivered += 1;
+                        own_last = own_last.max(seq);
                     }
                     _ => {}
                 }

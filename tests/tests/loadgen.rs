@@ -47,6 +47,8 @@ async fn every_scenario_delivers_everything_it_counts() {
     assert_eq!(fanout.delivered, fanout.expected_deliveries, "{fanout:?}");
     assert_eq!(fanout.lost, 0);
     assert_eq!(fanout.delivery_ms.count, fanout.delivered);
+    // Every chat ended on its last ack, not on the drain's cap.
+    assert_eq!(fanout.settled_chats, 3, "{fanout:?}");
     assert!(fanout.loadgen_cpu.total_core_seconds > 0.0);
 
     let dm = confab_loadgen::run(&config(&cluster, Scenario::Dm, "lgd")).await.expect("dm run");
@@ -56,6 +58,7 @@ async fn every_scenario_delivers_everything_it_counts() {
     assert_eq!(dm.acked, dm.sent, "{dm:?}");
     assert_eq!(dm.delivered, dm.acked * 2, "{dm:?}");
     assert_eq!(dm.lost, 0);
+    assert_eq!(dm.settled_chats, 10, "{dm:?}");
 
     let storm = confab_loadgen::run(&Config { members: 5, ..config(&cluster, Scenario::Reconnect, "lgr") })
         .await
