@@ -18,6 +18,7 @@ use prost::Message as _;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 const CHATS: TableDefinition<&str, &[u8]> = TableDefinition::new("chats");
@@ -62,12 +63,18 @@ enum Job {
     Visible(writer::VisibleReply),
 }
 
+/// How long a call waits for the store (room in the writer's queue, its
+/// answer, a read) before it fails as unavailable. The router's own
+/// deadline for a remote store is the same 5 s by default.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
     write_tx: mpsc::Sender<Job>,
     visibility: Arc<Visibility>,
+    deadline: Duration,
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -120,31 +127,48 @@ impl EmbeddedStore {
             .name("store-writer".into())
             .spawn(move || Writer::new(&writer_db, file, wal, &writer_visibility).run(write_rx))
             .map_err(internal)?;
-        Ok(Self { db, write_tx, visibility })
+        Ok(Self { db, write_tx, visibility, deadline: DEFAULT_DEADLINE })
+    }
+
+    /// Sets how long a call may wait for the store ([`DEFAULT_DEADLINE`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Runs `call` within the deadline. A write that missed it may still be
+    /// applied later; callers retry with the same client id.
+    async fn within<T>(&self, call: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.deadline, call).await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!("the store did not answer within {} ms", self.deadline.as_millis())))
+        })
     }
 
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        // Reads see every write answered before they began.
-        if self.visibility.behind() {
-            self.ask(Job::Visible).await?;
-        }
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_read().map_err(internal)?;
-            f(&tx)
+        self.within(async {
+            // Reads see every write answered before they began.
+            if self.visibility.behind() {
+                self.ask(Job::Visible).await?;
+            }
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || {
+                let tx = db.begin_read().map_err(internal)?;
+                f(&tx)
+            })
+            .await
+            .map_err(internal)?
         })
         .await
-        .map_err(internal)?
     }
 
     async fn write<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
     ) -> Result<T, StoreError> {
-        self.ask(|reply| Job::Write(make(reply))).await
+        self.within(self.ask(|reply| Job::Write(make(reply)))).await
     }
 
     /// Queues a job for the writer and waits for its answer.
@@ -822,6 +846,41 @@ mod tests {
         }
         assert!(!store.visibility.behind());
         assert_eq!(last_seq(), 51);
+    }
+
+    #[tokio::test]
+    async fn calls_fail_as_unavailable_when_the_writer_does_not_answer_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        // A writer that takes jobs and never answers (a hung disk): a queue
+        // of one that nobody serves.
+        let (write_tx, mut hung) = mpsc::channel(1);
+        let store = EmbeddedStore { write_tx, ..store }.with_deadline(Duration::from_millis(100));
+        let batch = AppendBatch {
+            chat_id: chat.id.clone(),
+            messages: vec![msg(&chat.id, 1)],
+            epoch: None,
+            repeats_since_ms: None,
+        };
+        // The first waits for an answer, the second for room in the queue.
+        let bounded = Duration::from_secs(10);
+        for _ in 0..2 {
+            match tokio::time::timeout(bounded, store.append(batch.clone())).await.expect("no deadline") {
+                Err(StoreError::Unavailable(why)) => assert!(why.contains("within 100 ms"), "{why}"),
+                other => panic!("expected unavailable, got {other:?}"),
+            }
+        }
+        assert!(matches!(hung.try_recv(), Ok(Job::Write(_))));
+        assert!(hung.try_recv().is_err(), "the queue held more than its bound");
+        // A read that must first make answered writes visible waits on the
+        // writer too, and gives up at the same deadline.
+        store.visibility.logged.fetch_add(1, std::sync::atomic::Ordering::Release);
+        let read = tokio::time::timeout(bounded, store.get_chat(&chat.id)).await.expect("no deadline");
+        assert!(matches!(read, Err(StoreError::Unavailable(_))));
+        // With nothing to wait for, reads go on.
+        store.visibility.visible.fetch_add(1, std::sync::atomic::Ordering::Release);
+        assert_eq!(store.get_chat(&chat.id).await.unwrap().0.id, chat.id);
     }
 
     #[tokio::test]

@@ -43,9 +43,9 @@ pub(super) const WAL_GENERATION: &str = "wal_generation";
 #[derive(Default)]
 pub(super) struct Visibility {
     /// Batches logged (and so answered).
-    logged: AtomicU64,
+    pub(super) logged: AtomicU64,
     /// `logged` as of the last commit.
-    visible: AtomicU64,
+    pub(super) visible: AtomicU64,
 }
 
 impl Visibility {
