@@ -30,6 +30,12 @@ pub(crate) const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// [`CHECKPOINT_BYTES`] and one step, so that a log filling up in the usual
 /// way never waits for the file to grow.
 const GROW_BYTES: u64 = 1 << 20;
+/// Once the log holds this much it refuses appends: checkpoints have been
+/// failing (each failure is logged and retried after every batch), and a
+/// log that grew without bound would fill the disk and make the next
+/// start's redo as long as the outage. (A record that starts below the
+/// bound may end past it, so that no batch is too large ever to log.)
+pub(crate) const MAX_BYTES: u64 = 8 * CHECKPOINT_BYTES;
 const HEADER: usize = 16;
 
 const PUT: u8 = 1;
@@ -101,6 +107,9 @@ impl Wal {
         #[cfg(test)]
         if self.fail_appends {
             return Err(io::Error::other("injected by a test"));
+        }
+        if self.offset >= MAX_BYTES {
+            return Err(io::Error::other("the log is full: checkpoints are failing"));
         }
         self.record.clear();
         let len = u32::try_from(8 + changes.len()).map_err(|_| io::Error::other("log record too large"))?;
@@ -279,5 +288,27 @@ mod tests {
         }
         assert_eq!(len(), size);
         assert_eq!(Wal::open(&path, 2).unwrap().1.len(), 10);
+    }
+
+    #[test]
+    fn a_log_that_is_never_checkpointed_stops_at_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (mut wal, _) = Wal::open(&path, 1).unwrap();
+        let big = vec![3u8; 1 << 20];
+        let mut appended = 0;
+        let refused = loop {
+            match wal.append(&big) {
+                Ok(()) => appended += 1,
+                Err(e) => break e,
+            }
+            assert!(appended <= (MAX_BYTES >> 20) + 1, "the log grew past its bound");
+        };
+        assert!(refused.to_string().contains("checkpoints are failing"), "{refused}");
+        assert!(std::fs::metadata(&path).unwrap().len() <= MAX_BYTES + 2 * GROW_BYTES);
+        // What was appended is intact, and a checkpoint makes room again.
+        assert_eq!(Wal::open(&path, 1).unwrap().1.len(), appended as usize);
+        wal.restart(2);
+        wal.append(&big).unwrap();
     }
 }

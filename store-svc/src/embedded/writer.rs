@@ -151,7 +151,7 @@ impl<'a> Writer<'a> {
             }
         }
         if let Err(e) = self.commit(true) {
-            tracing::error!(error = %e, "store: checkpoint failed; the log keeps growing");
+            tracing::error!(error = %e, log_bound = wal::MAX_BYTES, "store: checkpoint failed; the log keeps growing up to its bound, then refuses writes");
         }
     }
 
