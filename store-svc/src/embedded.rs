@@ -805,6 +805,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_writer_checkpoints_a_log_worth_it_and_leaves_a_small_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        let body = "x".repeat(64 << 10);
+        let count = writer::IDLE_CHECKPOINT_BYTES / (64 << 10) + 1;
+        assert!(count * (64 << 10) < wal::CHECKPOINT_BYTES);
+        let append = |seq: u64, body: &str| AppendBatch {
+            chat_id: chat.id.clone(),
+            messages: vec![Message { body: body.to_string(), ..msg(&chat.id, seq) }],
+            epoch: None,
+            repeats_since_ms: None,
+        };
+        for seq in 1..=count {
+            store.append(append(seq, &body)).await.unwrap();
+        }
+        // Nothing more comes: the writer checkpoints in the pause.
+        let mut in_redb = Vec::new();
+        for _ in 0..250 {
+            in_redb = seqs_in_redb_alone(dir.path(), &chat.id);
+            if in_redb.len() as u64 == count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(in_redb, (1..=count).collect::<Vec<_>>());
+        // A log holding less than that is left for later, however long the
+        // pause.
+        store.append(append(count + 1, "small")).await.unwrap();
+        tokio::time::sleep(writer::IDLE_AFTER * 4).await;
+        assert_eq!(seqs_in_redb_alone(dir.path(), &chat.id).len() as u64, count);
+        drop(store);
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.get_chat(&chat.id).await.unwrap().1, count + 1);
+    }
+
+    #[tokio::test]
     async fn reads_see_answered_writes_at_once_and_the_clock_commits_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();

@@ -148,6 +148,11 @@ impl Wal {
         self.offset >= CHECKPOINT_BYTES
     }
 
+    /// Bytes of records since the last restart.
+    pub(crate) fn len(&self) -> u64 {
+        self.offset
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.generation
     }

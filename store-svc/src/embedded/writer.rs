@@ -6,14 +6,19 @@
 //! durable. The open transaction is committed (without an fsync) when a
 //! reader needs to see answered writes ([`Job::Visible`]), or
 //! [`VISIBLE_AFTER`] after its first logged batch; and durably, as the
-//! checkpoint, when the log is full. redb commits therefore follow reads and
+//! checkpoint, when the log is full, or earlier when the writer has had
+//! nothing to do for [`IDLE_AFTER`] and the log holds at least
+//! [`IDLE_CHECKPOINT_BYTES`]. redb commits therefore follow reads and
 //! the clock, not every batch: each redb commit rewrites the pages along
 //! every path it touched, and one per batch wrote tens of MB/s.
 //!
 //! A checkpoint's fsync would stall every write behind it for as long as the
 //! disk takes to write what redb wrote since the last one. So a helper
 //! thread first syncs the redb file while the writer goes on, and the
-//! checkpoint's own fsync is left with the little written meanwhile.
+//! checkpoint's own fsync is left with the little written meanwhile. Even
+//! so, on a virtual disk the writes of that sync slowed the log's own syncs
+//! beside it (to 10–30 ms), hence the checkpoint in pauses: the work then
+//! falls outside the next burst of writes rather than inside it.
 
 use super::{apply, internal, redo, Job, Outcome};
 use crate::store::StoreError;
@@ -33,6 +38,11 @@ const MAX_BATCH: usize = 512;
 const VISIBLE_AFTER: Duration = Duration::from_millis(100);
 /// How often an idle writer looks whether the pre-checkpoint sync is done.
 const FLUSH_POLL: Duration = Duration::from_millis(5);
+/// A writer with nothing queued for this long checkpoints early, if its log
+/// holds at least [`IDLE_CHECKPOINT_BYTES`]: the disk's work then happens
+/// in a pause rather than under the next burst of writes.
+pub(super) const IDLE_AFTER: Duration = Duration::from_millis(250);
+pub(super) const IDLE_CHECKPOINT_BYTES: u64 = 256 << 10;
 /// The store's own settings: [`WAL_GENERATION`].
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The generation of log records not yet checkpointed into the tables.
@@ -70,12 +80,15 @@ pub(super) struct Writer<'a> {
     file: File,
     /// That sync, while it runs.
     flushing: Option<JoinHandle<std::io::Result<()>>>,
+    /// When the last job was served.
+    last_job: Instant,
 }
 
 impl<'a> Writer<'a> {
     /// `file` is the database's file, opened again.
     pub(super) fn new(db: &'a Database, file: File, wal: Wal, vis: &'a Visibility) -> Self {
-        Self { db, wal, vis, open: None, unseen: Vec::new(), first_unseen: Instant::now(), file, flushing: None }
+        let now = Instant::now();
+        Self { db, wal, vis, open: None, unseen: Vec::new(), first_unseen: now, file, flushing: None, last_job: now }
     }
 
     /// Serves the queue until every sender is gone.
@@ -92,6 +105,7 @@ impl<'a> Writer<'a> {
             let deadline = match (self.unseen.is_empty(), &self.flushing) {
                 (_, Some(_)) => Some(Instant::now() + FLUSH_POLL),
                 (false, None) => Some(self.first_unseen + VISIBLE_AFTER),
+                (true, None) if self.worth_an_idle_checkpoint() => Some(self.last_job + IDLE_AFTER),
                 (true, None) => None,
             };
             let next = match deadline {
@@ -103,7 +117,8 @@ impl<'a> Writer<'a> {
                             if self.first_unseen + VISIBLE_AFTER <= Instant::now() {
                                 self.commit(false).ok();
                             }
-                            self.checkpoint_when_due();
+                            let idle = self.last_job + IDLE_AFTER <= Instant::now();
+                            self.checkpoint_when_due(idle);
                             continue;
                         }
                     }
@@ -118,17 +133,23 @@ impl<'a> Writer<'a> {
                 }
             }
             self.group_commit(&mut batch);
-            self.checkpoint_when_due();
+            self.last_job = Instant::now();
+            self.checkpoint_when_due(false);
         }
         if let Some(flushing) = self.flushing.take() {
             drop(flushing.join());
         }
     }
 
-    /// Once the log is full: starts syncing the redb file, and when that is
-    /// done, checkpoints.
-    fn checkpoint_when_due(&mut self) {
-        if !self.wal.is_full() {
+    fn worth_an_idle_checkpoint(&self) -> bool {
+        self.wal.len() >= IDLE_CHECKPOINT_BYTES
+    }
+
+    /// Once the log is full, or the writer `idle` with a log worth it:
+    /// starts syncing the redb file, and when that is done, checkpoints.
+    fn checkpoint_when_due(&mut self, idle: bool) {
+        let due = self.wal.is_full() || (idle && self.worth_an_idle_checkpoint());
+        if !due && self.flushing.is_none() {
             return;
         }
         match &self.flushing {
