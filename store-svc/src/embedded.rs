@@ -713,13 +713,33 @@ mod tests {
 
     /// The messages of `chat` that the redb file alone holds, without the log.
     fn seqs_in_redb_alone(dir: &Path, chat: &str) -> Vec<u64> {
-        let copy = tempfile::tempdir().unwrap();
-        std::fs::copy(dir.join("confab.redb"), copy.path().join("confab.redb")).unwrap();
-        let db = Database::open(copy.path().join("confab.redb")).unwrap();
-        let tx = db.begin_read().unwrap();
-        let messages = tx.open_table(MESSAGES).unwrap();
-        let seqs = messages.range((chat, 0)..=(chat, u64::MAX)).unwrap().map(|e| e.unwrap().0.value().1).collect();
-        seqs
+        try_seqs_in_redb_alone(dir, chat).expect("a copy of the redb file opens")
+    }
+
+    /// Like [`seqs_in_redb_alone`], for a store still open: a copy taken
+    /// while the writer commits may not open.
+    fn try_seqs_in_redb_alone(dir: &Path, chat: &str) -> Option<Vec<u64>> {
+        let copy = tempfile::tempdir().ok()?;
+        std::fs::copy(dir.join("confab.redb"), copy.path().join("confab.redb")).ok()?;
+        let db = Database::open(copy.path().join("confab.redb")).ok()?;
+        let tx = db.begin_read().ok()?;
+        let messages = tx.open_table(MESSAGES).ok()?;
+        let seqs = messages.range((chat, 0)..=(chat, u64::MAX)).ok()?.map(|e| e.map(|e| e.0.value().1));
+        seqs.collect::<Result<_, _>>().ok()
+    }
+
+    /// Polls the redb file alone (the store still open) until it holds at
+    /// least `at_least` of `chat`'s messages, for up to 5 s.
+    async fn wait_for_redb(dir: &Path, chat: &str, at_least: u64) -> Vec<u64> {
+        let mut seen = Vec::new();
+        for _ in 0..250 {
+            seen = try_seqs_in_redb_alone(dir, chat).unwrap_or_default();
+            if seen.len() as u64 >= at_least {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
     }
 
     #[tokio::test]
@@ -790,15 +810,17 @@ mod tests {
                 AppendBatch { chat_id: chat.id.clone(), messages: vec![m], epoch: None, repeats_since_ms: None };
             store.append(batch).await.unwrap();
         }
-        drop(store);
-        // The checkpoint holds everything up to the moment the log filled;
-        // the rest comes back from the restarted log.
-        let in_redb = seqs_in_redb_alone(dir.path(), &chat.id);
-        assert!(in_redb.len() as u64 >= wal::CHECKPOINT_BYTES / (64 << 10), "{} in redb", in_redb.len());
-        assert!((in_redb.len() as u64) < count);
+        // The checkpoint (once the helper's sync is done) holds at least
+        // everything up to the moment the log filled, in order.
+        let full = wal::CHECKPOINT_BYTES / (64 << 10);
+        let in_redb = wait_for_redb(dir.path(), &chat.id, full).await;
+        assert!(in_redb.len() as u64 >= full, "{} in redb", in_redb.len());
         assert_eq!(in_redb, (1..=in_redb.len() as u64).collect::<Vec<_>>());
+        // The log started over instead of growing.
         let log = std::fs::metadata(dir.path().join("confab.wal")).unwrap().len();
         assert!(log <= wal::CHECKPOINT_BYTES + (2 << 20), "log file of {log} bytes");
+        // Whatever came after the checkpoint is redone from the log.
+        drop(store);
         let store = reopen(dir.path()).await;
         assert_eq!(store.get_chat(&chat.id).await.unwrap().1, count);
         assert_eq!(store.get_message(&chat.id, "", count).await.unwrap().unwrap().body, body);
@@ -822,20 +844,13 @@ mod tests {
             store.append(append(seq, &body)).await.unwrap();
         }
         // Nothing more comes: the writer checkpoints in the pause.
-        let mut in_redb = Vec::new();
-        for _ in 0..250 {
-            in_redb = seqs_in_redb_alone(dir.path(), &chat.id);
-            if in_redb.len() as u64 == count {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let in_redb = wait_for_redb(dir.path(), &chat.id, count).await;
         assert_eq!(in_redb, (1..=count).collect::<Vec<_>>());
         // A log holding less than that is left for later, however long the
         // pause.
         store.append(append(count + 1, "small")).await.unwrap();
         tokio::time::sleep(writer::IDLE_AFTER * 4).await;
-        assert_eq!(seqs_in_redb_alone(dir.path(), &chat.id).len() as u64, count);
+        assert_eq!(wait_for_redb(dir.path(), &chat.id, count).await.len() as u64, count);
         drop(store);
         let store = reopen(dir.path()).await;
         assert_eq!(store.get_chat(&chat.id).await.unwrap().1, count + 1);
