@@ -386,6 +386,9 @@ async fn send_loop(
     let (mut acks, mut deliveries) = (Vec::new(), Vec::new());
     let (mut sent, mut acked, mut delivered, mut id) = (0u64, 0u64, 0u64, 1u64);
     let mut own_last = 0u64;
+    // Wakes the loop to check whether the chat has settled when sending ends.
+    let stop = tokio::time::sleep_until(stop_sending.into());
+    tokio::pin!(stop);
     loop {
         // Acks without a seq (head stays 0) never settle: the drain decides.
         let last = head.load(Ordering::Relaxed);
@@ -395,8 +398,7 @@ async fn send_loop(
             break;
         }
         tokio::select! {
-            // Wakes the loop to check the condition above when sending ends.
-            () = tokio::time::sleep_until(stop_sending.into()), if Instant::now() < stop_sending => {}
+            () = &mut stop, if !stop.is_elapsed() => {}
             _ = tick.tick(), if Instant::now() < stop_sending => {
                 // The guard is checked when the wait starts, not when it ends.
                 if Instant::now() >= stop_sending {

@@ -66,7 +66,7 @@ enum Job {
 /// How long a call waits for the store (room in the writer's queue, its
 /// answer, a read) before it fails as unavailable. The router's own
 /// deadline for a remote store is the same 5 s by default.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+const DEADLINE: Duration = Duration::from_secs(5);
 
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
@@ -127,13 +127,7 @@ impl EmbeddedStore {
             .name("store-writer".into())
             .spawn(move || Writer::new(&writer_db, file, wal, &writer_visibility).run(write_rx))
             .map_err(internal)?;
-        Ok(Self { db, write_tx, visibility, deadline: DEFAULT_DEADLINE })
-    }
-
-    /// Sets how long a call may wait for the store ([`DEFAULT_DEADLINE`]).
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
-        self
+        Ok(Self { db, write_tx, visibility, deadline: DEADLINE })
     }
 
     /// Runs `call` within the deadline. A write that missed it may still be
@@ -672,6 +666,11 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
 
+    /// One message to append, with no epoch.
+    fn single(m: Message) -> AppendBatch {
+        AppendBatch { chat_id: m.chat_id.clone(), messages: vec![m], epoch: None, repeats_since_ms: None }
+    }
+
     fn msg(chat: &str, seq: u64) -> Message {
         Message {
             chat_id: chat.into(),
@@ -805,10 +804,7 @@ mod tests {
         let body = "x".repeat(64 << 10);
         let count = wal::CHECKPOINT_BYTES / (64 << 10) + 8;
         for seq in 1..=count {
-            let m = Message { body: body.clone(), ..msg(&chat.id, seq) };
-            let batch =
-                AppendBatch { chat_id: chat.id.clone(), messages: vec![m], epoch: None, repeats_since_ms: None };
-            store.append(batch).await.unwrap();
+            store.append(single(Message { body: body.clone(), ..msg(&chat.id, seq) })).await.unwrap();
         }
         // The checkpoint (once the helper's sync is done) holds at least
         // everything up to the moment the log filled, in order.
@@ -834,12 +830,7 @@ mod tests {
         let body = "x".repeat(64 << 10);
         let count = writer::IDLE_CHECKPOINT_BYTES / (64 << 10) + 1;
         assert!(count * (64 << 10) < wal::CHECKPOINT_BYTES);
-        let append = |seq: u64, body: &str| AppendBatch {
-            chat_id: chat.id.clone(),
-            messages: vec![Message { body: body.to_string(), ..msg(&chat.id, seq) }],
-            epoch: None,
-            repeats_since_ms: None,
-        };
+        let append = |seq: u64, body: &str| single(Message { body: body.to_string(), ..msg(&chat.id, seq) });
         for seq in 1..=count {
             store.append(append(seq, &body)).await.unwrap();
         }
@@ -862,23 +853,13 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
         for seq in 1..=50 {
-            let batch = AppendBatch {
-                chat_id: chat.id.clone(),
-                messages: vec![msg(&chat.id, seq)],
-                epoch: None,
-                repeats_since_ms: None,
-            };
+            let batch = single(msg(&chat.id, seq));
             store.append(batch).await.unwrap();
             assert_eq!(store.get_chat(&chat.id).await.unwrap().1, seq);
         }
         // Without a reader asking, an answered write is committed within
         // VISIBLE_AFTER; read transactions that skip the check see it then.
-        let batch = AppendBatch {
-            chat_id: chat.id.clone(),
-            messages: vec![msg(&chat.id, 51)],
-            epoch: None,
-            repeats_since_ms: None,
-        };
+        let batch = single(msg(&chat.id, 51));
         let sent = std::time::Instant::now();
         store.append(batch).await.unwrap();
         let last_seq = || {
@@ -908,13 +889,8 @@ mod tests {
         // A writer that takes jobs and never answers (a hung disk): a queue
         // of one that nobody serves.
         let (write_tx, mut hung) = mpsc::channel(1);
-        let store = EmbeddedStore { write_tx, ..store }.with_deadline(Duration::from_millis(100));
-        let batch = AppendBatch {
-            chat_id: chat.id.clone(),
-            messages: vec![msg(&chat.id, 1)],
-            epoch: None,
-            repeats_since_ms: None,
-        };
+        let store = EmbeddedStore { write_tx, deadline: Duration::from_millis(100), ..store };
+        let batch = single(msg(&chat.id, 1));
         // The first waits for an answer, the second for room in the queue.
         let bounded = Duration::from_secs(10);
         for _ in 0..2 {
@@ -940,12 +916,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
-        let batch = AppendBatch {
-            chat_id: chat.id.clone(),
-            messages: vec![msg(&chat.id, 1)],
-            epoch: None,
-            repeats_since_ms: None,
-        };
+        let batch = single(msg(&chat.id, 1));
         store.append(batch).await.unwrap();
         let users: Vec<String> = ["bob", "nobody", "alice"].map(String::from).to_vec();
         let lists = store.list_users_chats(&users, 10).await.unwrap();
