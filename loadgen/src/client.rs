@@ -4,8 +4,10 @@
 //! generator spends its core on sockets, not on parsing.
 
 use futures::{SinkExt, StreamExt};
+use memchr::memmem::Finder;
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
@@ -94,12 +96,17 @@ pub enum Frame<'a> {
     Other,
 }
 
-/// The number after `"key":` in `s`.
-pub fn number_after(s: &str, key: &str) -> Option<u64> {
-    let at = s.find(key)? + key.len();
-    let digits: &str = &s[at..];
-    let end = digits.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-    digits[..end].parse().ok()
+/// The keys whose numbers a `message:new` carries, each searched for with a
+/// finder built once.
+pub static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"seq\":"));
+static SENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"body\":\"t="));
+
+/// The number right after the first match of `key` in `s`.
+pub fn number_after(s: &str, key: &Finder<'_>) -> Option<u64> {
+    let at = key.find(s.as_bytes())? + key.needle().len();
+    let digits = &s.as_bytes()[at..];
+    let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+    s[at..at + end].parse().ok()
 }
 
 pub fn classify(t: &str) -> Frame<'_> {
@@ -107,8 +114,8 @@ pub fn classify(t: &str) -> Frame<'_> {
         return Frame::Ping;
     }
     if let Some(rest) = t.strip_prefix("42[\"message:new\",") {
-        let Some(seq) = number_after(rest, "\"seq\":") else { return Frame::Other };
-        return Frame::New { seq, sent_micros: number_after(rest, "\"body\":\"t=") };
+        let Some(seq) = number_after(rest, &SEQ) else { return Frame::Other };
+        return Frame::New { seq, sent_micros: number_after(rest, &SENT) };
     }
     if let Some(rest) = t.strip_prefix("43") {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();

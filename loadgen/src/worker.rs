@@ -303,17 +303,37 @@ async fn read_until_settled(
     mut settled: tokio::sync::watch::Receiver<Option<u64>>,
     mut on_new: impl FnMut(u64, Option<u64>),
 ) {
-    let mut last = 0;
+    // The deadline and the wait for the chat's last seq live across reads,
+    // so a delivery costs no timer and no waiter of its own.
+    let deadline = tokio::time::sleep_until(until.into());
+    // A closed channel (its sender gone unsettled) waits out `until`.
+    let settle = async move {
+        let head = settled.wait_for(Option::is_some).await.ok().and_then(|head| *head);
+        match head {
+            Some(head) => head,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline, settle);
+    let (mut last, mut head, mut reads) = (0, None, 0u32);
     loop {
-        if settled.borrow_and_update().is_some_and(|head| last >= head) {
+        reads = reads.wrapping_add(1);
+        // The deadline is polled only when the socket has nothing to read;
+        // the clock is read every 256 frames in case it never runs dry.
+        if head.is_some_and(|head| last >= head) || (reads % 256 == 0 && Instant::now() >= until) {
             break;
         }
+        // The socket first, so a delivery polls no timer and no waiter.
         let msg = tokio::select! {
-            msg = tokio::time::timeout_at(until.into(), ws.next()) => msg,
-            // A closed channel (its sender gone unsettled) waits out `until`.
-            Ok(()) = settled.changed() => continue,
+            biased;
+            msg = ws.next() => msg,
+            h = &mut settle, if head.is_none() => {
+                head = Some(h);
+                continue;
+            }
+            () = &mut deadline => break,
         };
-        let Ok(Some(Ok(msg))) = msg else { break };
+        let Some(Ok(msg)) = msg else { break };
         let Ws::Text(t) = msg else { continue };
         match classify(&t) {
             Frame::Ping if ws.send(Ws::text("3")).await.is_err() => break,
@@ -424,7 +444,7 @@ async fn send_loop(
                         if let Some(t0) = sent_at.remove(&id) {
                             acks.push(client::now_micros().saturating_sub(t0));
                             acked += 1;
-                            if let Some(seq) = client::number_after(raw, "\"seq\":") {
+                            if let Some(seq) = client::number_after(raw, &client::SEQ) {
                                 head.fetch_max(seq, Ordering::Relaxed);
                             }
                         }
