@@ -136,10 +136,18 @@ pub fn connect_error(nsp: &str, message: &str, data: Option<&Value>) -> String {
 
 /// `2["name",payload]` on the default namespace.
 pub fn event(name: &str, payload: &Value) -> String {
-    let mut s = String::with_capacity(128);
-    s.push('2');
-    s.push_str(&serde_json::to_string(&(name, payload)).unwrap_or_else(|_| "[]".into()));
-    s
+    let mut buf = Vec::with_capacity(128);
+    buf.push(b'2');
+    if serde_json::to_writer(&mut buf, &(name, payload)).is_err() {
+        buf.truncate(1);
+        buf.extend_from_slice(b"[]");
+    }
+    utf8(buf)
+}
+
+/// The text serde_json wrote (always UTF-8).
+fn utf8(buf: Vec<u8>) -> String {
+    String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// `2["name",<json>]` from a payload that is already JSON text.
@@ -156,13 +164,13 @@ pub fn raw_event(name: &str, json: &str) -> String {
 
 /// `3<id>[payload]` on the default namespace.
 pub fn ack(id: u64, payload: &Value) -> String {
-    let mut s = String::with_capacity(128);
-    s.push('3');
-    s.push_str(&id.to_string());
-    s.push('[');
-    s.push_str(&payload.to_string());
-    s.push(']');
-    s
+    use std::io::Write as _;
+    let mut buf = Vec::with_capacity(128);
+    // Writing to a Vec cannot fail, nor can serializing a `Value`.
+    let _ = write!(buf, "3{id}[");
+    let _ = serde_json::to_writer(&mut buf, payload);
+    buf.push(b']');
+    utf8(buf)
 }
 
 #[cfg(test)]

@@ -97,6 +97,9 @@ impl Outbox {
         if state.packets >= self.capacity {
             return Err(EmitError::Full);
         }
+        if state.buf.capacity() == 0 {
+            state.buf = spare_buffer();
+        }
         state.buf.extend_from_slice(packet.ws_frame());
         state.packets += 1;
         if state.waiting || state.batched {
@@ -116,6 +119,9 @@ impl Outbox {
         let mut state = self.lock();
         if state.broken {
             return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if state.buf.capacity() == 0 {
+            state.buf = spare_buffer();
         }
         state.buf.extend_from_slice(bytes);
         if !state.waiting && !state.batched {
@@ -151,7 +157,7 @@ impl Outbox {
             }
         }
         // Nothing kept: an idle connection holds no write buffer.
-        state.buf = Vec::new();
+        give_back(std::mem::take(&mut state.buf));
         state.sent = 0;
         state.packets = 0;
     }
@@ -206,6 +212,35 @@ impl Outbox {
 thread_local! {
     /// The sockets written to in the current [`batched`] scope on this thread.
     static BATCH: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+    /// Emptied write buffers, for the next socket that queues a packet: a
+    /// busy edge neither allocates nor grows a buffer per socket and batch.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The capacity of a new write buffer: a batch's worth of packets for one
+/// socket, without growing.
+const SPARE_CAPACITY: usize = 4096;
+/// Spare buffers kept per thread, each at most 2 × [`SPARE_CAPACITY`]
+/// (8 MiB in all): enough for a fan-out to a thousand sockets.
+const SPARE_BUFFERS: usize = 1024;
+
+fn spare_buffer() -> Vec<u8> {
+    SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(SPARE_CAPACITY))
+}
+
+/// Keeps an emptied buffer for reuse unless the thread has enough or it
+/// grew large.
+fn give_back(mut buf: Vec<u8>) {
+    if !(SPARE_CAPACITY..=2 * SPARE_CAPACITY).contains(&buf.capacity()) {
+        return;
+    }
+    buf.clear();
+    SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    });
 }
 
 /// Runs `f` (synchronous) with this thread's socket writes held: every
@@ -515,6 +550,31 @@ mod tests {
         outbox.push(&a).unwrap();
         assert_eq!(read_n(&mut client, a.ws_frame().len()).await, a.ws_frame());
         assert_eq!(outbox.lock().buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_emptied_buffer_is_reused_by_the_next_socket() {
+        let (first, mut client) = pair(8).await;
+        let (second, _client) = pair(8).await;
+        let p = Packet::new("2[\"a\"]");
+        first.push(&p).unwrap();
+        assert_eq!(read_n(&mut client, p.ws_frame().len()).await, p.ws_frame());
+        let kept = SPARE.with(|s| s.borrow().last().map(|b| (b.as_ptr(), b.capacity(), b.len())));
+        assert_eq!(kept.map(|k| (k.1, k.2)), Some((SPARE_CAPACITY, 0)));
+        batched(|| {
+            second.push(&p).unwrap();
+            assert_eq!(Some(second.lock().buf.as_ptr()), kept.map(|k| k.0));
+        });
+        // Bounded: no more than SPARE_BUFFERS kept, and no large ones.
+        for _ in 0..SPARE_BUFFERS + 10 {
+            give_back(Vec::with_capacity(SPARE_CAPACITY));
+        }
+        give_back(Vec::with_capacity(4 * SPARE_CAPACITY));
+        SPARE.with(|s| {
+            let spare = s.borrow();
+            assert_eq!(spare.len(), SPARE_BUFFERS);
+            assert!(spare.iter().all(|b| b.capacity() == SPARE_CAPACITY));
+        });
     }
 
     #[tokio::test]
