@@ -215,7 +215,7 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut edge_config = confab_edge::Config::for_test(vec![router_url], no_store_url, presence_url, secret.clone());
     edge_config.rate_limit_messages = args.rate_limit_messages;
     edge_config.rate_limit_window_ms = args.rate_limit_window_ms;
-    let edge = confab_edge::serve(edge_config, store, local, edge_l, shutdown.clone());
+    let edge = confab_edge::serve(edge_config, store.clone(), local, edge_l, shutdown.clone());
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);
     println!("confab dev is up");
@@ -238,9 +238,13 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         stop_all_on_exit(router, &shutdown),
         stop_all_on_exit(edge, &shutdown)
     );
+    // Router and edge have stopped calling the store: checkpoint, so the
+    // next start has nothing to redo.
+    let closed = store.close().await;
     p.context("presence-svc")?;
     r.context("router")?;
     e.context("edge")?;
+    closed.context("store")?;
     Ok(())
 }
 

@@ -61,12 +61,17 @@ enum Job {
     Write(Write),
     /// Commit what has been answered, so that reads see it.
     Visible(writer::VisibleReply),
+    /// Checkpoint what the log holds and stop: a clean shutdown.
+    Close(writer::CloseReply),
 }
 
 /// How long a call waits for the store (room in the writer's queue, its
 /// answer, a read) before it fails as unavailable. The router's own
 /// deadline for a remote store is the same 5 s by default.
 const DEADLINE: Duration = Duration::from_secs(5);
+/// How long a clean shutdown waits for the final checkpoint (a sync of up
+/// to a full log's worth of redb pages).
+const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
@@ -660,6 +665,16 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let closed = tokio::time::timeout(CLOSE_DEADLINE, self.ask(Job::Close)).await;
+        closed.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "the store's final checkpoint did not end within {} s",
+                CLOSE_DEADLINE.as_secs()
+            )))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -739,6 +754,27 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         seen
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_checkpoints_the_log_and_takes_no_more_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let chat = group(&store).await;
+        for seq in 1..=3 {
+            store.append(single(msg(&chat.id, seq))).await.unwrap();
+        }
+        // Far from any checkpoint: the redb file alone has none of them.
+        assert_eq!(try_seqs_in_redb_alone(dir.path(), &chat.id), Some(vec![]));
+        store.close().await.unwrap();
+        assert_eq!(try_seqs_in_redb_alone(dir.path(), &chat.id), Some(vec![1, 2, 3]));
+        let late = store.append(single(msg(&chat.id, 4))).await;
+        assert!(matches!(late, Err(StoreError::Unavailable(_))), "{late:?}");
+        assert!(matches!(store.close().await, Err(StoreError::Unavailable(_))));
+        drop(store);
+        let store = reopen(dir.path()).await;
+        let page = store.history(&chat.id, None, None, 10).await.unwrap();
+        assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
     #[tokio::test]

@@ -48,7 +48,11 @@ impl Config {
 /// Serves the store over gRPC on `listener` until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), StoreError> {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-    serve(store, listener, shutdown).await
+    let served = serve(store.clone(), listener, shutdown).await;
+    // No more calls: checkpoint, so the next start has nothing to redo.
+    let closed = store.close().await;
+    served?;
+    closed
 }
 
 /// Serves any `Store` over gRPC.

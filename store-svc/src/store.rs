@@ -146,4 +146,11 @@ pub trait Store: Send + Sync + 'static {
         before_seq: Option<u64>,
         limit: usize,
     ) -> Result<History, StoreError>;
+    /// Ends the store cleanly once nothing else will call it: what it holds
+    /// only in a log or in memory is written where it lives for good, so the
+    /// next start has nothing to redo. Calls after it fail. A store with
+    /// nothing of the kind (a client of a remote one) has nothing to do.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -132,13 +132,36 @@ impl<'a> Writer<'a> {
                     Err(_) => break,
                 }
             }
-            self.group_commit(&mut batch);
+            let closing = self.group_commit(&mut batch);
             self.last_job = Instant::now();
+            if let Some(reply) = closing {
+                // Jobs still queued are dropped with the receiver: they fail
+                // as the writer having stopped.
+                drop(reply.send(self.close()));
+                return;
+            }
             self.checkpoint_when_due(false);
         }
+        // Every sender gone without a close: the log keeps what the tables
+        // lack, for the next start to redo.
         if let Some(flushing) = self.flushing.take() {
             drop(flushing.join());
         }
+    }
+
+    /// A clean end: waits for a sync under way, then checkpoints whatever the
+    /// log holds, so that the next start has nothing to redo.
+    fn close(&mut self) -> Result<(), StoreError> {
+        if let Some(flushing) = self.flushing.take() {
+            drop(flushing.join());
+        }
+        if self.wal.len() == 0 && self.unseen.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.commit(true)?;
+        tracing::info!(elapsed = ?started.elapsed(), "store: checkpointed at shutdown");
+        Ok(())
     }
 
     fn worth_an_idle_checkpoint(&self) -> bool {
@@ -191,15 +214,19 @@ impl<'a> Writer<'a> {
         Ok(self.open.as_ref().expect("just opened"))
     }
 
-    fn group_commit(&mut self, batch: &mut Vec<Job>) {
+    /// Applies, logs and answers a batch; returns the reply of a close
+    /// among its jobs, for after it.
+    fn group_commit(&mut self, batch: &mut Vec<Job>) -> Option<CloseReply> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut waiting = Vec::new();
+        let mut closing = None;
         let result = match self.open() {
             Ok(tx) => {
                 for job in batch.drain(..) {
                     match job {
                         Job::Visible(reply) => waiting.push(reply),
                         Job::Write(write) => outcomes.push(apply(tx, write)),
+                        Job::Close(reply) => closing = Some(reply),
                     }
                 }
                 let changes = tx.take_changes();
@@ -217,6 +244,7 @@ impl<'a> Writer<'a> {
             match job {
                 Job::Visible(reply) => waiting.push(reply),
                 Job::Write(write) => outcomes.push(Outcome::failed(write, err)),
+                Job::Close(reply) => closing = Some(reply),
             }
         }
         for outcome in outcomes {
@@ -228,6 +256,7 @@ impl<'a> Writer<'a> {
                 drop(reply.send(visible.as_ref().map(|()| 0).map_err(|e| StoreError::Unavailable(e.to_string()))));
             }
         }
+        closing
     }
 
     /// Appends a batch's changes to the log. On failure the open
@@ -354,6 +383,7 @@ pub(super) fn redo_change<K: Key + 'static, V: Value + 'static>(
 
 /// An answer to a reader waiting for [`Job::Visible`].
 pub(super) type VisibleReply = oneshot::Sender<Result<u64, StoreError>>;
+pub(super) type CloseReply = oneshot::Sender<Result<(), StoreError>>;
 
 #[cfg(test)]
 mod tests {
