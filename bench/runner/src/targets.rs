@@ -30,6 +30,11 @@ impl Target {
     pub const ALL: [Target; 5] =
         [Target::ConfabDev, Target::ConfabCluster, Target::SeedNode, Target::SeedNodeRedis, Target::Ceiling];
 
+    /// confab itself, as opposed to a peer it is compared with.
+    pub fn is_confab(self) -> bool {
+        matches!(self, Target::ConfabDev | Target::ConfabCluster)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Target::ConfabDev => "confab-dev",
