@@ -218,6 +218,8 @@ fn disk(t: Target, probe: Option<stats::Spread>) -> String {
 
 /// How long the disk is probed before each confab run.
 const DISK_PROBE: Duration = Duration::from_millis(300);
+/// How long the CPU probe runs at the start and end of the whole run.
+const CPU_PROBE: Duration = Duration::from_millis(500);
 
 /// 4 KiB written over and over to one place in a file of `dir`, each
 /// followed by `fdatasync`, for `time`: the latencies' p50, p99 and max in
@@ -237,6 +239,24 @@ fn probe_disk(dir: &std::path::Path, time: Duration) -> anyhow::Result<serde_jso
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
     Ok(serde_json::json!({ "p50": at(0.5), "p99": at(0.99), "max": at(1.0), "samples": ms.len() }))
+}
+
+/// The host's speed for plain arithmetic: millions of xorshift steps per
+/// second over `time`, on an otherwise idle machine. Runs on different
+/// days (or hours) of this VM differ by this much before any server is
+/// measured.
+fn probe_cpu(time: Duration) -> f64 {
+    let (start, mut x, mut steps) = (Instant::now(), 0x9e37_79b9_7f4a_7c15u64, 0u64);
+    while start.elapsed() < time {
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        x = std::hint::black_box(x);
+        steps += 100_000;
+    }
+    steps as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -313,6 +333,7 @@ fn main() -> anyhow::Result<()> {
     // On a virtual machine, time stolen by the hypervisor slows every
     // target alike; the summary says how much there was.
     let cpu_before = cpu_times();
+    let probe_before = probe_cpu(CPU_PROBE);
     let quick = bench.cli.quick;
     let targets = bench.targets();
 
@@ -367,9 +388,11 @@ fn main() -> anyhow::Result<()> {
     let out = bench.cli.out.clone();
     std::fs::create_dir_all(&out)?;
     let steal = steal_percent(&cpu_before, &cpu_times());
+    let probe = [probe_before, probe_cpu(CPU_PROBE)];
     let results = serde_json::json!({
         "machine": machine(),
         "steal_percent_per_core": steal,
+        "cpu_probe_million_steps_per_sec": probe,
         "server_cores": bench.cli.server_cores,
         "load_cores": bench.cli.load_cores,
         "repeats": bench.repeats(),
@@ -381,6 +404,10 @@ fn main() -> anyhow::Result<()> {
     summary.push_str(&format!(
         "\nCPU time the hypervisor gave to other guests during the whole run (steal, `/proc/stat`): {}.\n",
         steal.join(", ")
+    ));
+    summary.push_str(&format!(
+        "The host's arithmetic speed (xorshift steps, the machine idle): {:.0} million/s at the start, {:.0} at the end.\n",
+        probe[0], probe[1]
     ));
     std::fs::write(out.join("summary.md"), &summary)?;
     println!("{summary}");
@@ -582,5 +609,13 @@ mod tests {
         let now = cpu_times();
         assert!(!now.is_empty());
         assert!(now.iter().all(|(stolen, total)| stolen <= total && *total > 0));
+    }
+
+    #[test]
+    fn the_cpu_probe_counts_steps() {
+        let speed = probe_cpu(Duration::from_millis(20));
+        // A debug build here does about 120 million a second; a million is
+        // a floor any machine clears.
+        assert!(speed.is_finite() && speed > 1.0, "{speed}");
     }
 }
