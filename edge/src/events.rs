@@ -13,6 +13,7 @@ use crate::{sio, wire, Edge};
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Longest chat id accepted from a client.
@@ -24,7 +25,7 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
     let queued: Result<Pending, ApiError> = match name {
         "room:join" => room_join(edge, socket, &user, payload),
         "room:leave" => room_leave(edge, socket, payload),
-        "message:send" => message_send(edge, socket, &user, payload),
+        "message:send" => message_send(edge, socket, &user, payload, ack),
         "message:history" => message_history(edge, &user, payload),
         "auth:refresh" => auth_refresh(edge, socket, payload),
         "message:edit" => message_edit(edge, &user, payload),
@@ -43,7 +44,7 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
     };
     let Some(ack_id) = ack else {
         // Fire-and-forget: the work still runs, the outcome is not reported.
-        if let Ok(Pending::Later(fut)) = queued {
+        if let Ok(Pending::Later(fut) | Pending::Sent(fut)) = queued {
             edge.shutdown.spawn(async move {
                 let _ = fut.await;
             });
@@ -64,6 +65,14 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
                 socket::send(&socket, sio::ack(ack_id, &payload));
             });
         }
+        Ok(Pending::Sent(fut)) => {
+            let socket = socket.clone();
+            edge.shutdown.spawn(async move {
+                if let Err(e) = fut.await {
+                    socket::send(&socket, sio::ack(ack_id, &e.ack(&event)));
+                }
+            });
+        }
     }
 }
 
@@ -73,6 +82,9 @@ type BoxFut = std::pin::Pin<Box<dyn Future<Output = Result<Value, ApiError>> + S
 pub enum Pending {
     Now(Value),
     Later(BoxFut),
+    /// The success ack goes out from the router link's reader as the reply
+    /// arrives; an error from the future still needs one.
+    Sent(BoxFut),
 }
 
 fn later(f: impl Future<Output = Result<Value, ApiError>> + Send + 'static) -> Result<Pending, ApiError> {
@@ -140,6 +152,7 @@ pub fn queue_send(
     o: Obj<'_>,
     chat_id: String,
     order: Option<&EioSocket>,
+    on_reply: Option<crate::link::OnReply>,
 ) -> Result<impl Future<Output = Result<(pb::Message, bool), ApiError>> + Send + 'static, ApiError> {
     let body = validate::body(o, edge.config.max_body_chars)?;
     let client_id = validate::string(o, "clientId", 1, 64)?;
@@ -163,7 +176,7 @@ pub fn queue_send(
             _ => None,
         };
         let op = pb::SendOp { body, client_id, reply_to, rate_limited_retry_ms };
-        let fut = edge.links.request(&chat_id, &user, pb::request::Op::Send(op), None);
+        let fut = edge.links.request(&chat_id, &user, pb::request::Op::Send(op), on_reply);
         drop(done);
         match error::from_reply(fut.await)? {
             ReplyResult::Send(pb::SendResult { message: Some(m), duplicate }) => {
@@ -177,19 +190,41 @@ pub fn queue_send(
     })
 }
 
+/// With an ack id, the ack is written by the router link's reader when the
+/// reply arrives, inside the same batch as the message's delivery to this
+/// very socket (the router sends that first): the sender gets its own copy
+/// and the ack in one write. Only a failure is acked from the task.
 fn message_send(
     edge: &Arc<Edge>,
     socket: &Arc<EioSocket>,
     user: &str,
     payload: Option<&Value>,
+    ack: Option<u64>,
 ) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
-    let fut = queue_send(edge, user, o, chat_id, Some(socket))?;
-    later(async move {
-        let (m, _) = fut.await?;
-        Ok(wire::send_ack(&m))
-    })
+    let Some(ack_id) = ack else {
+        let fut = queue_send(edge, user, o, chat_id, Some(socket), None)?;
+        return later(async move { fut.await.map(|(m, _)| wire::send_ack(&m)) });
+    };
+    // Whoever claims it acks: the reader on success, the task on failure
+    // (a reply racing the request's deadline must not be acked twice).
+    let acked = Arc::new(AtomicBool::new(false));
+    let (sender, claimed) = (socket.clone(), acked.clone());
+    let ack_now: crate::link::OnReply = Arc::new(move |r: &ReplyResult| {
+        if let ReplyResult::Send(pb::SendResult { message: Some(m), .. }) = r {
+            if !claimed.swap(true, Ordering::AcqRel) {
+                socket::send(&sender, sio::ack(ack_id, &error::ok(wire::send_ack(m))));
+            }
+        }
+    });
+    let fut = queue_send(edge, user, o, chat_id, Some(socket), Some(ack_now))?;
+    Ok(Pending::Sent(Box::pin(async move {
+        match fut.await {
+            Err(e) if !acked.swap(true, Ordering::AcqRel) => Err(e),
+            _ => Ok(Value::Null),
+        }
+    })))
 }
 
 /// Reads a page of history after checking membership; shared with HTTP.

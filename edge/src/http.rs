@@ -161,7 +161,7 @@ async fn post_message(
     Path(chat_id): Path<String>,
     JsonObject(ref o): JsonObject,
 ) -> ApiResult {
-    let (m, duplicate) = events::queue_send(&edge, &user, o, chat_id, None)?.await?;
+    let (m, duplicate) = events::queue_send(&edge, &user, o, chat_id, None, None)?.await?;
     let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok(json_response(status, wire::send_ack(&m)))
 }
