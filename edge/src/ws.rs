@@ -78,6 +78,16 @@ struct OutState {
     batched: bool,
 }
 
+impl OutState {
+    /// Adds bytes to write, in a spare buffer if the socket holds none.
+    fn queue(&mut self, bytes: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf = spare_buffer();
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
 impl Outbox {
     fn new(tcp: Socket, capacity: usize) -> Self {
         Self { tcp, state: Mutex::default(), wake: Notify::new(), capacity: capacity.max(1) }
@@ -97,10 +107,7 @@ impl Outbox {
         if state.packets >= self.capacity {
             return Err(EmitError::Full);
         }
-        if state.buf.capacity() == 0 {
-            state.buf = spare_buffer();
-        }
-        state.buf.extend_from_slice(packet.ws_frame());
+        state.queue(packet.ws_frame());
         state.packets += 1;
         if state.waiting || state.batched {
             return Ok(());
@@ -120,10 +127,7 @@ impl Outbox {
         if state.broken {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        if state.buf.capacity() == 0 {
-            state.buf = spare_buffer();
-        }
-        state.buf.extend_from_slice(bytes);
+        state.queue(bytes);
         if !state.waiting && !state.batched {
             self.write_locked(&mut state);
         }

@@ -144,18 +144,22 @@ impl<'a> Writer<'a> {
         }
         // Every sender gone without a close: the log keeps what the tables
         // lack, for the next start to redo.
+        self.wait_for_flush();
+    }
+
+    /// Waits for a pre-checkpoint sync under way, if any.
+    fn wait_for_flush(&mut self) {
         if let Some(flushing) = self.flushing.take() {
             drop(flushing.join());
         }
     }
 
     /// A clean end: waits for a sync under way, then checkpoints whatever the
-    /// log holds, so that the next start has nothing to redo.
+    /// log holds (every unseen batch is in it), so that the next start has
+    /// nothing to redo.
     fn close(&mut self) -> Result<(), StoreError> {
-        if let Some(flushing) = self.flushing.take() {
-            drop(flushing.join());
-        }
-        if self.wal.len() == 0 && self.unseen.is_empty() {
+        self.wait_for_flush();
+        if self.wal.len() == 0 {
             return Ok(());
         }
         let started = Instant::now();
