@@ -3,15 +3,12 @@
 //! frames read by substring rather than parsed into JSON values, so the
 //! generator spends its core on sockets, not on parsing.
 
-use futures::{SinkExt, StreamExt};
+use crate::ws::{Incoming, Socket};
 use memchr::memmem::Finder;
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio_tungstenite::tungstenite::Message as Ws;
-
-pub type WsStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Wall-clock microseconds: send times travel in message bodies.
 pub fn now_micros() -> u64 {
@@ -39,7 +36,7 @@ fn authority(url: &str) -> anyhow::Result<SocketAddr> {
 /// Opens a WebSocket from `source` (a loopback address such as
 /// 127.0.0.7, so connections spread over many ephemeral port ranges),
 /// sends CONNECT with the token and waits for the accept.
-pub async fn connect(url: &str, source: Option<IpAddr>, token: &str, deadline: Duration) -> anyhow::Result<WsStream> {
+pub async fn connect(url: &str, source: Option<IpAddr>, token: &str, deadline: Duration) -> anyhow::Result<Socket> {
     tokio::time::timeout(deadline, async {
         let addr = authority(url)?;
         let socket = tokio::net::TcpSocket::new_v4()?;
@@ -48,24 +45,22 @@ pub async fn connect(url: &str, source: Option<IpAddr>, token: &str, deadline: D
         }
         let tcp = socket.connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let ws_url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-        // Small buffers: a worker holds up to 15,000 of these.
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(ws_url, tcp, Some(config)).await?;
-        match ws.next().await {
-            Some(Ok(Ws::Text(t))) if t.starts_with('0') => {}
+        let mut ws = Socket::handshake(tcp, &addr.to_string(), "/socket.io/?EIO=4&transport=websocket").await?;
+        match ws.reader.next().await? {
+            Some(Incoming::Text(t)) if t.starts_with(b"0") => {}
             other => anyhow::bail!("no Engine.IO open packet: {other:?}"),
         }
-        ws.send(Ws::text(format!("40{}", json!({ "token": token })))).await?;
+        ws.writer.text(&format!("40{}", json!({ "token": token }))).await?;
         loop {
-            match ws.next().await {
-                Some(Ok(Ws::Text(t))) if t.starts_with("40") => return Ok(ws),
-                Some(Ok(Ws::Text(t))) if t.starts_with("44") => anyhow::bail!("refused: {t}"),
-                Some(Ok(Ws::Text(t))) if t.as_str() == "2" => ws.send(Ws::text("3")).await?,
-                Some(Ok(_)) => {}
-                other => anyhow::bail!("connection ended: {other:?}"),
+            match ws.reader.next().await? {
+                Some(Incoming::Text(t)) if t.starts_with(b"40") => return Ok(ws),
+                Some(Incoming::Text(t)) if t.starts_with(b"44") => {
+                    anyhow::bail!("refused: {}", String::from_utf8_lossy(t))
+                }
+                Some(Incoming::Text(b"2")) => ws.writer.text("3").await?,
+                Some(Incoming::Ping(p)) => ws.writer.pong(p).await?,
+                Some(_) => {}
+                None => anyhow::bail!("connection ended before the CONNECT was answered"),
             }
         }
     })
@@ -74,14 +69,17 @@ pub async fn connect(url: &str, source: Option<IpAddr>, token: &str, deadline: D
 }
 
 /// `42<id>["name",payload]`.
-pub fn event_frame(ack_id: u64, name: &str, payload: &Value) -> Ws {
-    Ws::text(format!("42{ack_id}{}", json!([name, payload])))
+pub fn event_frame(ack_id: u64, name: &str, payload: &Value) -> String {
+    format!("42{ack_id}{}", json!([name, payload]))
 }
 
-/// What one text frame is, as far as the scenarios care.
+/// What one frame is, as far as the scenarios care.
 #[derive(Debug, PartialEq)]
 pub enum Frame<'a> {
+    /// An Engine.IO ping (`2`), answered with `3`.
     Ping,
+    /// A WebSocket ping, answered with a pong of the same payload.
+    WsPing(&'a [u8]),
     /// `message:new`: its seq and the send time in its body, if any.
     New {
         seq: u64,
@@ -91,7 +89,7 @@ pub enum Frame<'a> {
     Ack {
         id: u64,
         ok: bool,
-        raw: &'a str,
+        raw: &'a [u8],
     },
     Other,
 }
@@ -100,28 +98,41 @@ pub enum Frame<'a> {
 /// finder built once.
 pub static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"seq\":"));
 static SENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"body\":\"t="));
+static OK: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"ok\":true"));
 
-/// The number right after the first match of `key` in `s`.
-pub fn number_after(s: &str, key: &Finder<'_>) -> Option<u64> {
-    let at = key.find(s.as_bytes())? + key.needle().len();
-    let digits = &s.as_bytes()[at..];
-    let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
-    s[at..at + end].parse().ok()
+/// The decimal number at the start of `s` (at most 19 digits) and its
+/// length.
+fn leading_number(s: &[u8]) -> Option<(u64, usize)> {
+    let digits = s.iter().take(19).take_while(|b| b.is_ascii_digit()).count();
+    let n = s[..digits].iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    (digits > 0).then_some((n, digits))
 }
 
-pub fn classify(t: &str) -> Frame<'_> {
-    if t == "2" {
+/// The number right after the first match of `key` in `s`.
+pub fn number_after(s: &[u8], key: &Finder<'_>) -> Option<u64> {
+    let at = key.find(s)? + key.needle().len();
+    leading_number(&s[at..]).map(|(n, _)| n)
+}
+
+/// What a received frame is; payloads are matched as bytes, never checked
+/// as UTF-8 or parsed as JSON.
+pub fn classify(frame: Incoming<'_>) -> Frame<'_> {
+    let t = match frame {
+        Incoming::Text(t) => t,
+        Incoming::Ping(p) => return Frame::WsPing(p),
+        Incoming::Binary(_) => return Frame::Other,
+    };
+    if t == b"2" {
         return Frame::Ping;
     }
-    if let Some(rest) = t.strip_prefix("42[\"message:new\",") {
+    if let Some(rest) = t.strip_prefix(b"42[\"message:new\",") {
         let Some(seq) = number_after(rest, &SEQ) else { return Frame::Other };
         return Frame::New { seq, sent_micros: number_after(rest, &SENT) };
     }
-    if let Some(rest) = t.strip_prefix("43") {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if let Ok(id) = rest[..digits].parse() {
+    if let Some(rest) = t.strip_prefix(b"43") {
+        if let Some((id, digits)) = leading_number(rest) {
             let raw = &rest[digits..];
-            return Frame::Ack { id, ok: raw.contains("\"ok\":true"), raw };
+            return Frame::Ack { id, ok: OK.find(raw).is_some(), raw };
         }
     }
     Frame::Other
@@ -130,7 +141,7 @@ pub fn classify(t: &str) -> Frame<'_> {
 /// Sends an event and waits for its ack, answering pings and passing any
 /// `message:new` read meanwhile to `on_new`. Returns the ack payload.
 pub async fn call(
-    ws: &mut WsStream,
+    ws: &mut Socket,
     ack_id: u64,
     name: &str,
     payload: &Value,
@@ -138,15 +149,15 @@ pub async fn call(
     mut on_new: impl FnMut(u64, Option<u64>),
 ) -> anyhow::Result<Value> {
     tokio::time::timeout(deadline, async {
-        ws.send(event_frame(ack_id, name, payload)).await?;
+        ws.writer.text(&event_frame(ack_id, name, payload)).await?;
         loop {
-            let Some(msg) = ws.next().await else { anyhow::bail!("connection ended waiting for {name}") };
-            let Ws::Text(t) = msg? else { continue };
-            match classify(&t) {
-                Frame::Ping => ws.send(Ws::text("3")).await?,
+            let Some(frame) = ws.reader.next().await? else { anyhow::bail!("connection ended waiting for {name}") };
+            match classify(frame) {
+                Frame::Ping => ws.writer.text("3").await?,
+                Frame::WsPing(p) => ws.writer.pong(p).await?,
                 Frame::New { seq, sent_micros } => on_new(seq, sent_micros),
                 Frame::Ack { id, raw, .. } if id == ack_id => {
-                    let v: Value = serde_json::from_str(raw)?;
+                    let v: Value = serde_json::from_slice(raw)?;
                     let first = v.get(0).cloned().unwrap_or(Value::Null);
                     anyhow::ensure!(first["ok"] == true, "{name} refused: {first}");
                     return Ok(first["data"].clone());
@@ -165,17 +176,21 @@ mod tests {
 
     #[test]
     fn classifies_frames() {
-        assert_eq!(classify("2"), Frame::Ping);
+        let text = |t: &'static str| classify(Incoming::Text(t.as_bytes()));
+        assert_eq!(text("2"), Frame::Ping);
+        assert_eq!(classify(Incoming::Ping(b"x")), Frame::WsPing(b"x"));
         assert_eq!(
-            classify(
-                r#"42["message:new",{"chatId":"c","id":"x","seq":17,"senderId":"u","body":"t=123","createdAt":"z"}]"#
-            ),
+            text(r#"42["message:new",{"chatId":"c","id":"x","seq":17,"senderId":"u","body":"t=123","createdAt":"z"}]"#),
             Frame::New { seq: 17, sent_micros: Some(123) }
         );
-        assert_eq!(classify(r#"42["message:new",{"seq":3,"body":"hello"}]"#), Frame::New { seq: 3, sent_micros: None });
-        assert!(matches!(classify(r#"437[{"ok":true,"data":{}}]"#), Frame::Ack { id: 7, ok: true, .. }));
-        assert!(matches!(classify(r#"438[{"ok":false,"error":"X"}]"#), Frame::Ack { id: 8, ok: false, .. }));
-        assert_eq!(classify(r#"42["typing:update",{}]"#), Frame::Other);
+        assert_eq!(text(r#"42["message:new",{"seq":3,"body":"hello"}]"#), Frame::New { seq: 3, sent_micros: None });
+        assert_eq!(text(r#"42["message:new",{"seq":"x"}]"#), Frame::Other);
+        assert!(matches!(text(r#"437[{"ok":true,"data":{}}]"#), Frame::Ack { id: 7, ok: true, .. }));
+        assert!(matches!(text(r#"4381[{"ok":false,"error":"X"}]"#), Frame::Ack { id: 81, ok: false, .. }));
+        assert_eq!(text(r#"42["typing:update",{}]"#), Frame::Other);
+        assert_eq!(text("43"), Frame::Other);
+        assert_eq!(classify(Incoming::Binary(b"2")), Frame::Other);
+        assert_eq!(number_after(br#"{"seq":99999999999999999999999}"#, &SEQ), Some(9_999_999_999_999_999_999));
         assert_eq!(authority("http://127.0.0.1:3000").unwrap().port(), 3000);
         assert!(authority("https://x").is_err());
     }

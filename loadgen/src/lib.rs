@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod worker;
+pub mod ws;
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;

@@ -4,8 +4,9 @@
 //! worker whole chats, so every check of a chat (loss, order, recovery)
 //! happens inside one worker.
 
-use crate::client::{self, classify, Frame, WsStream};
-use futures::{SinkExt, StreamExt};
+use crate::client::{self, classify, Frame};
+use crate::ws::Socket;
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -13,7 +14,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message as Ws;
 
 /// How long one connect or one acked call may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(20);
@@ -179,7 +179,7 @@ fn seats(plan: &Plan) -> Vec<Seat> {
 
 /// Opens one socket of the plan and joins its chat: (socket, the chat's
 /// last seq at the join).
-async fn open(plan: Arc<Plan>, i: usize, user: String, chat: Option<usize>) -> anyhow::Result<(WsStream, u64)> {
+async fn open(plan: Arc<Plan>, i: usize, user: String, chat: Option<usize>) -> anyhow::Result<(Socket, u64)> {
     let url = &plan.urls[i % plan.urls.len()];
     let source = (!plan.sources.is_empty()).then(|| plan.sources[i % plan.sources.len()]);
     let mut ws = client::connect(url, source, &client::token(&plan.secret, &user), CALL_DEADLINE).await?;
@@ -214,7 +214,7 @@ pub async fn run(
         .enumerate()
         .map(|(i, seat)| numbered(i, open(plan.clone(), i, seat.user.clone(), seat.chat)))
         .collect();
-    let mut opened: Vec<(usize, anyhow::Result<(WsStream, u64)>)> =
+    let mut opened: Vec<(usize, anyhow::Result<(Socket, u64)>)> =
         futures::stream::iter(opening).buffer_unordered(plan.connect_concurrency.max(1)).collect().await;
     opened.sort_unstable_by_key(|(i, _)| *i);
     let mut sockets = Vec::with_capacity(seats.len());
@@ -289,8 +289,8 @@ pub async fn run(
 type Settled = tokio::sync::watch::Sender<Option<u64>>;
 
 /// Reads a socket until `until` or its end, answering pings and passing
-/// each `message:new` (seq, send time) to `on_new`.
-async fn read_live(ws: &mut WsStream, until: Instant, on_new: impl FnMut(u64, Option<u64>)) {
+/// each `message:new` (seq, send time, receive time) to `on_new`.
+async fn read_live(ws: &mut Socket, until: Instant, on_new: impl FnMut(u64, Option<u64>, u64)) {
     let (_never, settled) = tokio::sync::watch::channel(None);
     read_until_settled(ws, until, settled, on_new).await;
 }
@@ -298,10 +298,10 @@ async fn read_live(ws: &mut WsStream, until: Instant, on_new: impl FnMut(u64, Op
 /// Like [`read_live`], but also stops once the chat has settled and this
 /// socket has seen its last seq.
 async fn read_until_settled(
-    ws: &mut WsStream,
+    ws: &mut Socket,
     until: Instant,
     mut settled: tokio::sync::watch::Receiver<Option<u64>>,
-    mut on_new: impl FnMut(u64, Option<u64>),
+    mut on_new: impl FnMut(u64, Option<u64>, u64),
 ) {
     // The deadline and the wait for the chat's last seq live across reads,
     // so a delivery costs no timer and no waiter of its own.
@@ -324,24 +324,28 @@ async fn read_until_settled(
             break;
         }
         // The socket first, so a delivery polls no timer and no waiter.
-        let msg = tokio::select! {
+        let more = tokio::select! {
             biased;
-            msg = ws.next() => msg,
+            more = ws.reader.advance() => more,
             h = &mut settle, if head.is_none() => {
                 head = Some(h);
                 continue;
             }
             () = &mut deadline => break,
         };
-        let Some(Ok(msg)) = msg else { break };
-        let Ws::Text(t) = msg else { continue };
-        match classify(&t) {
-            Frame::Ping if ws.send(Ws::text("3")).await.is_err() => break,
+        let Ok(true) = more else { break };
+        let sent = match classify(ws.reader.frame()) {
+            Frame::Ping => ws.writer.text("3").await,
+            Frame::WsPing(p) => ws.writer.pong(p).await,
             Frame::New { seq, sent_micros } => {
                 last = last.max(seq);
-                on_new(seq, sent_micros);
+                on_new(seq, sent_micros, ws.reader.received_micros());
+                Ok(())
             }
-            _ => {}
+            _ => Ok(()),
+        };
+        if sent.is_err() {
+            break;
         }
     }
 }
@@ -351,9 +355,10 @@ async fn read_until_settled(
 struct Deliveries(Vec<u64>);
 
 impl Deliveries {
-    fn note(&mut self, sent_micros: Option<u64>) {
+    /// A delivery sent and received at these wall-clock µs.
+    fn note(&mut self, sent_micros: Option<u64>, received_micros: u64) {
         if let Some(sent) = sent_micros {
-            self.0.push(client::now_micros().saturating_sub(sent));
+            self.0.push(received_micros.saturating_sub(sent));
         }
     }
 
@@ -363,20 +368,20 @@ impl Deliveries {
     }
 }
 
-async fn hold(mut ws: WsStream, until: Instant) {
-    read_live(&mut ws, until, |_, _| {}).await;
+async fn hold(mut ws: Socket, until: Instant) {
+    read_live(&mut ws, until, |_, _, _| {}).await;
 }
 
 /// Reads `message:new` until `until` or the chat has settled, timing each
 /// delivery.
 async fn receive(
-    mut ws: WsStream,
+    mut ws: Socket,
     until: Instant,
     settled: tokio::sync::watch::Receiver<Option<u64>>,
     totals: Arc<Totals>,
 ) {
     let mut d = Deliveries::default();
-    read_until_settled(&mut ws, until, settled, |_, sent| d.note(sent)).await;
+    read_until_settled(&mut ws, until, settled, |_, sent, at| d.note(sent, at)).await;
     d.report(&totals);
 }
 
@@ -386,7 +391,7 @@ async fn receive(
 /// announces the chat settled and ends.
 #[allow(clippy::too_many_arguments)]
 async fn send_loop(
-    ws: WsStream,
+    ws: Socket,
     plan: &Plan,
     c: usize,
     t0: Instant,
@@ -396,7 +401,7 @@ async fn send_loop(
     settled: &Settled,
     totals: &Totals,
 ) {
-    let (mut sink, mut stream) = ws.split();
+    let Socket { mut reader, mut writer } = ws;
     let chat_id = plan.chats[c].id.clone();
     let interval = Duration::from_micros(plan.interval_micros.max(1));
     let stop_sending = t0 + Duration::from_secs_f64(plan.send_secs);
@@ -427,22 +432,25 @@ async fn send_loop(
                 id += 1;
                 let t = client::now_micros();
                 let body = json!({ "chatId": chat_id, "body": format!("t={t}"), "clientId": format!("c{id}") });
-                if sink.send(client::event_frame(id, "message:send", &body)).await.is_err() {
+                if writer.text(&client::event_frame(id, "message:send", &body)).await.is_err() {
                     break;
                 }
                 sent_at.insert(id, t);
                 sent += 1;
             }
-            msg = tokio::time::timeout_at(until.into(), stream.next()) => {
-                let Ok(Some(Ok(msg))) = msg else { break };
-                let Ws::Text(t) = msg else { continue };
-                match classify(&t) {
+            more = tokio::time::timeout_at(until.into(), reader.advance()) => {
+                let Ok(Ok(true)) = more else { break };
+                let at = reader.received_micros();
+                match classify(reader.frame()) {
                     Frame::Ping => {
-                        let _ = sink.send(Ws::text("3")).await;
+                        let _ = writer.text("3").await;
+                    }
+                    Frame::WsPing(p) => {
+                        let _ = writer.pong(p).await;
                     }
                     Frame::Ack { id, ok: true, raw } => {
                         if let Some(t0) = sent_at.remove(&id) {
-                            acks.push(client::now_micros().saturating_sub(t0));
+                            acks.push(at.saturating_sub(t0));
                             acked += 1;
                             if let Some(seq) = client::number_after(raw, &client::SEQ) {
                                 head.fetch_max(seq, Ordering::Relaxed);
@@ -450,7 +458,7 @@ async fn send_loop(
                         }
                     }
                     Frame::New { seq, sent_micros: Some(s) } => {
-                        deliveries.push(client::now_micros().saturating_sub(s));
+                        deliveries.push(at.saturating_sub(s));
                         delivered += 1;
                         own_last = own_last.max(seq);
                     }
@@ -502,7 +510,7 @@ impl Seen {
 /// it saw every seq of its chat.
 #[allow(clippy::too_many_arguments)]
 async fn reconnecting_receiver(
-    mut ws: WsStream,
+    mut ws: Socket,
     plan: &Plan,
     i: usize,
     user: &str,
@@ -517,9 +525,9 @@ async fn reconnecting_receiver(
     let mut d = Deliveries::default();
     let drop_at = t0 + Duration::from_secs_f64(plan.drop_after_secs);
     // Before the drop: live deliveries.
-    read_live(&mut ws, drop_at, |seq, sent| {
+    read_live(&mut ws, drop_at, |seq, sent, at| {
         seen.mark(seq);
-        d.note(sent);
+        d.note(sent, at);
     })
     .await;
     // Drop: the TCP connection closes at once, with no goodbye.
@@ -547,9 +555,9 @@ async fn reconnecting_receiver(
     // After: live deliveries until the senders are done (and a drain after
     // a late recovery).
     if let Some(mut ws) = ws {
-        read_live(&mut ws, until.max(Instant::now() + DRAIN), |seq, sent| {
+        read_live(&mut ws, until.max(Instant::now() + DRAIN), |seq, sent, at| {
             seen.mark(seq);
-            d.note(sent);
+            d.note(sent, at);
         })
         .await;
     }
@@ -559,7 +567,7 @@ async fn reconnecting_receiver(
 
 /// `room:join { sinceSeq }` from what the client has seen, paging while
 /// `hasMore`; marks the missed messages and any live ones read meanwhile.
-async fn rejoin(socket: &mut WsStream, chat_id: &str, seen: &mut Seen) -> anyhow::Result<()> {
+async fn rejoin(socket: &mut Socket, chat_id: &str, seen: &mut Seen) -> anyhow::Result<()> {
     for ack_id in 2.. {
         let payload = json!({ "chatId": chat_id, "sinceSeq": seen.contiguous() });
         let mut live = Vec::new();
