@@ -64,8 +64,9 @@ fn when_ready<T>(
 impl AsyncRead for Socket {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let tcp = &self.0;
-        let n = ready!(when_ready(cx, |cx| tcp.poll_read_ready(cx), || tcp.try_read(buf.initialize_unfilled())))?;
-        buf.advance(n);
+        // Into the buffer's unfilled part as it is: `try_read` would need it
+        // zeroed first, on every read, however little arrives.
+        ready!(when_ready(cx, |cx| tcp.poll_read_ready(cx), || tcp.try_read_buf(buf)))?;
         Poll::Ready(Ok(()))
     }
 }
