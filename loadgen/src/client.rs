@@ -3,7 +3,7 @@
 //! frames read by substring rather than parsed into JSON values, so the
 //! generator spends its core on sockets, not on parsing.
 
-use crate::ws::{Incoming, Socket};
+use crate::ws::{Incoming, Socket, Writer};
 use memchr::memmem::Finder;
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
@@ -57,9 +57,7 @@ pub async fn connect(url: &str, source: Option<IpAddr>, token: &str, deadline: D
                 Some(Incoming::Text(t)) if t.starts_with(b"44") => {
                     anyhow::bail!("refused: {}", String::from_utf8_lossy(t))
                 }
-                Some(Incoming::Text(b"2")) => ws.writer.text("3").await?,
-                Some(Incoming::Ping(p)) => ws.writer.pong(p).await?,
-                Some(_) => {}
+                Some(other) => answer_ping(&mut ws.writer, &classify(other)).await?,
                 None => anyhow::bail!("connection ended before the CONNECT was answered"),
             }
         }
@@ -138,6 +136,16 @@ pub fn classify(frame: Incoming<'_>) -> Frame<'_> {
     Frame::Other
 }
 
+/// Answers a ping of either layer (Engine.IO's `2`, a WebSocket ping);
+/// any other frame needs no answer.
+pub async fn answer_ping(writer: &mut Writer, frame: &Frame<'_>) -> std::io::Result<()> {
+    match frame {
+        Frame::Ping => writer.text("3").await,
+        Frame::WsPing(p) => writer.pong(p).await,
+        _ => Ok(()),
+    }
+}
+
 /// Sends an event and waits for its ack, answering pings and passing any
 /// `message:new` read meanwhile to `on_new`. Returns the ack payload.
 pub async fn call(
@@ -153,8 +161,6 @@ pub async fn call(
         loop {
             let Some(frame) = ws.reader.next().await? else { anyhow::bail!("connection ended waiting for {name}") };
             match classify(frame) {
-                Frame::Ping => ws.writer.text("3").await?,
-                Frame::WsPing(p) => ws.writer.pong(p).await?,
                 Frame::New { seq, sent_micros } => on_new(seq, sent_micros),
                 Frame::Ack { id, raw, .. } if id == ack_id => {
                     let v: Value = serde_json::from_slice(raw)?;
@@ -162,7 +168,7 @@ pub async fn call(
                     anyhow::ensure!(first["ok"] == true, "{name} refused: {first}");
                     return Ok(first["data"].clone());
                 }
-                _ => {}
+                other => answer_ping(&mut ws.writer, &other).await?,
             }
         }
     })

@@ -334,17 +334,11 @@ async fn read_until_settled(
             () = &mut deadline => break,
         };
         let Ok(true) = more else { break };
-        let sent = match classify(ws.reader.frame()) {
-            Frame::Ping => ws.writer.text("3").await,
-            Frame::WsPing(p) => ws.writer.pong(p).await,
-            Frame::New { seq, sent_micros } => {
-                last = last.max(seq);
-                on_new(seq, sent_micros, ws.reader.received_micros());
-                Ok(())
-            }
-            _ => Ok(()),
-        };
-        if sent.is_err() {
+        let frame = classify(ws.reader.frame());
+        if let Frame::New { seq, sent_micros } = frame {
+            last = last.max(seq);
+            on_new(seq, sent_micros, ws.reader.received_micros());
+        } else if client::answer_ping(&mut ws.writer, &frame).await.is_err() {
             break;
         }
     }
@@ -442,12 +436,6 @@ async fn send_loop(
                 let Ok(Ok(true)) = more else { break };
                 let at = reader.received_micros();
                 match classify(reader.frame()) {
-                    Frame::Ping => {
-                        let _ = writer.text("3").await;
-                    }
-                    Frame::WsPing(p) => {
-                        let _ = writer.pong(p).await;
-                    }
                     Frame::Ack { id, ok: true, raw } => {
                         if let Some(t0) = sent_at.remove(&id) {
                             acks.push(at.saturating_sub(t0));
@@ -462,7 +450,9 @@ async fn send_loop(
                         delivered += 1;
                         own_last = own_last.max(seq);
                     }
-                    _ => {}
+                    other => {
+                        let _ = client::answer_ping(&mut writer, &other).await;
+                    }
                 }
             }
         }

@@ -136,16 +136,16 @@ impl Reader {
         self.start += std::mem::take(&mut self.returned);
         loop {
             if let Some((at, len, opcode)) = self.parse()? {
-                self.returned = at + len - self.start;
-                self.current = (at, len, opcode);
                 match opcode {
                     OpCode::Control(Control::Pong) => {
-                        self.start += std::mem::take(&mut self.returned);
+                        self.start = at + len;
                         continue;
                     }
                     OpCode::Control(Control::Close) => return Ok(false),
                     OpCode::Data(Data::Text) | OpCode::Data(Data::Binary) | OpCode::Control(Control::Ping) => {
-                        return Ok(true)
+                        self.current = (at, len, opcode);
+                        self.returned = at + len - self.start;
+                        return Ok(true);
                     }
                     other => return Err(invalid(format!("unsupported frame: {other:?}"))),
                 }

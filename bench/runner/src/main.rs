@@ -355,7 +355,7 @@ fn main() -> anyhow::Result<()> {
     if bench.wants("fanout") {
         // Up to 16,000 msgs/s (1.6 million deliveries/s): past confab's knee
         // and the ceiling's doubled on a fast host, within what the
-        // generator's one core receives (it was at 54 % there); the summary
+        // generator's one core receives (it was at 54–66 % there); the summary
         // flags a knee where the generator was saturated.
         let rates: &[f64] = if quick {
             &[100.0, 1000.0]
