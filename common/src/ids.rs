@@ -71,3 +71,81 @@ impl EdgeId {
         Self::new(format!("edge-{}", uuid::Uuid::new_v4().simple()))
     }
 }
+
+/// The longest user id, in characters (Unicode scalar values).
+pub const USER_ID_MAX_CHARS: usize = 128;
+
+/// Why a string is not a user id (see [`UserId::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidUserId {
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than {USER_ID_MAX_CHARS} characters")]
+    TooLong,
+    #[error("contains a control character")]
+    Control,
+    #[error("contains whitespace other than an inner space")]
+    Whitespace,
+}
+
+impl UserId {
+    /// The rule every user id follows (the token's `sub`, and every id a
+    /// client names): 1..=128 characters, no control character (C0, DEL,
+    /// C1: newline and NUL included), no whitespace but U+0020 SPACE, and
+    /// that one neither first nor last (so no id is blank). Ids are compared
+    /// as given: no case folding or normalisation.
+    pub fn check(s: &str) -> Result<(), InvalidUserId> {
+        if s.is_empty() {
+            return Err(InvalidUserId::Empty);
+        }
+        let mut count = 0;
+        for c in s.chars() {
+            count += 1;
+            if c.is_control() {
+                return Err(InvalidUserId::Control);
+            }
+            if c.is_whitespace() && c != ' ' {
+                return Err(InvalidUserId::Whitespace);
+            }
+        }
+        if count > USER_ID_MAX_CHARS {
+            return Err(InvalidUserId::TooLong);
+        }
+        if s.starts_with(' ') || s.ends_with(' ') {
+            return Err(InvalidUserId::Whitespace);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_are_printable_and_not_padded() {
+        for good in ["alice", "a", "Zoë Smith", "user@example.com", "日本", "👍🏽", &"x".repeat(128)] {
+            assert_eq!(UserId::check(good), Ok(()), "{good:?}");
+        }
+        let too_long = "é".repeat(129);
+        let cases = [
+            ("", InvalidUserId::Empty),
+            (too_long.as_str(), InvalidUserId::TooLong),
+            ("w\nz", InvalidUserId::Control),
+            ("a\0", InvalidUserId::Control),
+            ("a\u{7f}", InvalidUserId::Control),
+            ("a\u{85}b", InvalidUserId::Control),
+            ("a\tb", InvalidUserId::Control),
+            (" ", InvalidUserId::Whitespace),
+            ("   ", InvalidUserId::Whitespace),
+            (" alice", InvalidUserId::Whitespace),
+            ("alice ", InvalidUserId::Whitespace),
+            ("a\u{2028}b", InvalidUserId::Whitespace),
+            ("a\u{3000}b", InvalidUserId::Whitespace),
+            ("\u{a0}", InvalidUserId::Whitespace),
+        ];
+        for (bad, why) in cases {
+            assert_eq!(UserId::check(bad), Err(why), "{bad:?}");
+        }
+    }
+}
