@@ -1,5 +1,8 @@
-//! JWT checks (CONTRACT §2, §8.8): which token counts, and whether it is good.
+//! JWT checks (CONTRACT §2, §8.8): which token counts, and whether it is good:
+//! signed with a configured key, `exp` in the future, no `crit` header, and a
+//! user id that follows [`UserId::check`].
 
+use confab_common::UserId;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -119,6 +122,11 @@ impl Verifier {
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        // RFC 7515 §4.1.11: a `crit` header names extensions the verifier
+        // must understand or refuse the token. We understand none.
+        if header.crit.is_some() {
+            return Err(AuthError::Invalid);
+        }
         let (alg, key) = self.keys.iter().find(|(a, _)| *a == header.alg).ok_or(AuthError::Invalid)?;
         let mut validation = self.validation.clone();
         validation.algorithms = vec![*alg];
@@ -127,11 +135,15 @@ impl Verifier {
             _ => AuthError::Invalid,
         })?;
         let c = data.claims;
+        // The library lets `exp == now` through; a token is good only
+        // before its `exp` (plus the leeway).
+        let now = confab_common::time::now_ms() / 1000;
+        if c.exp.saturating_add(i64::try_from(self.validation.leeway).unwrap_or(i64::MAX)) <= now {
+            return Err(AuthError::Expired);
+        }
         let user_id =
             c.sub.filter(|s| !s.is_empty()).or(c.user_id.filter(|s| !s.is_empty())).ok_or(AuthError::Invalid)?;
-        if user_id.chars().count() > 128 {
-            return Err(AuthError::Invalid);
-        }
+        UserId::check(&user_id).map_err(|_| AuthError::Invalid)?;
         Ok(Identity { user_id, name: c.name, expires_at: c.exp })
     }
 }
@@ -241,6 +253,53 @@ mod tests {
             b64(&format!(r#"{{"sub":"alice","exp":{}}}"#, confab_common::time::now_ms() / 1000 + 60))
         );
         assert_eq!(v.verify(&none), Err(AuthError::Invalid));
+    }
+
+    fn hs256(header: &Header, claims: &Value) -> String {
+        jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn verifier(leeway_secs: u64) -> Verifier {
+        Verifier::new(&AuthSettings { secret: Some("test-secret".into()), leeway_secs, ..AuthSettings::default() })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_token_expires_at_its_exp_not_a_second_later() {
+        let now = confab_common::time::now_ms() / 1000;
+        let header = Header::new(Algorithm::HS256);
+        let at = |exp: i64| hs256(&header, &json!({ "sub": "alice", "exp": exp }));
+        assert_eq!(verifier(0).verify(&at(now)), Err(AuthError::Expired));
+        assert_eq!(verifier(0).verify(&at(now - 1)), Err(AuthError::Expired));
+        assert!(verifier(0).verify(&at(now + 60)).is_ok());
+        // The leeway moves the end by as much, and no further.
+        assert!(verifier(30).verify(&at(now - 10)).is_ok());
+        assert_eq!(verifier(30).verify(&at(now - 30)), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn a_critical_header_is_refused() {
+        let exp = confab_common::time::now_ms() / 1000 + 60;
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["b64".into()]);
+        assert_eq!(verifier(0).verify(&hs256(&header, &json!({ "sub": "alice", "exp": exp }))), Err(AuthError::Invalid));
+        header.crit = Some(vec![]);
+        assert_eq!(verifier(0).verify(&hs256(&header, &json!({ "sub": "alice", "exp": exp }))), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn the_user_id_must_follow_the_rule() {
+        let exp = confab_common::time::now_ms() / 1000 + 60;
+        let header = Header::new(Algorithm::HS256);
+        let v = verifier(0);
+        for bad in ["w\nz", "a\0", " ", "\t", " alice", "alice ", &"x".repeat(129)] {
+            let token = hs256(&header, &json!({ "sub": bad, "exp": exp }));
+            assert_eq!(v.verify(&token), Err(AuthError::Invalid), "{bad:?}");
+            let token = hs256(&header, &json!({ "userId": bad, "exp": exp }));
+            assert_eq!(v.verify(&token), Err(AuthError::Invalid), "{bad:?}");
+        }
+        let token = hs256(&header, &json!({ "sub": "Zoë Smith", "exp": exp }));
+        assert_eq!(v.verify(&token).unwrap().user_id, "Zoë Smith");
     }
 
     fn b64(s: &str) -> String {
