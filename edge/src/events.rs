@@ -371,7 +371,7 @@ fn presence_subscribe(
     payload: Option<&Value>,
 ) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
-    let ids = validate::id_list(o, "userIds", edge.config.presence_subscribe_max)?;
+    let ids = validate::user_ids(o, "userIds", edge.config.presence_subscribe_max)?;
     let (edge, socket, user) = (edge.clone(), socket.clone(), user.to_string());
     later(async move {
         let visible = crate::presence::visible_to(&edge, &user).await?;
@@ -390,7 +390,7 @@ fn presence_unsubscribe(
     payload: Option<&Value>,
 ) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
-    let ids = validate::id_list(o, "userIds", edge.config.presence_subscribe_max)?;
+    let ids = validate::user_ids(o, "userIds", edge.config.presence_subscribe_max)?;
     let gone = edge.watchers.remove(socket, Some(&ids));
     crate::presence::report(edge, Vec::new(), gone);
     Ok(Pending::Now(json!({})))

@@ -93,7 +93,7 @@ async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonOb
     }
     let title = validate::optional_string(o, "title", 0, 200)?;
     let mut members = vec![user.clone()];
-    for id in validate::id_list(o, "memberIds", edge.config.max_members)? {
+    for id in validate::user_ids(o, "memberIds", edge.config.max_members)? {
         if !members.contains(&id) {
             members.push(id);
         }
@@ -171,6 +171,7 @@ async fn user_presence(
     Caller(viewer): Caller,
     Path(user_id): Path<String>,
 ) -> ApiResult {
+    validate::user_id(&user_id, "userId")?;
     let snapshot = crate::presence::visible_snapshot(&edge, &viewer, &[user_id]).await?;
     Ok(json_response(StatusCode::OK, snapshot.into_iter().next().unwrap_or(Value::Null)))
 }
@@ -200,7 +201,7 @@ async fn add_members(
     Path(chat_id): Path<String>,
     JsonObject(ref o): JsonObject,
 ) -> ApiResult {
-    let ids = validate::id_list(o, "userIds", edge.config.max_members)?;
+    let ids = validate::user_ids(o, "userIds", edge.config.max_members)?;
     if ids.is_empty() {
         return Err(ApiError::validation("userIds must not be empty"));
     }
@@ -212,6 +213,7 @@ async fn remove_member(
     Caller(user): Caller,
     Path((chat_id, member)): Path<(String, String)>,
 ) -> ApiResult {
+    validate::user_id(&member, "userId")?;
     manage(&edge, &user, &chat_id, pb::manage_op::Change::RemoveMember(member)).await
 }
 
@@ -221,6 +223,7 @@ async fn set_role(
     Path((chat_id, member)): Path<(String, String)>,
     JsonObject(ref o): JsonObject,
 ) -> ApiResult {
+    validate::user_id(&member, "userId")?;
     let role = validate::string(o, "role", 1, 16)?;
     if role != "admin" && role != "member" {
         return Err(ApiError::validation("role must be admin or member"));

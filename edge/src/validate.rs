@@ -1,8 +1,9 @@
 //! Payload checks (CONTRACT §8.4, §8.13): unknown fields are ignored; a
 //! known field of the wrong JSON type or out of bounds is VALIDATION_ERROR.
-//! Lengths count Unicode scalar values.
+//! Lengths count Unicode scalar values. User ids follow [`UserId::check`].
 
 use crate::error::ApiError;
+use confab_common::UserId;
 use serde_json::{Map, Value};
 
 pub type Obj<'a> = &'a Map<String, Value>;
@@ -45,8 +46,9 @@ pub fn optional_u64(o: Obj<'_>, field: &str) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// A required array of at most `max` ids, each a string of 1..=128 characters.
-pub fn id_list(o: Obj<'_>, field: &str, max: usize) -> Result<Vec<String>, ApiError> {
+/// A required array of at most `max` user ids, each following the user
+/// id rule ([`UserId::check`]).
+pub fn user_ids(o: Obj<'_>, field: &str, max: usize) -> Result<Vec<String>, ApiError> {
     let Some(Value::Array(ids)) = o.get(field) else {
         return Err(ApiError::validation(format!("{field} must be an array of strings")));
     };
@@ -54,11 +56,17 @@ pub fn id_list(o: Obj<'_>, field: &str, max: usize) -> Result<Vec<String>, ApiEr
         return Err(ApiError::validation(format!("{field} holds at most {max} ids")));
     }
     ids.iter()
-        .map(|id| match id {
-            Value::String(s) if (1..=128).contains(&s.chars().count()) => Ok(s.clone()),
-            _ => Err(ApiError::validation(format!("{field} must hold strings of 1..128 characters"))),
+        .enumerate()
+        .map(|(i, id)| match id {
+            Value::String(s) => user_id(s, &format!("{field}[{i}]")).map(|()| s.clone()),
+            _ => Err(ApiError::validation(format!("{field}[{i}] must be a string"))),
         })
         .collect()
+}
+
+/// A user id named by a client (a payload field or a path segment).
+pub fn user_id(id: &str, field: &str) -> Result<(), ApiError> {
+    UserId::check(id).map_err(|why| ApiError::validation(format!("{field} is not a valid user id: it {why}")))
 }
 
 /// A message body: 1..=max characters with at least one non-whitespace one.
@@ -104,5 +112,20 @@ mod tests {
         assert!(body(o(&json!({"body": "é".repeat(8000)})), 8000).is_ok());
         assert!(object(Some(&json!([1]))).is_err());
         assert!(object(None).is_err());
+    }
+
+    #[test]
+    fn user_ids_follow_the_rule_and_errors_name_the_field() {
+        let v = json!({"ok": ["alice", "Zoë Smith"], "nl": ["alice", "w\nz"], "nul": ["a\0"], "blank": [" "],
+            "n": [5], "s": "alice"});
+        assert_eq!(user_ids(o(&v), "ok", 10).unwrap(), ["alice", "Zoë Smith"]);
+        for (field, named) in [("nl", "nl[1]"), ("nul", "nul[0]"), ("blank", "blank[0]"), ("n", "n[0]")] {
+            let e = user_ids(o(&v), field, 10).unwrap_err();
+            assert_eq!(e.code, confab_common::ErrorCode::ValidationError);
+            assert!(e.message.starts_with(named), "{}", e.message);
+        }
+        assert!(user_ids(o(&v), "s", 10).is_err());
+        assert!(user_ids(o(&v), "ok", 1).is_err());
+        assert!(user_id("w\nz", "userId").unwrap_err().message.starts_with("userId "));
     }
 }
