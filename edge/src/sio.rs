@@ -21,6 +21,11 @@ pub enum Incoming {
     Ack,
     /// BINARY_EVENT or BINARY_ACK: refused; `ack` is the id if one was sent.
     Binary { ack: Option<u64> },
+    /// An EVENT that is valid JSON text but holds a lone UTF-16 surrogate
+    /// escape (`"\ud83d"`, what `JSON.stringify` makes of a cut emoji): it
+    /// has no Unicode value, so it is refused with VALIDATION_ERROR on its
+    /// ack, and the connection stays.
+    LoneSurrogate { nsp: String, name: String, ack: Option<u64> },
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -87,7 +92,10 @@ pub fn parse(msg: &str) -> Result<Incoming, ParseError> {
         }
         '1' => Ok(Incoming::Disconnect { nsp }),
         '2' => {
-            let value: Value = serde_json::from_str(rest).map_err(|_| ParseError::Json)?;
+            let value: Value = match serde_json::from_str(rest) {
+                Ok(v) => v,
+                Err(_) => return lone_surrogate_event(nsp, rest, ack),
+            };
             let Value::Array(mut args) = value else {
                 return Err(ParseError::EventShape);
             };
@@ -104,6 +112,62 @@ pub fn parse(msg: &str) -> Result<Incoming, ParseError> {
         '4' => Err(ParseError::ServerOnly('4')),
         other => Err(ParseError::UnknownType(other)),
     }
+}
+
+/// An EVENT's JSON that failed to parse: a lone surrogate escape in
+/// otherwise valid JSON gives [`Incoming::LoneSurrogate`], anything else is
+/// malformed.
+fn lone_surrogate_event(nsp: String, json: &str, ack: Option<u64>) -> Result<Incoming, ParseError> {
+    let replaced = replace_lone_surrogates(json).ok_or(ParseError::Json)?;
+    match serde_json::from_str::<Value>(&replaced) {
+        Ok(Value::Array(args)) => match args.into_iter().next() {
+            Some(Value::String(name)) => Ok(Incoming::LoneSurrogate { nsp, name, ack }),
+            _ => Err(ParseError::EventShape),
+        },
+        Ok(_) => Err(ParseError::EventShape),
+        Err(_) => Err(ParseError::Json),
+    }
+}
+
+/// `json` with every `\uXXXX` escape of a lone surrogate replaced by
+/// `\ufffd`; `None` when it has none. Escapes are only found in strings,
+/// and `\\` is skipped as a whole, so `"\\ud83d"` (a backslash and text)
+/// is left alone.
+fn replace_lone_surrogates(json: &str) -> Option<String> {
+    fn escape_at(b: &[u8], i: usize) -> Option<u16> {
+        let hex = b.get(i..i + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    }
+    let b = json.as_bytes();
+    let mut out = String::new();
+    let (mut copied, mut i, mut found) = (0, 0, false);
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match escape_at(b, i) {
+            Some(0xD800..=0xDBFF) if matches!(escape_at(b, i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => {
+                // Every boundary here is an ASCII byte, so the slices are whole.
+                out.push_str(&json[copied..i]);
+                out.push_str("\\ufffd");
+                found = true;
+                i += 6;
+                copied = i;
+            }
+            Some(_) => i += 6,
+            None => i += 2,
+        }
+    }
+    if !found {
+        return None;
+    }
+    out.push_str(&json[copied.min(json.len())..]);
+    Some(out)
 }
 
 fn with_nsp(kind: char, nsp: &str) -> String {
@@ -224,6 +288,27 @@ mod tests {
         assert_eq!(parse("4{}"), Err(ParseError::ServerOnly('4')));
         // Multi-byte first characters do not panic.
         assert_eq!(parse("é"), Err(ParseError::UnknownType('é')));
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_its_own_case() {
+        assert_eq!(
+            parse(r#"27["message:send",{"body":"cut \ud83d"}]"#).unwrap(),
+            Incoming::LoneSurrogate { nsp: "/".into(), name: "message:send".into(), ack: Some(7) }
+        );
+        assert_eq!(
+            parse(r#"2["a",{"b":"\udc00 then \ud83d\ude00"}]"#).unwrap(),
+            Incoming::LoneSurrogate { nsp: "/".into(), name: "a".into(), ack: None }
+        );
+        // A whole pair, and an escaped backslash before "ud83d", are fine.
+        assert!(matches!(parse(r#"2["a",{"b":"\ud83d\ude00"}]"#).unwrap(), Incoming::Event { .. }));
+        assert!(matches!(parse(r#"2["a",{"b":"\\ud83d"}]"#).unwrap(), Incoming::Event { .. }));
+        // Still malformed: broken JSON around it, or no event name.
+        assert_eq!(parse(r#"2["a",{"b":"\ud83d"}"#), Err(ParseError::Json));
+        assert_eq!(parse(r#"2[{"b":"\ud83d"}]"#), Err(ParseError::EventShape));
+        assert_eq!(replace_lone_surrogates(r#""x\ud83d""#).as_deref(), Some(r#""x\ufffd""#));
+        assert_eq!(replace_lone_surrogates(r#""\ud83d\ud83d\ude00\ud83d""#).as_deref(), Some(r#""\ufffd\ud83d\ude00\ufffd""#));
+        assert_eq!(replace_lone_surrogates("\\"), None);
     }
 
     #[test]

@@ -208,6 +208,14 @@ impl Handler {
                 events::dispatch(&self.edge, &socket, &name, args.into_iter().next(), ack);
             }
             Ok(Incoming::Ack) => {}
+            Ok(Incoming::LoneSurrogate { nsp, name, ack }) => {
+                if let (Some(id), "/") = (ack, nsp.as_str()) {
+                    let e = ApiError::validation(
+                        "payload holds a lone UTF-16 surrogate escape (a cut emoji?): send well-formed Unicode",
+                    );
+                    send(&socket, sio::ack(id, &e.ack(&name)));
+                }
+            }
             Ok(Incoming::Binary { ack }) => {
                 if let Some(id) = ack {
                     let e = ApiError::validation("binary payloads are not supported");
