@@ -253,8 +253,14 @@ impl Handler {
         let edge = self.edge.clone();
         self.edge.shutdown.spawn(async move {
             if let Err(e) = start_session(&edge, &socket, identity).await {
+                // The message (a transport error, an address) goes to the
+                // log with the correlation id; the client gets neither.
                 let body = e.body("connect");
-                let data = json!({ "code": e.code.as_str(), "reason": body["message"] });
+                let data = json!({
+                    "code": e.code.as_str(),
+                    "reason": UNAVAILABLE_REASON,
+                    "correlationId": body["correlationId"],
+                });
                 send(&socket, sio::connect_error("/", e.code.as_str(), Some(&data)));
                 socket.data.connecting.store(false, Ordering::Release);
             }
@@ -268,6 +274,11 @@ fn refuse(socket: &EioSocket, e: AuthError) {
     send(socket, sio::connect_error("/", "UNAUTHORIZED", Some(&data)));
     socket.data.connecting.store(false, Ordering::Release);
 }
+
+/// The `reason` of a CONNECT_ERROR refused for a backend that is down (the
+/// only way a good token is refused): the client learns to retry, not how
+/// the cluster is wired.
+const UNAVAILABLE_REASON: &str = "service_unavailable";
 
 /// Accepts the CONNECT: auto-joins the user's chats, then `session:ready`.
 async fn start_session(
