@@ -5,7 +5,7 @@
 //! A request is queued synchronously (so two sends from one socket reach
 //! the router in the order they were emitted) and its reply awaited with a
 //! deadline. A router that is down, or that says it does not own the chat,
-//! is retried until the deadline: by then the ring has usually moved the
+//! is retried, after jittered exponential pauses, until the deadline: by then the ring has usually moved the
 //! chat to a live router. Sends are idempotent by clientId, so a retry never
 //! stores a message twice.
 //!
@@ -16,6 +16,7 @@
 
 use crate::rooms::Rooms;
 use crate::GrpcChannel;
+use confab_common::backoff::Backoff;
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_client::RouterClient;
@@ -43,8 +44,12 @@ pub type OnReply = Arc<dyn Fn(&ReplyResult) + Send + Sync>;
 const BATCH_FRAMES: usize = 64;
 /// Why a router stream ended.
 type StreamEnd = Box<dyn std::error::Error + Send + Sync>;
-/// Pause between two tries of a request.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Pauses between two tries of a request (or of a re-subscribe): 50 ms
+/// doubling to 1 s, with full jitter, so an outage costs the router and the
+/// store a handful of tries per request, not one every 100 ms.
+fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
+}
 
 struct Pending {
     tx: oneshot::Sender<ReplyResult>,
@@ -184,6 +189,7 @@ impl Links {
         let mut attempt = self.queue(chat_id, user_id, op.clone(), on_reply.clone());
         let (this, chat_id, user_id) = (self.clone(), chat_id.to_string(), user_id.to_string());
         async move {
+            let mut backoff = retry_backoff();
             loop {
                 let result = match attempt {
                     Ok((link, id, rx)) => match tokio::time::timeout_at(deadline, rx).await {
@@ -196,10 +202,11 @@ impl Links {
                     },
                     Err(why) => unavailable(why),
                 };
-                if !retryable(&result) || Instant::now() + RETRY_PAUSE >= deadline {
+                let pause = backoff.next_pause();
+                if !retryable(&result) || Instant::now() + pause >= deadline {
                     return result;
                 }
-                tokio::time::sleep(RETRY_PAUSE).await;
+                tokio::time::sleep(pause).await;
                 attempt = this.queue(&chat_id, &user_id, op.clone(), on_reply.clone());
             }
         }
@@ -292,13 +299,14 @@ impl Links {
         // Keep trying while the chat has local sockets: routers may still
         // disagree about the ring for a moment.
         tokio::spawn(async move {
+            let mut backoff = retry_backoff();
             loop {
                 let op = pb::request::Op::Subscribe(pb::SubscribeOp {});
                 let result = this.request(&chat, "", op, Some(on_reply.clone())).await;
                 if !retryable(&result) || !this.rooms.has(&chat) {
                     return;
                 }
-                tokio::time::sleep(RETRY_PAUSE).await;
+                tokio::time::sleep(backoff.next_pause()).await;
             }
         });
     }

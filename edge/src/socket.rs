@@ -8,6 +8,7 @@ use crate::conn::{Conn, EmitError, EngineData, EngineSocket, Packet};
 use crate::error::ApiError;
 use crate::sio::{self, Incoming};
 use crate::{events, Edge};
+use confab_common::log_limit::{self, LogLimit};
 use confab_proto::v1 as pb;
 use engineioxide::handler::EngineIoHandler;
 use engineioxide::{DisconnectReason, Str};
@@ -45,6 +46,8 @@ pub struct SocketData {
     pub chats: Mutex<HashSet<String>>,
     disconnected: AtomicBool,
     released: AtomicBool,
+    /// Its queue overflowed: it is being closed (logged once).
+    overflowed: AtomicBool,
     /// Chats this socket has sent `typing:start` in (stopped on disconnect).
     typing: Mutex<HashSet<String>>,
     /// Resolves when this socket's latest send has been queued to its
@@ -130,7 +133,14 @@ pub fn send(socket: &EioSocket, packet: String) {
 /// the socket (slow consumer): it reconnects and recovers with `sinceSeq`.
 pub fn emit(socket: &EioSocket, packet: &Packet) {
     if socket.emit(packet) == Err(EmitError::Full) {
-        tracing::warn!(sid = %socket.id, "socket queue full: disconnecting slow consumer");
+        // Packets keep coming until the close takes effect: one line per
+        // socket, and at most one per interval for all sockets together.
+        static QUEUE_FULL: LogLimit = LogLimit::new(log_limit::DEFAULT_INTERVAL);
+        if !socket.data.overflowed.swap(true, Ordering::AcqRel) {
+            if let Some(suppressed) = QUEUE_FULL.allow() {
+                tracing::warn!(sid = %socket.id, suppressed, "socket queue full: disconnecting slow consumer");
+            }
+        }
         socket.close(DisconnectReason::TransportError);
     }
 }

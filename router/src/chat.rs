@@ -791,7 +791,12 @@ impl ChatState {
                 }
                 Err(e) => {
                     let e = self.fenced_by(e);
-                    tracing::warn!(chat.id = %self.chat_id, error = %e, "append failed");
+                    // An outage fails every send of every chat: one line per interval.
+                    use confab_common::log_limit::{LogLimit, DEFAULT_INTERVAL};
+                    static APPEND_FAILED: LogLimit = LogLimit::new(DEFAULT_INTERVAL);
+                    if let Some(suppressed) = APPEND_FAILED.allow() {
+                        tracing::warn!(chat.id = %self.chat_id, error = %e, suppressed, "append failed");
+                    }
                     // Whatever happened, continue from what the store holds.
                     self.tail.clear();
                     if let Ok((_, last)) = store.get_chat(&self.chat_id).await {
