@@ -27,7 +27,7 @@ pub(crate) const LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("la
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// (chat, sender, client id) -> (seq, created at ms)
 const CLIENT_IDS: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinition::new("client_ids");
-/// "userA\nuserB" (sorted) -> chat id
+/// the pair of users (see [`dm_pairs::key`]) -> chat id
 const DM_PAIRS: TableDefinition<&str, &str> = TableDefinition::new("dm_pairs");
 /// (chat, message id) -> seq
 const MESSAGE_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("message_ids");
@@ -42,6 +42,7 @@ const DELETED: TableDefinition<(&str, u64), &str> = TableDefinition::new("delete
 
 const WRITE_QUEUE: usize = 4096;
 
+mod dm_pairs;
 mod writer;
 use writer::{redo_change, Logged, Visibility, Writer, Wtx, META, WAL_GENERATION};
 
@@ -105,6 +106,7 @@ impl EmbeddedStore {
             for record in &records {
                 redo(&tx, record)?;
             }
+            dm_pairs::migrate(&tx)?;
             let tx = Wtx::new(tx);
             tx.open(CHATS)?;
             tx.open(USER_CHATS)?;
@@ -279,14 +281,6 @@ fn index_message(
     Ok(())
 }
 
-fn dm_key(a: &str, b: &str) -> String {
-    if a <= b {
-        format!("{a}\n{b}")
-    } else {
-        format!("{b}\n{a}")
-    }
-}
-
 fn decode_chat(bytes: &[u8]) -> Result<Chat, StoreError> {
     Chat::decode(bytes).map_err(internal)
 }
@@ -297,7 +291,7 @@ fn apply_create_chat(tx: &Wtx, new: NewChat) -> Result<(Chat, bool), StoreError>
         if new.member_ids.len() != 2 {
             return Err(StoreError::Invalid("a dm has exactly two members".into()));
         }
-        let key = dm_key(&new.member_ids[0], &new.member_ids[1]);
+        let key = dm_pairs::key(&new.member_ids[0], &new.member_ids[1]);
         let pairs = tx.open(DM_PAIRS)?;
         let existing = pairs.get(key.as_str()).map_err(internal)?.map(|v| v.value().to_string());
         if let Some(id) = existing {
