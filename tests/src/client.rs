@@ -165,6 +165,17 @@ impl Client {
         self.try_call(event, data, Duration::from_secs(10)).await.unwrap_or_else(|| panic!("no ack for {event}"))
     }
 
+    /// Emits an event whose payload is raw JSON text (which `Value` could
+    /// not hold, such as a lone surrogate escape) and waits for the ack.
+    pub async fn call_raw(&mut self, event: &str, payload_json: &str, timeout: Duration) -> Option<Value> {
+        self.next_ack += 1;
+        let id = self.next_ack;
+        let (tx, rx) = oneshot::channel();
+        self.acks.lock().unwrap().insert(id, tx);
+        self.send_raw(format!("42{id}[{},{payload_json}]", json!(event))).await;
+        tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok)
+    }
+
     pub async fn try_call(&mut self, event: &str, data: Value, timeout: Duration) -> Option<Value> {
         self.next_ack += 1;
         let id = self.next_ack;
