@@ -282,9 +282,15 @@ mod tests {
         let exp = confab_common::time::now_ms() / 1000 + 60;
         let mut header = Header::new(Algorithm::HS256);
         header.crit = Some(vec!["b64".into()]);
-        assert_eq!(verifier(0).verify(&hs256(&header, &json!({ "sub": "alice", "exp": exp }))), Err(AuthError::Invalid));
+        assert_eq!(
+            verifier(0).verify(&hs256(&header, &json!({ "sub": "alice", "exp": exp }))),
+            Err(AuthError::Invalid)
+        );
         header.crit = Some(vec![]);
-        assert_eq!(verifier(0).verify(&hs256(&header, &json!({ "sub": "alice", "exp": exp }))), Err(AuthError::Invalid));
+        assert_eq!(
+            verifier(0).verify(&hs256(&header, &json!({ "sub": "alice", "exp": exp }))),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

@@ -307,7 +307,10 @@ mod tests {
         assert_eq!(parse(r#"2["a",{"b":"\ud83d"}"#), Err(ParseError::Json));
         assert_eq!(parse(r#"2[{"b":"\ud83d"}]"#), Err(ParseError::EventShape));
         assert_eq!(replace_lone_surrogates(r#""x\ud83d""#).as_deref(), Some(r#""x\ufffd""#));
-        assert_eq!(replace_lone_surrogates(r#""\ud83d\ud83d\ude00\ud83d""#).as_deref(), Some(r#""\ufffd\ud83d\ude00\ufffd""#));
+        assert_eq!(
+            replace_lone_surrogates(r#""\ud83d\ud83d\ude00\ud83d""#).as_deref(),
+            Some(r#""\ufffd\ud83d\ude00\ufffd""#)
+        );
         assert_eq!(replace_lone_surrogates("\\"), None);
     }
 

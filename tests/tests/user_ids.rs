@@ -35,7 +35,8 @@ async fn a_newline_in_an_id_reaches_no_one_elses_dm() {
     let data = tempfile::tempdir().unwrap();
     // The DM of "v\nw" and z, made while such ids were let in.
     let store = EmbeddedStore::open(data.path()).unwrap();
-    let new = NewChat { kind: "dm".into(), title: None, created_by: "z".into(), member_ids: vec!["z".into(), "v\nw".into()] };
+    let new =
+        NewChat { kind: "dm".into(), title: None, created_by: "z".into(), member_ids: vec!["z".into(), "v\nw".into()] };
     let (theirs, _) = store.create_chat(new).await.unwrap();
     store.close().await.unwrap();
     drop(store);
@@ -71,9 +72,11 @@ async fn a_newline_in_an_id_reaches_no_one_elses_dm() {
     let (_, chats) = cluster.http(Method::GET, "/v1/chats", "z", None).await;
     let ids: Vec<&str> = chats["chats"].as_array().unwrap().iter().filter_map(|c| c["id"].as_str()).collect();
     assert_eq!(ids, [theirs.id.as_str()]);
-    let (status, first) = cluster.http(Method::POST, "/v1/chats", "v", Some(json!({ "type": "dm", "memberIds": ["w"] }))).await;
+    let (status, first) =
+        cluster.http(Method::POST, "/v1/chats", "v", Some(json!({ "type": "dm", "memberIds": ["w"] }))).await;
     assert_eq!(status, 201, "{first}");
-    let (status, again) = cluster.http(Method::POST, "/v1/chats", "w", Some(json!({ "type": "dm", "memberIds": ["v"] }))).await;
+    let (status, again) =
+        cluster.http(Method::POST, "/v1/chats", "w", Some(json!({ "type": "dm", "memberIds": ["v"] }))).await;
     assert_eq!((status, &again["id"]), (200, &first["id"]), "{again}");
 }
 

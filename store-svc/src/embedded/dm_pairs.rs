@@ -110,8 +110,12 @@ mod tests {
             let mut pairs = tx.open_table(DM_PAIRS).unwrap();
             for (id, a, b) in dms {
                 let member = |u: &str| Member { user_id: u.into(), role: "member".into(), joined_at_ms: 1 };
-                let chat =
-                    Chat { id: id.to_string(), kind: "dm".into(), members: vec![member(a), member(b)], ..Chat::default() };
+                let chat = Chat {
+                    id: id.to_string(),
+                    kind: "dm".into(),
+                    members: vec![member(a), member(b)],
+                    ..Chat::default()
+                };
                 chats.insert(*id, chat.encode_to_vec().as_slice()).unwrap();
                 let (x, y) = if a <= b { (a, b) } else { (b, a) };
                 pairs.insert(format!("{x}\n{y}").as_str(), *id).unwrap();
