@@ -68,11 +68,9 @@ struct DevArgs {
     /// Directory of the embedded store.
     #[arg(long = "data-dir", env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
     data_dir: PathBuf,
-    /// Messages a user may send per window (see `confab edge --help`).
-    #[arg(long = "rate-limit-messages", env = "CONFAB_RATE_LIMIT_MESSAGES", default_value_t = 10)]
-    rate_limit_messages: u32,
-    #[arg(long = "rate-limit-window-ms", env = "CONFAB_RATE_LIMIT_WINDOW_MS", default_value_t = 10_000)]
-    rate_limit_window_ms: u64,
+    /// Per-user rate limits of every class of write (see `confab edge --help`).
+    #[command(flatten)]
+    rate_limits: confab_edge::RateLimits,
     /// HS256 secret; generated and printed when absent.
     #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -213,8 +211,7 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let router = router.serve(router_l, shutdown.clone());
 
     let mut edge_config = confab_edge::Config::for_test(vec![router_url], no_store_url, presence_url, secret.clone());
-    edge_config.rate_limit_messages = args.rate_limit_messages;
-    edge_config.rate_limit_window_ms = args.rate_limit_window_ms;
+    edge_config.rate_limits = args.rate_limits;
     let edge = confab_edge::serve(edge_config, store.clone(), local, edge_l, shutdown.clone());
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);

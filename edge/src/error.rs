@@ -38,6 +38,10 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
     }
+    /// Over a rate limit: `data.retryAfterMs` (and HTTP `Retry-After`).
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        Self { retry_after_ms: Some(retry_after_ms), ..Self::new(ErrorCode::RateLimited, message) }
+    }
 
     /// The error body, with a fresh correlation id that is also logged.
     pub fn body(&self, context: &str) -> Value {

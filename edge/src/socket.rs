@@ -47,8 +47,8 @@ pub struct SocketData {
     released: AtomicBool,
     /// Chats this socket has sent `typing:start` in (stopped on disconnect).
     typing: Mutex<HashSet<String>>,
-    /// Resolves when this socket's latest send has been queued to its
-    /// router: the next send waits for it, keeping the emitted order.
+    /// Resolves when this socket's latest rate-limited write has been
+    /// queued to its router: the next waits for it, keeping the emitted order.
     pub send_chain: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     /// Users whose presence this socket watches.
     pub watching: Mutex<HashSet<String>>,

@@ -6,7 +6,8 @@
 //! session is open, offline after a grace window, invisible shown as
 //! offline, one update per user per interval with the last state always
 //! delivered, a silent edge's users going offline) live in [`hub::Hub`] as
-//! pure logic. It also keeps the per-user send rate limit ([`limits`]).
+//! pure logic. It also keeps the per-user rate limits of every class of write
+//! ([`limits`]).
 //!
 //! State is in memory (the `confab dev` default). A Redis backend is the
 //! production swap; it is not built yet.
@@ -149,6 +150,12 @@ fn check_session(r: &pb::SessionRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// The limiter's key of one user's window of one class of write.
+fn window_key(class: i32, key: &str) -> Result<String, Status> {
+    let class = pb::RateClass::try_from(class).map_err(|_| Status::invalid_argument("unknown rate class"))?;
+    Ok(format!("{}:{key}", class.as_str_name()))
+}
+
 type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::PresenceState, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -248,7 +255,8 @@ impl PresenceRpc for PresenceService {
         if r.key.is_empty() || r.limit == 0 || r.window_ms == 0 {
             return Err(Status::invalid_argument("key, limit and window_ms are required"));
         }
-        let answer = match self.limiter.acquire(&r.key, r.limit, r.window_ms, r.count, now_ms()) {
+        let key = window_key(r.class, &r.key)?;
+        let answer = match self.limiter.acquire(&key, r.limit, r.window_ms, r.count, now_ms()) {
             Acquired::Allowed { slot_ms, granted } => {
                 pb::AcquireResponse { allowed: true, retry_after_ms: 0, slot_ms, granted }
             }
@@ -261,7 +269,7 @@ impl PresenceRpc for PresenceService {
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
-        self.limiter.release(&r.key, r.slot_ms, r.count);
+        self.limiter.release(&window_key(r.class, &r.key)?, r.slot_ms, r.count);
         Ok(Response::new(pb::Empty {}))
     }
 }
@@ -308,4 +316,27 @@ impl Presence {
 /// Serves presence over gRPC on `listener` until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     Presence::new(&config).serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acquire(class: pb::RateClass) -> pb::AcquireRequest {
+        pb::AcquireRequest { key: "u".into(), limit: 1, window_ms: 60_000, count: 1, class: class as i32 }
+    }
+
+    #[tokio::test]
+    async fn each_class_of_write_has_a_window_of_its_own() {
+        let service = PresenceService::new(Windows::default());
+        let allowed = |r: Result<Response<pb::AcquireResponse>, Status>| r.unwrap().into_inner().allowed;
+        assert!(allowed(service.acquire(Request::new(acquire(pb::RateClass::Messages))).await));
+        assert!(!allowed(service.acquire(Request::new(acquire(pb::RateClass::Messages))).await));
+        assert!(allowed(service.acquire(Request::new(acquire(pb::RateClass::Edits))).await));
+        assert!(allowed(service.acquire(Request::new(acquire(pb::RateClass::Chats))).await));
+        assert!(!allowed(service.acquire(Request::new(acquire(pb::RateClass::Chats))).await));
+        let unknown = pb::AcquireRequest { class: 99, ..acquire(pb::RateClass::Edits) };
+        let refused = service.acquire(Request::new(unknown)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
 }

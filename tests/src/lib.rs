@@ -134,8 +134,9 @@ impl ClusterBuilder {
             let (l, url) = loopback().await;
             let mut config =
                 confab_edge::Config::for_test(routers.clone(), store_url.clone(), presence_url.clone(), SECRET.into());
-            // Tests send bursts; the limiter's own tests set the contract's limit.
-            config.rate_limit_messages = 100_000;
+            // Tests write in bursts; the limiter's own tests set the limits.
+            let limits = &mut config.rate_limits;
+            (limits.messages, limits.edits, limits.chats, limits.receipts) = (100_000, 100_000, 100_000, 100_000);
             if let Some(f) = &self.edge_tweak {
                 f(&mut config);
             }
