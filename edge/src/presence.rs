@@ -1,6 +1,8 @@
 //! Presence on the edge: sessions and the lease reported to presence-svc,
 //! which users this edge's sockets watch, and the `presence:update`s that
-//! presence-svc streams back for them (encoded once per edge).
+//! presence-svc streams back for them (encoded once per edge). Each time
+//! the stream (re)connects, the watches and every live session are told
+//! again: a restarted presence-svc starts empty.
 
 use crate::error::ApiError;
 use crate::socket::{self, EioSocket};
@@ -12,6 +14,10 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Live sessions told to presence-svc again per round at most, when its
+/// stream comes back (the batcher's calls carry as many).
+const REANNOUNCE_BATCH: usize = 512;
 
 /// user -> the local sockets watching them.
 #[derive(Default)]
@@ -189,6 +195,7 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
             reset: true,
         };
         let _ = tokio::time::timeout(edge.config.request_timeout(), p.watching(reset)).await;
+        reannounce(&edge).await;
         loop {
             tokio::select! {
                 _ = beat.tick() => {
@@ -202,6 +209,48 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
                 () = shutdown.triggered() => return,
             }
         }
+    }
+}
+
+/// Tells presence-svc again about every live session of this edge, each
+/// time the Watch stream (re)connects: a presence-svc that restarted has
+/// forgotten them, and their users would show offline until they opened a
+/// new socket. An open is idempotent, so a presence-svc that only lost the
+/// stream sees no change. The opens go through the same batcher as every
+/// other session change, [`REANNOUNCE_BATCH`] at a time; a socket that
+/// closed meanwhile is closed again after its open (its own close may have
+/// gone first), so no session outlives its socket. A failure stops the
+/// round: the stream fails too, and the next connection starts another.
+async fn reannounce(edge: &Arc<Edge>) {
+    let sockets = edge.rooms.all_user_sockets();
+    let mut announced = 0;
+    for chunk in sockets.chunks(REANNOUNCE_BATCH) {
+        let live: Vec<(&Arc<EioSocket>, pb::SessionRequest)> =
+            chunk.iter().filter_map(|s| socket::live_session(edge, s).map(|r| (s, r))).collect();
+        let opens = live.iter().map(|(_, r)| change(edge, r.clone(), true));
+        if let Err(why) = futures::future::join_all(opens).await.into_iter().collect::<Result<Vec<()>, String>>() {
+            tracing::warn!(error = %why, announced, "re-announcing sessions to presence stopped");
+            return;
+        }
+        announced += live.len();
+        for (s, r) in live {
+            if socket::live_session(edge, s).is_none() {
+                let _ = change(edge, r, false).await;
+            }
+        }
+    }
+    if announced > 0 {
+        tracing::info!(sessions = announced, "sessions re-announced to presence");
+    }
+}
+
+/// One session change through the batcher, within the request deadline.
+async fn change(edge: &Edge, session: pb::SessionRequest, open: bool) -> Result<(), String> {
+    let change = pb::SessionChange { session: Some(session), open };
+    match tokio::time::timeout(edge.config.request_timeout(), edge.sessions.call(change)).await {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => Err("the edge is shutting down".into()),
+        Err(_) => Err("presence did not answer in time".into()),
     }
 }
 

@@ -337,6 +337,20 @@ async fn start_session(
     Ok(())
 }
 
+/// The presence session of a socket while it is live: none before its
+/// CONNECT was accepted, nor once it closed.
+pub fn live_session(edge: &Edge, socket: &EioSocket) -> Option<pb::SessionRequest> {
+    if socket.data.is_disconnected() || socket.data.released.load(Ordering::Acquire) {
+        return None;
+    }
+    let session = socket.data.session.get()?;
+    Some(pb::SessionRequest {
+        user_id: session.user_id.clone(),
+        edge_id: edge.edge_id.to_string(),
+        session_id: session.session_id.clone(),
+    })
+}
+
 /// Tells presence a session opened or closed (batched with the other
 /// sockets' changes); a failure is logged, the socket goes on.
 async fn session_change(edge: &Edge, session: pb::SessionRequest, open: bool) {

@@ -21,6 +21,7 @@ use confab_proto::v1::presence_server::{Presence as PresenceRpc, PresenceServer}
 use hub::{Hub, Seen, Windows};
 use limits::{Acquired, MemoryLimiter};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -74,6 +75,8 @@ pub struct PresenceService {
     hub: Arc<Mutex<Hub>>,
     watches: Arc<Mutex<Watches>>,
     limiter: Arc<MemoryLimiter>,
+    /// Set at shutdown: no new Watch stream is opened.
+    closing: Arc<AtomicBool>,
 }
 
 fn state(s: Seen) -> pb::PresenceState {
@@ -91,7 +94,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl PresenceService {
     pub fn new(windows: Windows) -> Self {
-        Self { hub: Arc::new(Mutex::new(Hub::new(windows))), watches: Arc::default(), limiter: Arc::default() }
+        Self {
+            hub: Arc::new(Mutex::new(Hub::new(windows))),
+            watches: Arc::default(),
+            limiter: Arc::default(),
+            closing: Arc::default(),
+        }
     }
 
     /// Sends updates to the edges watching their users.
@@ -126,6 +134,13 @@ impl PresenceService {
         };
         self.publish(updates);
         Response::new(state(seen))
+    }
+
+    /// Ends every edge's Watch stream (at shutdown).
+    fn end_streams(&self) {
+        let mut watches = lock(&self.watches);
+        self.closing.store(true, Ordering::Release);
+        watches.streams.clear();
     }
 
     /// Runs the hub's clocks until shutdown.
@@ -246,7 +261,12 @@ impl PresenceRpc for PresenceService {
             return Err(Status::invalid_argument("edge_id is required"));
         }
         let (tx, rx) = mpsc::channel(EDGE_QUEUE);
-        lock(&self.watches).streams.insert(edge, tx);
+        let mut watches = lock(&self.watches);
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Status::unavailable("presence-svc is shutting down"));
+        }
+        watches.streams.insert(edge, tx);
+        drop(watches);
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -305,9 +325,17 @@ impl Presence {
         shutdown.spawn(self.service.clone().run_clock(self.tick, shutdown.clone()));
         let incoming = confab_common::grpc::incoming(listener);
         tracing::info!("presence-svc serving");
+        let service = self.service.clone();
+        // Watch streams never end by themselves: ending them lets the
+        // connections close, so the server stops instead of waiting on
+        // them, and the edges reconnect to whoever serves next.
+        let stopped = async move {
+            shutdown.triggered().await;
+            service.end_streams();
+        };
         tonic::transport::Server::builder()
             .add_service(PresenceServer::new(self.service))
-            .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
+            .serve_with_incoming_shutdown(incoming, stopped)
             .await?;
         Ok(())
     }

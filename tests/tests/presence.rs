@@ -210,3 +210,33 @@ async fn batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing(
     let phantom = get("phantom").await;
     assert_eq!((phantom.status.as_str(), phantom.last_seen_ms), ("offline", None));
 }
+
+/// presence-svc restarts on the same address and knows no one: the edges
+/// announce their live sessions again, so a user who stayed connected shows
+/// online again within seconds, without reconnecting, to a watcher on
+/// another edge who stayed connected too; and their later disconnect
+/// still reaches that watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sessions_are_announced_again_after_presence_svc_restarts() {
+    let cluster = cluster().await;
+    cluster.create_chat("alice", "group", &["bob"]).await;
+    let alice = cluster.connect(1, "alice").await;
+    let mut bob = cluster.connect(0, "bob").await;
+    let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+    assert_eq!(data(&snap)["presence"][0]["status"], "online");
+
+    cluster.stop_presence().await;
+    cluster.start_presence().await;
+    let status = || async {
+        let (code, body) = cluster.http(reqwest::Method::GET, "/v1/users/alice/presence", "bob", None).await;
+        (code == 200).then(|| body["status"].as_str().unwrap_or_default().to_string())
+    };
+    confab_tests::wait_until(T, || async { status().await.as_deref() == Some("online") })
+        .await
+        .expect("alice never showed online again after presence-svc restarted");
+    // Bob's watch came back too: alice's disconnect reaches him.
+    while bob.next_event("presence:update", Duration::from_millis(100)).await.is_some() {}
+    alice.disconnect().await;
+    let off = bob.expect_event("presence:update", T).await;
+    assert_eq!((off["userId"].as_str(), off["status"].as_str()), (Some("alice"), Some("offline")), "{off}");
+}
