@@ -197,7 +197,7 @@ pub fn queue_send(
                 }
                 Ok((m, duplicate))
             }
-            _ => Err(ApiError::new(confab_common::ErrorCode::Internal, "unexpected router reply")),
+            _ => Err(ApiError::outcome_unknown("unexpected router reply")),
         }
     })
 }
@@ -308,9 +308,10 @@ fn limited_op(
         let queued = limits::check(&edge, &user, class).await.map(|()| edge.links.request(&chat_id, &user, op, None));
         drop(done);
         match error::from_reply(queued?.await)? {
-            ReplyResult::Json(text) => serde_json::from_str(&text)
-                .map_err(|_| ApiError::new(confab_common::ErrorCode::Internal, "unreadable router reply")),
-            _ => Err(ApiError::new(confab_common::ErrorCode::Internal, "unexpected router reply")),
+            ReplyResult::Json(text) => {
+                serde_json::from_str(&text).map_err(|_| ApiError::outcome_unknown("unreadable router reply"))
+            }
+            _ => Err(ApiError::outcome_unknown("unexpected router reply")),
         }
     })
 }

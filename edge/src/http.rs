@@ -106,7 +106,8 @@ async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonOb
     }
     limits::check(&edge, &user, RateClass::Chats).await?;
     let new = NewChat { kind, title, created_by: user, member_ids: members };
-    let (chat, created) = timed(&edge, edge.store.create_chat(new)).await?;
+    let create = async { edge.store.create_chat(new).await.map_err(confab_store::StoreError::of_write) };
+    let (chat, created) = timed(&edge, create).await?;
     if created {
         // The owner tells every edge, which subscribes the members' sockets.
         let op = confab_proto::v1::request::Op::Announce(confab_proto::v1::AnnounceOp {});
@@ -186,7 +187,7 @@ async fn manage(edge: &Arc<Edge>, user: &str, chat_id: &str, change: pb::manage_
     let op = pb::request::Op::Manage(pb::ManageOp { change: Some(change) });
     match crate::error::from_reply(edge.links.request(chat_id, user, op, None).await)? {
         pb::reply::Result::Chat(chat) => Ok(json_response(StatusCode::OK, wire::chat(&chat))),
-        _ => Err(ApiError::new(ErrorCode::Internal, "unexpected router reply")),
+        _ => Err(ApiError::outcome_unknown("unexpected router reply")),
     }
 }
 
