@@ -432,6 +432,11 @@ fn presence_subscribe(
         let fresh = edge.watchers.add(&socket, &watch);
         crate::presence::report(&edge, fresh, Vec::new());
         let presence = crate::presence::visible_snapshot(&edge, &user, &ids).await?;
+        for (id, shown) in ids.iter().zip(&presence) {
+            if id != &user && visible.contains(id) {
+                edge.watchers.note(id, shown["status"].as_str().unwrap_or_default());
+            }
+        }
         Ok(json!({ "presence": presence }))
     })
 }

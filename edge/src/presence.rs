@@ -2,7 +2,8 @@
 //! which users this edge's sockets watch, and the `presence:update`s that
 //! presence-svc streams back for them (encoded once per edge). Each time
 //! the stream (re)connects, the watches and every live session are told
-//! again: a restarted presence-svc starts empty.
+//! again (a restarted presence-svc starts empty), and a little later the
+//! watchers hear what changed while it was away.
 
 use crate::error::ApiError;
 use crate::socket::{self, EioSocket};
@@ -19,10 +20,18 @@ use std::time::Duration;
 /// stream comes back (the batcher's calls carry as many).
 const REANNOUNCE_BATCH: usize = 512;
 
+/// How long after the stream comes back watchers are told what changed
+/// meanwhile: by then every edge has reconnected (their backoff is at most
+/// 2 s) and re-announced its sessions, so an offline then is real.
+const RESYNC_AFTER: Duration = Duration::from_secs(3);
+
 /// user -> the local sockets watching them.
 #[derive(Default)]
 pub struct Watchers {
     by_user: Mutex<HashMap<String, HashMap<Sid, Arc<EioSocket>>>>,
+    /// user -> the status its watchers here were last told (an update or
+    /// a snapshot); only watched users have an entry.
+    told: Mutex<HashMap<String, String>>,
 }
 
 impl Watchers {
@@ -61,6 +70,7 @@ impl Watchers {
                 sockets.remove(&socket.id);
                 if sockets.is_empty() {
                     by_user.remove(&user);
+                    self.told.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
                     gone.push(user);
                 }
             }
@@ -82,6 +92,19 @@ impl Watchers {
         self.by_user.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
+    /// Notes the status a snapshot showed watchers of `user` (not the
+    /// user's own view of themselves).
+    pub fn note(&self, user: &str, status: &str) {
+        if self.by_user.lock().unwrap_or_else(|p| p.into_inner()).contains_key(user) {
+            self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), status.to_string());
+        }
+    }
+
+    /// Whether watchers here were last told something else than `s`.
+    fn stale(&self, s: &pb::PresenceState) -> bool {
+        self.told.lock().unwrap_or_else(|p| p.into_inner()).get(&s.user_id) != Some(&s.status)
+    }
+
     fn deliver(&self, s: &pb::PresenceState) {
         let sockets: Vec<Arc<EioSocket>> = {
             let by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,6 +113,7 @@ impl Watchers {
                 None => return,
             }
         };
+        self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(s.user_id.clone(), s.status.clone());
         let payload = json!({
             "userId": s.user_id,
             "status": s.status,
@@ -196,8 +220,13 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
         };
         let _ = tokio::time::timeout(edge.config.request_timeout(), p.watching(reset)).await;
         reannounce(&edge).await;
+        let mut resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER);
         loop {
             tokio::select! {
+                () = tokio::time::sleep_until(resync_at.unwrap_or_else(tokio::time::Instant::now)), if resync_at.is_some() => {
+                    resync_at = None;
+                    resync(&edge).await;
+                }
                 _ = beat.tick() => {
                     let hb = pb::HeartbeatRequest { edge_id: edge.edge_id.to_string() };
                     let _ = tokio::time::timeout(edge.config.request_timeout(), p.heartbeat(hb)).await;
@@ -241,6 +270,29 @@ async fn reannounce(edge: &Arc<Edge>) {
     }
     if announced > 0 {
         tracing::info!(sessions = announced, "sessions re-announced to presence");
+    }
+}
+
+/// Tells watchers what changed while the stream was away, once it is back
+/// (see [`RESYNC_AFTER`]): the states of the watched users that differ from
+/// what their watchers here were last told. Updates presence-svc published
+/// while the stream was down, or while it restarted empty, are lost; this
+/// is how a user who disconnected meanwhile is shown offline, and one who
+/// came online before this edge re-registered its watches shown online.
+async fn resync(edge: &Arc<Edge>) {
+    let watched = edge.watchers.watched();
+    for chunk in watched.chunks(REANNOUNCE_BATCH) {
+        let req = pb::GetManyRequest { user_ids: chunk.to_vec(), viewer: String::new() };
+        let mut p = edge.presence.clone();
+        match tokio::time::timeout(edge.config.request_timeout(), p.get_many(req)).await {
+            Ok(Ok(r)) => {
+                for s in r.into_inner().states.iter().filter(|s| edge.watchers.stale(s)) {
+                    edge.watchers.deliver(s);
+                }
+            }
+            Ok(Err(e)) => return tracing::warn!(error = %e, "presence re-sync failed"),
+            Err(_) => return tracing::warn!("presence re-sync timed out"),
+        }
     }
 }
 
