@@ -32,8 +32,9 @@ enum Command {
     Edge {
         #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:3000")]
         listen: SocketAddr,
+        // Boxed: by far the largest configuration, read once.
         #[command(flatten)]
-        config: confab_edge::Config,
+        config: Box<confab_edge::Config>,
     },
     /// A router (owner of chats by consistent hash).
     Router {
@@ -151,7 +152,7 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
     let result = match command {
         Command::Dev(args) => dev(args, shutdown.clone()).await,
         Command::Edge { listen, config } => {
-            confab_edge::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+            confab_edge::run(*config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
         }
         Command::Router { listen, config } => {
             confab_router::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)

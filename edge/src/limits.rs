@@ -39,16 +39,19 @@ pub struct RateLimits {
     /// Edits, deletes and reactions a user may make per window.
     #[arg(long = "rate-limit-edits", env = "CONFAB_RATE_LIMIT_EDITS", default_value_t = 30)]
     pub edits: u32,
+    /// The edits' sliding window, in milliseconds.
     #[arg(long = "rate-limit-edits-window-ms", env = "CONFAB_RATE_LIMIT_EDITS_WINDOW_MS", default_value_t = 10_000)]
     pub edits_window_ms: u64,
     /// Chat creations and title, member and role changes a user may make per window.
     #[arg(long = "rate-limit-chats", env = "CONFAB_RATE_LIMIT_CHATS", default_value_t = 10)]
     pub chats: u32,
+    /// The chats' sliding window, in milliseconds.
     #[arg(long = "rate-limit-chats-window-ms", env = "CONFAB_RATE_LIMIT_CHATS_WINDOW_MS", default_value_t = 60_000)]
     pub chats_window_ms: u64,
     /// Read receipts a user may send per window.
     #[arg(long = "rate-limit-receipts", env = "CONFAB_RATE_LIMIT_RECEIPTS", default_value_t = 60)]
     pub receipts: u32,
+    /// The receipts' sliding window, in milliseconds.
     #[arg(
         long = "rate-limit-receipts-window-ms",
         env = "CONFAB_RATE_LIMIT_RECEIPTS_WINDOW_MS",
