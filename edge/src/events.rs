@@ -161,10 +161,10 @@ fn chain(order: Option<&EioSocket>) -> (Option<oneshot::Receiver<()>>, Option<on
 /// Checks a send and queues it; shared by the socket event and HTTP.
 ///
 /// Sends of one socket pass the rate limit in the order emitted (see
-/// [`chain`]). A
-/// sender over the limit is still forwarded, flagged: the router answers a
-/// repeated clientId with the stored message (CONTRACT §8.22) and refuses
-/// anything new with RATE_LIMITED. A repeat gives its slot back (§8.14).
+/// [`chain`]). A sender over the limit is still forwarded, flagged: the
+/// router answers a repeated clientId with the stored message (CONTRACT
+/// §8.22) and refuses anything new with RATE_LIMITED. A repeat gives its
+/// slot back (§8.14).
 pub fn queue_send(
     edge: &Arc<Edge>,
     user: &str,

@@ -95,7 +95,9 @@ impl Watchers {
     /// Notes the status a snapshot showed watchers of `user` (not the
     /// user's own view of themselves).
     pub fn note(&self, user: &str, status: &str) {
-        if self.by_user.lock().unwrap_or_else(|p| p.into_inner()).contains_key(user) {
+        // Under the watches' lock, so an entry never outlives the last watch.
+        let by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+        if by_user.contains_key(user) {
             self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), status.to_string());
         }
     }
@@ -108,12 +110,10 @@ impl Watchers {
     fn deliver(&self, s: &pb::PresenceState) {
         let sockets: Vec<Arc<EioSocket>> = {
             let by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
-            match by_user.get(&s.user_id) {
-                Some(m) => m.values().cloned().collect(),
-                None => return,
-            }
+            let Some(m) = by_user.get(&s.user_id) else { return };
+            self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(s.user_id.clone(), s.status.clone());
+            m.values().cloned().collect()
         };
-        self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(s.user_id.clone(), s.status.clone());
         let payload = json!({
             "userId": s.user_id,
             "status": s.status,
