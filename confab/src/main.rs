@@ -32,8 +32,9 @@ enum Command {
     Edge {
         #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:3000")]
         listen: SocketAddr,
+        // Boxed: by far the largest configuration, read once.
         #[command(flatten)]
-        config: confab_edge::Config,
+        config: Box<confab_edge::Config>,
     },
     /// A router (owner of chats by consistent hash).
     Router {
@@ -68,11 +69,9 @@ struct DevArgs {
     /// Directory of the embedded store.
     #[arg(long = "data-dir", env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
     data_dir: PathBuf,
-    /// Messages a user may send per window (see `confab edge --help`).
-    #[arg(long = "rate-limit-messages", env = "CONFAB_RATE_LIMIT_MESSAGES", default_value_t = 10)]
-    rate_limit_messages: u32,
-    #[arg(long = "rate-limit-window-ms", env = "CONFAB_RATE_LIMIT_WINDOW_MS", default_value_t = 10_000)]
-    rate_limit_window_ms: u64,
+    /// Per-user rate limits of every class of write (see `confab edge --help`).
+    #[command(flatten)]
+    rate_limits: confab_edge::RateLimits,
     /// HS256 secret; generated and printed when absent.
     #[arg(long = "jwt-secret", env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -153,7 +152,7 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
     let result = match command {
         Command::Dev(args) => dev(args, shutdown.clone()).await,
         Command::Edge { listen, config } => {
-            confab_edge::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+            confab_edge::run(*config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
         }
         Command::Router { listen, config } => {
             confab_router::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
@@ -213,8 +212,7 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let router = router.serve(router_l, shutdown.clone());
 
     let mut edge_config = confab_edge::Config::for_test(vec![router_url], no_store_url, presence_url, secret.clone());
-    edge_config.rate_limit_messages = args.rate_limit_messages;
-    edge_config.rate_limit_window_ms = args.rate_limit_window_ms;
+    edge_config.rate_limits = args.rate_limits;
     let edge = confab_edge::serve(edge_config, store.clone(), local, edge_l, shutdown.clone());
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);

@@ -38,6 +38,16 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
     }
+    /// A write whose outcome can't be told (the answer about it was lost
+    /// or unreadable): it may or may not have been applied, so the client
+    /// retries with the same ids (UNAVAILABLE, never INTERNAL).
+    pub fn outcome_unknown(why: &str) -> Self {
+        Self::unavailable(format!("{why}: the outcome is unknown, retry with the same ids"))
+    }
+    /// Over a rate limit: `data.retryAfterMs` (and HTTP `Retry-After`).
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        Self { retry_after_ms: Some(retry_after_ms), ..Self::new(ErrorCode::RateLimited, message) }
+    }
 
     /// The error body, with a fresh correlation id that is also logged.
     pub fn body(&self, context: &str) -> Value {

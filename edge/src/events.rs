@@ -3,9 +3,12 @@
 //!
 //! A handler checks its payload and queues its router request before it
 //! returns, so the events of one socket reach the router in the order they
-//! were emitted; only the wait for the reply runs in a task.
+//! were emitted; only the wait for the reply runs in a task. Writes take a
+//! slot of their rate limit first ([`crate::limits`]): they queue one after
+//! another per socket, so they keep the emitted order among themselves.
 
 use crate::error::{self, ApiError};
+use crate::limits::{self, RateClass};
 use crate::link::ReplyResult;
 use crate::socket::{self, EioSocket};
 use crate::validate::{self, Obj};
@@ -15,6 +18,7 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// Longest chat id accepted from a client.
 pub const MAX_ID: usize = 128;
@@ -28,11 +32,11 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
         "message:send" => message_send(edge, socket, &user, payload, ack),
         "message:history" => message_history(edge, &user, payload),
         "auth:refresh" => auth_refresh(edge, socket, payload),
-        "message:edit" => message_edit(edge, &user, payload),
-        "message:delete" => message_delete(edge, &user, payload),
-        "reaction:add" => reaction(edge, &user, payload, true),
-        "reaction:remove" => reaction(edge, &user, payload, false),
-        "receipt:read" => receipt_read(edge, &user, payload),
+        "message:edit" => message_edit(edge, socket, &user, payload),
+        "message:delete" => message_delete(edge, socket, &user, payload),
+        "reaction:add" => reaction(edge, socket, &user, payload, true),
+        "reaction:remove" => reaction(edge, socket, &user, payload, false),
+        "receipt:read" => receipt_read(edge, socket, &user, payload),
         "presence:set" => presence_set(edge, &user, payload),
         "presence:subscribe" => presence_subscribe(edge, socket, &user, payload),
         "presence:unsubscribe" => presence_unsubscribe(edge, socket, payload),
@@ -139,13 +143,28 @@ fn room_leave(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Value>
     Ok(Pending::Now(json!({})))
 }
 
+/// Puts a rate-limited write of a socket behind the socket's previous one:
+/// writes pass the limiter one after another, so they still reach the
+/// router in the order emitted. Returns what to wait for before taking a
+/// slot, and what to drop once the write is queued.
+fn chain(order: Option<&EioSocket>) -> (Option<oneshot::Receiver<()>>, Option<oneshot::Sender<()>>) {
+    match order {
+        Some(socket) => {
+            let (tx, rx) = oneshot::channel::<()>();
+            let prev = socket.data.send_chain.lock().unwrap_or_else(|p| p.into_inner()).replace(rx);
+            (prev, Some(tx))
+        }
+        None => (None, None),
+    }
+}
+
 /// Checks a send and queues it; shared by the socket event and HTTP.
 ///
-/// Sends of one socket pass the rate limit one after another (`order`
-/// chains them), so they still reach the router in the order emitted. A
-/// sender over the limit is still forwarded, flagged: the router answers a
-/// repeated clientId with the stored message (CONTRACT §8.22) and refuses
-/// anything new with RATE_LIMITED. A repeat gives its slot back (§8.14).
+/// Sends of one socket pass the rate limit in the order emitted (see
+/// [`chain`]). A sender over the limit is still forwarded, flagged: the
+/// router answers a repeated clientId with the stored message (CONTRACT
+/// §8.22) and refuses anything new with RATE_LIMITED. A repeat gives its
+/// slot back (§8.14).
 pub fn queue_send(
     edge: &Arc<Edge>,
     user: &str,
@@ -157,22 +176,15 @@ pub fn queue_send(
     let body = validate::body(o, edge.config.max_body_chars)?;
     let client_id = validate::string(o, "clientId", 1, 64)?;
     let reply_to = validate::optional_string(o, "replyTo", 1, MAX_ID)?;
-    let (previous, done) = match order {
-        Some(socket) => {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let prev = socket.data.send_chain.lock().unwrap_or_else(|p| p.into_inner()).replace(rx);
-            (prev, Some(tx))
-        }
-        None => (None, None),
-    };
+    let (previous, done) = chain(order);
     let (edge, user) = (edge.clone(), user.to_string());
     Ok(async move {
         if let Some(prev) = previous {
-            let _ = prev.await; // resolves (or is dropped) once the previous send is queued
+            let _ = prev.await; // resolves (or is dropped) once the previous write is queued
         }
-        let slot = crate::limits::acquire(&edge, &user).await;
+        let slot = limits::acquire(&edge, &user, RateClass::Messages).await;
         let rate_limited_retry_ms = match slot {
-            crate::limits::Slot::Refused(ms) => Some(ms),
+            limits::Slot::Refused(ms) => Some(ms),
             _ => None,
         };
         let op = pb::SendOp { body, client_id, reply_to, rate_limited_retry_ms };
@@ -181,11 +193,11 @@ pub fn queue_send(
         match error::from_reply(fut.await)? {
             ReplyResult::Send(pb::SendResult { message: Some(m), duplicate }) => {
                 if duplicate {
-                    crate::limits::release(&edge, &user, slot);
+                    limits::release(&edge, &user, slot);
                 }
                 Ok((m, duplicate))
             }
-            _ => Err(ApiError::new(confab_common::ErrorCode::Internal, "unexpected router reply")),
+            _ => Err(ApiError::outcome_unknown("unexpected router reply")),
         }
     })
 }
@@ -276,14 +288,30 @@ fn auth_refresh(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Valu
     Ok(Pending::Now(json!({ "expiresAt": confab_common::time::iso8601(identity.expires_at * 1000) })))
 }
 
-/// Queues an operation whose reply is the client's ack data as JSON.
-fn json_op(edge: &Arc<Edge>, chat_id: &str, user: &str, op: pb::request::Op) -> Result<Pending, ApiError> {
-    let fut = edge.links.request(chat_id, user, op, None);
+/// Queues a write whose reply is the client's ack data as JSON, once the
+/// user's rate limit of `class` allows it (behind the socket's earlier
+/// writes, see [`chain`]); over the limit it is refused with RATE_LIMITED.
+fn limited_op(
+    edge: &Arc<Edge>,
+    socket: &EioSocket,
+    chat_id: String,
+    user: &str,
+    class: RateClass,
+    op: pb::request::Op,
+) -> Result<Pending, ApiError> {
+    let (previous, done) = chain(Some(socket));
+    let (edge, user) = (edge.clone(), user.to_string());
     later(async move {
-        match error::from_reply(fut.await)? {
-            ReplyResult::Json(text) => serde_json::from_str(&text)
-                .map_err(|_| ApiError::new(confab_common::ErrorCode::Internal, "unreadable router reply")),
-            _ => Err(ApiError::new(confab_common::ErrorCode::Internal, "unexpected router reply")),
+        if let Some(prev) = previous {
+            let _ = prev.await;
+        }
+        let queued = limits::check(&edge, &user, class).await.map(|()| edge.links.request(&chat_id, &user, op, None));
+        drop(done);
+        match error::from_reply(queued?.await)? {
+            ReplyResult::Json(text) => {
+                serde_json::from_str(&text).map_err(|_| ApiError::outcome_unknown("unreadable router reply"))
+            }
+            _ => Err(ApiError::outcome_unknown("unexpected router reply")),
         }
     })
 }
@@ -292,22 +320,40 @@ fn message_id(o: Obj<'_>) -> Result<String, ApiError> {
     validate::string(o, "messageId", 1, MAX_ID)
 }
 
-fn message_edit(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+fn message_edit(
+    edge: &Arc<Edge>,
+    socket: &EioSocket,
+    user: &str,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let message_id = message_id(o)?;
     let body = validate::body(o, edge.config.max_body_chars)?;
-    json_op(edge, &chat_id, user, pb::request::Op::Edit(pb::EditOp { message_id, body }))
+    let op = pb::request::Op::Edit(pb::EditOp { message_id, body });
+    limited_op(edge, socket, chat_id, user, RateClass::Edits, op)
 }
 
-fn message_delete(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+fn message_delete(
+    edge: &Arc<Edge>,
+    socket: &EioSocket,
+    user: &str,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let message_id = message_id(o)?;
-    json_op(edge, &chat_id, user, pb::request::Op::Delete(pb::DeleteOp { message_id }))
+    let op = pb::request::Op::Delete(pb::DeleteOp { message_id });
+    limited_op(edge, socket, chat_id, user, RateClass::Edits, op)
 }
 
-fn reaction(edge: &Arc<Edge>, user: &str, payload: Option<&Value>, add: bool) -> Result<Pending, ApiError> {
+fn reaction(
+    edge: &Arc<Edge>,
+    socket: &EioSocket,
+    user: &str,
+    payload: Option<&Value>,
+    add: bool,
+) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let message_id = message_id(o)?;
@@ -315,10 +361,16 @@ fn reaction(edge: &Arc<Edge>, user: &str, payload: Option<&Value>, add: bool) ->
     if emoji.chars().all(char::is_whitespace) {
         return Err(ApiError::validation("emoji must not be blank"));
     }
-    json_op(edge, &chat_id, user, pb::request::Op::React(pb::ReactOp { message_id, emoji, add }))
+    let op = pb::request::Op::React(pb::ReactOp { message_id, emoji, add });
+    limited_op(edge, socket, chat_id, user, RateClass::Edits, op)
 }
 
-fn receipt_read(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result<Pending, ApiError> {
+fn receipt_read(
+    edge: &Arc<Edge>,
+    socket: &EioSocket,
+    user: &str,
+    payload: Option<&Value>,
+) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let message_id = validate::optional_string(o, "messageId", 1, MAX_ID)?;
@@ -328,7 +380,7 @@ fn receipt_read(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
         (None, Some(seq)) => pb::ReadOp { message_id: String::new(), seq: Some(seq) },
         (None, None) => return Err(ApiError::validation("messageId or seq is required")),
     };
-    json_op(edge, &chat_id, user, pb::request::Op::Read(op))
+    limited_op(edge, socket, chat_id, user, RateClass::Receipts, pb::request::Op::Read(op))
 }
 
 /// Typing is fire and forget: no ack, and bad payloads are dropped.
@@ -380,6 +432,11 @@ fn presence_subscribe(
         let fresh = edge.watchers.add(&socket, &watch);
         crate::presence::report(&edge, fresh, Vec::new());
         let presence = crate::presence::visible_snapshot(&edge, &user, &ids).await?;
+        for (id, shown) in ids.iter().zip(&presence) {
+            if id != &user && visible.contains(id) {
+                edge.watchers.note(id, shown["status"].as_str().unwrap_or_default());
+            }
+        }
         Ok(json!({ "presence": presence }))
     })
 }

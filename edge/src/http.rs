@@ -1,7 +1,10 @@
 //! The HTTP API (CONTRACT §7, §8.1): chats, members, messages, health and
-//! metrics. Errors are `{ error, message, correlationId }`.
+//! metrics. Errors are `{ error, message, correlationId }`. Every write
+//! takes a slot of its rate limit ([`crate::limits`]): over it, 429 with
+//! `Retry-After`.
 
 use crate::error::ApiError;
+use crate::limits::{self, RateClass};
 use crate::{events, validate, wire, Edge};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -101,8 +104,10 @@ async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonOb
     if kind == "dm" && members.len() != 2 {
         return Err(ApiError::validation("a dm has exactly two members: the caller and one other user"));
     }
+    limits::check(&edge, &user, RateClass::Chats).await?;
     let new = NewChat { kind, title, created_by: user, member_ids: members };
-    let (chat, created) = timed(&edge, edge.store.create_chat(new)).await?;
+    let create = async { edge.store.create_chat(new).await.map_err(confab_store::StoreError::of_write) };
+    let (chat, created) = timed(&edge, create).await?;
     if created {
         // The owner tells every edge, which subscribes the members' sockets.
         let op = confab_proto::v1::request::Op::Announce(confab_proto::v1::AnnounceOp {});
@@ -176,12 +181,14 @@ async fn user_presence(
     Ok(json_response(StatusCode::OK, snapshot.into_iter().next().unwrap_or(Value::Null)))
 }
 
-/// Sends a change of the chat to its writer; answers 200 with the new `Chat`.
+/// Sends a change of the chat to its writer, within the user's limit of
+/// chat changes; answers 200 with the new `Chat`.
 async fn manage(edge: &Arc<Edge>, user: &str, chat_id: &str, change: pb::manage_op::Change) -> ApiResult {
+    limits::check(edge, user, RateClass::Chats).await?;
     let op = pb::request::Op::Manage(pb::ManageOp { change: Some(change) });
     match crate::error::from_reply(edge.links.request(chat_id, user, op, None).await)? {
         pb::reply::Result::Chat(chat) => Ok(json_response(StatusCode::OK, wire::chat(&chat))),
-        _ => Err(ApiError::new(ErrorCode::Internal, "unexpected router reply")),
+        _ => Err(ApiError::outcome_unknown("unexpected router reply")),
     }
 }
 

@@ -29,6 +29,8 @@ mod validate;
 mod wire;
 mod ws;
 
+pub use limits::RateLimits;
+
 use confab_common::{EdgeId, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_client::PresenceClient;
@@ -104,12 +106,9 @@ pub struct Config {
     /// Deadline of every call to another service, in milliseconds.
     #[arg(long = "request-timeout-ms", env = "CONFAB_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
-    /// Messages a user may send per window, over all sockets, edges and HTTP.
-    #[arg(long = "rate-limit-messages", env = "CONFAB_RATE_LIMIT_MESSAGES", default_value_t = 10)]
-    pub rate_limit_messages: u32,
-    /// The rate limit's sliding window, in milliseconds.
-    #[arg(long = "rate-limit-window-ms", env = "CONFAB_RATE_LIMIT_WINDOW_MS", default_value_t = 10_000)]
-    pub rate_limit_window_ms: u64,
+    /// Per-user rate limits of every class of write.
+    #[command(flatten)]
+    pub rate_limits: RateLimits,
     /// How often this edge renews its presence lease, in milliseconds.
     #[arg(long = "presence-heartbeat-ms", env = "CONFAB_PRESENCE_HEARTBEAT_MS", default_value_t = 10_000)]
     pub presence_heartbeat_ms: u64,
@@ -150,8 +149,7 @@ impl Config {
             router_probe_ms: 250,
             detect_ms: 1500,
             presence_heartbeat_ms: 10_000,
-            rate_limit_messages: 10,
-            rate_limit_window_ms: 10_000,
+            rate_limits: RateLimits::default(),
             max_payload: 1024 * 1024,
             max_body_chars: 8000,
             auto_join_limit: 1000,

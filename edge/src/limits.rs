@@ -1,17 +1,19 @@
-//! The per-user message rate limit (CONTRACT §5, §8.14), a sliding window
-//! kept by presence-svc so it spans every socket and edge of the user.
-//! When presence-svc can't be reached in time the send is let through:
-//! availability wins over the limit, and the failure is logged.
+//! The per-user rate limits of every write (CONTRACT §5, §8.14): one
+//! sliding window per user and [`RateClass`], kept by presence-svc so it
+//! spans every socket and edge of the user. When presence-svc can't be
+//! reached in time the write is let through: availability wins over the
+//! limit, and the failure is logged.
 //!
-//! Leases: a user who sends fast would cost one presence call per message.
+//! Leases: a user who writes fast would cost one presence call per write.
 //! Instead the edge takes several slots in one call (a lease of up to an
 //! eighth of the limit, at most [`MAX_LEASE`]) and spends them locally for
 //! a short while (an eighth of the window, at most [`MAX_HOLD`]); what is
 //! left unspent then is given back. With small limits (the default, 10 per
-//! 10 s) a lease is a single slot: one call per send, as without leases.
+//! 10 s) a lease is a single slot: one call per write, as without leases.
 //! Presence counts a leased slot from when it was leased rather than used,
 //! so within one window a user can get at most one lease beyond the limit.
 
+use crate::error::ApiError;
 use crate::Edge;
 use confab_proto::v1 as pb;
 use std::collections::HashMap;
@@ -23,6 +25,98 @@ use tokio::time::Instant;
 pub const MAX_LEASE: u32 = 64;
 /// How long a lease may be spent at most.
 pub const MAX_HOLD: Duration = Duration::from_millis(250);
+
+/// The limit of each class of write: at most so many per sliding window,
+/// per user over all sockets, edges and HTTP (defaults in docs/operations.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RateLimits {
+    /// Messages a user may send per window (`message:send` and HTTP sends).
+    #[arg(long = "rate-limit-messages", env = "CONFAB_RATE_LIMIT_MESSAGES", default_value_t = 10)]
+    pub messages: u32,
+    /// The messages' sliding window, in milliseconds.
+    #[arg(long = "rate-limit-window-ms", env = "CONFAB_RATE_LIMIT_WINDOW_MS", default_value_t = 10_000)]
+    pub window_ms: u64,
+    /// Edits, deletes and reactions a user may make per window.
+    #[arg(long = "rate-limit-edits", env = "CONFAB_RATE_LIMIT_EDITS", default_value_t = 30)]
+    pub edits: u32,
+    /// The edits' sliding window, in milliseconds.
+    #[arg(long = "rate-limit-edits-window-ms", env = "CONFAB_RATE_LIMIT_EDITS_WINDOW_MS", default_value_t = 10_000)]
+    pub edits_window_ms: u64,
+    /// Chat creations and title, member and role changes a user may make per window.
+    #[arg(long = "rate-limit-chats", env = "CONFAB_RATE_LIMIT_CHATS", default_value_t = 10)]
+    pub chats: u32,
+    /// The chats' sliding window, in milliseconds.
+    #[arg(long = "rate-limit-chats-window-ms", env = "CONFAB_RATE_LIMIT_CHATS_WINDOW_MS", default_value_t = 60_000)]
+    pub chats_window_ms: u64,
+    /// Read receipts a user may send per window.
+    #[arg(long = "rate-limit-receipts", env = "CONFAB_RATE_LIMIT_RECEIPTS", default_value_t = 60)]
+    pub receipts: u32,
+    /// The receipts' sliding window, in milliseconds.
+    #[arg(
+        long = "rate-limit-receipts-window-ms",
+        env = "CONFAB_RATE_LIMIT_RECEIPTS_WINDOW_MS",
+        default_value_t = 10_000
+    )]
+    pub receipts_window_ms: u64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            messages: 10,
+            window_ms: 10_000,
+            edits: 30,
+            edits_window_ms: 10_000,
+            chats: 10,
+            chats_window_ms: 60_000,
+            receipts: 60,
+            receipts_window_ms: 10_000,
+        }
+    }
+}
+
+/// The kinds of writes, each with its own window (see [`RateLimits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateClass {
+    /// `message:send` and HTTP sends.
+    Messages,
+    /// `message:edit`, `message:delete`, `reaction:add` and `reaction:remove`.
+    Edits,
+    /// Chat creation, title, member and role changes.
+    Chats,
+    /// `receipt:read`.
+    Receipts,
+}
+
+impl RateClass {
+    /// The class's limit and window (milliseconds).
+    fn limit(self, limits: &RateLimits) -> (u32, u64) {
+        match self {
+            Self::Messages => (limits.messages, limits.window_ms),
+            Self::Edits => (limits.edits, limits.edits_window_ms),
+            Self::Chats => (limits.chats, limits.chats_window_ms),
+            Self::Receipts => (limits.receipts, limits.receipts_window_ms),
+        }
+    }
+
+    fn proto(self) -> pb::RateClass {
+        match self {
+            Self::Messages => pb::RateClass::Messages,
+            Self::Edits => pb::RateClass::Edits,
+            Self::Chats => pb::RateClass::Chats,
+            Self::Receipts => pb::RateClass::Receipts,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::Edits => "edits",
+            Self::Chats => "chat changes",
+            Self::Receipts => "read receipts",
+        }
+    }
+}
 
 /// What the limiter said.
 #[derive(Debug, Clone, Copy)]
@@ -45,22 +139,25 @@ struct Lease {
     until: Instant,
 }
 
-/// The unspent leases of this edge's users. Bounded by the users who sent
+/// Whose lease: a user's, of one class.
+type LeaseKey = (String, RateClass);
+
+/// The unspent leases of this edge's users. Bounded by the users who wrote
 /// in the last [`MAX_HOLD`]: expired leases are swept and given back.
 #[derive(Default)]
 pub struct Leases {
-    held: Mutex<HashMap<String, Lease>>,
+    held: Mutex<HashMap<LeaseKey, Lease>>,
 }
 
 impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseKey, Lease>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Spends a slot of the user's live lease, if there is one.
-    fn take(&self, user: &str, now: Instant) -> Option<i64> {
+    fn take(&self, key: &LeaseKey, now: Instant) -> Option<i64> {
         let mut held = self.lock();
-        let lease = held.get_mut(user)?;
+        let lease = held.get_mut(key)?;
         if lease.left == 0 || now >= lease.until {
             return None;
         }
@@ -70,20 +167,20 @@ impl Leases {
 
     /// Keeps the unspent part of a new lease; returns what an older one of
     /// the user still had (to give back).
-    fn keep(&self, user: &str, slot_ms: i64, left: u32, until: Instant) -> Option<(i64, u32)> {
-        let old = self.lock().insert(user.to_string(), Lease { slot_ms, left, until })?;
+    fn keep(&self, key: LeaseKey, slot_ms: i64, left: u32, until: Instant) -> Option<(i64, u32)> {
+        let old = self.lock().insert(key, Lease { slot_ms, left, until })?;
         (old.left > 0).then_some((old.slot_ms, old.left))
     }
 
     /// Removes expired leases; returns their unspent slots (to give back).
-    fn expired(&self, now: Instant) -> Vec<(String, i64, u32)> {
+    fn expired(&self, now: Instant) -> Vec<(LeaseKey, i64, u32)> {
         let mut out = Vec::new();
-        self.lock().retain(|user, lease| {
+        self.lock().retain(|key, lease| {
             if now < lease.until {
                 return true;
             }
             if lease.left > 0 {
-                out.push((user.clone(), lease.slot_ms, lease.left));
+                out.push((key.clone(), lease.slot_ms, lease.left));
             }
             false
         });
@@ -91,17 +188,18 @@ impl Leases {
     }
 }
 
-/// A slot for one send of `user`: from the user's lease on this edge, or
-/// from presence-svc (taking a new lease).
-pub async fn acquire(edge: &Arc<Edge>, user: &str) -> Slot {
-    let (limit, window_ms) = (edge.config.rate_limit_messages, edge.config.rate_limit_window_ms);
+/// A slot for one write of `user`: from the user's lease of the class on
+/// this edge, or from presence-svc (taking a new lease).
+pub async fn acquire(edge: &Arc<Edge>, user: &str, class: RateClass) -> Slot {
+    let (limit, window_ms) = class.limit(&edge.config.rate_limits);
     let (size, hold) = lease_shape(limit, window_ms);
+    let key = (user.to_string(), class);
     if size > 1 {
-        if let Some(slot_ms) = edge.leases.take(user, Instant::now()) {
+        if let Some(slot_ms) = edge.leases.take(&key, Instant::now()) {
             return Slot::Allowed(slot_ms);
         }
     }
-    let req = pb::AcquireRequest { key: key(user), limit, window_ms, count: size };
+    let req = pb::AcquireRequest { key: user.to_string(), limit, window_ms, count: size, class: class.proto() as i32 };
     let mut presence = edge.presence.clone();
     match tokio::time::timeout(edge.config.request_timeout(), presence.acquire(req)).await {
         Ok(Ok(r)) => {
@@ -111,36 +209,44 @@ pub async fn acquire(edge: &Arc<Edge>, user: &str) -> Slot {
             }
             let left = r.granted.saturating_sub(1);
             if left > 0 {
-                if let Some((slot_ms, unspent)) = edge.leases.keep(user, r.slot_ms, left, Instant::now() + hold) {
-                    give_back(edge, user, slot_ms, unspent);
+                if let Some((slot_ms, unspent)) = edge.leases.keep(key, r.slot_ms, left, Instant::now() + hold) {
+                    give_back(edge, user, class, slot_ms, unspent);
                 }
             }
             Slot::Allowed(r.slot_ms)
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "rate limiter unavailable: send let through");
+            tracing::warn!(error = %e, class = class.what(), "rate limiter unavailable: write let through");
             Slot::Unchecked
         }
         Err(_) => {
-            tracing::warn!("rate limiter timed out: send let through");
+            tracing::warn!(class = class.what(), "rate limiter timed out: write let through");
             Slot::Unchecked
         }
     }
 }
 
-/// Gives a slot back (a repeated clientId does not count).
-pub fn release(edge: &Arc<Edge>, user: &str, slot: Slot) {
-    if let Slot::Allowed(slot_ms) = slot {
-        give_back(edge, user, slot_ms, 1);
+/// A slot for a write that is refused outright when over the limit (every
+/// write but a send, whose repeats are still answered): RATE_LIMITED with
+/// `retryAfterMs`.
+pub async fn check(edge: &Arc<Edge>, user: &str, class: RateClass) -> Result<(), ApiError> {
+    match acquire(edge, user, class).await {
+        Slot::Refused(retry_after_ms) => {
+            Err(ApiError::rate_limited(format!("too many {}, retry later", class.what()), retry_after_ms))
+        }
+        Slot::Allowed(_) | Slot::Unchecked => Ok(()),
     }
 }
 
-fn key(user: &str) -> String {
-    format!("send:{user}")
+/// Gives a send's slot back (a repeated clientId does not count).
+pub fn release(edge: &Arc<Edge>, user: &str, slot: Slot) {
+    if let Slot::Allowed(slot_ms) = slot {
+        give_back(edge, user, RateClass::Messages, slot_ms, 1);
+    }
 }
 
-fn give_back(edge: &Arc<Edge>, user: &str, slot_ms: i64, count: u32) {
-    let req = pb::ReleaseRequest { key: key(user), slot_ms, count };
+fn give_back(edge: &Arc<Edge>, user: &str, class: RateClass, slot_ms: i64, count: u32) {
+    let req = pb::ReleaseRequest { key: user.to_string(), slot_ms, count, class: class.proto() as i32 };
     let (edge, timeout) = (edge.clone(), edge.config.request_timeout());
     edge.shutdown.clone().spawn(async move {
         let mut presence = edge.presence.clone();
@@ -157,8 +263,8 @@ pub async fn sweep(edge: Arc<Edge>) {
             _ = tick.tick() => {}
             () = edge.shutdown.triggered() => return,
         }
-        for (user, slot_ms, unspent) in edge.leases.expired(Instant::now()) {
-            give_back(&edge, &user, slot_ms, unspent);
+        for ((user, class), slot_ms, unspent) in edge.leases.expired(Instant::now()) {
+            give_back(&edge, &user, class, slot_ms, unspent);
         }
     }
 }
@@ -179,19 +285,23 @@ mod tests {
         let leases = Leases::default();
         let now = Instant::now();
         let until = now + Duration::from_millis(100);
-        assert_eq!(leases.take("u", now), None);
-        assert_eq!(leases.keep("u", 7, 2, until), None);
-        assert_eq!(leases.take("u", now), Some(7));
-        assert_eq!(leases.take("u", now), Some(7));
-        assert_eq!(leases.take("u", now), None);
+        let u = ("u".to_string(), RateClass::Messages);
+        let v = ("v".to_string(), RateClass::Messages);
+        assert_eq!(leases.take(&u, now), None);
+        assert_eq!(leases.keep(u.clone(), 7, 2, until), None);
+        assert_eq!(leases.take(&u, now), Some(7));
+        assert_eq!(leases.take(&u, now), Some(7));
+        assert_eq!(leases.take(&u, now), None);
+        // Another class of the same user has a lease of its own.
+        assert_eq!(leases.take(&("u".to_string(), RateClass::Edits), now), None);
         // A new lease while an older one has slots left: the older's are returned.
-        assert_eq!(leases.keep("u", 8, 3, until), None);
-        assert_eq!(leases.keep("u", 9, 3, until), Some((8, 3)));
-        assert_eq!(leases.take("u", until), None, "expired");
-        assert_eq!(leases.keep("v", 10, 1, until + Duration::from_secs(1)), None);
+        assert_eq!(leases.keep(u.clone(), 8, 3, until), None);
+        assert_eq!(leases.keep(u.clone(), 9, 3, until), Some((8, 3)));
+        assert_eq!(leases.take(&u, until), None, "expired");
+        assert_eq!(leases.keep(v.clone(), 10, 1, until + Duration::from_secs(1)), None);
         // Sweeping takes the expired lease with its unspent slots, keeps the live one.
-        assert_eq!(leases.expired(until), vec![("u".to_string(), 9, 3)]);
+        assert_eq!(leases.expired(until), vec![(u, 9, 3)]);
         assert_eq!(leases.expired(until), vec![]);
-        assert_eq!(leases.take("v", until), Some(10));
+        assert_eq!(leases.take(&v, until), Some(10));
     }
 }

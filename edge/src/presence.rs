@@ -1,6 +1,9 @@
 //! Presence on the edge: sessions and the lease reported to presence-svc,
 //! which users this edge's sockets watch, and the `presence:update`s that
-//! presence-svc streams back for them (encoded once per edge).
+//! presence-svc streams back for them (encoded once per edge). Each time
+//! the stream (re)connects, the watches and every live session are told
+//! again (a restarted presence-svc starts empty), and a little later the
+//! watchers hear what changed while it was away.
 
 use crate::error::ApiError;
 use crate::socket::{self, EioSocket};
@@ -13,10 +16,22 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Live sessions told to presence-svc again per round at most, when its
+/// stream comes back (the batcher's calls carry as many).
+const REANNOUNCE_BATCH: usize = 512;
+
+/// How long after the stream comes back watchers are told what changed
+/// meanwhile: by then every edge has reconnected (their backoff is at most
+/// 2 s) and re-announced its sessions, so an offline then is real.
+const RESYNC_AFTER: Duration = Duration::from_secs(3);
+
 /// user -> the local sockets watching them.
 #[derive(Default)]
 pub struct Watchers {
     by_user: Mutex<HashMap<String, HashMap<Sid, Arc<EioSocket>>>>,
+    /// user -> the status its watchers here were last told (an update or
+    /// a snapshot); only watched users have an entry.
+    told: Mutex<HashMap<String, String>>,
 }
 
 impl Watchers {
@@ -55,6 +70,7 @@ impl Watchers {
                 sockets.remove(&socket.id);
                 if sockets.is_empty() {
                     by_user.remove(&user);
+                    self.told.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
                     gone.push(user);
                 }
             }
@@ -76,13 +92,27 @@ impl Watchers {
         self.by_user.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
+    /// Notes the status a snapshot showed watchers of `user` (not the
+    /// user's own view of themselves).
+    pub fn note(&self, user: &str, status: &str) {
+        // Under the watches' lock, so an entry never outlives the last watch.
+        let by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+        if by_user.contains_key(user) {
+            self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), status.to_string());
+        }
+    }
+
+    /// Whether watchers here were last told something else than `s`.
+    fn stale(&self, s: &pb::PresenceState) -> bool {
+        self.told.lock().unwrap_or_else(|p| p.into_inner()).get(&s.user_id) != Some(&s.status)
+    }
+
     fn deliver(&self, s: &pb::PresenceState) {
         let sockets: Vec<Arc<EioSocket>> = {
             let by_user = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
-            match by_user.get(&s.user_id) {
-                Some(m) => m.values().cloned().collect(),
-                None => return,
-            }
+            let Some(m) = by_user.get(&s.user_id) else { return };
+            self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(s.user_id.clone(), s.status.clone());
+            m.values().cloned().collect()
         };
         let payload = json!({
             "userId": s.user_id,
@@ -189,8 +219,14 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
             reset: true,
         };
         let _ = tokio::time::timeout(edge.config.request_timeout(), p.watching(reset)).await;
+        reannounce(&edge).await;
+        let mut resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER);
         loop {
             tokio::select! {
+                () = tokio::time::sleep_until(resync_at.unwrap_or_else(tokio::time::Instant::now)), if resync_at.is_some() => {
+                    resync_at = None;
+                    resync(&edge).await;
+                }
                 _ = beat.tick() => {
                     let hb = pb::HeartbeatRequest { edge_id: edge.edge_id.to_string() };
                     let _ = tokio::time::timeout(edge.config.request_timeout(), p.heartbeat(hb)).await;
@@ -202,6 +238,71 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
                 () = shutdown.triggered() => return,
             }
         }
+    }
+}
+
+/// Tells presence-svc again about every live session of this edge, each
+/// time the Watch stream (re)connects: a presence-svc that restarted has
+/// forgotten them, and their users would show offline until they opened a
+/// new socket. An open is idempotent, so a presence-svc that only lost the
+/// stream sees no change. The opens go through the same batcher as every
+/// other session change, [`REANNOUNCE_BATCH`] at a time; a socket that
+/// closed meanwhile is closed again after its open (its own close may have
+/// gone first), so no session outlives its socket. A failure stops the
+/// round: the stream fails too, and the next connection starts another.
+async fn reannounce(edge: &Arc<Edge>) {
+    let sockets = edge.rooms.all_user_sockets();
+    let mut announced = 0;
+    for chunk in sockets.chunks(REANNOUNCE_BATCH) {
+        let live: Vec<(&Arc<EioSocket>, pb::SessionRequest)> =
+            chunk.iter().filter_map(|s| socket::live_session(edge, s).map(|r| (s, r))).collect();
+        let opens = live.iter().map(|(_, r)| change(edge, r.clone(), true));
+        if let Err(why) = futures::future::join_all(opens).await.into_iter().collect::<Result<Vec<()>, String>>() {
+            tracing::warn!(error = %why, announced, "re-announcing sessions to presence stopped");
+            return;
+        }
+        announced += live.len();
+        for (s, r) in live {
+            if socket::live_session(edge, s).is_none() {
+                let _ = change(edge, r, false).await;
+            }
+        }
+    }
+    if announced > 0 {
+        tracing::info!(sessions = announced, "sessions re-announced to presence");
+    }
+}
+
+/// Tells watchers what changed while the stream was away, once it is back
+/// (see [`RESYNC_AFTER`]): the states of the watched users that differ from
+/// what their watchers here were last told. Updates presence-svc published
+/// while the stream was down, or while it restarted empty, are lost; this
+/// is how a user who disconnected meanwhile is shown offline, and one who
+/// came online before this edge re-registered its watches shown online.
+async fn resync(edge: &Arc<Edge>) {
+    let watched = edge.watchers.watched();
+    for chunk in watched.chunks(REANNOUNCE_BATCH) {
+        let req = pb::GetManyRequest { user_ids: chunk.to_vec(), viewer: String::new() };
+        let mut p = edge.presence.clone();
+        match tokio::time::timeout(edge.config.request_timeout(), p.get_many(req)).await {
+            Ok(Ok(r)) => {
+                for s in r.into_inner().states.iter().filter(|s| edge.watchers.stale(s)) {
+                    edge.watchers.deliver(s);
+                }
+            }
+            Ok(Err(e)) => return tracing::warn!(error = %e, "presence re-sync failed"),
+            Err(_) => return tracing::warn!("presence re-sync timed out"),
+        }
+    }
+}
+
+/// One session change through the batcher, within the request deadline.
+async fn change(edge: &Edge, session: pb::SessionRequest, open: bool) -> Result<(), String> {
+    let change = pb::SessionChange { session: Some(session), open };
+    match tokio::time::timeout(edge.config.request_timeout(), edge.sessions.call(change)).await {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => Err("the edge is shutting down".into()),
+        Err(_) => Err("presence did not answer in time".into()),
     }
 }
 

@@ -86,6 +86,12 @@ impl Rooms {
         users.get(user_id).map(|s| s.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Every socket in a personal room: each local socket with a session.
+    pub fn all_user_sockets(&self) -> Vec<Arc<EioSocket>> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        users.values().flat_map(|s| s.values().cloned()).collect()
+    }
+
     /// Adds a socket to a chat, recording it in the socket's own set under
     /// that set's lock (so a disconnect racing the join leaves nothing
     /// behind); true when it is the chat's first local socket.

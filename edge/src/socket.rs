@@ -50,8 +50,8 @@ pub struct SocketData {
     overflowed: AtomicBool,
     /// Chats this socket has sent `typing:start` in (stopped on disconnect).
     typing: Mutex<HashSet<String>>,
-    /// Resolves when this socket's latest send has been queued to its
-    /// router: the next send waits for it, keeping the emitted order.
+    /// Resolves when this socket's latest rate-limited write has been
+    /// queued to its router: the next waits for it, keeping the emitted order.
     pub send_chain: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     /// Users whose presence this socket watches.
     pub watching: Mutex<HashSet<String>>,
@@ -364,6 +364,20 @@ async fn start_session(
         session_change(edge, req, false).await;
     }
     Ok(())
+}
+
+/// The presence session of a socket while it is live: none before its
+/// CONNECT was accepted, nor once it closed.
+pub fn live_session(edge: &Edge, socket: &EioSocket) -> Option<pb::SessionRequest> {
+    if socket.data.is_disconnected() || socket.data.released.load(Ordering::Acquire) {
+        return None;
+    }
+    let session = socket.data.session.get()?;
+    Some(pb::SessionRequest {
+        user_id: session.user_id.clone(),
+        edge_id: edge.edge_id.to_string(),
+        session_id: session.session_id.clone(),
+    })
 }
 
 /// Tells presence a session opened or closed (batched with the other

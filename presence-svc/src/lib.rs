@@ -6,7 +6,8 @@
 //! session is open, offline after a grace window, invisible shown as
 //! offline, one update per user per interval with the last state always
 //! delivered, a silent edge's users going offline) live in [`hub::Hub`] as
-//! pure logic. It also keeps the per-user send rate limit ([`limits`]).
+//! pure logic. It also keeps the per-user rate limits of every class of write
+//! ([`limits`]).
 //!
 //! State is in memory (the `confab dev` default). A Redis backend is the
 //! production swap; it is not built yet.
@@ -20,6 +21,7 @@ use confab_proto::v1::presence_server::{Presence as PresenceRpc, PresenceServer}
 use hub::{Hub, Seen, Windows};
 use limits::{Acquired, MemoryLimiter};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -73,6 +75,8 @@ pub struct PresenceService {
     hub: Arc<Mutex<Hub>>,
     watches: Arc<Mutex<Watches>>,
     limiter: Arc<MemoryLimiter>,
+    /// Set at shutdown: no new Watch stream is opened.
+    closing: Arc<AtomicBool>,
 }
 
 fn state(s: Seen) -> pb::PresenceState {
@@ -90,7 +94,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl PresenceService {
     pub fn new(windows: Windows) -> Self {
-        Self { hub: Arc::new(Mutex::new(Hub::new(windows))), watches: Arc::default(), limiter: Arc::default() }
+        Self {
+            hub: Arc::new(Mutex::new(Hub::new(windows))),
+            watches: Arc::default(),
+            limiter: Arc::default(),
+            closing: Arc::default(),
+        }
     }
 
     /// Sends updates to the edges watching their users.
@@ -127,6 +136,13 @@ impl PresenceService {
         Response::new(state(seen))
     }
 
+    /// Ends every edge's Watch stream (at shutdown).
+    fn end_streams(&self) {
+        let mut watches = lock(&self.watches);
+        self.closing.store(true, Ordering::Release);
+        watches.streams.clear();
+    }
+
     /// Runs the hub's clocks until shutdown.
     pub async fn run_clock(self, every: Duration, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(every);
@@ -147,6 +163,12 @@ fn check_session(r: &pb::SessionRequest) -> Result<(), Status> {
         return Err(Status::invalid_argument("user_id, edge_id and session_id are required"));
     }
     Ok(())
+}
+
+/// The limiter's key of one user's window of one class of write.
+fn window_key(class: i32, key: &str) -> Result<String, Status> {
+    let class = pb::RateClass::try_from(class).map_err(|_| Status::invalid_argument("unknown rate class"))?;
+    Ok(format!("{}:{key}", class.as_str_name()))
 }
 
 type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::PresenceState, Status>> + Send>>;
@@ -239,7 +261,12 @@ impl PresenceRpc for PresenceService {
             return Err(Status::invalid_argument("edge_id is required"));
         }
         let (tx, rx) = mpsc::channel(EDGE_QUEUE);
-        lock(&self.watches).streams.insert(edge, tx);
+        let mut watches = lock(&self.watches);
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Status::unavailable("presence-svc is shutting down"));
+        }
+        watches.streams.insert(edge, tx);
+        drop(watches);
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -248,7 +275,8 @@ impl PresenceRpc for PresenceService {
         if r.key.is_empty() || r.limit == 0 || r.window_ms == 0 {
             return Err(Status::invalid_argument("key, limit and window_ms are required"));
         }
-        let answer = match self.limiter.acquire(&r.key, r.limit, r.window_ms, r.count, now_ms()) {
+        let key = window_key(r.class, &r.key)?;
+        let answer = match self.limiter.acquire(&key, r.limit, r.window_ms, r.count, now_ms()) {
             Acquired::Allowed { slot_ms, granted } => {
                 pb::AcquireResponse { allowed: true, retry_after_ms: 0, slot_ms, granted }
             }
@@ -261,7 +289,7 @@ impl PresenceRpc for PresenceService {
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
-        self.limiter.release(&r.key, r.slot_ms, r.count);
+        self.limiter.release(&window_key(r.class, &r.key)?, r.slot_ms, r.count);
         Ok(Response::new(pb::Empty {}))
     }
 }
@@ -297,9 +325,17 @@ impl Presence {
         shutdown.spawn(self.service.clone().run_clock(self.tick, shutdown.clone()));
         let incoming = confab_common::grpc::incoming(listener);
         tracing::info!("presence-svc serving");
+        let service = self.service.clone();
+        // Watch streams never end by themselves: ending them lets the
+        // connections close, so the server stops instead of waiting on
+        // them, and the edges reconnect to whoever serves next.
+        let stopped = async move {
+            shutdown.triggered().await;
+            service.end_streams();
+        };
         tonic::transport::Server::builder()
             .add_service(PresenceServer::new(self.service))
-            .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
+            .serve_with_incoming_shutdown(incoming, stopped)
             .await?;
         Ok(())
     }
@@ -308,4 +344,27 @@ impl Presence {
 /// Serves presence over gRPC on `listener` until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     Presence::new(&config).serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acquire(class: pb::RateClass) -> pb::AcquireRequest {
+        pb::AcquireRequest { key: "u".into(), limit: 1, window_ms: 60_000, count: 1, class: class as i32 }
+    }
+
+    #[tokio::test]
+    async fn each_class_of_write_has_a_window_of_its_own() {
+        let service = PresenceService::new(Windows::default());
+        let allowed = |r: Result<Response<pb::AcquireResponse>, Status>| r.unwrap().into_inner().allowed;
+        assert!(allowed(service.acquire(Request::new(acquire(pb::RateClass::Messages))).await));
+        assert!(!allowed(service.acquire(Request::new(acquire(pb::RateClass::Messages))).await));
+        assert!(allowed(service.acquire(Request::new(acquire(pb::RateClass::Edits))).await));
+        assert!(allowed(service.acquire(Request::new(acquire(pb::RateClass::Chats))).await));
+        assert!(!allowed(service.acquire(Request::new(acquire(pb::RateClass::Chats))).await));
+        let unknown = pb::AcquireRequest { class: 99, ..acquire(pb::RateClass::Edits) };
+        let refused = service.acquire(Request::new(unknown)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
 }

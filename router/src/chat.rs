@@ -151,6 +151,12 @@ fn store_error(e: &StoreError) -> ReplyResult {
     }
 }
 
+/// A failed write (or a writer that could not start, so the commands
+/// queued for it were never applied): see [`StoreError::of_write`].
+fn write_error(e: StoreError) -> ReplyResult {
+    store_error(&e.of_write())
+}
+
 fn reply(edge: &EdgeConn, id: u64, result: ReplyResult) {
     edge.send(Kind::Reply(pb::Reply { id, result: Some(result) }));
 }
@@ -220,8 +226,9 @@ pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, setti
         Err(e) => {
             // Answer what is queued, then stop: the next command starts afresh.
             rx.close();
+            let refused = write_error(e);
             while let Ok(cmd) = rx.try_recv() {
-                refuse(cmd, store_error(&e));
+                refuse(cmd, refused.clone());
             }
             return;
         }
@@ -478,7 +485,7 @@ impl ChatState {
             .save_chat(chat.clone(), removed.clone(), delete, Some(self.epoch))
             .await
             .map_err(|e| self.fenced_by(e))
-            .map_err(|e| store_error(&e))?;
+            .map_err(write_error)?;
         self.chat = chat;
         self.publish_chat(edges, added, removed);
         Ok(ReplyResult::Chat(self.chat.clone()))
@@ -508,11 +515,7 @@ impl ChatState {
         }
         m.body = op.body;
         m.edited_at_ms = Some(now_ms());
-        store
-            .put_message(m.clone(), Some(self.epoch))
-            .await
-            .map_err(|e| self.fenced_by(e))
-            .map_err(|e| store_error(&e))?;
+        store.put_message(m.clone(), Some(self.epoch)).await.map_err(|e| self.fenced_by(e)).map_err(write_error)?;
         self.tail.update(&m);
         self.broadcast(events::message_updated(&m), None);
         Ok(json(events::edit_ack(&m)))
@@ -535,11 +538,7 @@ impl ChatState {
             m.deleted = true;
             m.body.clear();
             m.reactions.clear();
-            store
-                .put_message(m.clone(), Some(self.epoch))
-                .await
-                .map_err(|e| self.fenced_by(e))
-                .map_err(|e| store_error(&e))?;
+            store.put_message(m.clone(), Some(self.epoch)).await.map_err(|e| self.fenced_by(e)).map_err(write_error)?;
             self.tail.update(&m);
             self.broadcast(events::message_deleted(&m), None);
         }
@@ -571,11 +570,7 @@ impl ChatState {
             m.reactions.iter().map(|r| r.user_ids.len()).sum::<usize>() != before
         };
         if changed {
-            store
-                .put_message(m.clone(), Some(self.epoch))
-                .await
-                .map_err(|e| self.fenced_by(e))
-                .map_err(|e| store_error(&e))?;
+            store.put_message(m.clone(), Some(self.epoch)).await.map_err(|e| self.fenced_by(e)).map_err(write_error)?;
             self.tail.update(&m);
             self.broadcast(events::reaction_update(&m, &op.emoji, user, op.add), None);
         }
@@ -617,7 +612,7 @@ impl ChatState {
         if target.seq <= current {
             return Ok(json(events::read_ack(current, read_at)));
         }
-        let now_at = store.set_cursor(&self.chat_id, user, target.seq).await.map_err(|e| store_error(&e))?;
+        let now_at = store.set_cursor(&self.chat_id, user, target.seq).await.map_err(write_error)?;
         self.cursors.insert(user.to_string(), now_at);
         self.broadcast(events::receipt_update(&self.chat_id, user, &target, read_at), None);
         Ok(json(events::read_ack(now_at, read_at)))
@@ -785,7 +780,9 @@ impl ChatState {
                     }
                     if fresh.len() == before {
                         tracing::error!(chat.id = %self.chat_id, "the store named repeats that are not in the batch");
-                        let result = error(pb::ErrorCode::Internal, "storage error");
+                        // Whatever the store did, it can't be told from this answer.
+                        let result =
+                            error(pb::ErrorCode::Unavailable, "storage answer unclear, retry with the same ids");
                         return fail_sends(fresh, &result);
                     }
                 }
@@ -802,7 +799,7 @@ impl ChatState {
                     if let Ok((_, last)) = store.get_chat(&self.chat_id).await {
                         self.last_seq = last;
                     }
-                    return fail_sends(fresh, &store_error(&e));
+                    return fail_sends(fresh, &write_error(e));
                 }
             }
         }

@@ -33,18 +33,50 @@ impl From<StoreError> for tonic::Status {
     }
 }
 
+/// A call's status as the client saw it, mapped once: a status this side
+/// made from a failure of the call itself (it carries that error as its
+/// source: the connection broke, the deadline passed) or one that says the
+/// service could not serve it (unavailable, deadline, cancelled, unknown,
+/// overloaded) is `Unavailable`, since the call may or may not have been
+/// applied; the store's own answers keep their kind.
 impl From<tonic::Status> for StoreError {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code;
+        if std::error::Error::source(&s).is_some() {
+            return StoreError::Unavailable(s.message().to_string());
+        }
         match s.code() {
             Code::NotFound => StoreError::NotFound,
-            Code::Aborted if s.message() == "fenced" => StoreError::Fenced,
-            Code::FailedPrecondition => StoreError::Invalid(s.message().to_string()),
-            Code::InvalidArgument => StoreError::Invalid(s.message().to_string()),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            // The server answers ABORTED for a fenced write and nothing else.
+            Code::Aborted => StoreError::Fenced,
+            Code::InvalidArgument | Code::OutOfRange => StoreError::Invalid(s.message().to_string()),
+            // A seq conflict: nothing was written; the writer reloads and the
+            // client retries.
+            Code::FailedPrecondition => StoreError::Unavailable(s.message().to_string()),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
                 StoreError::Unavailable(s.message().to_string())
             }
-            _ => StoreError::Internal(s.message().to_string()),
+            Code::Ok
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::DataLoss => StoreError::Internal(s.message().to_string()),
+        }
+    }
+}
+
+impl StoreError {
+    /// The error of a write that did not succeed, as its caller must treat
+    /// it: unless the store refused the write outright (not found, invalid,
+    /// fenced, a seq conflict, all known to have written nothing), it may or
+    /// may not have been applied, which is `Unavailable` (retry with the
+    /// same ids), never `Internal`.
+    pub fn of_write(self) -> Self {
+        match self {
+            StoreError::Internal(m) => StoreError::Unavailable(format!("outcome unknown: {m}")),
+            other => other,
         }
     }
 }
@@ -152,5 +184,62 @@ pub trait Store: Send + Sync + 'static {
     /// nothing of the kind (a client of a remote one) has nothing to do.
     async fn close(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Status;
+
+    fn kind(e: &StoreError) -> &'static str {
+        match e {
+            StoreError::NotFound => "not found",
+            StoreError::SeqConflict { .. } => "seq conflict",
+            StoreError::Invalid(_) => "invalid",
+            StoreError::Fenced => "fenced",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Internal(_) => "internal",
+        }
+    }
+
+    #[test]
+    fn a_call_that_may_have_been_served_is_unavailable() {
+        // Made on this side from a broken connection: it carries the error.
+        let broken = Status::from_error(Box::new(std::io::Error::other("connection reset by peer")));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        assert_eq!(kind(&broken.into()), "unavailable");
+        for s in [
+            Status::unavailable("down"),
+            Status::deadline_exceeded("late"),
+            Status::cancelled("gone"),
+            Status::unknown("?"),
+            Status::resource_exhausted("busy"),
+            Status::failed_precondition("seq conflict"),
+        ] {
+            let code = s.code();
+            assert_eq!(kind(&s.into()), "unavailable", "{code:?}");
+        }
+    }
+
+    #[test]
+    fn the_stores_own_answers_keep_their_kind() {
+        assert_eq!(kind(&Status::not_found("x").into()), "not found");
+        assert_eq!(kind(&Status::invalid_argument("x").into()), "invalid");
+        assert_eq!(kind(&Status::aborted("x").into()), "fenced");
+        assert_eq!(kind(&Status::internal("x").into()), "internal");
+        assert_eq!(kind(&Status::data_loss("x").into()), "internal");
+        // Both ways round.
+        assert_eq!(kind(&tonic::Status::from(StoreError::Fenced).into()), "fenced");
+        let conflict = StoreError::SeqConflict { last_seq: 3, first_seq: 5 };
+        assert_eq!(kind(&tonic::Status::from(conflict).into()), "unavailable");
+    }
+
+    #[test]
+    fn a_failed_write_is_never_internal() {
+        assert_eq!(kind(&StoreError::Internal("disk".into()).of_write()), "unavailable");
+        assert_eq!(kind(&StoreError::NotFound.of_write()), "not found");
+        assert_eq!(kind(&StoreError::Invalid("x".into()).of_write()), "invalid");
+        assert_eq!(kind(&StoreError::Fenced.of_write()), "fenced");
     }
 }

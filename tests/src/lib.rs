@@ -24,6 +24,9 @@ pub struct Cluster {
     pub store_url: String,
     pub presence_url: String,
     shutdown: Shutdown,
+    /// presence-svc's own shutdown, to stop and start it again.
+    presence: std::sync::Mutex<Option<(Shutdown, tokio::task::JoinHandle<()>)>>,
+    presence_config: confab_presence::Config,
     _data: Option<tempfile::TempDir>,
     http: reqwest::Client,
 }
@@ -44,6 +47,7 @@ pub struct ClusterBuilder {
     edge_tweak: Option<EdgeTweak>,
     router_tweak: Option<RouterTweak>,
     presence_tweak: Option<PresenceTweak>,
+    store_url: Option<String>,
 }
 
 async fn loopback() -> (TcpListener, String) {
@@ -83,6 +87,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Uses the store-svc at `url` (a process the test runs, and may kill)
+    /// instead of starting one in this process.
+    pub fn store_url(mut self, url: &str) -> Self {
+        self.store_url = Some(url.to_string());
+        self
+    }
+
     /// Changes presence-svc's configuration (windows, lease) before start.
     pub fn presence_config(mut self, f: impl Fn(&mut confab_presence::Config) + 'static) -> Self {
         self.presence_tweak = Some(Box::new(f));
@@ -99,16 +110,21 @@ impl ClusterBuilder {
                 (Some(t), p)
             }
         };
-        let (store_l, store_url) = loopback().await;
+        let store_url = match self.store_url {
+            Some(url) => url,
+            None => {
+                let (store_l, store_url) = loopback().await;
+                let store = confab_store::run(confab_store::Config::for_test(data_dir), store_l, shutdown.clone());
+                shutdown.spawn(async move { store.await.expect("store-svc") });
+                store_url
+            }
+        };
         let (presence_l, presence_url) = loopback().await;
-        let store = confab_store::run(confab_store::Config::for_test(data_dir), store_l, shutdown.clone());
-        shutdown.spawn(async move { store.await.expect("store-svc") });
         let mut presence_config = confab_presence::Config::default();
         if let Some(f) = &self.presence_tweak {
             f(&mut presence_config);
         }
-        let presence = confab_presence::run(presence_config, presence_l, shutdown.clone());
-        shutdown.spawn(async move { presence.await.expect("presence-svc") });
+        let presence = start_presence(&presence_config, presence_l, &shutdown);
 
         let mut router_ls = Vec::new();
         for _ in 0..self.routers.max(1) {
@@ -134,8 +150,9 @@ impl ClusterBuilder {
             let (l, url) = loopback().await;
             let mut config =
                 confab_edge::Config::for_test(routers.clone(), store_url.clone(), presence_url.clone(), SECRET.into());
-            // Tests send bursts; the limiter's own tests set the contract's limit.
-            config.rate_limit_messages = 100_000;
+            // Tests write in bursts; the limiter's own tests set the limits.
+            let limits = &mut config.rate_limits;
+            (limits.messages, limits.edits, limits.chats, limits.receipts) = (100_000, 100_000, 100_000, 100_000);
             if let Some(f) = &self.edge_tweak {
                 f(&mut config);
             }
@@ -143,16 +160,59 @@ impl ClusterBuilder {
             shutdown.spawn(async move { edge.await.expect("edge") });
             edges.push(url);
         }
-        let cluster =
-            Cluster { edges, routers, store_url, presence_url, shutdown, _data: tmp, http: reqwest::Client::new() };
+        let cluster = Cluster {
+            edges,
+            routers,
+            store_url,
+            presence_url,
+            shutdown,
+            presence: std::sync::Mutex::new(Some(presence)),
+            presence_config,
+            _data: tmp,
+            http: reqwest::Client::new(),
+        };
         cluster.wait_ready().await;
         cluster
     }
 }
 
+/// Runs presence-svc on `listener` under a shutdown of its own (a child of
+/// the cluster's).
+fn start_presence(
+    config: &confab_presence::Config,
+    listener: TcpListener,
+    cluster: &Shutdown,
+) -> (Shutdown, tokio::task::JoinHandle<()>) {
+    let shutdown = cluster.child();
+    let presence = confab_presence::run(config.clone(), listener, shutdown.clone());
+    let task = cluster.spawn(async move { presence.await.expect("presence-svc") });
+    (shutdown, task)
+}
+
 impl Cluster {
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
+    }
+
+    /// Stops presence-svc (as SIGTERM would: it ends its streams and
+    /// serves no more) and waits until it has; its state is gone.
+    pub async fn stop_presence(&self) {
+        let running = self.presence.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((shutdown, task)) = running {
+            shutdown.trigger();
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("presence-svc did not stop within 10 s")
+                .expect("presence-svc task");
+        }
+    }
+
+    /// Starts presence-svc again, empty, on the address it had.
+    pub async fn start_presence(&self) {
+        let addr = self.presence_url.trim_start_matches("http://");
+        let listener = TcpListener::bind(addr).await.expect("bind presence-svc's address again");
+        let running = start_presence(&self.presence_config, listener, &self.shutdown);
+        *self.presence.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
     }
 
     /// Waits until every edge answers `/readyz` with 200.

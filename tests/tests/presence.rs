@@ -210,3 +210,57 @@ async fn batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing(
     let phantom = get("phantom").await;
     assert_eq!((phantom.status.as_str(), phantom.last_seen_ms), ("offline", None));
 }
+
+/// presence-svc restarts on the same address and knows no one: the edges
+/// announce their live sessions again, so a user who stayed connected shows
+/// online again within seconds, without reconnecting, to a watcher on
+/// another edge who stayed connected too; a user who left while it was
+/// down is shown offline; and later changes still reach the watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sessions_are_announced_again_after_presence_svc_restarts() {
+    let cluster = cluster().await;
+    cluster.create_chat("alice", "group", &["bob", "carol"]).await;
+    let alice = cluster.connect(1, "alice").await;
+    let carol = cluster.connect(1, "carol").await;
+    let mut bob = cluster.connect(0, "bob").await;
+    let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice", "carol"] })).await;
+    let shown: Vec<&str> =
+        data(&snap)["presence"].as_array().unwrap().iter().map(|p| p["status"].as_str().unwrap()).collect();
+    assert_eq!(shown, ["online", "online"]);
+
+    cluster.stop_presence().await;
+    carol.disconnect().await;
+    cluster.start_presence().await;
+    let status = |user: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let path = format!("/v1/users/{user}/presence");
+            let (code, body) = cluster.http(reqwest::Method::GET, &path, "bob", None).await;
+            (code == 200).then(|| body["status"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    confab_tests::wait_until(T, || async { status("alice").await.as_deref() == Some("online") })
+        .await
+        .expect("alice never showed online again after presence-svc restarted");
+    // Bob was told carol left, though her close never reached presence-svc.
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let update = bob.next_event("presence:update", left).await.expect("carol was never shown offline");
+        if update["userId"] == "carol" {
+            assert_eq!(update["status"], "offline", "{update}");
+            break;
+        }
+    }
+    // Bob's watch came back too: alice's disconnect reaches him.
+    alice.disconnect().await;
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let update = bob.next_event("presence:update", left).await.expect("alice was never shown offline");
+        if update["userId"] == "alice" && update["status"] == "offline" {
+            break;
+        }
+        assert_eq!(update["status"], "online", "only repeats of what bob was shown may come first: {update}");
+    }
+}

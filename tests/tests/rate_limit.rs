@@ -10,8 +10,8 @@ async fn a_sliding_window_across_sockets_edges_and_http() {
     let cluster = Cluster::builder()
         .edges(2)
         .edge_config(|c| {
-            c.rate_limit_messages = 3;
-            c.rate_limit_window_ms = 1500;
+            c.rate_limits.messages = 3;
+            c.rate_limits.window_ms = 1500;
         })
         .build()
         .await;
@@ -69,7 +69,7 @@ async fn a_sliding_window_across_sockets_edges_and_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_of_one_socket_keep_their_order_through_the_limiter() {
-    let cluster = Cluster::builder().edge_config(|c| c.rate_limit_messages = 1000).build().await;
+    let cluster = Cluster::builder().edge_config(|c| c.rate_limits.messages = 1000).build().await;
     let chat = cluster.create_chat("alice", "group", &[]).await;
     let mut alice = cluster.connect(0, "alice").await;
     // Fire 50 sends without waiting, then collect the acks.
@@ -96,8 +96,8 @@ async fn leased_slots_left_unspent_go_back_to_the_window() {
         .edges(2)
         .edge_config(|c| {
             // Leases of 2 slots, spent within 250 ms.
-            c.rate_limit_messages = 16;
-            c.rate_limit_window_ms = 5000;
+            c.rate_limits.messages = 16;
+            c.rate_limits.window_ms = 5000;
         })
         .build()
         .await;
@@ -117,4 +117,133 @@ async fn leased_slots_left_unspent_go_back_to_the_window() {
     assert_eq!(limited["error"], "RATE_LIMITED", "{limited}");
     let limited = a0.call("message:send", send("over0".into())).await;
     assert_eq!(limited["error"], "RATE_LIMITED", "{limited}");
+}
+
+/// Checks a RATE_LIMITED ack: `data.retryAfterMs` within the window.
+fn rate_limited(ack: &serde_json::Value, window_ms: u64) {
+    confab_tests::error(ack, "RATE_LIMITED");
+    let retry = ack["data"]["retryAfterMs"].as_u64().unwrap_or(0);
+    assert!(retry > 0 && retry <= window_ms, "retryAfterMs out of the window: {ack}");
+}
+
+/// Edits, deletes and reactions share one window per user over every edge;
+/// a refused one broadcasts nothing, and neither sends nor other users
+/// spend it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_deletes_and_reactions_share_a_limit_of_their_own() {
+    let cluster = Cluster::builder()
+        .edges(2)
+        .edge_config(|c| {
+            c.rate_limits.edits = 3;
+            c.rate_limits.edits_window_ms = 60_000;
+        })
+        .build()
+        .await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    let mut a0 = cluster.connect(0, "alice").await;
+    let mut a1 = cluster.connect(1, "alice").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    let send = |id: &str| json!({ "chatId": chat, "body": "x", "clientId": id });
+    let sent = a0.call("message:send", send("m0")).await;
+    let id = confab_tests::data(&sent)["serverId"].as_str().unwrap().to_string();
+    let edit = json!({ "chatId": chat, "messageId": id, "body": "edited" });
+    confab_tests::data(&a0.call("message:edit", edit.clone()).await);
+    confab_tests::data(&a1.call("reaction:add", json!({ "chatId": chat, "messageId": id, "emoji": "👍" })).await);
+    confab_tests::data(&a0.call("message:edit", edit.clone()).await);
+    // The window is full, on either edge, for each kind of the class.
+    for _ in 0..20 {
+        rate_limited(&a1.call("message:edit", edit.clone()).await, 60_000);
+    }
+    rate_limited(&a0.call("message:delete", json!({ "chatId": chat, "messageId": id })).await, 60_000);
+    let react = json!({ "chatId": chat, "messageId": id, "emoji": "🎉" });
+    rate_limited(&a0.call("reaction:add", react).await, 60_000);
+    // Sends have their own window; another user has their own.
+    confab_tests::data(&a1.call("message:send", send("m1")).await);
+    let mine = confab_tests::data(&bob.call("message:send", send("b0")).await)["serverId"].clone();
+    let bob_edit = json!({ "chatId": chat, "messageId": mine, "body": "bob's edit" });
+    confab_tests::data(&bob.call("message:edit", bob_edit).await);
+    // Only the three allowed changes reached the chat.
+    let updated = bob.collect("message:updated", Duration::from_millis(300)).await;
+    assert_eq!(updated.iter().filter(|u| u["messageId"] == id.as_str()).count(), 2, "{updated:?}");
+    let h = bob.call("message:history", json!({ "chatId": chat })).await;
+    let first = &confab_tests::data(&h)["messages"][0];
+    assert_eq!((first["deleted"].as_bool(), first["body"].as_str()), (None, Some("edited")), "{first}");
+    assert_eq!(first["reactions"], json!({ "👍": 1 }));
+}
+
+/// Chat creation and changes to a chat share a window per user: over HTTP
+/// 429 with `Retry-After` and `data.retryAfterMs`; another user is not
+/// affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_creation_and_changes_are_limited_with_429() {
+    let cluster = Cluster::builder()
+        .edge_config(|c| {
+            c.rate_limits.chats = 2;
+            c.rate_limits.chats_window_ms = 60_000;
+        })
+        .build()
+        .await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    let (status, body) = cluster
+        .http(reqwest::Method::PATCH, &format!("/v1/chats/{chat}"), "alice", Some(json!({ "title": "renamed" })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let create = json!({ "type": "group", "memberIds": ["carol"] });
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/chats", cluster.edge(0)))
+        .bearer_auth(cluster.token("alice"))
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After: {retry_after}");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "RATE_LIMITED", "{body}");
+    assert!(body["data"]["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0 && ms <= 60_000), "{body}");
+    // Every change of a chat is in the same window, and refused ones change nothing.
+    let members = json!({ "userIds": ["carol"] });
+    let (status, body) =
+        cluster.http(reqwest::Method::POST, &format!("/v1/chats/{chat}/members"), "alice", Some(members)).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("RATE_LIMITED")), "{body}");
+    let role = json!({ "role": "admin" });
+    let (status, _) =
+        cluster.http(reqwest::Method::PATCH, &format!("/v1/chats/{chat}/members/bob"), "alice", Some(role)).await;
+    assert_eq!(status, 429);
+    let (status, _) =
+        cluster.http(reqwest::Method::DELETE, &format!("/v1/chats/{chat}/members/bob"), "alice", None).await;
+    assert_eq!(status, 429);
+    let (_, now) = cluster.http(reqwest::Method::GET, &format!("/v1/chats/{chat}"), "bob", None).await;
+    assert_eq!(now["memberIds"], json!(["alice", "bob"]), "{now}");
+    assert_eq!(now["adminIds"], json!(["alice"]), "{now}");
+    // Another user is not affected.
+    let (status, body) = cluster.http(reqwest::Method::POST, "/v1/chats", "bob", Some(create)).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Read receipts (each one broadcast to the chat) have a window too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_receipts_are_limited() {
+    let cluster = Cluster::builder()
+        .edge_config(|c| {
+            c.rate_limits.receipts = 2;
+            c.rate_limits.receipts_window_ms = 60_000;
+        })
+        .build()
+        .await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob = cluster.connect(0, "bob").await;
+    for i in 0..3 {
+        confab_tests::data(
+            &alice.call("message:send", json!({ "chatId": chat, "body": "x", "clientId": i.to_string() })).await,
+        );
+    }
+    for seq in 1..=2 {
+        confab_tests::data(&bob.call("receipt:read", json!({ "chatId": chat, "seq": seq })).await);
+    }
+    rate_limited(&bob.call("receipt:read", json!({ "chatId": chat, "seq": 3 })).await, 60_000);
+    let h = alice.call("message:history", json!({ "chatId": chat })).await;
+    assert_eq!(confab_tests::data(&h)["messages"].as_array().map(Vec::len), Some(3));
 }
