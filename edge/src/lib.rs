@@ -23,6 +23,7 @@ mod listener;
 mod presence;
 mod recovery;
 mod rooms;
+mod server;
 pub mod sio;
 mod socket;
 mod validate;
@@ -132,6 +133,12 @@ pub struct Config {
     /// Requests queued towards one router before new ones get UNAVAILABLE.
     #[arg(long = "router-queue", env = "CONFAB_ROUTER_QUEUE", default_value_t = 65536)]
     pub router_queue: usize,
+    /// A request's headers must arrive within this many milliseconds, or the connection is closed.
+    #[arg(long = "header-timeout-ms", env = "CONFAB_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A request's whole body must arrive within this many milliseconds of its headers (else 408).
+    #[arg(long = "body-timeout-ms", env = "CONFAB_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
 }
 
 impl Config {
@@ -163,6 +170,8 @@ impl Config {
             ping_timeout_ms: 20000,
             socket_queue: 256,
             router_queue: 65536,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
         }
     }
 
@@ -366,12 +375,18 @@ pub async fn serve(
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });
-    let app = http::router(edge)
+    let app = http::router(edge.clone())
         .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
         .layer(axum::middleware::from_fn_with_state(handler, ws::intercept));
+    let settings = server::Settings {
+        header_timeout: Duration::from_millis(edge.config.header_timeout_ms),
+        body_timeout: Duration::from_millis(edge.config.body_timeout_ms),
+        max_payload: edge.config.max_payload,
+    };
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
-    axum::serve(listener::Shared(listener), app.into_make_service_with_connect_info::<listener::Socket>())
-        .with_graceful_shutdown(async move { shutdown.triggered().await })
-        .await?;
+    let http_conns = tokio_util::task::TaskTracker::new();
+    server::serve(listener, app, settings, shutdown.token().clone(), http_conns.clone()).await;
+    http_conns.close();
+    http_conns.wait().await;
     Ok(())
 }

@@ -1,49 +1,19 @@
-//! The edge's TCP listener: every accepted socket is shared (`Arc`), so the
-//! lean WebSocket path ([`crate::ws`]) can write to it directly once hyper
-//! has upgraded the connection. Requests carry the socket as a
-//! [`ConnectInfo`](axum::extract::ConnectInfo) of [`Socket`].
+//! The edge's accepted sockets: each is shared (`Arc`), so the lean
+//! WebSocket path ([`crate::ws`]) can write to it directly once hyper has
+//! upgraded the connection. Requests carry the socket as a
+//! [`ConnectInfo`](axum::extract::ConnectInfo) of [`Socket`] (see
+//! [`crate::server`]).
 
-use axum::serve::{IncomingStream, Listener};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Accepts TCP connections with `TCP_NODELAY` set and shares each socket.
-pub struct Shared(pub TcpListener);
+use tokio::net::TcpStream;
 
 /// An accepted socket, shared between hyper and the lean WebSocket path.
 #[derive(Clone)]
 pub struct Socket(pub Arc<TcpStream>);
-
-impl Listener for Shared {
-    type Io = Socket;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // axum's own accept: it retries and backs off on errors.
-        let (tcp, addr) = Listener::accept(&mut self.0).await;
-        // Nagle would hold a socket's next frame until the client acks the
-        // last one, and clients delay their acks (up to 40 ms on Linux).
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        (Socket(Arc::new(tcp)), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, Shared>> for Socket {
-    fn connect_info(stream: IncomingStream<'_, Shared>) -> Self {
-        stream.io().clone()
-    }
-}
 
 /// Waits for readiness with `ready`, then runs the non-blocking `op`, again
 /// while it would block (readiness can be stale).
