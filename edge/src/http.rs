@@ -268,18 +268,29 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// Gives a bare 405 (whose `Allow` axum sets) the contract's error body.
-async fn method_not_allowed_body(res: Response) -> Response {
-    if res.status() != StatusCode::METHOD_NOT_ALLOWED {
+/// Gives axum's own refusals the contract's error body: a bare 405 (whose
+/// `Allow` axum sets), and the plain-text 4xx of a path or query that does
+/// not decode (invalid UTF-8 after percent-decoding, say).
+async fn refusal_bodies(res: Response) -> Response {
+    let status = res.status();
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        let (parts, _) = res.into_parts();
+        let mut out = ApiError::validation("method not allowed").into_response();
+        *out.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        if let Some(allow) = parts.headers.get(header::ALLOW) {
+            out.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return out;
+    }
+    let plain = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !status.is_client_error() || !plain {
         return res;
     }
-    let (parts, _) = res.into_parts();
-    let mut out = ApiError::validation("method not allowed").into_response();
-    *out.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    if let Some(allow) = parts.headers.get(header::ALLOW) {
-        out.headers_mut().insert(header::ALLOW, allow.clone());
-    }
-    out
+    // axum's rejection text says what could not be read; it is short.
+    let text = axum::body::to_bytes(res.into_body(), 1024).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).chars().take(200).collect::<String>();
+    let message = if message.trim().is_empty() { "the request could not be read".to_string() } else { message };
+    ApiError { http_status: Some(status.as_u16()), ..ApiError::validation(message) }.into_response()
 }
 
 pub fn router(edge: Arc<Edge>) -> Router {
@@ -295,7 +306,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(method_not_allowed_body))
+        .layer(axum::middleware::map_response(refusal_bodies))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(edge)
 }

@@ -121,3 +121,13 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     contract_error(&body, "VALIDATION_ERROR");
     assert!(closed, "the connection, whose body was not read, is closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_or_query_that_does_not_decode_gets_the_json_error() {
+    let cluster = Cluster::builder().build().await;
+    for path in ["/v1/chats/%FF", "/v1/chats/%C3%28/messages", "/v1/chats/c1/messages?limit=%FF"] {
+        let (status, body) = cluster.http(reqwest::Method::GET, path, "alice", None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        contract_error(&body, "VALIDATION_ERROR");
+    }
+}
