@@ -81,6 +81,12 @@ struct DevArgs {
     /// A typing start within this many milliseconds of the last broadcast one is not re-broadcast.
     #[arg(long = "typing-debounce-ms", env = "CONFAB_TYPING_DEBOUNCE_MS", default_value_t = 2000)]
     typing_debounce_ms: u64,
+    /// Engine.IO sessions one client IP may hold at a time, 0 for no cap (see `confab edge --help`).
+    #[arg(long = "max-connections-per-ip", env = "CONFAB_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: usize,
+    /// Socket.IO sessions one user may hold at a time, 0 for no cap.
+    #[arg(long = "max-sessions-per-user", env = "CONFAB_MAX_SESSIONS_PER_USER", default_value_t = 32)]
+    max_sessions_per_user: usize,
     #[command(flatten)]
     presence: confab_presence::Config,
 }
@@ -213,6 +219,8 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let mut edge_config = confab_edge::Config::for_test(vec![router_url], no_store_url, presence_url, secret.clone());
     edge_config.rate_limits = args.rate_limits;
+    edge_config.max_connections_per_ip = args.max_connections_per_ip;
+    edge_config.max_sessions_per_user = args.max_sessions_per_user;
     let edge = confab_edge::serve(edge_config, store.clone(), local, edge_l, shutdown.clone());
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);

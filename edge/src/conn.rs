@@ -110,6 +110,8 @@ pub struct Conn {
     pub data: SocketData,
     transport: Transport,
     handshake: Mutex<Option<Handshake>>,
+    /// The user's session slot (see [`crate::admission`]), while held.
+    user_slot: Mutex<Option<crate::admission::Permit>>,
 }
 
 impl Conn {
@@ -119,6 +121,7 @@ impl Conn {
             data: SocketData::default(),
             transport: Transport::Engine(std::sync::Arc::downgrade(socket)),
             handshake: Mutex::new(Some(Handshake::of(&socket.req_parts))),
+            user_slot: Mutex::default(),
         }
     }
 
@@ -128,12 +131,23 @@ impl Conn {
             data: SocketData::default(),
             transport: Transport::Ws(outbox),
             handshake: Mutex::new(Some(handshake)),
+            user_slot: Mutex::default(),
         }
     }
 
     /// The handshake's token sources, once (CONNECT is accepted only once).
     pub fn take_handshake(&self) -> Handshake {
         self.handshake.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
+    }
+
+    /// Keeps the user's session slot until [`Conn::release_user_slot`] or
+    /// the connection is dropped.
+    pub fn hold_user_slot(&self, permit: crate::admission::Permit) {
+        *self.user_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+    }
+
+    pub fn release_user_slot(&self) {
+        drop(self.user_slot.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     /// Queues a packet; never waits.

@@ -10,6 +10,7 @@
 //! An edge keeps nothing that outlives a connection: kill it and its clients
 //! reconnect elsewhere and recover with `room:join { sinceSeq }`.
 
+mod admission;
 pub mod auth;
 mod batch;
 mod conn;
@@ -133,12 +134,24 @@ pub struct Config {
     /// Requests queued towards one router before new ones get UNAVAILABLE.
     #[arg(long = "router-queue", env = "CONFAB_ROUTER_QUEUE", default_value_t = 65536)]
     pub router_queue: usize,
+    /// A connection without a Socket.IO session this long after it opened is closed, in milliseconds.
+    #[arg(long = "connect-timeout-ms", env = "CONFAB_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
     /// A request's headers must arrive within this many milliseconds, or the connection is closed.
     #[arg(long = "header-timeout-ms", env = "CONFAB_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
     /// A request's whole body must arrive within this many milliseconds of its headers (else 408).
     #[arg(long = "body-timeout-ms", env = "CONFAB_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_timeout_ms: u64,
+    /// Engine.IO sessions one client IP may hold at a time (0: no cap).
+    #[arg(long = "max-connections-per-ip", env = "CONFAB_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Socket.IO sessions one user may hold on this edge at a time (0: no cap).
+    #[arg(long = "max-sessions-per-user", env = "CONFAB_MAX_SESSIONS_PER_USER", default_value_t = 32)]
+    pub max_sessions_per_user: usize,
+    /// Proxies in front of the edge whose X-Forwarded-For entries are trusted (0: the TCP peer is the client).
+    #[arg(long = "trusted-proxy-hops", env = "CONFAB_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
 }
 
 impl Config {
@@ -170,8 +183,12 @@ impl Config {
             ping_timeout_ms: 20000,
             socket_queue: 256,
             router_queue: 65536,
+            connect_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            max_connections_per_ip: 256,
+            max_sessions_per_user: 32,
+            trusted_proxy_hops: 0,
         }
     }
 
@@ -215,6 +232,8 @@ pub(crate) struct Edge {
     pub chat_lists: batch::Batcher<String, ChatList>,
     /// Rate-limit slots leased from presence, spent locally.
     pub leases: limits::Leases,
+    /// Per-IP and per-user caps, the CONNECT deadline.
+    pub admission: admission::Admission,
     pub shutdown: Shutdown,
     pub metrics: Metrics,
 }
@@ -355,7 +374,6 @@ pub async fn serve(
         verifier,
         expiry: Arc::default(),
         watchers: presence::Watchers::default(),
-        config,
         edge_id: edge_id.clone(),
         links,
         rooms,
@@ -364,20 +382,24 @@ pub async fn serve(
         sessions,
         chat_lists,
         leases: limits::Leases::default(),
+        admission: admission::Admission::new(&config),
         shutdown: shutdown.clone(),
         metrics: Metrics::default(),
+        config,
     });
     let heartbeat = Duration::from_millis(edge.config.presence_heartbeat_ms.max(10));
     shutdown.spawn(presence::run(edge.clone(), heartbeat));
     shutdown.spawn(presence::run_rechecks(edge.clone(), removals_rx));
     shutdown.spawn(recovery::run(edge.clone(), gaps_rx));
     shutdown.spawn(limits::sweep(edge.clone()));
+    shutdown.spawn(admission::run_connect_deadlines(edge.clone()));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });
     let app = http::router(edge.clone())
         .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
-        .layer(axum::middleware::from_fn_with_state(handler, ws::intercept));
+        .layer(axum::middleware::from_fn_with_state(handler, ws::intercept))
+        .layer(axum::middleware::from_fn_with_state(edge.clone(), admission::admit));
     let settings = server::Settings {
         header_timeout: Duration::from_millis(edge.config.header_timeout_ms),
         body_timeout: Duration::from_millis(edge.config.body_timeout_ms),

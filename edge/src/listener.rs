@@ -1,10 +1,11 @@
 //! The edge's accepted sockets: each is shared (`Arc`), so the lean
 //! WebSocket path ([`crate::ws`]) can write to it directly once hyper has
 //! upgraded the connection. Requests carry the socket as a
-//! [`ConnectInfo`](axum::extract::ConnectInfo) of [`Socket`] (see
-//! [`crate::server`]).
+//! [`ConnectInfo`](axum::extract::ConnectInfo) of [`Socket`] and the
+//! peer's address as [`Peer`] (see [`crate::server`]).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -14,6 +15,10 @@ use tokio::net::TcpStream;
 /// An accepted socket, shared between hyper and the lean WebSocket path.
 #[derive(Clone)]
 pub struct Socket(pub Arc<TcpStream>);
+
+/// The TCP peer of the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
 
 /// Waits for readiness with `ready`, then runs the non-blocking `op`, again
 /// while it would block (readiness can be stale).

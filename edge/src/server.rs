@@ -11,12 +11,12 @@
 //!   once, without reading the body.
 //!
 //! Requests carry the shared socket ([`ConnectInfo`] of [`Socket`], for
-//! the lean WebSocket path).
+//! the lean WebSocket path) and the peer's address ([`Peer`]).
 //! At the shutdown signal the server stops accepting and asks every
 //! connection to finish its request and close.
 
 use crate::error::ApiError;
-use crate::listener::Socket;
+use crate::listener::{Peer, Socket};
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
@@ -112,6 +112,7 @@ async fn handle(app: Router, socket: Socket, peer: SocketAddr, settings: Setting
     let received = Arc::new(AtomicBool::new(!unbounded));
     let mut req = req.map(|body| Body::new(Watched { body, received: received.clone() }));
     req.extensions_mut().insert(ConnectInfo(socket));
+    req.extensions_mut().insert(Peer(peer));
     let answer = app.oneshot(req);
     if !unbounded {
         return answer.await.unwrap_or_else(|e| match e {});

@@ -71,6 +71,11 @@ impl SocketData {
     pub fn is_disconnected(&self) -> bool {
         self.disconnected.load(Ordering::Acquire)
     }
+
+    /// A CONNECT is being checked or its session started.
+    pub fn is_connecting(&self) -> bool {
+        self.connecting.load(Ordering::Acquire)
+    }
 }
 
 /// Adds a socket to a chat's local room; true when the edge must subscribe
@@ -162,8 +167,9 @@ impl EngineIoHandler for Handler {
     type Data = EngineData;
 
     fn on_connect(self: Arc<Self>, socket: Arc<EngineSocket>) {
-        let _ = socket.data.0.set(Arc::new(Conn::engine(&socket)));
-        self.opened();
+        let conn = Arc::new(Conn::engine(&socket));
+        let _ = socket.data.0.set(conn.clone());
+        self.opened(&conn);
     }
 
     fn on_disconnect(&self, socket: Arc<EngineSocket>, reason: DisconnectReason) {
@@ -185,14 +191,16 @@ impl EngineIoHandler for Handler {
 
 impl Handler {
     /// A transport connection opened (before any Socket.IO CONNECT).
-    pub fn opened(&self) {
+    pub fn opened(&self, conn: &Arc<Conn>) {
         self.edge.metrics.engine_connections.fetch_add(1, Ordering::Relaxed);
+        self.edge.admission.watch_connect(conn);
     }
 
     /// A transport connection ended: leave every room, close the session.
     pub fn closed(&self, socket: &Arc<EioSocket>, reason: DisconnectReason) {
         self.edge.metrics.engine_connections.fetch_sub(1, Ordering::Relaxed);
         socket.data.disconnected.store(true, Ordering::Release);
+        socket.release_user_slot();
         tracing::debug!(sid = %socket.id, ?reason, "socket closed");
         release(&self.edge, socket);
     }
@@ -260,9 +268,19 @@ impl Handler {
                 return;
             }
         };
+        match self.edge.admission.admit_user(&identity.user_id) {
+            Ok(slot) => socket.hold_user_slot(slot),
+            Err(refused) => {
+                let data = crate::admission::connect_refusal(&refused);
+                send(&socket, sio::connect_error("/", confab_common::ErrorCode::RateLimited.as_str(), Some(&data)));
+                socket.data.connecting.store(false, Ordering::Release);
+                return;
+            }
+        }
         let edge = self.edge.clone();
         self.edge.shutdown.spawn(async move {
             if let Err(e) = start_session(&edge, &socket, identity).await {
+                socket.release_user_slot();
                 // The message (a transport error, an address) goes to the
                 // log with the correlation id; the client gets neither.
                 let body = e.body("connect");

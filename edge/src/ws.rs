@@ -22,6 +22,7 @@
 //! does not read gets its queue filled and is cut off (slow consumer), and a
 //! write that cannot finish within the ping timeout ends the connection.
 
+use crate::admission::IpPermit;
 use crate::conn::{Conn, EmitError, Handshake, Packet};
 use crate::listener::Socket;
 use crate::socket::Handler;
@@ -373,9 +374,11 @@ pub async fn intercept(State(handler): State<Arc<Handler>>, req: Request, next: 
         return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded").into_response();
     };
     let handshake = Handshake::of(&parts);
+    // The per-IP slot taken by `admission::admit` lives as long as the socket.
+    let slot = parts.extensions.remove::<IpPermit>();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => serve(handler, socket, TokioIo::new(upgraded), handshake).await,
+            Ok(upgraded) => serve(handler, socket, TokioIo::new(upgraded), handshake, slot).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -391,7 +394,13 @@ pub async fn intercept(State(handler): State<Arc<Handler>>, req: Request, next: 
 }
 
 /// The life of one direct WebSocket.
-async fn serve(handler: Arc<Handler>, tcp: Socket, read: TokioIo<hyper::upgrade::Upgraded>, handshake: Handshake) {
+async fn serve(
+    handler: Arc<Handler>,
+    tcp: Socket,
+    read: TokioIo<hyper::upgrade::Upgraded>,
+    handshake: Handshake,
+    _slot: Option<IpPermit>,
+) {
     let edge: &Arc<Edge> = &handler.edge;
     let config = &edge.config;
     let ping_interval = Duration::from_millis(config.ping_interval_ms);
@@ -415,7 +424,7 @@ async fn serve(handler: Arc<Handler>, tcp: Socket, read: TokioIo<hyper::upgrade:
     if outbox.push(&Packet::engine(format!("0{open}"))).is_err() {
         return;
     }
-    handler.opened();
+    handler.opened(&conn);
     let reason = run(&handler, &conn, &outbox, &mut ws, ping_interval, ping_timeout).await;
     conn.close(reason.clone());
     // What was queued before the close still goes out, then the close frame.

@@ -1,14 +1,41 @@
-//! Connections and requests (docs/operations.md): read deadlines and
-//! early refusals, over raw sockets where the abuse is below HTTP.
+//! Connections and requests (docs/operations.md): what a client may hold
+//! and for how long before it says who it is, caps per IP and per user,
+//! read deadlines and early refusals. Raw sockets where the abuse is below
+//! Socket.IO.
 
-use confab_tests::{token, Cluster};
-use serde_json::Value;
+use confab_tests::client::{Client, ConnectError};
+use confab_tests::{token, wait_until, Cluster};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as Ws};
+
+type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 fn addr(edge: &str) -> String {
     edge.trim_start_matches("http://").to_string()
+}
+
+/// Opens a direct Engine.IO WebSocket (no Socket.IO CONNECT), optionally
+/// with an `X-Forwarded-For`; a refused handshake gives its status and
+/// JSON body.
+async fn open_ws(edge: &str, forwarded_for: Option<&str>) -> Result<RawWs, (u16, Value)> {
+    let url = format!("{}/socket.io/?EIO=4&transport=websocket", edge.replacen("http://", "ws://", 1));
+    let mut req = url.into_client_request().expect("request");
+    if let Some(x) = forwarded_for {
+        req.headers_mut().insert("x-forwarded-for", x.parse().expect("header"));
+    }
+    match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req)).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(WsError::Http(res))) => {
+            let body = res.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
+            Err((res.status().as_u16(), body))
+        }
+        other => panic!("WebSocket handshake failed: {other:?}"),
+    }
 }
 
 /// Checks a contract error body: the code, a message, a correlation id.
@@ -52,6 +79,73 @@ fn trickle(mut writer: tokio::net::tcp::OwnedWriteHalf, bytes: Vec<u8>, every: D
             }
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_connect_is_closed() {
+    let cluster = Cluster::builder()
+        .edge_config(|c| {
+            c.connect_timeout_ms = 400;
+            c.ping_interval_ms = 100;
+            c.ping_timeout_ms = 2000;
+        })
+        .build()
+        .await;
+    let mut alice = cluster.connect(0, "alice").await;
+
+    // A direct WebSocket that answers every ping but never sends CONNECT.
+    let started = Instant::now();
+    let mut ws = open_ws(cluster.edge(0), None).await.expect("handshake");
+    let mut pongs = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Ws::Text(t) if t.as_str() == "2" => {
+                    pongs += 1;
+                    if ws.send(Ws::text("3")).await.is_err() {
+                        break;
+                    }
+                }
+                Ws::Close(_) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a WebSocket without CONNECT was kept past its deadline");
+    assert!(pongs >= 1, "the heartbeat ran while the socket waited");
+    assert!(started.elapsed() >= Duration::from_millis(350), "closed before its deadline: {:?}", started.elapsed());
+
+    // A polling session, heartbeat answered, never sending CONNECT.
+    let http = reqwest::Client::new();
+    let base = format!("{}/socket.io/?EIO=4&transport=polling", cluster.edge(0));
+    let open = http.get(&base).send().await.expect("polling open").text().await.expect("body");
+    let open: Value = serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid").to_string();
+    let url = format!("{base}&sid={sid}");
+    let ended = wait_until(Duration::from_secs(5), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let Ok(res) = http.get(&url).timeout(Duration::from_secs(2)).send().await else { return false };
+            if res.status() != 200 {
+                return true; // the session is gone
+            }
+            let body = res.text().await.unwrap_or_default();
+            if body.split('\u{1e}').any(|p| p == "1") {
+                return true; // the server closed it
+            }
+            if body.split('\u{1e}').any(|p| p == "2") {
+                let _ = http.post(&url).body("3").send().await;
+            }
+            false
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a polling session without CONNECT was kept past its deadline");
+
+    // A socket that did CONNECT stays.
+    let ack = alice.call("presence:ping", json!({})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,4 +224,81 @@ async fn a_path_or_query_that_does_not_decode_gets_the_json_error() {
         assert_eq!(status, 400, "{path}: {body}");
         contract_error(&body, "VALIDATION_ERROR");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_cap_of_connections() {
+    let cluster = Cluster::builder().edge_config(|c| c.max_connections_per_ip = 3).build().await;
+    let mut first = Some(cluster.connect(0, "alice").await);
+    let _held =
+        [open_ws(cluster.edge(0), None).await.expect("2nd"), open_ws(cluster.edge(0), None).await.expect("3rd")];
+    // Without a trusted proxy, X-Forwarded-For is the client's own claim.
+    let (status, body) = open_ws(cluster.edge(0), Some("203.0.113.9")).await.expect_err("over the cap");
+    assert_eq!(status, 429, "{body}");
+    contract_error(&body, "RATE_LIMITED");
+    assert!(body["data"]["retryAfterMs"].as_u64().is_some(), "{body}");
+    // A polling handshake counts the same, and gets a Retry-After.
+    let res = reqwest::get(format!("{}/socket.io/?EIO=4&transport=polling", cluster.edge(0))).await.expect("poll");
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get("retry-after").is_some());
+    contract_error(&res.json::<Value>().await.expect("json"), "RATE_LIMITED");
+    // The HTTP API is not a socket.
+    let (status, _) = cluster.http(reqwest::Method::GET, "/v1/chats", "alice", None).await;
+    assert_eq!(status, 200);
+    // A closed connection gives its slot back.
+    if let Some(c) = first.take() {
+        c.disconnect().await;
+    }
+    let edge = cluster.edge(0).to_string();
+    let reopened = wait_until(Duration::from_secs(5), || {
+        let edge = edge.clone();
+        async move { Client::connect(&edge, json!({ "token": token("bob") })).await.is_ok() }
+    })
+    .await;
+    assert!(reopened.is_ok(), "the slot of a closed connection was not given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
+    let cluster = Cluster::builder()
+        .edge_config(|c| {
+            c.max_connections_per_ip = 1;
+            c.trusted_proxy_hops = 1;
+        })
+        .build()
+        .await;
+    let _a = open_ws(cluster.edge(0), Some("203.0.113.1")).await.expect("first client");
+    let _b = open_ws(cluster.edge(0), Some("203.0.113.2")).await.expect("another client, same proxy");
+    let (status, _) = open_ws(cluster.edge(0), Some("203.0.113.1")).await.expect_err("same client again");
+    assert_eq!(status, 429);
+    // Entries left of the trusted hop are the client's words: ignored.
+    let (status, body) = open_ws(cluster.edge(0), Some("198.51.100.7, 203.0.113.1")).await.expect_err("spoofed");
+    assert_eq!(status, 429, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_holds_at_most_its_cap_of_sessions() {
+    let cluster = Cluster::builder().edge_config(|c| c.max_sessions_per_user = 2).build().await;
+    let first = cluster.connect(0, "alice").await;
+    let _second = cluster.connect(0, "alice").await;
+    match Client::connect(cluster.edge(0), json!({ "token": token("alice") })).await {
+        Err(ConnectError::Refused { message, data }) => {
+            assert_eq!(message, "RATE_LIMITED");
+            assert_eq!(data["code"], "RATE_LIMITED", "{data}");
+            assert!(data["reason"].as_str().is_some_and(|r| !r.is_empty()), "{data}");
+            assert!(data["retryAfterMs"].as_u64().is_some(), "{data}");
+        }
+        Err(other) => panic!("expected a CONNECT_ERROR, got {other:?}"),
+        Ok(_) => panic!("a third session of alice was accepted"),
+    }
+    // Other users are not affected.
+    let _bob = cluster.connect(0, "bob").await;
+    first.disconnect().await;
+    let edge = cluster.edge(0).to_string();
+    let reconnected = wait_until(Duration::from_secs(5), || {
+        let edge = edge.clone();
+        async move { Client::connect(&edge, json!({ "token": token("alice") })).await.is_ok() }
+    })
+    .await;
+    assert!(reconnected.is_ok(), "the slot of a closed session was not given back");
 }

@@ -160,7 +160,9 @@ impl Env {
     fn start_logged(&self, target: Target, connections: usize, run: usize) -> anyhow::Result<Running> {
         let s = |v: &str| v.to_string();
         let ready = Duration::from_secs(30);
-        let high_limit = [s("--rate-limit-messages"), s("1000000000")];
+        // Every load socket comes from a handful of loopback addresses:
+        // no per-IP cap (a flag, not a loopback exemption in the edge).
+        let high_limit = [s("--rate-limit-messages"), s("1000000000"), s("--max-connections-per-ip"), s("0")];
         let mut running = Running { urls: Vec::new(), rss_pids: Vec::new(), children: Vec::new() };
         match target {
             Target::ConfabDev => {
