@@ -87,6 +87,9 @@ struct DevArgs {
     /// Socket.IO sessions one user may hold at a time, 0 for no cap.
     #[arg(long = "max-sessions-per-user", env = "CONFAB_MAX_SESSIONS_PER_USER", default_value_t = 32)]
     max_sessions_per_user: usize,
+    /// At shutdown: time to answer requests in flight and close every socket, in milliseconds.
+    #[arg(long = "drain-ms", env = "CONFAB_DRAIN_MS", default_value_t = 5000)]
+    drain_ms: u64,
     #[command(flatten)]
     presence: confab_presence::Config,
 }
@@ -221,6 +224,7 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     edge_config.rate_limits = args.rate_limits;
     edge_config.max_connections_per_ip = args.max_connections_per_ip;
     edge_config.max_sessions_per_user = args.max_sessions_per_user;
+    edge_config.drain_ms = args.drain_ms;
     let edge = confab_edge::serve(edge_config, store.clone(), local, edge_l, shutdown.clone());
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);

@@ -244,7 +244,7 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
-    if edge.shutdown.is_triggered() || !edge.links.any_connected() {
+    if edge.drain.is_draining() || !edge.links.any_connected() {
         json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "ready": false }))
     } else {
         json_response(StatusCode::OK, json!({ "ready": true }))

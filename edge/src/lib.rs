@@ -8,12 +8,17 @@
 //! out to its own sockets.
 //!
 //! An edge keeps nothing that outlives a connection: kill it and its clients
-//! reconnect elsewhere and recover with `room:join { sinceSeq }`.
+//! reconnect elsewhere and recover with `room:join { sinceSeq }`. Stopped
+//! by its signal, it answers what is in flight and closes every socket
+//! within its drain window (see `drain`). What a client may hold, and for
+//! how long before it authenticates, is bounded by `admission` and
+//! `server`.
 
 mod admission;
 pub mod auth;
 mod batch;
 mod conn;
+mod drain;
 mod error;
 mod events;
 mod expiry;
@@ -152,6 +157,9 @@ pub struct Config {
     /// Proxies in front of the edge whose X-Forwarded-For entries are trusted (0: the TCP peer is the client).
     #[arg(long = "trusted-proxy-hops", env = "CONFAB_TRUSTED_PROXY_HOPS", default_value_t = 0)]
     pub trusted_proxy_hops: usize,
+    /// At shutdown: time to answer requests in flight and close every socket, in milliseconds.
+    #[arg(long = "drain-ms", env = "CONFAB_DRAIN_MS", default_value_t = 5000)]
+    pub drain_ms: u64,
 }
 
 impl Config {
@@ -189,6 +197,7 @@ impl Config {
             max_connections_per_ip: 256,
             max_sessions_per_user: 32,
             trusted_proxy_hops: 0,
+            drain_ms: 5000,
         }
     }
 
@@ -234,6 +243,11 @@ pub(crate) struct Edge {
     pub leases: limits::Leases,
     /// Per-IP and per-user caps, the CONNECT deadline.
     pub admission: admission::Admission,
+    /// Open connections, and whether the edge is draining.
+    pub drain: drain::Drain,
+    /// The edge's own lifetime: its token stops background loops once
+    /// draining is over; its tracker holds the tasks of requests and
+    /// sessions, which draining waits for.
     pub shutdown: Shutdown,
     pub metrics: Metrics,
 }
@@ -322,6 +336,10 @@ pub async fn serve(
             GrpcChannel::new(channel)
         }
     };
+    // The signal (`shutdown`) starts draining; the edge's own tasks run
+    // until draining is over: `work` for requests and sessions, and
+    // `background` for router streams, batchers and loops.
+    let (work, background) = (Shutdown::new(), Shutdown::new());
     let (removals_tx, removals_rx) = tokio::sync::mpsc::channel(1024);
     let (gaps_tx, gaps_rx) = tokio::sync::mpsc::channel(4096);
     let rooms = Arc::new(rooms::Rooms::new(removals_tx, gaps_tx));
@@ -330,7 +348,7 @@ pub async fn serve(
         window: Duration::from_millis(config.detect_ms.max(10)),
     };
     let options = link::LinkOptions { detection, queue: config.router_queue, timeout, local: local.routers };
-    let links = link::Links::start(&config.routers, options, edge_id.as_str(), rooms.clone(), &shutdown).await;
+    let links = link::Links::start(&config.routers, options, edge_id.as_str(), rooms.clone(), &background).await;
     let engine_config = EngineIoConfig::builder()
         .req_path("/socket.io")
         .ping_interval(Duration::from_millis(config.ping_interval_ms))
@@ -344,7 +362,7 @@ pub async fn serve(
     let presence = PresenceClient::new(presence);
     let sessions = {
         let presence = presence.clone();
-        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, 1, &shutdown, move |changes: Vec<pb::SessionChange>| {
+        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, 1, &background, move |changes: Vec<pb::SessionChange>| {
             let (mut presence, n) = (presence.clone(), changes.len());
             async move {
                 let call = presence.sessions(pb::SessionBatch { changes });
@@ -359,7 +377,7 @@ pub async fn serve(
     };
     let chat_lists = {
         let (store, limit) = (store.clone(), config.auto_join_limit);
-        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, LIST_CALLS, &shutdown, move |users: Vec<String>| {
+        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, LIST_CALLS, &background, move |users: Vec<String>| {
             let store = store.clone();
             async move {
                 match tokio::time::timeout(timeout, store.list_users_chats(&users, limit)).await {
@@ -383,18 +401,19 @@ pub async fn serve(
         chat_lists,
         leases: limits::Leases::default(),
         admission: admission::Admission::new(&config),
-        shutdown: shutdown.clone(),
+        drain: drain::Drain::new(shutdown.token().clone(), Duration::from_millis(config.drain_ms)),
+        shutdown: work.clone(),
         metrics: Metrics::default(),
         config,
     });
     let heartbeat = Duration::from_millis(edge.config.presence_heartbeat_ms.max(10));
-    shutdown.spawn(presence::run(edge.clone(), heartbeat));
-    shutdown.spawn(presence::run_rechecks(edge.clone(), removals_rx));
-    shutdown.spawn(recovery::run(edge.clone(), gaps_rx));
-    shutdown.spawn(limits::sweep(edge.clone()));
-    shutdown.spawn(admission::run_connect_deadlines(edge.clone()));
+    background.spawn(presence::run(edge.clone(), heartbeat));
+    background.spawn(presence::run_rechecks(edge.clone(), removals_rx));
+    background.spawn(recovery::run(edge.clone(), gaps_rx));
+    background.spawn(limits::sweep(edge.clone()));
+    background.spawn(admission::run_connect_deadlines(edge.clone()));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
-    shutdown.spawn(edge.expiry.clone().run(check, shutdown.clone()));
+    background.spawn(edge.expiry.clone().run(check, work.clone()));
     let handler = Arc::new(socket::Handler { edge: edge.clone() });
     let app = http::router(edge.clone())
         .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
@@ -404,11 +423,11 @@ pub async fn serve(
         header_timeout: Duration::from_millis(edge.config.header_timeout_ms),
         body_timeout: Duration::from_millis(edge.config.body_timeout_ms),
         max_payload: edge.config.max_payload,
+        drain: Duration::from_millis(edge.config.drain_ms),
     };
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
     let http_conns = tokio_util::task::TaskTracker::new();
     server::serve(listener, app, settings, shutdown.token().clone(), http_conns.clone()).await;
-    http_conns.close();
-    http_conns.wait().await;
+    drain::drain(&edge, &http_conns, &background).await;
     Ok(())
 }

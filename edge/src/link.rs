@@ -13,6 +13,9 @@
 //! leaves the ring; when it comes back it rejoins. When a chat with local
 //! sockets changes owner, or a stream reconnects, the edge subscribes again
 //! and the rooms fill any gap from the store.
+//!
+//! Draining ([`crate::drain`]): failed requests are no longer retried, and
+//! at the end of the window those still waiting are answered UNAVAILABLE.
 
 use crate::rooms::Rooms;
 use crate::GrpcChannel;
@@ -81,6 +84,11 @@ pub struct Links {
     edge_id: String,
     rooms: Arc<Rooms>,
     local: HashMap<String, RouterService>,
+    /// The edge is draining: a failed request is answered, not retried.
+    draining: AtomicBool,
+    /// Cancelled at the end of the drain window: every request still
+    /// waiting is answered UNAVAILABLE.
+    abandoned: tokio_util::sync::CancellationToken,
 }
 
 fn unavailable(msg: &str) -> ReplyResult {
@@ -139,6 +147,8 @@ impl Links {
             edge_id: edge_id.to_string(),
             rooms,
             local,
+            draining: AtomicBool::new(false),
+            abandoned: tokio_util::sync::CancellationToken::new(),
         });
         for addr in initial {
             links.add_link(&addr, shutdown);
@@ -160,6 +170,17 @@ impl Links {
         });
         self.links.write().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), link.clone());
         shutdown.spawn(run_link(link, out_rx, self.edge_id.clone(), self.rooms.clone(), shutdown.clone()));
+    }
+
+    /// From now on a failed request is answered at once, not retried.
+    pub fn stop_retrying(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Answers every request still waiting UNAVAILABLE, now.
+    pub fn abandon(&self) {
+        self.stop_retrying();
+        self.abandoned.cancel();
     }
 
     pub fn any_connected(&self) -> bool {
@@ -192,21 +213,31 @@ impl Links {
             let mut backoff = retry_backoff();
             loop {
                 let result = match attempt {
-                    Ok((link, id, rx)) => match tokio::time::timeout_at(deadline, rx).await {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(_)) => unavailable("router stream closed"),
-                        Err(_) => {
+                    Ok((link, id, rx)) => tokio::select! {
+                        replied = tokio::time::timeout_at(deadline, rx) => match replied {
+                            Ok(Ok(r)) => r,
+                            Ok(Err(_)) => unavailable("router stream closed"),
+                            Err(_) => {
+                                lock(&link.pending).remove(&id);
+                                return unavailable("router did not answer in time");
+                            }
+                        },
+                        () = this.abandoned.cancelled() => {
                             lock(&link.pending).remove(&id);
-                            return unavailable("router did not answer in time");
+                            return unavailable("the edge is shutting down; retry on another");
                         }
                     },
                     Err(why) => unavailable(why),
                 };
                 let pause = backoff.next_pause();
-                if !retryable(&result) || Instant::now() + pause >= deadline {
+                let draining = this.draining.load(Ordering::Relaxed);
+                if !retryable(&result) || draining || Instant::now() + pause >= deadline {
                     return result;
                 }
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = this.abandoned.cancelled() => return unavailable("the edge is shutting down; retry on another"),
+                }
                 attempt = this.queue(&chat_id, &user_id, op.clone(), on_reply.clone());
             }
         }

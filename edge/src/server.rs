@@ -13,7 +13,7 @@
 //! Requests carry the shared socket ([`ConnectInfo`] of [`Socket`], for
 //! the lean WebSocket path) and the peer's address ([`Peer`]).
 //! At the shutdown signal the server stops accepting and asks every
-//! connection to finish its request and close.
+//! connection to finish its request and close (see [`crate::drain`]).
 
 use crate::error::ApiError;
 use crate::listener::{Peer, Socket};
@@ -47,6 +47,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_payload: usize,
+    /// How long a connection may take to finish once asked to close.
+    pub drain: Duration,
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled; the connections
@@ -92,7 +94,10 @@ pub async fn serve(
                 served = conn.as_mut() => served,
                 () = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    match tokio::time::timeout(settings.drain, conn).await {
+                        Ok(served) => served,
+                        Err(_) => return,
+                    }
                 }
             };
             if let Err(e) = served {

@@ -194,6 +194,7 @@ impl Handler {
     pub fn opened(&self, conn: &Arc<Conn>) {
         self.edge.metrics.engine_connections.fetch_add(1, Ordering::Relaxed);
         self.edge.admission.watch_connect(conn);
+        self.edge.drain.register(conn);
     }
 
     /// A transport connection ended: leave every room, close the session.
@@ -201,6 +202,7 @@ impl Handler {
         self.edge.metrics.engine_connections.fetch_sub(1, Ordering::Relaxed);
         socket.data.disconnected.store(true, Ordering::Release);
         socket.release_user_slot();
+        self.edge.drain.unregister(socket.id);
         tracing::debug!(sid = %socket.id, ?reason, "socket closed");
         release(&self.edge, socket);
     }
@@ -218,6 +220,13 @@ impl Handler {
                 if socket.data.session.get().is_none() {
                     if let Some(id) = ack {
                         let e = ApiError::new(confab_common::ErrorCode::Unauthorized, "connect first");
+                        send(&socket, sio::ack(id, &e.ack(&name)));
+                    }
+                    return;
+                }
+                if self.edge.drain.is_draining() {
+                    if let Some(id) = ack {
+                        let e = ApiError::unavailable("the edge is shutting down; retry on another");
                         send(&socket, sio::ack(id, &e.ack(&name)));
                     }
                     return;
@@ -268,6 +277,10 @@ impl Handler {
                 return;
             }
         };
+        if self.edge.drain.is_draining() {
+            socket.close(DisconnectReason::ClosingServer);
+            return;
+        }
         match self.edge.admission.admit_user(&identity.user_id) {
             Ok(slot) => socket.hold_user_slot(slot),
             Err(refused) => {

@@ -131,6 +131,8 @@ impl Client {
                     break;
                 }
             }
+            // No ack comes any more: callers waiting for one learn it now.
+            reader_acks.lock().unwrap().clear();
             let _ = closed_tx.send(true);
         });
         tokio::spawn(async move {
@@ -176,13 +178,34 @@ impl Client {
         tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok)
     }
 
+    /// Emits asking for an ack and returns at once; the receiver gets the
+    /// ack (an error once the connection closes without one).
+    pub async fn start_call(&mut self, event: &str, data: Value) -> oneshot::Receiver<Value> {
+        self.next_ack += 1;
+        let id = self.next_ack;
+        let (tx, rx) = oneshot::channel();
+        self.acks.lock().unwrap().insert(id, tx);
+        self.send_raw(format!("42{id}{}", json!([event, data]))).await;
+        rx
+    }
+
     pub async fn try_call(&mut self, event: &str, data: Value, timeout: Duration) -> Option<Value> {
         self.next_ack += 1;
         let id = self.next_ack;
         let (tx, rx) = oneshot::channel();
         self.acks.lock().unwrap().insert(id, tx);
         self.send_raw(format!("42{id}{}", json!([event, data]))).await;
-        tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok)
+        // No ack comes once the connection has closed.
+        let mut closed = self.closed_rx.clone();
+        tokio::time::timeout(timeout, async move {
+            tokio::select! {
+                ack = rx => ack.ok(),
+                _ = closed.wait_for(|c| *c) => None,
+            }
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// The next event named `name` within `timeout`; others are kept.

@@ -27,6 +27,8 @@ pub struct Cluster {
     /// presence-svc's own shutdown, to stop and start it again.
     presence: std::sync::Mutex<Option<(Shutdown, tokio::task::JoinHandle<()>)>>,
     presence_config: confab_presence::Config,
+    /// Each edge's own signal (a child of `shutdown`) and its `run`.
+    edge_runs: Vec<(Shutdown, Option<tokio::task::JoinHandle<()>>)>,
     _data: Option<tempfile::TempDir>,
     http: reqwest::Client,
 }
@@ -145,7 +147,7 @@ impl ClusterBuilder {
             let router = confab_router::run(config, l, shutdown.clone());
             shutdown.spawn(async move { router.await.expect("router") });
         }
-        let mut edges = Vec::new();
+        let (mut edges, mut edge_runs) = (Vec::new(), Vec::new());
         for _ in 0..self.edges.max(1) {
             let (l, url) = loopback().await;
             let mut config =
@@ -156,8 +158,9 @@ impl ClusterBuilder {
             if let Some(f) = &self.edge_tweak {
                 f(&mut config);
             }
-            let edge = confab_edge::run(config, l, shutdown.clone());
-            shutdown.spawn(async move { edge.await.expect("edge") });
+            let signal = shutdown.child();
+            let edge = confab_edge::run(config, l, signal.clone());
+            edge_runs.push((signal, Some(shutdown.spawn(async move { edge.await.expect("edge") }))));
             edges.push(url);
         }
         let cluster = Cluster {
@@ -168,6 +171,7 @@ impl ClusterBuilder {
             shutdown,
             presence: std::sync::Mutex::new(Some(presence)),
             presence_config,
+            edge_runs,
             _data: tmp,
             http: reqwest::Client::new(),
         };
@@ -227,6 +231,14 @@ impl Cluster {
             .await
             .unwrap_or_else(|_| panic!("edge {edge} never became ready"));
         }
+    }
+
+    /// Sends edge `i` its shutdown signal (the rest of the cluster runs
+    /// on); the handle resolves when the edge's `run` has returned.
+    pub fn stop_edge(&mut self, i: usize) -> tokio::task::JoinHandle<()> {
+        let (signal, run) = &mut self.edge_runs[i];
+        signal.trigger();
+        run.take().expect("edge already stopped")
     }
 
     pub fn edge(&self, i: usize) -> &str {

@@ -1,7 +1,7 @@
 //! Connections and requests (docs/operations.md): what a client may hold
 //! and for how long before it says who it is, caps per IP and per user,
-//! read deadlines and early refusals. Raw sockets where the abuse is below
-//! Socket.IO.
+//! read deadlines, early refusals, and draining at shutdown. Raw sockets
+//! where the abuse is below Socket.IO.
 
 use confab_tests::client::{Client, ConnectError};
 use confab_tests::{token, wait_until, Cluster};
@@ -301,4 +301,106 @@ async fn one_user_holds_at_most_its_cap_of_sessions() {
     })
     .await;
     assert!(reconnected.is_ok(), "the slot of a closed session was not given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_answers_every_send_and_closes_every_socket() {
+    let window = Duration::from_millis(1500);
+    let built = std::sync::atomic::AtomicUsize::new(0);
+    let mut cluster = Cluster::builder()
+        .edges(2)
+        .dead_routers(1)
+        // The dead router keeps owning its chats: a send there waits.
+        .router_config(|c| c.detect_ms = 600_000)
+        .edge_config(move |c| {
+            c.detect_ms = 600_000;
+            c.drain_ms = window.as_millis() as u64;
+            // Edge 0 (drained) waits long for routers; edge 1 (chat
+            // set-up) gives up on the dead one soon.
+            let first = built.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+            c.request_timeout_ms = if first { 20_000 } else { 500 };
+        })
+        .build()
+        .await;
+    let ring = confab_router::Ring::new(cluster.routers.clone());
+    let dead = cluster.routers.last().expect("routers").clone();
+    // A chat of the live router for alice and bob (made by someone else
+    // until one lands there, then joined), and a chat id the dead one owns.
+    let http = reqwest::Client::new();
+    let mut on_live = None;
+    for _ in 0..40 {
+        let url = format!("{}/v1/chats", cluster.edge(1));
+        let body = json!({ "type": "group", "title": "t", "memberIds": [] });
+        let (_, chat) =
+            confab_tests::http_call(&http, reqwest::Method::POST, &url, Some(&token("zed")), Some(body)).await;
+        let id = chat["id"].as_str().expect("chat id").to_string();
+        if ring.owner(&id) != Some(dead.as_str()) {
+            on_live = Some(id);
+            break;
+        }
+    }
+    let on_live = on_live.expect("a chat on the live router");
+    let url = format!("{}/v1/chats/{on_live}/members", cluster.edge(1));
+    let body = json!({ "userIds": ["alice", "bob"] });
+    let (status, _) =
+        confab_tests::http_call(&http, reqwest::Method::POST, &url, Some(&token("zed")), Some(body)).await;
+    assert_eq!(status, 200);
+    let on_dead =
+        (0..).map(|i| format!("ghost-{i}")).find(|id| ring.owner(id) == Some(dead.as_str())).expect("a dead chat id");
+
+    // A send in flight (its router does not answer), and the server has read it.
+    let mut stuck = cluster.connect(0, "alice").await;
+    let in_flight =
+        stuck.start_call("message:send", json!({ "chatId": on_dead, "body": "x", "clientId": "stuck" })).await;
+    assert_eq!(stuck.call("presence:ping", json!({})).await["ok"], true);
+    // A client sending continuously, and an idle one.
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob = cluster.connect(0, "bob").await;
+    let sender = tokio::spawn(async move {
+        // (the ack, or none once the socket closed; how long it took)
+        let mut acks: Vec<(Option<Value>, Duration)> = Vec::new();
+        for i in 0.. {
+            let body = json!({ "chatId": on_live, "body": format!("m{i}"), "clientId": format!("c{i}") });
+            let sent = Instant::now();
+            let ack = alice.try_call("message:send", body, Duration::from_secs(30)).await;
+            let closed = ack.is_none();
+            acks.push((ack, sent.elapsed()));
+            if closed {
+                break;
+            }
+        }
+        acks
+    });
+    for _ in 0..3 {
+        bob.expect_event("message:new", Duration::from_secs(5)).await;
+    }
+
+    let stopped = Instant::now();
+    let run = cluster.stop_edge(0);
+    let ack = tokio::time::timeout(window, in_flight)
+        .await
+        .expect("the send in flight was not answered within the drain window")
+        .expect("the send in flight got no ack");
+    confab_tests::error(&ack, "UNAVAILABLE");
+    let acks = tokio::time::timeout(window + Duration::from_secs(1), sender)
+        .await
+        .expect("the sender's socket was not closed within the drain window")
+        .expect("sender");
+    for c in [&mut stuck, &mut bob] {
+        assert!(c.closed_within(window).await, "a socket was not closed");
+    }
+    assert!(stopped.elapsed() <= window + Duration::from_millis(500), "closed after {:?}", stopped.elapsed());
+    tokio::time::timeout(window, run).await.expect("the edge's run did not end in time").expect("run");
+    assert!(stopped.elapsed() <= window + Duration::from_secs(1), "the edge ended after {:?}", stopped.elapsed());
+    // Every send was answered, ok or UNAVAILABLE, promptly; only the last
+    // one, written as the socket closed, may have gone unread.
+    let (_, answered) = acks.split_last().expect("sends");
+    assert!(answered.len() >= 3, "the client was sending: {acks:?}");
+    for (ack, took) in answered {
+        let ack = ack.as_ref().expect("an ack");
+        if ack["ok"] != true {
+            confab_tests::error(ack, "UNAVAILABLE");
+        }
+        assert!(*took < window, "a send waited {took:?} for its ack");
+    }
 }
