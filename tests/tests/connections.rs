@@ -404,3 +404,97 @@ async fn draining_answers_every_send_and_closes_every_socket() {
         assert!(*took < window, "a send waited {took:?} for its ack");
     }
 }
+
+/// SIGTERM on a `confab dev` process while a client is sending: every send
+/// is answered, the socket closes and the process exits, within the
+/// drain window (and not the 10 s of old).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_process_within_the_window() {
+    use tokio::io::AsyncBufReadExt;
+    let window = Duration::from_millis(1500);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = tokio::process::Command::new(confab_tests::confab_bin().expect("confab binary"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("CONFAB_JWT_SECRET", confab_tests::SECRET)
+        .env("CONFAB_LOG", "warn")
+        .env("CONFAB_RATE_LIMIT_MESSAGES", "100000")
+        .env("CONFAB_DRAIN_MS", window.as_millis().to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn confab dev");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.trim().strip_prefix("socket.io + http:") {
+                return url.trim().to_string();
+            }
+        }
+        panic!("confab dev exited before printing its URL");
+    })
+    .await
+    .expect("confab dev did not print its URL in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), format!("{url}/readyz"));
+        async move { matches!(http.get(&url).send().await, Ok(r) if r.status() == 200) }
+    })
+    .await
+    .expect("confab dev never became ready");
+    let body = json!({ "type": "group", "memberIds": ["bob"] });
+    let (status, chat) = confab_tests::http_call(
+        &http,
+        reqwest::Method::POST,
+        &format!("{url}/v1/chats"),
+        Some(&token("alice")),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{chat}");
+    let chat_id = chat["id"].as_str().expect("chat id").to_string();
+    let mut alice = Client::connect(&url, json!({ "token": token("alice") })).await.expect("connect");
+    let sender = tokio::spawn(async move {
+        let mut acks: Vec<(Option<Value>, Duration)> = Vec::new();
+        for i in 0.. {
+            let body = json!({ "chatId": chat_id, "body": format!("m{i}"), "clientId": format!("c{i}") });
+            let sent = Instant::now();
+            let ack = alice.try_call("message:send", body, Duration::from_secs(30)).await;
+            let closed = ack.is_none();
+            acks.push((ack, sent.elapsed()));
+            if closed {
+                break;
+            }
+        }
+        acks
+    });
+    let mut bob = Client::connect(&url, json!({ "token": token("bob") })).await.expect("connect");
+    for _ in 0..3 {
+        bob.expect_event("message:new", Duration::from_secs(5)).await;
+    }
+
+    let signalled = Instant::now();
+    let pid = child.id().expect("running") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let acks = tokio::time::timeout(window + Duration::from_secs(1), sender)
+        .await
+        .expect("the sender's socket was not closed within the drain window")
+        .expect("sender");
+    assert!(bob.closed_within(window).await, "an idle socket was not closed");
+    let status = tokio::time::timeout(window + Duration::from_secs(2), child.wait())
+        .await
+        .expect("the process did not exit within the drain window")
+        .expect("wait");
+    assert!(status.success(), "exit status {status}");
+    assert!(signalled.elapsed() < window + Duration::from_secs(2), "exited after {:?}", signalled.elapsed());
+    let (_, answered) = acks.split_last().expect("sends");
+    assert!(answered.len() >= 3, "the client was sending: {acks:?}");
+    for (ack, took) in answered {
+        let ack = ack.as_ref().expect("an ack");
+        if ack["ok"] != true {
+            confab_tests::error(ack, "UNAVAILABLE");
+        }
+        assert!(*took < window, "a send waited {took:?} for its ack");
+    }
+}
