@@ -101,7 +101,13 @@ pub async fn serve(
                 }
             };
             if let Err(e) = served {
-                tracing::debug!(client.addr = %peer, error = %e, "HTTP connection ended");
+                let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+                if timed_out {
+                    // Debug: an idle keep-alive connection ends this way too.
+                    tracing::debug!(client.addr = %peer, "request headers not received in time: connection closed");
+                } else {
+                    tracing::debug!(client.addr = %peer, error = %e, "HTTP connection ended");
+                }
             }
         });
     }
