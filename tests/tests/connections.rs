@@ -258,6 +258,30 @@ async fn one_address_holds_at_most_its_cap_of_connections() {
     assert!(reopened.is_ok(), "the slot of a closed connection was not given back");
 }
 
+/// A polling session holds its slot as long as engineioxide keeps it, and
+/// gives it back when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_polling_session_gives_its_slot_back() {
+    let cluster = Cluster::builder().edge_config(|c| c.max_connections_per_ip = 1).build().await;
+    let http = reqwest::Client::new();
+    let base = format!("{}/socket.io/?EIO=4&transport=polling", cluster.edge(0));
+    let open = http.get(&base).send().await.expect("polling open").text().await.expect("body");
+    let open: Value = serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid");
+    let (status, _) = open_ws(cluster.edge(0), None).await.expect_err("the polling session holds the slot");
+    assert_eq!(status, 429);
+    // The Engine.IO close packet ends the session.
+    let res = http.post(format!("{base}&sid={sid}")).body("1").send().await.expect("close");
+    assert_eq!(res.status(), 200);
+    let edge = cluster.edge(0).to_string();
+    let reopened = wait_until(Duration::from_secs(5), || {
+        let edge = edge.clone();
+        async move { open_ws(&edge, None).await.is_ok() }
+    })
+    .await;
+    assert!(reopened.is_ok(), "the slot of a closed polling session was not given back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
     let cluster = Cluster::builder()
