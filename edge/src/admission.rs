@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -110,6 +111,16 @@ pub struct Admission {
     per_user: Arc<Counts<String>>,
     trusted_hops: usize,
     deadlines: ConnectDeadlines,
+    /// Refusals and closes so far, for `/metrics`.
+    pub counts: Refusals,
+}
+
+/// How often each limit of this module has acted.
+#[derive(Default)]
+pub struct Refusals {
+    pub per_ip: AtomicU64,
+    pub per_user: AtomicU64,
+    pub connect_deadline: AtomicU64,
 }
 
 impl Admission {
@@ -119,18 +130,27 @@ impl Admission {
             per_user: Counts::new(config.max_sessions_per_user),
             trusted_hops: config.trusted_proxy_hops,
             deadlines: ConnectDeadlines::new(Duration::from_millis(config.connect_timeout_ms)),
+            counts: Refusals::default(),
         }
     }
 
     /// A slot for one more Engine.IO session from `ip`.
     pub fn admit_ip(&self, ip: IpAddr) -> Result<IpPermit, Refused> {
         let key = ip_key(ip);
-        self.per_ip.take(key).map(|p| IpPermit(Arc::new(p))).ok_or(Refused::Ip(self.per_ip.cap))
+        let permit = self.per_ip.take(key).map(|p| IpPermit(Arc::new(p)));
+        if permit.is_none() {
+            self.counts.per_ip.fetch_add(1, Ordering::Relaxed);
+        }
+        permit.ok_or(Refused::Ip(self.per_ip.cap))
     }
 
     /// A slot for one more Socket.IO session of `user_id` on this edge.
     pub fn admit_user(&self, user_id: &str) -> Result<Permit, Refused> {
-        self.per_user.take(user_id.to_string()).ok_or(Refused::User(self.per_user.cap))
+        let permit = self.per_user.take(user_id.to_string());
+        if permit.is_none() {
+            self.counts.per_user.fetch_add(1, Ordering::Relaxed);
+        }
+        permit.ok_or(Refused::User(self.per_user.cap))
     }
 
     /// The client's address: the TCP peer, or the trusted proxies' word.
@@ -287,6 +307,7 @@ pub async fn run_connect_deadlines(edge: Arc<Edge>) {
                 continue;
             }
             tracing::info!(sid = %conn.id, "no CONNECT before the deadline: closing connection");
+            edge.admission.counts.connect_deadline.fetch_add(1, Ordering::Relaxed);
             conn.close(DisconnectReason::TransportClose);
         }
         let wait = async {

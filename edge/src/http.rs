@@ -252,14 +252,20 @@ async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
-    let m = &edge.metrics;
+    let (m, refused) = (&edge.metrics, &edge.admission.counts);
     let text = format!(
         "# HELP confab_edge_connections Engine.IO connections open.\n# TYPE confab_edge_connections gauge\nconfab_edge_connections {}\n\
          # HELP confab_edge_sessions Authenticated Socket.IO sessions.\n# TYPE confab_edge_sessions gauge\nconfab_edge_sessions {}\n\
-         # HELP confab_edge_events_total Client events received.\n# TYPE confab_edge_events_total counter\nconfab_edge_events_total {}\n",
+         # HELP confab_edge_events_total Client events received.\n# TYPE confab_edge_events_total counter\nconfab_edge_events_total {}\n\
+         # HELP confab_edge_refused_total Connections refused or closed by a connection limit.\n# TYPE confab_edge_refused_total counter\n\
+         confab_edge_refused_total{{reason=\"per_ip\"}} {}\nconfab_edge_refused_total{{reason=\"per_user\"}} {}\n\
+         confab_edge_refused_total{{reason=\"connect_deadline\"}} {}\n",
         m.engine_connections.load(Ordering::Relaxed),
         m.sessions.load(Ordering::Relaxed),
         m.events.load(Ordering::Relaxed),
+        refused.per_ip.load(Ordering::Relaxed),
+        refused.per_user.load(Ordering::Relaxed),
+        refused.connect_deadline.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -245,6 +245,8 @@ async fn one_address_holds_at_most_its_cap_of_connections() {
     // The HTTP API is not a socket.
     let (status, _) = cluster.http(reqwest::Method::GET, "/v1/chats", "alice", None).await;
     assert_eq!(status, 200);
+    let metrics = reqwest::get(format!("{}/metrics", cluster.edge(0))).await.expect("metrics").text().await;
+    assert!(metrics.expect("text").contains("confab_edge_refused_total{reason=\"per_ip\"} 2\n"));
     // A closed connection gives its slot back.
     if let Some(c) = first.take() {
         c.disconnect().await;
