@@ -108,6 +108,7 @@ impl Damage {
     pub(crate) fn lost_bytes(&self) -> u64 {
         match self {
             Damage::Records { lost_bytes, .. } => *lost_bytes,
+            // The file may have been cut as well as zeroed.
             Damage::LostStart { file_bytes } => (*file_bytes).max(MAX_BYTES + GROW_BYTES),
             // A log that was never checkpointed grows to its bound, plus
             // the record that crossed it.
@@ -121,7 +122,7 @@ impl std::fmt::Display for Damage {
         match self {
             Damage::Records { offset, lost_bytes, records_after } => write!(
                 f,
-                "damaged at byte offset {offset}: {records_after} valid records follow the damage ({lost_bytes} bytes unreadable)"
+                "is damaged at byte offset {offset}: {records_after} valid records follow the damage ({lost_bytes} bytes unreadable)"
             ),
             Damage::LostStart { file_bytes } => write!(
                 f,
