@@ -348,9 +348,12 @@ impl Writer {
     /// Opens the database again (once readers have let go of the old one),
     /// redoes the log and checkpoints it.
     fn reopen(&mut self) -> Result<(), OpenError> {
-        let old = self.shared.set(None).or(self.db.take());
-        self.db = None;
-        if let Some(old) = old {
+        // Both handles of the old database go (readers' and the writer's
+        // own: the same database, so one is kept to watch); readers still
+        // holding one are waited for.
+        let readers = self.shared.set(None);
+        let own = self.db.take();
+        if let Some(old) = readers.or(own) {
             let released = Arc::downgrade(&old);
             drop(old);
             let deadline = Instant::now() + RELEASE_DEADLINE;
