@@ -179,9 +179,10 @@ pub(crate) fn read(path: &Path, generation: u64, begun: bool) -> io::Result<Repl
     let first = record_at(&bytes, 0);
     let mut replay =
         Replay { starts_valid: first.as_ref().is_some_and(|r| r.generation <= generation), ..Replay::default() };
-    // This generation's log never begun: the previous one's is what there is.
+    // This generation's log was never begun: the previous one's is what
+    // there is.
     let chain = match first {
-        Some(r) if r.generation + 1 == generation => r.generation,
+        Some(r) if r.generation.checked_add(1) == Some(generation) => r.generation,
         _ => generation,
     };
     let mut offset = 0;
