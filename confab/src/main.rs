@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand};
 use confab_common::{shutdown, Shutdown};
 use confab_store::{EmbeddedStore, Store};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -66,9 +65,9 @@ struct DevArgs {
     /// Where clients connect.
     #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
-    /// Directory of the embedded store.
-    #[arg(long = "data-dir", env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
-    data_dir: PathBuf,
+    /// The embedded store: data directory, page cache, salvage.
+    #[command(flatten)]
+    store: confab_store::Config,
     /// Per-user rate limits of every class of write (see `confab edge --help`).
     #[command(flatten)]
     rate_limits: confab_edge::RateLimits,
@@ -202,8 +201,8 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     // in-process (no HTTP/2 or socket; messages are still encoded). Presence
     // and router also listen on loopback, as in a cluster.
     let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&args.data_dir)
-            .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?,
+        EmbeddedStore::open_with(&args.store)
+            .with_context(|| format!("cannot open the store in {}", args.store.data_dir.display()))?,
     );
     let presence = confab_presence::Presence::new(&args.presence);
     let presence_in_process = confab_edge::in_process(presence.grpc());
@@ -230,7 +229,7 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);
     println!("confab dev is up");
     println!("  socket.io + http: http://{edge_addr}");
-    println!("  data directory:   {}", args.data_dir.display());
+    println!("  data directory:   {}", args.store.data_dir.display());
     if generated {
         println!("  jwt secret:       {secret}   (generated for this run; set CONFAB_JWT_SECRET to keep one)");
     }
@@ -281,6 +280,16 @@ mod tests {
         assert_eq!(parse_ttl("7d"), Ok(7 * 86400));
         assert!(parse_ttl("1w").is_err());
         assert!(parse_ttl("h").is_err());
+    }
+
+    #[test]
+    fn store_flags_reach_the_store_config() {
+        let Command::Store { config, .. } = Cli::parse_from(["confab", "store"]).command else { unreachable!() };
+        assert_eq!((config.cache_mb, config.salvage), (64, false));
+        let args = ["confab", "dev", "--store-cache-mb", "16", "--salvage", "--data-dir", "/tmp/x"];
+        let Command::Dev(dev) = Cli::parse_from(args).command else { unreachable!() };
+        assert_eq!((dev.store.cache_mb, dev.store.salvage), (16, true));
+        assert_eq!(dev.store.data_dir, std::path::PathBuf::from("/tmp/x"));
     }
 
     /// More connections than tokio's default backlog complete their

@@ -7,19 +7,23 @@
 //! the log ([`crate::wal`]) and syncs it before answering; redb itself is
 //! committed when a reader needs it, on a clock, and durably at
 //! checkpoints. Opening the store redoes the log's records since the last
-//! checkpoint, so a restart or a crash loses nothing that was answered.
+//! checkpoint, so a restart or a crash loses nothing that was answered;
+//! it refuses a damaged log or database rather than lose answered writes
+//! quietly, and salvages only when told to ([`open`]). A failed disk write
+//! makes the writer re-open the files by itself once writes succeed again.
 //! Reads first make sure every answered write is committed, then open their
 //! own read transactions on the blocking pool.
 
 use crate::store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
-use crate::wal::{self, Wal};
+use crate::wal;
+use crate::Config;
 use confab_proto::v1::{Chat, ChatSummary, Member, Message};
 use prost::Message as _;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 const CHATS: TableDefinition<&str, &[u8]> = TableDefinition::new("chats");
 const USER_CHATS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_chats");
@@ -43,8 +47,11 @@ const DELETED: TableDefinition<(&str, u64), &str> = TableDefinition::new("delete
 const WRITE_QUEUE: usize = 4096;
 
 mod dm_pairs;
+mod open;
 mod writer;
-use writer::{redo_change, Logged, Visibility, Writer, Wtx, META, WAL_GENERATION};
+pub use open::OpenError;
+use open::{DB_FILE, SKIPPED};
+use writer::{redo_change, Logged, Visibility, Writer, Wtx};
 
 enum Write {
     CreateChat(NewChat, oneshot::Sender<Result<(Chat, bool), StoreError>>),
@@ -77,10 +84,37 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<Shared>,
     write_tx: mpsc::Sender<Job>,
     visibility: Arc<Visibility>,
+    /// Whether writes succeed (false while the writer recovers from a
+    /// failed disk).
+    healthy: watch::Receiver<bool>,
     deadline: Duration,
+}
+
+/// The database as readers reach it: the writer takes it away while it
+/// re-opens the file after a failed disk, and puts the new one back.
+pub(crate) struct Shared {
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+}
+
+impl Shared {
+    fn new(db: Arc<Database>) -> Self {
+        Self { db: std::sync::RwLock::new(Some(db)) }
+    }
+
+    /// The database, or unavailable while it is being re-opened.
+    pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        let db = self.db.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        db.clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is re-opening its database after a failed write".into()))
+    }
+
+    fn set(&self, db: Option<Arc<Database>>) -> Option<Arc<Database>> {
+        let mut slot = self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut slot, db)
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -88,24 +122,20 @@ fn internal(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(internal)?;
-        let db = Arc::new(Database::create(dir.join("confab.redb")).map_err(internal)?);
-        let generation = {
-            let tx = db.begin_read().map_err(internal)?;
-            match tx.open_table(META) {
-                Ok(meta) => meta.get(WAL_GENERATION).map_err(internal)?.map_or(0, |v| v.value()),
-                Err(redb::TableError::TableDoesNotExist(_)) => 0,
-                Err(e) => return Err(internal(e)),
-            }
-        };
-        let (mut wal, records) = Wal::open(&dir.join("confab.wal"), generation).map_err(internal)?;
+    /// Opens (or creates) the store in `dir`, with the default settings.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        Self::open_with(&Config::new(dir.to_path_buf()))
+    }
+
+    /// Opens (or creates) the store in `config.data_dir`: refuses a damaged
+    /// log (unless `config.salvage`) or database with an [`OpenError`]
+    /// naming the file, and redoes the log since the last checkpoint.
+    pub fn open_with(config: &Config) -> Result<Self, OpenError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io { path: dir.clone(), source })?;
+        let db = Arc::new(open::database(&dir.join(DB_FILE), config.cache_bytes())?);
+        let (tx, mut wal) = open::redo_log(&db, config)?;
         {
-            let tx = db.begin_write().map_err(internal)?;
-            for record in &records {
-                redo(&tx, record)?;
-            }
             dm_pairs::migrate(&tx)?;
             let tx = Wtx::new(tx);
             tx.open(CHATS)?;
@@ -117,24 +147,27 @@ impl EmbeddedStore {
             tx.open(CURSORS)?;
             tx.open(MESSAGE_IDS)?;
             tx.open(OWNERS)?;
+            tx.open(SKIPPED)?;
             index_existing_messages(&tx)?;
-            let tx = tx.into_transaction();
-            tx.open_table(META).map_err(internal)?.insert(WAL_GENERATION, generation + 1).map_err(internal)?;
-            tx.commit().map_err(internal)?;
-            wal.restart(generation + 1);
+            open::finish(tx.into_transaction(), &mut wal)?;
         }
-        if !records.is_empty() {
-            tracing::info!(records = records.len(), "store: redid the log since the last checkpoint");
-        }
-        let file = std::fs::File::open(dir.join("confab.redb")).map_err(internal)?;
+        let file = std::fs::File::open(dir.join(DB_FILE)).map_err(internal)?;
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
         let visibility = Arc::new(Visibility::default());
-        let (writer_db, writer_visibility) = (db.clone(), visibility.clone());
+        let shared = Arc::new(Shared::new(db.clone()));
+        let (health_tx, healthy) = watch::channel(true);
+        let writer = Writer::new(db, shared.clone(), file, wal, visibility.clone(), config.clone(), health_tx);
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || Writer::new(&writer_db, file, wal, &writer_visibility).run(write_rx))
+            .spawn(move || writer.run(write_rx))
             .map_err(internal)?;
-        Ok(Self { db, write_tx, visibility, deadline: DEADLINE })
+        Ok(Self { db: shared, write_tx, visibility, healthy, deadline: DEADLINE })
+    }
+
+    /// Whether the store's writes succeed: false from a failed disk write
+    /// until the writer has re-opened the files and redone the log.
+    pub fn health(&self) -> watch::Receiver<bool> {
+        self.healthy.clone()
     }
 
     /// Runs `call` within the deadline. A write that missed it may still be
@@ -156,6 +189,8 @@ impl EmbeddedStore {
             }
             let db = self.db.clone();
             tokio::task::spawn_blocking(move || {
+                // The handle outlives the transaction: a re-open waits for both.
+                let db = db.get()?;
                 let tx = db.begin_read().map_err(internal)?;
                 f(&tx)
             })
@@ -195,6 +230,7 @@ fn redo(tx: &WriteTransaction, record: &[u8]) -> Result<(), StoreError> {
             "cursors" => redo_change(tx, CURSORS, &change)?,
             "sent" => redo_change(tx, SENT, &change)?,
             "deleted" => redo_change(tx, DELETED, &change)?,
+            "skipped" => redo_change(tx, SKIPPED, &change)?,
             other => return Err(internal(format!("store log names an unknown table {other:?}"))),
         }
     }
@@ -462,6 +498,7 @@ fn user_chats(tx: &redb::ReadTransaction, user_id: &str, limit: usize) -> Result
     let messages = tx.open_table(MESSAGES).map_err(internal)?;
     let sent = tx.open_table(SENT).map_err(internal)?;
     let deleted = tx.open_table(DELETED).map_err(internal)?;
+    let skipped = tx.open_table(SKIPPED).map_err(internal)?;
     let mut out = Vec::new();
     for entry in user_chats.range((user_id, "")..).map_err(internal)? {
         let (key, _) = entry.map_err(internal)?;
@@ -489,10 +526,18 @@ fn user_chats(tx: &redb::ReadTransaction, user_id: &str, limit: usize) -> Result
                     unread = unread.saturating_sub(1);
                 }
             }
+            // Seqs a salvage skipped hold no message.
+            for entry in skipped.range((chat_id, 0)..=(chat_id, last_seq)).map_err(internal)? {
+                let (from, to) = entry.map_err(internal)?;
+                let (from, to) = (from.value().1.max(last_read_seq + 1), to.value().min(last_seq));
+                unread = unread.saturating_sub((to + 1).saturating_sub(from));
+            }
         }
-        let activity = match read_message(&messages, chat_id, last_seq)? {
-            Some(m) if last_seq > 0 => m.created_at_ms,
-            _ => chat.created_at_ms,
+        // The newest message (the last seq may be one a salvage skipped).
+        let newest = messages.range((chat_id, 1)..=(chat_id, last_seq)).map_err(internal)?.next_back();
+        let activity = match newest.transpose().map_err(internal)? {
+            Some((_, m)) => Message::decode(m.value()).map_err(internal)?.created_at_ms,
+            None => chat.created_at_ms,
         };
         out.push((activity, ChatSummary { chat: Some(chat), last_seq, last_read_seq, unread }));
     }
@@ -893,7 +938,7 @@ mod tests {
         let sent = std::time::Instant::now();
         store.append(batch).await.unwrap();
         let last_seq = || {
-            let tx = store.db.begin_read().unwrap();
+            let tx = store.db.get().unwrap().begin_read().unwrap();
             tx.open_table(LAST_SEQ).unwrap().get(chat.id.as_str()).unwrap().unwrap().value()
         };
         // (Unless this machine stalled for half of VISIBLE_AFTER.)

@@ -12,9 +12,17 @@
 //!
 //! Record: `len: u32` (of what follows the crc), `crc32: u32` (of what
 //! follows it), `generation: u64`, then the changes. A checkpoint stores the
-//! next generation in the database before the log restarts, so records left
-//! from the previous generation end the replay, as does a zero length (the
-//! unwritten tail) or a torn record (its crc fails).
+//! next generation in the database before the log restarts, and the
+//! restart writes a first record with no changes (the mark) for it, so a
+//! log that was begun always starts with a record. Records left from the
+//! previous generation end the replay, as does a zero length (each append
+//! writes one after its record) or a record whose crc fails.
+//!
+//! Where the replay ends decides what it was. Zeros or nothing more of this
+//! generation after it: the log's end, or a record torn by a crash while it
+//! was written (never answered, so dropped). A valid record of this
+//! generation further on: damage, which [`read`] reports (with every valid
+//! record it could find) for the store to refuse or, told to, salvage.
 //!
 //! Changes: `op: u8` (1 put, 2 remove), `table: u8 len + name`,
 //! `key: u32 len + bytes`, and for a put `value: u32 len + bytes`.
@@ -48,17 +56,166 @@ pub(crate) struct Wal {
     /// Bytes of the file that are allocated and written (zeros or records).
     allocated: u64,
     generation: u64,
+    /// Whether this generation's mark is written; appends write it first.
+    marked: bool,
     record: Vec<u8>,
     /// Tests: appends fail as a full or broken disk would make them.
     #[cfg(test)]
     pub(crate) fail_appends: bool,
 }
 
+/// What reading a log back found.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    /// The payloads of the valid records to redo, oldest first: those of
+    /// the generation asked for, including any after damage; or, when that
+    /// generation's log was never begun, those of the one before (a
+    /// checkpoint that was stored though its commit reported a failure
+    /// leaves them: redoing them again changes nothing).
+    pub records: Vec<Vec<u8>>,
+    /// Records lost before valid ones, or a log that lost its start.
+    pub damage: Option<Damage>,
+    /// Where a torn last record (never answered) was dropped.
+    pub torn_at: Option<u64>,
+    /// Whether the file starts with a valid record of this generation or
+    /// an older one (a log begun, as [`Wal::ensure_start`] makes sure).
+    starts_valid: bool,
+}
+
+/// Damage that a replay cannot pass over silently.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Damage {
+    /// Bytes that are no valid record, followed by valid records of the
+    /// same generation: a torn tail has nothing of its generation after it.
+    Records {
+        /// The first damaged byte.
+        offset: u64,
+        /// Bytes skipped to reach the valid records after each damaged stretch.
+        lost_bytes: u64,
+        /// Valid records found after the first damaged byte.
+        records_after: usize,
+    },
+    /// The database says this generation's log was begun, but the file
+    /// holds no valid first record: it was zeroed, cut or replaced.
+    LostStart { file_bytes: u64 },
+    /// The database says this generation's log was begun, but there is no file.
+    Missing,
+}
+
+impl Damage {
+    /// At most how many bytes of records the damage may have cost: what
+    /// bounds the messages those records may have held.
+    pub(crate) fn lost_bytes(&self) -> u64 {
+        match self {
+            Damage::Records { lost_bytes, .. } => *lost_bytes,
+            // The file may have been cut as well as zeroed.
+            Damage::LostStart { file_bytes } => (*file_bytes).max(MAX_BYTES + GROW_BYTES),
+            // A log that was never checkpointed grows to its bound, plus
+            // the record that crossed it.
+            Damage::Missing => 2 * MAX_BYTES,
+        }
+    }
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::Records { offset, lost_bytes, records_after } => write!(
+                f,
+                "is damaged at byte offset {offset}: {records_after} valid records follow the damage ({lost_bytes} bytes unreadable)"
+            ),
+            Damage::LostStart { file_bytes } => write!(
+                f,
+                "has lost its start (byte offset 0 of {file_bytes} bytes holds no valid record), though the database says records were logged to it"
+            ),
+            Damage::Missing => write!(f, "is missing, though the database says records were logged to it"),
+        }
+    }
+}
+
+/// One valid record in `bytes` at `offset`.
+struct Found<'a> {
+    generation: u64,
+    payload: &'a [u8],
+    next: usize,
+}
+
+fn record_at(bytes: &[u8], offset: usize) -> Option<Found<'_>> {
+    let header = bytes.get(offset..offset.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let generation = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    if len < 8 {
+        return None;
+    }
+    let next = offset.checked_add(8 + len)?;
+    let body = bytes.get(offset + 8..next)?;
+    (crc32fast::hash(body) == crc).then(|| Found { generation, payload: &body[8..], next })
+}
+
+/// The first valid record of `generation` at or after `from` whose changes
+/// also decode: the check that tells damage from a torn tail, which has
+/// nothing of its generation after it.
+fn find_record(bytes: &[u8], from: usize, generation: u64) -> Option<usize> {
+    let pattern = generation.to_le_bytes();
+    (from..bytes.len().saturating_sub(HEADER - 1)).find(|&p| {
+        bytes[p + 8..p + HEADER] == pattern
+            && record_at(bytes, p).is_some_and(|r| r.generation == generation && decode(r.payload).is_ok())
+    })
+}
+
+/// Reads the log at `path` back without changing it: the records of
+/// `generation` and what stopped the replay. `begun` says that the database
+/// expects the log to start with a record (every log since marks were
+/// written does).
+pub(crate) fn read(path: &Path, generation: u64, begun: bool) -> io::Result<Replay> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Replay { damage: begun.then_some(Damage::Missing), ..Replay::default() });
+        }
+        Err(e) => return Err(e),
+    };
+    let first = record_at(&bytes, 0);
+    let mut replay =
+        Replay { starts_valid: first.as_ref().is_some_and(|r| r.generation <= generation), ..Replay::default() };
+    // This generation's log was never begun: the previous one's is what
+    // there is.
+    let chain = match first {
+        Some(r) if r.generation.checked_add(1) == Some(generation) => r.generation,
+        _ => generation,
+    };
+    let mut offset = 0;
+    let mut first_damage = None;
+    let (mut lost_bytes, mut records_after) = (0, 0);
+    loop {
+        while let Some(r) = record_at(&bytes, offset).filter(|r| r.generation == chain) {
+            replay.records.push(r.payload.to_vec());
+            records_after += usize::from(first_damage.is_some());
+            offset = r.next;
+        }
+        let Some(next) = find_record(&bytes, offset + 1, chain) else { break };
+        first_damage.get_or_insert(offset as u64);
+        lost_bytes += (next - offset) as u64;
+        offset = next;
+    }
+    let ends_clean = bytes.get(offset..offset + 4).is_none_or(|len| len == [0; 4]);
+    if first_damage.is_none() && offset > 0 && !ends_clean {
+        replay.torn_at = Some(offset as u64);
+    }
+    replay.damage = match first_damage {
+        Some(offset) => Some(Damage::Records { offset, lost_bytes, records_after }),
+        None if begun && !replay.starts_valid => Some(Damage::LostStart { file_bytes: bytes.len() as u64 }),
+        None => None,
+    };
+    Ok(replay)
+}
+
 impl Wal {
-    /// Opens (or creates) the log at `path` and returns it with the
-    /// payloads of its records of `generation`, oldest first. The caller
-    /// redoes them, checkpoints, and calls [`Wal::restart`].
-    pub(crate) fn open(path: &Path, generation: u64) -> io::Result<(Self, Vec<Vec<u8>>)> {
+    /// Opens (or creates) the log at `path` for `generation`, after
+    /// [`read`] has read it back. The caller redoes what it read,
+    /// checkpoints, and calls [`Wal::restart`].
+    pub(crate) fn open(path: &Path, generation: u64) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let allocated = file.metadata()?.len();
         let mut wal = Self {
@@ -66,40 +223,33 @@ impl Wal {
             offset: 0,
             allocated,
             generation,
+            marked: false,
             record: Vec::new(),
             #[cfg(test)]
             fail_appends: false,
         };
-        let records = wal.read_generation()?;
         if wal.allocated < CHECKPOINT_BYTES + GROW_BYTES {
             wal.grow(CHECKPOINT_BYTES + GROW_BYTES)?;
         }
-        Ok((wal, records))
+        Ok(wal)
     }
 
-    fn read_generation(&mut self) -> io::Result<Vec<Vec<u8>>> {
-        let mut records = Vec::new();
-        let mut offset = 0u64;
-        let mut header = [0u8; HEADER];
-        while offset + HEADER as u64 <= self.allocated {
-            self.file.read_exact_at(&mut header, offset)?;
-            let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as u64;
-            let crc = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default());
-            let generation = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-            if len < 8 || generation != self.generation || offset + 8 + len > self.allocated {
-                break;
-            }
-            let mut body = vec![0u8; len as usize];
-            self.file.read_exact_at(&mut body, offset + 8)?;
-            if crc32fast::hash(&body) != crc {
-                break;
-            }
-            body.drain(..8);
-            records.push(body);
-            offset += 8 + len;
+    /// Makes sure the file starts with a valid record before the database
+    /// is told that the log is marked: a new or never written log gets the
+    /// mark of its present generation (which redoes to nothing).
+    pub(crate) fn ensure_start(&mut self, replay: &Replay) -> io::Result<()> {
+        if !replay.starts_valid {
+            self.mark()?;
         }
-        self.offset = offset;
-        Ok(records)
+        Ok(())
+    }
+
+    /// Writes this generation's mark at the start of the file.
+    fn mark(&mut self) -> io::Result<()> {
+        self.offset = 0;
+        self.write_record(&[])?;
+        self.marked = true;
+        Ok(())
     }
 
     /// Appends one record of `changes` and waits until it is on disk.
@@ -111,6 +261,14 @@ impl Wal {
         if self.offset >= MAX_BYTES {
             return Err(io::Error::other("the log is full: checkpoints are failing"));
         }
+        if !self.marked {
+            self.mark()?;
+        }
+        self.write_record(changes)
+    }
+
+    /// Writes one record at the offset and syncs it.
+    fn write_record(&mut self, changes: &[u8]) -> io::Result<()> {
         self.record.clear();
         let len = u32::try_from(8 + changes.len()).map_err(|_| io::Error::other("log record too large"))?;
         self.record.extend_from_slice(&len.to_le_bytes());
@@ -148,9 +306,13 @@ impl Wal {
         self.offset >= CHECKPOINT_BYTES
     }
 
-    /// Bytes of records since the last restart.
+    /// Bytes of records since the last restart, less the mark.
     pub(crate) fn len(&self) -> u64 {
-        self.offset
+        if self.marked {
+            self.offset - HEADER as u64
+        } else {
+            self.offset
+        }
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -159,9 +321,13 @@ impl Wal {
 
     /// Starts writing `generation` from the beginning: the caller has
     /// checkpointed everything before and stored `generation` with it.
-    pub(crate) fn restart(&mut self, generation: u64) {
+    /// Writes the generation's mark; if that fails, the next append tries
+    /// again (until then the file starts with the previous generation's
+    /// records, which a replay of `generation` redoes harmlessly).
+    pub(crate) fn restart(&mut self, generation: u64) -> io::Result<()> {
         self.generation = generation;
-        self.offset = 0;
+        self.marked = false;
+        self.mark()
     }
 }
 
@@ -227,6 +393,30 @@ mod tests {
         out
     }
 
+    /// The records a replay of `generation` redoes.
+    fn records(path: &Path, generation: u64) -> Vec<Vec<u8>> {
+        read(path, generation, true).unwrap().records
+    }
+
+    fn flip(path: &Path, offset: u64) {
+        let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], offset).unwrap();
+    }
+
+    /// A log of `generation`, marked, with `n` records; the offset of each.
+    fn log_of(path: &Path, generation: u64, n: u8) -> (Wal, Vec<u64>) {
+        let mut wal = Wal::open(path, generation).unwrap();
+        wal.restart(generation).unwrap();
+        let mut offsets = Vec::new();
+        for i in 0..n {
+            offsets.push(wal.offset);
+            wal.append(&record(i)).unwrap();
+        }
+        (wal, offsets)
+    }
+
     #[test]
     fn changes_round_trip() {
         let bytes = record(7);
@@ -246,28 +436,96 @@ mod tests {
     fn replay_returns_this_generation_up_to_a_torn_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal");
-        {
-            let (mut wal, old) = Wal::open(&path, 1).unwrap();
-            assert!(old.is_empty() && !wal.is_full());
-            for n in 0..3 {
-                wal.append(&record(n)).unwrap();
-            }
-        }
-        let (mut wal, records) = Wal::open(&path, 1).unwrap();
-        assert_eq!(records, (0..3).map(record).collect::<Vec<_>>());
-        // Another generation sees none of them.
-        assert!(Wal::open(&path, 2).unwrap().1.is_empty());
-        // A checkpoint restarts the log: the new generation's first record
-        // is all a replay sees, though older records follow it in the file.
-        wal.restart(2);
+        let (mut wal, _) = log_of(&path, 1, 3);
+        // The mark redoes to nothing: an empty record first.
+        let mut expected = vec![vec![]];
+        expected.extend((0..3).map(record));
+        assert_eq!(records(&path, 1), expected);
+        // Another generation sees none of them (the one after redoes them
+        // again while its own log was never begun; see below).
+        assert!(records(&path, 3).is_empty());
+        // A checkpoint restarts the log: the new generation's records are
+        // all a replay sees, though older records follow them in the file.
+        wal.restart(2).unwrap();
         wal.append(&record(9)).unwrap();
-        assert_eq!(Wal::open(&path, 2).unwrap().1, vec![record(9)]);
-        // A torn record (one byte flipped) ends the replay before it.
+        assert_eq!(records(&path, 2), vec![vec![], record(9)]);
+        // A torn last record (one byte flipped) ends the replay before it,
+        // and is no damage: nothing of its generation follows.
+        let torn = wal.offset;
         wal.append(&record(10)).unwrap();
-        let first_len = 16 + record(9).len() as u64;
-        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        file.write_all_at(&[0xff], first_len + 20).unwrap();
-        assert_eq!(Wal::open(&path, 2).unwrap().1, vec![record(9)]);
+        flip(&path, torn + 20);
+        let replay = read(&path, 2, true).unwrap();
+        assert_eq!(replay.records, vec![vec![], record(9)]);
+        assert_eq!((replay.damage, replay.torn_at), (None, Some(torn)));
+    }
+
+    #[test]
+    fn a_damaged_record_followed_by_valid_ones_is_damage_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (_wal, offsets) = log_of(&path, 4, 10);
+        // In a record's changes, in its length, in its generation.
+        for (victim, at) in [(3usize, 20u64), (5, 1), (7, 12)] {
+            let copy = dir.path().join(format!("wal-{victim}"));
+            std::fs::copy(&path, &copy).unwrap();
+            flip(&copy, offsets[victim] + at);
+            let replay = read(&copy, 4, true).unwrap();
+            let Some(Damage::Records { offset, lost_bytes, records_after }) = replay.damage else {
+                panic!("record {victim}: {:?}", replay.damage);
+            };
+            assert_eq!(offset, offsets[victim]);
+            assert_eq!(lost_bytes, offsets[victim + 1] - offsets[victim]);
+            assert_eq!(records_after, 10 - victim - 1);
+            // Every valid record is kept, the damaged one left out.
+            let kept: Vec<_> = (0..10u8).filter(|&i| i as usize != victim).map(record).collect();
+            assert_eq!(replay.records[1..], kept[..]);
+        }
+        // Zeros over a stretch in the middle (a lost page) are damage too.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&vec![0; (offsets[6] - offsets[2]) as usize], offsets[2]).unwrap();
+        let damage = read(&path, 4, true).unwrap().damage;
+        assert_eq!(
+            damage,
+            Some(Damage::Records { offset: offsets[2], lost_bytes: offsets[6] - offsets[2], records_after: 4 })
+        );
+    }
+
+    #[test]
+    fn a_begun_log_that_is_missing_or_zeroed_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        // A new store: no file, and a database that expects none.
+        assert_eq!(read(&path, 0, false).unwrap().damage, None);
+        let (_wal, _) = log_of(&path, 2, 3);
+        let len = std::fs::metadata(&path).unwrap().len();
+        // Zeroed in place.
+        let zeroed = dir.path().join("zeroed");
+        std::fs::write(&zeroed, vec![0; len as usize]).unwrap();
+        let replay = read(&zeroed, 2, true).unwrap();
+        assert_eq!(replay.damage, Some(Damage::LostStart { file_bytes: len }));
+        assert!(replay.records.is_empty());
+        // Gone.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read(&path, 2, true).unwrap().damage, Some(Damage::Missing));
+        // A log from before marks (the database does not expect one) is
+        // read as it is.
+        assert_eq!(read(&zeroed, 2, false).unwrap().damage, None);
+    }
+
+    #[test]
+    fn a_generation_never_begun_redoes_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (mut wal, _) = log_of(&path, 5, 2);
+        // The database took generation 6, and the mark did not follow.
+        let replay = read(&path, 6, true).unwrap();
+        assert_eq!(replay.records, vec![vec![], record(0), record(1)]);
+        assert_eq!(replay.damage, None);
+        // Once 6 is marked, 5 is left alone.
+        wal.restart(6).unwrap();
+        assert_eq!(records(&path, 6), vec![Vec::<u8>::new()]);
+        // The mark's length is no record's.
+        assert_eq!(wal.len(), 0);
     }
 
     #[test]
@@ -275,7 +533,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal");
         let len = || std::fs::metadata(&path).unwrap().len();
-        let (mut wal, _) = Wal::open(&path, 1).unwrap();
+        let mut wal = Wal::open(&path, 1).unwrap();
         let start = CHECKPOINT_BYTES + GROW_BYTES;
         assert_eq!(len(), start);
         let big = vec![1u8; 300 << 10];
@@ -287,19 +545,19 @@ mod tests {
         wal.append(&vec![2u8; 3 << 20]).unwrap();
         let size = len();
         assert!(size > start && size % GROW_BYTES == 0, "{size}");
-        wal.restart(2);
+        wal.restart(2).unwrap();
         for _ in 0..10 {
             wal.append(&big).unwrap();
         }
         assert_eq!(len(), size);
-        assert_eq!(Wal::open(&path, 2).unwrap().1.len(), 10);
+        assert_eq!(records(&path, 2).len(), 11);
     }
 
     #[test]
     fn a_log_that_is_never_checkpointed_stops_at_its_bound() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal");
-        let (mut wal, _) = Wal::open(&path, 1).unwrap();
+        let mut wal = Wal::open(&path, 1).unwrap();
         let big = vec![3u8; 1 << 20];
         let mut appended = 0;
         let refused = loop {
@@ -311,9 +569,10 @@ mod tests {
         };
         assert!(refused.to_string().contains("checkpoints are failing"), "{refused}");
         assert!(std::fs::metadata(&path).unwrap().len() <= MAX_BYTES + 2 * GROW_BYTES);
-        // What was appended is intact, and a checkpoint makes room again.
-        assert_eq!(Wal::open(&path, 1).unwrap().1.len(), appended as usize);
-        wal.restart(2);
+        // What was appended is intact (after the mark the first append
+        // wrote), and a checkpoint makes room again.
+        assert_eq!(records(&path, 1).len(), appended as usize + 1);
+        wal.restart(2).unwrap();
         wal.append(&big).unwrap();
     }
 }

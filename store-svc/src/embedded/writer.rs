@@ -19,18 +19,29 @@
 //! so, on a virtual disk the writes of that sync slowed the log's own syncs
 //! beside it (to 10–30 ms), hence the checkpoint in pauses: the work then
 //! falls outside the next burst of writes rather than inside it.
+//!
+//! A commit (or a transaction) that fails leaves redb refusing every later
+//! one until the file is opened again ("previous I/O error"); a full disk
+//! does that. The writer then answers every write as unavailable, reports
+//! itself unhealthy, and re-opens the files with backoff: the database is
+//! taken from readers, opened again, and the log, which holds every
+//! answered write since the last checkpoint, redone and checkpointed
+//! ([`super::open`]), as at a start. Once that succeeds, writes go on.
 
-use super::{apply, internal, redo, Job, Outcome};
+use super::open::{self, OpenError, DB_FILE, META, WAL_GENERATION};
+use super::{apply, internal, redo, Job, Outcome, Shared};
 use crate::store::StoreError;
 use crate::wal::{self, Wal};
+use crate::Config;
 use redb::{Database, Durability, Key, TableDefinition, TableHandle, Value, WriteTransaction};
 use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Writes taken into one group commit at most.
 const MAX_BATCH: usize = 512;
@@ -43,10 +54,13 @@ const FLUSH_POLL: Duration = Duration::from_millis(5);
 /// in a pause rather than under the next burst of writes.
 pub(super) const IDLE_AFTER: Duration = Duration::from_millis(250);
 pub(super) const IDLE_CHECKPOINT_BYTES: u64 = 256 << 10;
-/// The store's own settings: [`WAL_GENERATION`].
-pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The generation of log records not yet checkpointed into the tables.
-pub(super) const WAL_GENERATION: &str = "wal_generation";
+/// The first re-open after a failed write waits this long; each failure
+/// doubles the wait, up to [`RECOVER_BACKOFF_MAX`].
+const RECOVER_BACKOFF: Duration = Duration::from_millis(250);
+const RECOVER_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a re-open waits for readers to let go of the old database (a
+/// read gives up after 5 s).
+const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What readers check before reading: whether every answered write has
 /// been committed to redb.
@@ -65,10 +79,19 @@ impl Visibility {
     }
 }
 
-pub(super) struct Writer<'a> {
-    db: &'a Database,
+pub(super) struct Writer {
+    /// The database; `None` while it is being re-opened.
+    db: Option<Arc<Database>>,
+    /// Where readers find it.
+    shared: Arc<Shared>,
     wal: Wal,
-    vis: &'a Visibility,
+    vis: Arc<Visibility>,
+    /// The store's settings, for re-opening its files.
+    config: Config,
+    /// Whether writes succeed, for readiness.
+    health: watch::Sender<bool>,
+    /// Since a database write failed, until the files are re-opened.
+    failing: Option<Failing>,
     /// The transaction holding the logged batches not yet committed.
     open: Option<Wtx>,
     /// Those batches' log records, to redo into a new transaction if the
@@ -84,11 +107,52 @@ pub(super) struct Writer<'a> {
     last_job: Instant,
 }
 
-impl<'a> Writer<'a> {
+impl Drop for Writer {
+    /// The open transaction ends before the database: dropping the last
+    /// handle of a database begins a write transaction of its own, which
+    /// would wait for this one forever.
+    fn drop(&mut self) {
+        self.open = None;
+    }
+}
+
+/// A writer whose database failed.
+struct Failing {
+    since: Instant,
+    next_attempt: Instant,
+    backoff: Duration,
+    attempts: u32,
+}
+
+impl Writer {
     /// `file` is the database's file, opened again.
-    pub(super) fn new(db: &'a Database, file: File, wal: Wal, vis: &'a Visibility) -> Self {
+    pub(super) fn new(
+        db: Arc<Database>,
+        shared: Arc<Shared>,
+        file: File,
+        wal: Wal,
+        vis: Arc<Visibility>,
+        config: Config,
+        health: watch::Sender<bool>,
+    ) -> Self {
         let now = Instant::now();
-        Self { db, wal, vis, open: None, unseen: Vec::new(), first_unseen: now, file, flushing: None, last_job: now }
+        // A re-open never salvages: damage found then stops the writes.
+        let config = Config { salvage: false, ..config };
+        Self {
+            db: Some(db),
+            shared,
+            wal,
+            vis,
+            config,
+            health,
+            failing: None,
+            open: None,
+            unseen: Vec::new(),
+            first_unseen: now,
+            file,
+            flushing: None,
+            last_job: now,
+        }
     }
 
     /// Serves the queue until every sender is gone.
@@ -103,6 +167,7 @@ impl<'a> Writer<'a> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let deadline = match (self.unseen.is_empty(), &self.flushing) {
+                _ if self.failing.is_some() => self.failing.as_ref().map(|f| f.next_attempt),
                 (_, Some(_)) => Some(Instant::now() + FLUSH_POLL),
                 (false, None) => Some(self.first_unseen + VISIBLE_AFTER),
                 (true, None) if self.worth_an_idle_checkpoint() => Some(self.last_job + IDLE_AFTER),
@@ -113,6 +178,10 @@ impl<'a> Writer<'a> {
                 Some(deadline) => {
                     match clock.block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await }) {
                         Ok(next) => next,
+                        Err(_) if self.failing.is_some() => {
+                            self.recover(false);
+                            continue;
+                        }
                         Err(_) => {
                             if self.first_unseen + VISIBLE_AFTER <= Instant::now() {
                                 self.commit(false).ok();
@@ -159,6 +228,12 @@ impl<'a> Writer<'a> {
     /// nothing to redo.
     fn close(&mut self) -> Result<(), StoreError> {
         self.wait_for_flush();
+        self.recover(true);
+        if self.failing.is_some() {
+            return Err(StoreError::Unavailable(
+                "closed while the store's database fails: the log keeps every answered write for the next start".into(),
+            ));
+        }
         if self.wal.len() == 0 {
             return Ok(());
         }
@@ -176,7 +251,7 @@ impl<'a> Writer<'a> {
     /// starts syncing the redb file, and when that is done, checkpoints.
     fn checkpoint_when_due(&mut self, idle: bool) {
         let due = self.wal.is_full() || (idle && self.worth_an_idle_checkpoint());
-        if !due && self.flushing.is_none() {
+        if (!due && self.flushing.is_none()) || self.failing.is_some() {
             return;
         }
         match &self.flushing {
@@ -206,16 +281,105 @@ impl<'a> Writer<'a> {
     /// The open transaction, begun (with the unseen batches redone) if
     /// there is none.
     fn open(&mut self) -> Result<&Wtx, StoreError> {
+        if self.failing.is_some() {
+            return Err(StoreError::Unavailable("the store's database failed a write; re-opening it".into()));
+        }
         if self.open.is_none() {
-            let mut tx = self.db.begin_write().map_err(internal)?;
-            // The log makes writes durable; the checkpoint makes redb so.
-            tx.set_durability(Durability::None);
-            for record in &self.unseen {
-                redo(&tx, record)?;
-            }
-            self.open = Some(Wtx::new(tx));
+            let begun = self.begin();
+            self.open = Some(begun.inspect_err(|e| self.fail(e))?);
         }
         Ok(self.open.as_ref().expect("just opened"))
+    }
+
+    fn begin(&self) -> Result<Wtx, StoreError> {
+        let db = self.db.as_ref().ok_or_else(|| StoreError::Unavailable("no database".into()))?;
+        let mut tx = db.begin_write().map_err(|e| StoreError::Unavailable(format!("store transaction failed: {e}")))?;
+        // The log makes writes durable; the checkpoint makes redb so.
+        tx.set_durability(Durability::None);
+        for record in &self.unseen {
+            redo(&tx, record)?;
+        }
+        Ok(Wtx::new(tx))
+    }
+
+    /// A database write failed: redb refuses every later one until the
+    /// file is opened again. Logged once; [`Writer::recover`] follows.
+    fn fail(&mut self, why: &StoreError) {
+        self.open = None;
+        if self.failing.is_none() {
+            tracing::error!(error = %why, "store: a database write failed; every write fails as unavailable (nothing answered is lost: the log holds it) until the store has re-opened its files, tried with backoff");
+            let now = Instant::now();
+            self.failing = Some(Failing {
+                since: now,
+                next_attempt: now + RECOVER_BACKOFF,
+                backoff: RECOVER_BACKOFF,
+                attempts: 0,
+            });
+            self.health.send_replace(false);
+        }
+    }
+
+    /// When an attempt is due (or `now`): re-opens the database and redoes
+    /// the log, ending the failure if that works.
+    fn recover(&mut self, now: bool) {
+        let Some(failing) = &mut self.failing else { return };
+        let started = Instant::now();
+        if !now && started < failing.next_attempt {
+            return;
+        }
+        failing.attempts += 1;
+        failing.backoff = (failing.backoff * 2).min(RECOVER_BACKOFF_MAX);
+        failing.next_attempt = started + failing.backoff;
+        let (since, attempts) = (failing.since, failing.attempts);
+        self.wait_for_flush();
+        self.open = None;
+        match self.reopen() {
+            Ok(()) => {
+                self.failing = None;
+                self.health.send_replace(true);
+                tracing::warn!(failed_for = ?since.elapsed(), attempts, "store: recovered: re-opened the database and redid the log; writes succeed again");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, attempts, "store: re-opening the database failed; trying again later")
+            }
+        }
+    }
+
+    /// Opens the database again (once readers have let go of the old one),
+    /// redoes the log and checkpoints it.
+    fn reopen(&mut self) -> Result<(), OpenError> {
+        // Both handles of the old database go (readers' and the writer's
+        // own: the same database, so one is kept to watch); readers still
+        // holding one are waited for.
+        let readers = self.shared.set(None);
+        let own = self.db.take();
+        if let Some(old) = readers.or(own) {
+            let released = Arc::downgrade(&old);
+            drop(old);
+            let deadline = Instant::now() + RELEASE_DEADLINE;
+            while released.strong_count() > 0 {
+                if Instant::now() >= deadline {
+                    // Not this time: readers may go on with the old one.
+                    self.db = released.upgrade();
+                    self.shared.set(self.db.clone());
+                    return Err(StoreError::Unavailable("readers held the old database".into()).into());
+                }
+                std::thread::sleep(FLUSH_POLL);
+            }
+        }
+        let path = self.config.data_dir.join(DB_FILE);
+        let db = Arc::new(open::database(&path, self.config.cache_bytes())?);
+        let (tx, mut wal) = open::redo_log(&db, &self.config)?;
+        open::finish(tx, &mut wal)?;
+        self.wal = wal;
+        self.unseen.clear();
+        self.vis.visible.store(self.vis.logged.load(Ordering::Acquire), Ordering::Release);
+        if let Ok(file) = File::open(&path) {
+            self.file = file;
+        }
+        self.shared.set(Some(db.clone()));
+        self.db = Some(db);
+        Ok(())
     }
 
     /// Applies, logs and answers a batch; returns the reply of a close
@@ -224,6 +388,7 @@ impl<'a> Writer<'a> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut waiting = Vec::new();
         let mut closing = None;
+        self.recover(false);
         let result = match self.open() {
             Ok(tx) => {
                 for job in batch.drain(..) {
@@ -293,11 +458,14 @@ impl<'a> Writer<'a> {
         }
         let logged = self.vis.logged.load(Ordering::Acquire);
         let started = Instant::now();
-        tx.commit().map_err(|e| StoreError::Unavailable(format!("store commit failed: {e}")))?;
+        let committed = tx.commit().map_err(|e| StoreError::Unavailable(format!("store commit failed: {e}")));
+        committed.inspect_err(|e| self.fail(e))?;
         self.unseen.clear();
         self.vis.visible.store(logged, Ordering::Release);
         if checkpoint {
-            self.wal.restart(next);
+            if let Err(e) = self.wal.restart(next) {
+                tracing::warn!(error = %e, "store: could not mark the restarted log; the next write tries again");
+            }
             tracing::debug!(elapsed = ?started.elapsed(), "store: checkpoint");
         }
         Ok(())
@@ -415,11 +583,13 @@ mod tests {
     #[test]
     fn a_failed_append_loses_only_its_own_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("confab.redb")).unwrap();
-        let (wal, _) = Wal::open(&dir.path().join("confab.wal"), 1).unwrap();
+        let db = Arc::new(Database::create(dir.path().join("confab.redb")).unwrap());
+        let wal = Wal::open(&dir.path().join("confab.wal"), 1).unwrap();
         let file = File::open(dir.path().join("confab.redb")).unwrap();
-        let vis = Visibility::default();
-        let mut writer = Writer::new(&db, file, wal, &vis);
+        let vis = Arc::new(Visibility::default());
+        let shared = Arc::new(Shared::new(db.clone()));
+        let config = Config::new(dir.path().to_path_buf());
+        let mut writer = Writer::new(db.clone(), shared, file, wal, vis.clone(), config, watch::channel(true).0);
 
         let (reply, mut created) = oneshot::channel::<Result<(Chat, bool), StoreError>>();
         let new = NewChat { kind: "group".into(), title: None, created_by: "a".into(), member_ids: vec!["a".into()] };
