@@ -8,7 +8,8 @@
 //! once, when it is opened: every entry is keyed again from its chat's own
 //! member list, and the format is recorded in the meta table.
 
-use super::{decode_chat, internal, CHATS, DM_PAIRS, META};
+use super::open::META;
+use super::{decode_chat, internal, CHATS, DM_PAIRS};
 use crate::store::StoreError;
 use redb::{ReadableTable, WriteTransaction};
 
