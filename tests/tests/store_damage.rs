@@ -170,7 +170,8 @@ async fn a_damaged_log_stops_confab_naming_file_and_offset_and_salvage_reuses_no
 async fn a_database_cut_short_stops_confab_store_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let (mut child, url) = start_dev(dir.path(), &[]).await;
+    // 50 chats fill several database pages; creation has its own rate limit.
+    let (mut child, url) = start_dev(dir.path(), &["--rate-limit-chats", "1000"]).await;
     confab_tests::wait_until(Duration::from_secs(10), || {
         let (http, url) = (http.clone(), format!("{url}/readyz"));
         async move { matches!(http.get(&url).send().await, Ok(r) if r.status() == 200) }
