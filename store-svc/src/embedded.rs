@@ -13,54 +13,35 @@
 //! makes the writer re-open the files by itself once writes succeed again.
 //! Reads first make sure every answered write is committed, then open their
 //! own read transactions on the blocking pool.
+//!
+//! Here are the store itself, its opening and the [`Store`] calls; the
+//! tables are in `schema`, the writes the writer applies in `writes` and
+//! the read queries in `reads`.
 
 use crate::store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
-use crate::wal;
 use crate::Config;
-use confab_proto::v1::{Chat, ChatSummary, Member, Message};
-use prost::Message as _;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use confab_proto::v1::{Chat, ChatSummary, Message};
+use redb::Database;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-const CHATS: TableDefinition<&str, &[u8]> = TableDefinition::new("chats");
-const USER_CHATS: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_chats");
-pub(crate) const LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("last_seq");
-const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-/// (chat, sender, client id) -> (seq, created at ms)
-const CLIENT_IDS: TableDefinition<(&str, &str, &str), (u64, i64)> = TableDefinition::new("client_ids");
-/// the pair of users (see [`dm_pairs::key`]) -> chat id
-const DM_PAIRS: TableDefinition<&str, &str> = TableDefinition::new("dm_pairs");
-/// (chat, message id) -> seq
-const MESSAGE_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("message_ids");
-/// chat -> (ownership epoch, owner)
-const OWNERS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("owners");
-/// (chat, user) -> last read seq
-const CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("cursors");
-/// (chat, sender, seq): who sent what, so unread counts need not read messages.
-const SENT: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("sent");
-/// (chat, seq) → sender of each deleted message.
-const DELETED: TableDefinition<(&str, u64), &str> = TableDefinition::new("deleted");
-
 const WRITE_QUEUE: usize = 4096;
 
 mod dm_pairs;
 mod open;
+mod reads;
+mod schema;
 mod writer;
+mod writes;
 pub use open::OpenError;
 use open::{DB_FILE, SKIPPED};
-use writer::{redo_change, Logged, Visibility, Writer, Wtx};
-
-enum Write {
-    CreateChat(NewChat, oneshot::Sender<Result<(Chat, bool), StoreError>>),
-    Append(AppendBatch, oneshot::Sender<Result<Appended, StoreError>>),
-    Put(Message, Option<u64>, oneshot::Sender<Result<u64, StoreError>>),
-    Claim(String, String, oneshot::Sender<Result<u64, StoreError>>),
-    SetCursor(String, String, u64, oneshot::Sender<Result<u64, StoreError>>),
-    SaveChat(Chat, Vec<String>, bool, Option<u64>, oneshot::Sender<Result<u64, StoreError>>),
-}
+use schema::{
+    decode_chat, redo, CHATS, CLIENT_IDS, CURSORS, DM_PAIRS, LAST_SEQ, MESSAGES, MESSAGE_IDS, OWNERS, USER_CHATS,
+};
+use writer::{Visibility, Writer, Wtx};
+use writes::{apply, index_existing_messages, Outcome, Write};
 
 /// What the writer's queue carries. (A `Job` is as large as a `Write`, as
 /// the queue's items were before; boxing would cost an allocation a write.)
@@ -215,357 +196,6 @@ impl EmbeddedStore {
     }
 }
 
-/// Applies one log record's changes again.
-fn redo(tx: &WriteTransaction, record: &[u8]) -> Result<(), StoreError> {
-    for change in wal::decode(record).map_err(|e| internal(format!("store log: {e}")))? {
-        match change.table {
-            "chats" => redo_change(tx, CHATS, &change)?,
-            "user_chats" => redo_change(tx, USER_CHATS, &change)?,
-            "last_seq" => redo_change(tx, LAST_SEQ, &change)?,
-            "messages" => redo_change(tx, MESSAGES, &change)?,
-            "client_ids" => redo_change(tx, CLIENT_IDS, &change)?,
-            "dm_pairs" => redo_change(tx, DM_PAIRS, &change)?,
-            "message_ids" => redo_change(tx, MESSAGE_IDS, &change)?,
-            "owners" => redo_change(tx, OWNERS, &change)?,
-            "cursors" => redo_change(tx, CURSORS, &change)?,
-            "sent" => redo_change(tx, SENT, &change)?,
-            "deleted" => redo_change(tx, DELETED, &change)?,
-            "skipped" => redo_change(tx, SKIPPED, &change)?,
-            other => return Err(internal(format!("store log names an unknown table {other:?}"))),
-        }
-    }
-    Ok(())
-}
-
-/// A write's reply and what it would answer if its batch is logged.
-enum Outcome {
-    Chat(oneshot::Sender<Result<(Chat, bool), StoreError>>, Result<(Chat, bool), StoreError>),
-    Seq(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
-    Append(oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, StoreError>),
-}
-
-impl Outcome {
-    /// A write that was not applied.
-    fn failed(write: Write, err: StoreError) -> Self {
-        match write {
-            Write::CreateChat(_, reply) => Outcome::Chat(reply, Err(err)),
-            Write::Append(_, reply) => Outcome::Append(reply, Err(err)),
-            Write::Put(_, _, reply)
-            | Write::Claim(_, _, reply)
-            | Write::SetCursor(_, _, _, reply)
-            | Write::SaveChat(_, _, _, _, reply) => Outcome::Seq(reply, Err(err)),
-        }
-    }
-
-    /// Sends the answer, or the batch's error when it was not logged.
-    fn answer(self, batch: &Result<(), StoreError>) {
-        let failed = |e: &StoreError| StoreError::Unavailable(e.to_string());
-        match (self, batch) {
-            (Outcome::Chat(reply, r), Ok(())) => drop(reply.send(r)),
-            (Outcome::Seq(reply, r), Ok(())) => drop(reply.send(r)),
-            (Outcome::Append(reply, r), Ok(())) => drop(reply.send(r)),
-            (Outcome::Chat(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
-            (Outcome::Seq(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
-            (Outcome::Append(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
-        }
-    }
-}
-
-/// Applies one write to the writer's transaction.
-fn apply(tx: &Wtx, write: Write) -> Outcome {
-    match write {
-        Write::CreateChat(chat, reply) => Outcome::Chat(reply, apply_create_chat(tx, chat)),
-        Write::Append(b, reply) => Outcome::Append(reply, apply_append(tx, &b)),
-        Write::Put(m, epoch, reply) => {
-            Outcome::Seq(reply, check_epoch(tx, &m.chat_id, epoch).and_then(|()| apply_put(tx, &m)))
-        }
-        Write::Claim(chat, owner, reply) => Outcome::Seq(reply, apply_claim(tx, &chat, &owner)),
-        Write::SetCursor(chat, user, seq, reply) => Outcome::Seq(reply, apply_cursor(tx, &chat, &user, seq)),
-        Write::SaveChat(chat, removed, delete, epoch, reply) => {
-            let r = check_epoch(tx, &chat.id, epoch).and_then(|()| apply_save_chat(tx, &chat, &removed, delete));
-            Outcome::Seq(reply, r.map(|()| 0))
-        }
-    }
-}
-
-/// Fills the unread indexes (`SENT`, `DELETED`) from the messages of a
-/// store written before they existed; a no-op once they are filled.
-fn index_existing_messages(tx: &Wtx) -> Result<(), StoreError> {
-    let mut sent = tx.open(SENT)?;
-    let mut deleted = tx.open(DELETED)?;
-    let messages = tx.open(MESSAGES)?;
-    if !sent.is_empty().map_err(internal)? || messages.is_empty().map_err(internal)? {
-        return Ok(());
-    }
-    for entry in messages.iter().map_err(internal)? {
-        let (_, v) = entry.map_err(internal)?;
-        let m = Message::decode(v.value()).map_err(internal)?;
-        index_message(&mut sent, &mut deleted, &m)?;
-    }
-    Ok(())
-}
-
-fn index_message(
-    sent: &mut Logged<'_, (&'static str, &'static str, u64), ()>,
-    deleted: &mut Logged<'_, (&'static str, u64), &'static str>,
-    m: &Message,
-) -> Result<(), StoreError> {
-    sent.insert((m.chat_id.as_str(), m.sender_id.as_str(), m.seq), ())?;
-    if m.deleted {
-        deleted.insert((m.chat_id.as_str(), m.seq), m.sender_id.as_str())?;
-    }
-    Ok(())
-}
-
-fn decode_chat(bytes: &[u8]) -> Result<Chat, StoreError> {
-    Chat::decode(bytes).map_err(internal)
-}
-
-fn apply_create_chat(tx: &Wtx, new: NewChat) -> Result<(Chat, bool), StoreError> {
-    let mut chats = tx.open(CHATS)?;
-    let dm = if new.kind == "dm" {
-        if new.member_ids.len() != 2 {
-            return Err(StoreError::Invalid("a dm has exactly two members".into()));
-        }
-        let key = dm_pairs::key(&new.member_ids[0], &new.member_ids[1]);
-        let pairs = tx.open(DM_PAIRS)?;
-        let existing = pairs.get(key.as_str()).map_err(internal)?.map(|v| v.value().to_string());
-        if let Some(id) = existing {
-            if let Some(bytes) = chats.get(id.as_str()).map_err(internal)? {
-                return Ok((decode_chat(bytes.value())?, false));
-            }
-        }
-        Some((pairs, key))
-    } else {
-        None
-    };
-    let now = confab_common::time::now_ms();
-    let id = confab_common::ChatId::generate().to_string();
-    let chat = Chat {
-        id: id.clone(),
-        kind: new.kind,
-        title: new.title,
-        members: new
-            .member_ids
-            .iter()
-            .map(|u| Member {
-                user_id: u.clone(),
-                role: if *u == new.created_by { "admin" } else { "member" }.to_string(),
-                joined_at_ms: now,
-            })
-            .collect(),
-        created_by: new.created_by,
-        created_at_ms: now,
-        updated_at_ms: now,
-    };
-    chats.insert(id.as_str(), chat.encode_to_vec().as_slice())?;
-    if let Some((mut pairs, key)) = dm {
-        pairs.insert(key.as_str(), id.as_str())?;
-    }
-    let mut user_chats = tx.open(USER_CHATS)?;
-    for m in &chat.members {
-        user_chats.insert((m.user_id.as_str(), id.as_str()), ())?;
-    }
-    tx.open(LAST_SEQ)?.insert(id.as_str(), 0)?;
-    Ok((chat, true))
-}
-
-/// The fence: a write with an epoch must carry the chat's current one.
-fn check_epoch(tx: &Wtx, chat_id: &str, epoch: Option<u64>) -> Result<(), StoreError> {
-    let Some(epoch) = epoch else { return Ok(()) };
-    let owners = tx.open(OWNERS)?;
-    let current = owners.get(chat_id).map_err(internal)?.map_or(0, |v| v.value().0);
-    if current == epoch {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced)
-    }
-}
-
-fn apply_claim(tx: &Wtx, chat_id: &str, owner: &str) -> Result<u64, StoreError> {
-    if tx.open(CHATS)?.get(chat_id).map_err(internal)?.is_none() {
-        return Err(StoreError::NotFound);
-    }
-    let mut owners = tx.open(OWNERS)?;
-    let next = owners.get(chat_id).map_err(internal)?.map_or(0, |v| v.value().0) + 1;
-    owners.insert(chat_id, (next, owner))?;
-    Ok(next)
-}
-
-fn apply_append(tx: &Wtx, batch: &AppendBatch) -> Result<Appended, StoreError> {
-    let chat_id = batch.chat_id.as_str();
-    check_epoch(tx, chat_id, batch.epoch)?;
-    let mut last_seq_table = tx.open(LAST_SEQ)?;
-    let last_seq = match last_seq_table.get(chat_id).map_err(internal)? {
-        Some(v) => v.value(),
-        None => return Err(StoreError::NotFound),
-    };
-    // Validate the whole batch before writing any of it.
-    for (i, m) in batch.messages.iter().enumerate() {
-        if m.chat_id != chat_id || m.seq != last_seq + 1 + i as u64 {
-            return Err(StoreError::SeqConflict { last_seq, first_seq: batch.messages.first().map_or(0, |m| m.seq) });
-        }
-    }
-    let Some(new_last) = batch.messages.last().map(|m| m.seq) else {
-        return Ok(Appended::Written(last_seq));
-    };
-    let mut messages = tx.open(MESSAGES)?;
-    let mut client_ids = tx.open(CLIENT_IDS)?;
-    if let Some(since) = batch.repeats_since_ms {
-        let mut repeats = Vec::new();
-        for m in &batch.messages {
-            let Some(v) = client_ids.get((chat_id, m.sender_id.as_str(), m.client_id.as_str())).map_err(internal)?
-            else {
-                continue;
-            };
-            let (seq, created) = v.value();
-            if created >= since {
-                repeats.extend(read_message(&*messages, chat_id, seq)?);
-            }
-        }
-        if !repeats.is_empty() {
-            return Ok(Appended::Repeats(repeats));
-        }
-    }
-    let mut ids = tx.open(MESSAGE_IDS)?;
-    let mut sent = tx.open(SENT)?;
-    let mut deleted = tx.open(DELETED)?;
-    for m in &batch.messages {
-        index_message(&mut sent, &mut deleted, m)?;
-        ids.insert((chat_id, m.id.as_str()), m.seq)?;
-        messages.insert((chat_id, m.seq), m.encode_to_vec().as_slice())?;
-        client_ids.insert((chat_id, m.sender_id.as_str(), m.client_id.as_str()), (m.seq, m.created_at_ms))?;
-    }
-    last_seq_table.insert(chat_id, new_last)?;
-    Ok(Appended::Written(new_last))
-}
-
-fn apply_put(tx: &Wtx, m: &Message) -> Result<u64, StoreError> {
-    let mut messages = tx.open(MESSAGES)?;
-    let key = (m.chat_id.as_str(), m.seq);
-    let same = match messages.get(key).map_err(internal)? {
-        Some(old) => Message::decode(old.value()).map_err(internal)?.id == m.id,
-        None => return Err(StoreError::NotFound),
-    };
-    if !same {
-        return Err(StoreError::Invalid("message id does not match its seq".into()));
-    }
-    messages.insert(key, m.encode_to_vec().as_slice())?;
-    if m.deleted {
-        tx.open(DELETED)?.insert(key, m.sender_id.as_str())?;
-    }
-    Ok(m.seq)
-}
-
-fn apply_save_chat(tx: &Wtx, chat: &Chat, removed: &[String], delete: bool) -> Result<(), StoreError> {
-    let id = chat.id.as_str();
-    let mut chats = tx.open(CHATS)?;
-    if chats.get(id).map_err(internal)?.is_none() {
-        return Err(StoreError::NotFound);
-    }
-    let mut user_chats = tx.open(USER_CHATS)?;
-    for user in removed {
-        user_chats.remove((user.as_str(), id))?;
-    }
-    if delete {
-        for m in &chat.members {
-            user_chats.remove((m.user_id.as_str(), id))?;
-        }
-        chats.remove(id)?;
-        return Ok(());
-    }
-    for m in &chat.members {
-        user_chats.insert((m.user_id.as_str(), id), ())?;
-    }
-    chats.insert(id, chat.encode_to_vec().as_slice())?;
-    Ok(())
-}
-
-fn apply_cursor(tx: &Wtx, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
-    let mut cursors = tx.open(CURSORS)?;
-    let current = cursors.get((chat_id, user_id)).map_err(internal)?.map_or(0, |v| v.value());
-    if seq > current {
-        cursors.insert((chat_id, user_id), seq)?;
-        return Ok(seq);
-    }
-    Ok(current)
-}
-
-/// A user's chats, most recently active first, at most `limit`.
-fn user_chats(tx: &redb::ReadTransaction, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
-    let user_chats = tx.open_table(USER_CHATS).map_err(internal)?;
-    let cursors = tx.open_table(CURSORS).map_err(internal)?;
-    let messages = tx.open_table(MESSAGES).map_err(internal)?;
-    let sent = tx.open_table(SENT).map_err(internal)?;
-    let deleted = tx.open_table(DELETED).map_err(internal)?;
-    let skipped = tx.open_table(SKIPPED).map_err(internal)?;
-    let mut out = Vec::new();
-    for entry in user_chats.range((user_id, "")..).map_err(internal)? {
-        let (key, _) = entry.map_err(internal)?;
-        let (user, chat_id) = key.value();
-        if user != user_id {
-            break;
-        }
-        let Some((chat, last_seq)) = read_chat(tx, chat_id)? else {
-            continue;
-        };
-        let last_read_seq = cursors.get((chat_id, user_id)).map_err(internal)?.map_or(0, |v| v.value());
-        // Unread (CONTRACT §8.7): the messages after the cursor, less
-        // the user's own and the deleted ones, counted from the
-        // indexes, so the cost follows those, not the backlog.
-        let mut unread = last_seq.saturating_sub(last_read_seq);
-        if unread > 0 {
-            let own = (chat_id, user_id, last_read_seq + 1)..=(chat_id, user_id, last_seq);
-            for entry in sent.range(own).map_err(internal)? {
-                entry.map_err(internal)?;
-                unread -= 1;
-            }
-            for entry in deleted.range((chat_id, last_read_seq + 1)..=(chat_id, last_seq)).map_err(internal)? {
-                let (_, sender) = entry.map_err(internal)?;
-                if sender.value() != user_id {
-                    unread = unread.saturating_sub(1);
-                }
-            }
-            // Seqs a salvage skipped hold no message.
-            for entry in skipped.range((chat_id, 0)..=(chat_id, last_seq)).map_err(internal)? {
-                let (from, to) = entry.map_err(internal)?;
-                let (from, to) = (from.value().1.max(last_read_seq + 1), to.value().min(last_seq));
-                unread = unread.saturating_sub((to + 1).saturating_sub(from));
-            }
-        }
-        // The newest message (the last seq may be one a salvage skipped).
-        let newest = messages.range((chat_id, 1)..=(chat_id, last_seq)).map_err(internal)?.next_back();
-        let activity = match newest.transpose().map_err(internal)? {
-            Some((_, m)) => Message::decode(m.value()).map_err(internal)?.created_at_ms,
-            None => chat.created_at_ms,
-        };
-        out.push((activity, ChatSummary { chat: Some(chat), last_seq, last_read_seq, unread }));
-    }
-    out.sort_by_key(|s| std::cmp::Reverse(s.0));
-    Ok(out.into_iter().take(limit).map(|(_, s)| s).collect())
-}
-
-fn read_chat(tx: &redb::ReadTransaction, chat_id: &str) -> Result<Option<(Chat, u64)>, StoreError> {
-    let chats = tx.open_table(CHATS).map_err(internal)?;
-    let Some(bytes) = chats.get(chat_id).map_err(internal)? else {
-        return Ok(None);
-    };
-    let chat = decode_chat(bytes.value())?;
-    let last = tx.open_table(LAST_SEQ).map_err(internal)?.get(chat_id).map_err(internal)?.map_or(0, |v| v.value());
-    Ok(Some((chat, last)))
-}
-
-fn read_message(
-    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
-    chat_id: &str,
-    seq: u64,
-) -> Result<Option<Message>, StoreError> {
-    match table.get((chat_id, seq)).map_err(internal)? {
-        Some(v) => Ok(Some(Message::decode(v.value()).map_err(internal)?)),
-        None => Ok(None),
-    }
-}
-
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool), StoreError> {
@@ -574,17 +204,17 @@ impl Store for EmbeddedStore {
 
     async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError> {
         let chat_id = chat_id.to_string();
-        self.read(move |tx| read_chat(tx, &chat_id)?.ok_or(StoreError::NotFound)).await
+        self.read(move |tx| reads::read_chat(tx, &chat_id)?.ok_or(StoreError::NotFound)).await
     }
 
     async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
         let user_id = user_id.to_string();
-        self.read(move |tx| user_chats(tx, &user_id, limit)).await
+        self.read(move |tx| reads::user_chats(tx, &user_id, limit)).await
     }
 
     async fn list_users_chats(&self, user_ids: &[String], limit: usize) -> Result<Vec<Vec<ChatSummary>>, StoreError> {
         let user_ids = user_ids.to_vec();
-        self.read(move |tx| user_ids.iter().map(|user| user_chats(tx, user, limit)).collect()).await
+        self.read(move |tx| user_ids.iter().map(|user| reads::user_chats(tx, user, limit)).collect()).await
     }
 
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
@@ -599,37 +229,12 @@ impl Store for EmbeddedStore {
         not_before_ms: i64,
     ) -> Result<Option<Message>, StoreError> {
         let (chat_id, sender_id, client_id) = (chat_id.to_string(), sender_id.to_string(), client_id.to_string());
-        self.read(move |tx| {
-            let ids = tx.open_table(CLIENT_IDS).map_err(internal)?;
-            let Some(v) = ids.get((chat_id.as_str(), sender_id.as_str(), client_id.as_str())).map_err(internal)? else {
-                return Ok(None);
-            };
-            let (seq, created) = v.value();
-            if created < not_before_ms {
-                return Ok(None);
-            }
-            let messages = tx.open_table(MESSAGES).map_err(internal)?;
-            read_message(&messages, &chat_id, seq)
-        })
-        .await
+        self.read(move |tx| reads::find_by_client_id(tx, &chat_id, &sender_id, &client_id, not_before_ms)).await
     }
 
     async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError> {
         let (chat_id, message_id) = (chat_id.to_string(), message_id.to_string());
-        self.read(move |tx| {
-            let seq = if message_id.is_empty() {
-                seq
-            } else {
-                let ids = tx.open_table(MESSAGE_IDS).map_err(internal)?;
-                match ids.get((chat_id.as_str(), message_id.as_str())).map_err(internal)? {
-                    Some(v) => v.value(),
-                    None => return Ok(None),
-                }
-            };
-            let messages = tx.open_table(MESSAGES).map_err(internal)?;
-            read_message(&messages, &chat_id, seq)
-        })
-        .await
+        self.read(move |tx| reads::get_message(tx, &chat_id, &message_id, seq)).await
     }
 
     async fn put_message(&self, message: Message, epoch: Option<u64>) -> Result<(), StoreError> {
@@ -653,11 +258,7 @@ impl Store for EmbeddedStore {
 
     async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {
         let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
-        self.read(move |tx| {
-            let cursors = tx.open_table(CURSORS).map_err(internal)?;
-            Ok(cursors.get((chat_id.as_str(), user_id.as_str())).map_err(internal)?.map_or(0, |v| v.value()))
-        })
-        .await
+        self.read(move |tx| reads::get_cursor(tx, &chat_id, &user_id)).await
     }
 
     async fn set_cursor(&self, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
@@ -673,36 +274,7 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<History, StoreError> {
         let chat_id = chat_id.to_string();
-        self.read(move |tx| {
-            let (_, last_seq) = read_chat(tx, &chat_id)?.ok_or(StoreError::NotFound)?;
-            let lo = after_seq.map_or(1, |s| s.saturating_add(1));
-            let hi = before_seq.map_or(last_seq, |s| s.saturating_sub(1).min(last_seq));
-            if lo > hi || limit == 0 {
-                return Ok(History::default());
-            }
-            let messages = tx.open_table(MESSAGES).map_err(internal)?;
-            let range = messages.range((chat_id.as_str(), lo)..=(chat_id.as_str(), hi)).map_err(internal)?;
-            let mut out = Vec::with_capacity(limit.min(128));
-            let has_more;
-            if after_seq.is_some() {
-                for m in range.take(limit + 1) {
-                    let (_, v) = m.map_err(internal)?;
-                    out.push(Message::decode(v.value()).map_err(internal)?);
-                }
-                has_more = out.len() > limit;
-                out.truncate(limit);
-            } else {
-                for m in range.rev().take(limit + 1) {
-                    let (_, v) = m.map_err(internal)?;
-                    out.push(Message::decode(v.value()).map_err(internal)?);
-                }
-                has_more = out.len() > limit;
-                out.truncate(limit);
-                out.reverse();
-            }
-            Ok(History { messages: out, has_more })
-        })
-        .await
+        self.read(move |tx| reads::history(tx, &chat_id, after_seq, before_seq, limit)).await
     }
 
     async fn close(&self) -> Result<(), StoreError> {
@@ -719,6 +291,8 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal;
+    use confab_proto::v1::Member;
 
     /// One message to append, with no epoch.
     fn single(m: Message) -> AppendBatch {
