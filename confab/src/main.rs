@@ -6,8 +6,9 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use confab_api::store::Store;
 use confab_common::{shutdown, Shutdown};
-use confab_store::{EmbeddedStore, Store};
+use confab_store::EmbeddedStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

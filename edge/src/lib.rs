@@ -38,10 +38,10 @@ mod ws;
 
 pub use limits::RateLimits;
 
+use confab_api::store::{RemoteStore, Store};
 use confab_common::{EdgeId, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_client::PresenceClient;
-use confab_store::{RemoteStore, Store};
 use engineioxide::config::EngineIoConfig;
 use engineioxide::layer::EngineIoLayer;
 use std::sync::atomic::AtomicI64;
@@ -343,7 +343,7 @@ pub async fn serve(
     let (removals_tx, removals_rx) = tokio::sync::mpsc::channel(1024);
     let (gaps_tx, gaps_rx) = tokio::sync::mpsc::channel(4096);
     let rooms = Arc::new(rooms::Rooms::new(removals_tx, gaps_tx));
-    let detection = confab_router::membership::Detection {
+    let detection = confab_api::placement::Detection {
         probe: Duration::from_millis(config.router_probe_ms.max(10)),
         window: Duration::from_millis(config.detect_ms.max(10)),
     };

@@ -19,12 +19,11 @@
 
 use crate::rooms::Rooms;
 use crate::GrpcChannel;
+use confab_api::placement::{Detection, Discovery, Ring};
 use confab_common::backoff::Backoff;
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_client::RouterClient;
-use confab_router::membership::{Detection, Discovery};
-use confab_router::Ring;
 use confab_router::{FrameStream, RouterService};
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;

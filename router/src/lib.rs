@@ -1,5 +1,5 @@
 //! router: owns chats. Each chat is placed on one router by consistent hash
-//! ([`Ring`]); for the chats it owns, a router runs the single writer that
+//! (confab-api's `placement::Ring`, which edges build too); for the chats it owns, a router runs the single writer that
 //! checks membership and idempotency, assigns gap-free seqs, appends through
 //! store-svc and fans each message out once per subscribed edge.
 //!
@@ -13,20 +13,16 @@
 mod chat;
 mod edges;
 mod events;
-pub mod membership;
-pub mod ring;
 mod tail;
 
-pub use ring::Ring;
-
 use chat::{ChatSettings, Cmd, Op};
+use confab_api::placement::{Detection, Discovery, Membership};
+use confab_api::store::{RemoteStore, Store};
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_server::{Router as RouterRpc, RouterServer};
-use confab_store::{RemoteStore, Store};
 use edges::{EdgeConn, EdgeRegistry};
 use futures::StreamExt;
-use membership::{Detection, Discovery, Membership};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

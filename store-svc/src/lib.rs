@@ -1,8 +1,9 @@
 //! store-svc: the durable state of confab — chats, members, messages by
 //! (chat, seq), client-id idempotency keys and read cursors.
 //!
-//! Callers depend on the narrow [`Store`] trait. Two implementations:
-//! - [`EmbeddedStore`], the default: a single [redb] file with one writer
+//! It implements confab-api's narrow [`Store`] trait (callers depend on
+//! that crate, not on this one) and serves it over gRPC:
+//! - [`EmbeddedStore`], the default backend: a single [redb] file with one writer
 //!   thread that group-commits batches of writes through a write-ahead log
 //!   (one sequential append and `fdatasync` per batch; redb commits durably
 //!   only at checkpoints). redb was chosen
@@ -10,9 +11,10 @@
 //!   by default, has a stable file format and a small, well-kept codebase;
 //!   an LSM (fjall) would write faster but brings background compaction we
 //!   do not need at this size.
-//! - [`RemoteStore`], a tonic client of the gRPC service that
-//!   [`run`] serves over any `Store`, beside the standard gRPC health
-//!   service (NOT_SERVING while the embedded store's disk fails).
+//! - [`StoreService`], the `confab.v1.Store` gRPC service that [`run`]
+//!   serves over any `Store`, beside the standard gRPC health service
+//!   (NOT_SERVING while the embedded store's disk fails); its client is
+//!   confab-api's `RemoteStore`.
 //!
 //! This crate does not know about sockets, rooms or fan-out; it also does
 //! not decide who may write a chat (that is the router's single writer,
@@ -20,13 +22,13 @@
 
 mod embedded;
 mod grpc;
-mod store;
 mod wal;
 
 pub use embedded::{EmbeddedStore, OpenError};
-pub use grpc::{RemoteStore, StoreService};
-pub use store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
+pub use grpc::StoreService;
 pub use wal::Damage;
+
+use confab_api::store::{self, Store, StoreError};
 
 use confab_common::Shutdown;
 use confab_proto::v1::store_server::StoreServer;
