@@ -88,7 +88,12 @@ pub enum RunError {
 /// the standard gRPC health service: NOT_SERVING while the store's disk
 /// fails, SERVING once it has recovered.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
-    let embedded = EmbeddedStore::open_with(&config)?;
+    run_embedded(EmbeddedStore::open_with(&config)?, listener, shutdown).await
+}
+
+/// [`run`] over a store already opened (`confab dev` opens it before it
+/// starts anything, so a store that refuses to open stops it at once).
+pub async fn run_embedded(embedded: EmbeddedStore, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
     let reporter = HealthReporter::new();
     let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
     shutdown.spawn(report_health(embedded.health(), reporter, shutdown.clone()));
