@@ -1,15 +1,14 @@
 //! The `confab` command: `confab dev` runs the whole cluster in one process
-//! (router and edge share the embedded store in-process; edge, router and
-//! presence still talk gRPC over loopback); `confab edge|router|store|presence`
+//! (store-svc on the embedded store, presence-svc, a router and an edge,
+//! talking gRPC over loopback as a cluster does); `confab edge|router|store|presence`
 //! run one role each, for containers; `confab token` mints a dev token.
 //! Each role is its crate's `run(config, listener, shutdown)`.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use confab_common::{shutdown, Shutdown};
-use confab_store::{EmbeddedStore, Store};
+use confab_store::EmbeddedStore;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -187,44 +186,42 @@ fn random_secret() -> String {
 
 async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let (presence_l, router_l) = (bind(loopback).await?, bind(loopback).await?);
+    let (store_l, presence_l, router_l) = (bind(loopback).await?, bind(loopback).await?, bind(loopback).await?);
     let edge_l = bind(args.listen).await?;
     let url = |l: &TcpListener| l.local_addr().map(|a| format!("http://{a}"));
-    let (presence_url, router_url) = (url(&presence_l)?, url(&router_l)?);
+    let (store_url, presence_url, router_url) = (url(&store_l)?, url(&presence_l)?, url(&router_l)?);
     let edge_addr = edge_l.local_addr()?;
     let generated = args.jwt_secret.is_none();
     let secret = args.jwt_secret.unwrap_or_else(random_secret);
 
-    // No network between the services: router and edge share the embedded
-    // store, the edge attaches to the router directly (its frames are
-    // passed as they are, not encoded) and calls presence as a gRPC service
-    // in-process (no HTTP/2 or socket; messages are still encoded). Presence
-    // and router also listen on loopback, as in a cluster.
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open_with(&args.store)
-            .with_context(|| format!("cannot open the store in {}", args.store.data_dir.display()))?,
-    );
-    let presence = confab_presence::Presence::new(&args.presence);
-    let presence_in_process = confab_edge::in_process(presence.grpc());
-    let presence = presence.serve(presence_l, shutdown.clone());
-    let no_store_url = String::new();
+    // The cluster in one process: store-svc (on the embedded store),
+    // presence-svc and one router each serve gRPC on a loopback port, and
+    // the edge and the router reach them through their gRPC clients, as
+    // they would across machines. The store is opened first, so one that
+    // refuses to open stops dev before anything is served.
+    let store = EmbeddedStore::open_with(&args.store)
+        .with_context(|| format!("cannot open the store in {}", args.store.data_dir.display()))?;
+    // The services behind the edge stop once it has drained, so what it
+    // answers while draining still reaches them.
+    let backends = Shutdown::new();
+    let store = confab_store::run_embedded(store, store_l, backends.clone());
+    let presence = confab_presence::run(args.presence, presence_l, backends.clone());
     let mut router_config =
-        confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], no_store_url.clone());
+        confab_router::Config::for_test(router_url.clone(), vec![router_url.clone()], store_url.clone());
     router_config.typing_ttl_ms = args.typing_ttl_ms;
     router_config.typing_debounce_ms = args.typing_debounce_ms;
-    let router = confab_router::Router::new(router_config, store.clone(), shutdown.clone())?;
-    let local = confab_edge::InProcess {
-        presence: Some(presence_in_process),
-        routers: [(router_url.clone(), router.service())].into(),
-    };
-    let router = router.serve(router_l, shutdown.clone());
+    let router = confab_router::run(router_config, router_l, backends.clone());
 
-    let mut edge_config = confab_edge::Config::for_test(vec![router_url], no_store_url, presence_url, secret.clone());
+    let mut edge_config = confab_edge::Config::for_test(vec![router_url], store_url, presence_url, secret.clone());
     edge_config.rate_limits = args.rate_limits;
     edge_config.max_connections_per_ip = args.max_connections_per_ip;
     edge_config.max_sessions_per_user = args.max_sessions_per_user;
     edge_config.drain_ms = args.drain_ms;
-    let edge = confab_edge::serve(edge_config, store.clone(), local, edge_l, shutdown.clone());
+    let edge = async {
+        let ended = confab_edge::run(edge_config, edge_l, shutdown.clone()).await;
+        backends.trigger();
+        ended
+    };
 
     let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);
     println!("confab dev is up");
@@ -238,22 +235,23 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    // One runtime for all three. A thread of their own for router and
+    // One runtime for all four. A thread of their own for router and
     // presence was tried (so a chat writer need not queue behind the edge's
     // socket writes): in S2 at 1,000-2,000 msgs/s its p99 was within the
     // run-to-run noise of one runtime, so the simpler shape stays.
-    let (p, r, e) = tokio::join!(
+    let (s, p, r, e) = tokio::join!(
+        stop_all_on_exit(store, &shutdown),
         stop_all_on_exit(presence, &shutdown),
         stop_all_on_exit(router, &shutdown),
         stop_all_on_exit(edge, &shutdown)
     );
-    // Router and edge have stopped calling the store: checkpoint, so the
-    // next start has nothing to redo.
-    let closed = store.close().await;
+    if !backends.drain(Duration::from_secs(10)).await {
+        tracing::warn!("some tasks of the services behind the edge did not finish within the drain deadline");
+    }
     p.context("presence-svc")?;
     r.context("router")?;
     e.context("edge")?;
-    closed.context("store")?;
+    s.context("store-svc")?;
     Ok(())
 }
 

@@ -75,9 +75,9 @@ impl ApiError {
     }
 }
 
-impl From<confab_store::StoreError> for ApiError {
-    fn from(e: confab_store::StoreError) -> Self {
-        use confab_store::StoreError as E;
+impl From<confab_api::store::StoreError> for ApiError {
+    fn from(e: confab_api::store::StoreError) -> Self {
+        use confab_api::store::StoreError as E;
         match e {
             E::NotFound => Self::not_found("no such chat"),
             E::Invalid(m) => Self::validation(m),

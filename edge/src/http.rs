@@ -12,9 +12,9 @@ use axum::http::{header, request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use confab_api::store::NewChat;
 use confab_common::ErrorCode;
 use confab_proto::v1 as pb;
-use confab_store::NewChat;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -81,7 +81,7 @@ impl FromRequest<Arc<Edge>> for JsonObject {
 
 async fn timed<T>(
     edge: &Edge,
-    f: impl std::future::Future<Output = Result<T, confab_store::StoreError>>,
+    f: impl std::future::Future<Output = Result<T, confab_api::store::StoreError>>,
 ) -> Result<T, ApiError> {
     tokio::time::timeout(edge.config.request_timeout(), f)
         .await
@@ -106,7 +106,7 @@ async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonOb
     }
     limits::check(&edge, &user, RateClass::Chats).await?;
     let new = NewChat { kind, title, created_by: user, member_ids: members };
-    let create = async { edge.store.create_chat(new).await.map_err(confab_store::StoreError::of_write) };
+    let create = async { edge.store.create_chat(new).await.map_err(confab_api::store::StoreError::of_write) };
     let (chat, created) = timed(&edge, create).await?;
     if created {
         // The owner tells every edge, which subscribes the members' sockets.

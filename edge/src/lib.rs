@@ -38,17 +38,17 @@ mod ws;
 
 pub use limits::RateLimits;
 
+use confab_api::store::{RemoteStore, Store};
 use confab_common::{EdgeId, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_client::PresenceClient;
-use confab_store::{RemoteStore, Store};
 use engineioxide::config::EngineIoConfig;
 use engineioxide::layer::EngineIoLayer;
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 /// Session changes and chat lists waiting for their batched call, and the
 /// most one call carries (see [`batch`]).
@@ -232,7 +232,7 @@ pub(crate) struct Edge {
     pub expiry: Arc<expiry::Expiry>,
     pub watchers: presence::Watchers,
     pub store: Arc<dyn Store>,
-    pub presence: PresenceClient<GrpcChannel>,
+    pub presence: PresenceClient<Channel>,
     /// Session opens and closes, batched into one presence call at a time:
     /// a storm of connects or disconnects costs a few calls, in order.
     pub sessions: batch::Batcher<pb::SessionChange, Result<(), String>>,
@@ -252,60 +252,14 @@ pub(crate) struct Edge {
     pub metrics: Metrics,
 }
 
-/// How the edge reaches presence-svc or a router: a network channel, or
-/// (`confab dev`) the service itself called in-process.
-pub type GrpcChannel = tower::util::BoxCloneSyncService<
-    ::http::Request<tonic::body::Body>,
-    ::http::Response<tonic::body::Body>,
-    tonic::transport::Error,
->;
-
-/// A gRPC service of the same process as a [`GrpcChannel`]: calls skip
-/// HTTP/2 and the socket, not the encoding.
-pub fn in_process<S>(service: S) -> GrpcChannel
-where
-    S: tower::Service<
-            ::http::Request<tonic::body::Body>,
-            Response = ::http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    GrpcChannel::new(tower::ServiceExt::map_err(service, |e: std::convert::Infallible| match e {}))
-}
-
-/// Services of the same process the edge calls without a network hop
-/// (`confab dev`); the rest it reaches over gRPC at their configured
-/// addresses.
-#[derive(Default)]
-pub struct InProcess {
-    pub presence: Option<GrpcChannel>,
-    /// By the address the router is listed under in `config.routers`.
-    pub routers: std::collections::HashMap<String, confab_router::RouterService>,
-}
-
 /// Serves Socket.IO and HTTP on `listener` until `shutdown` fires, with
-/// store-svc at `config.store_url`.
+/// store-svc at `config.store_url`, presence-svc at `config.presence_url`
+/// and the routers of `config.routers`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     let store: Arc<dyn Store> = Arc::new(
         RemoteStore::connect_lazy(&config.store_url, config.request_timeout())
             .map_err(|e| Error::Config(e.to_string()))?,
     );
-    serve(config, store, InProcess::default(), listener, shutdown).await
-}
-
-/// Serves the edge over any `Store` and the services of `local`
-/// (`confab dev` passes its embedded store, presence and router).
-pub async fn serve(
-    config: Config,
-    store: Arc<dyn Store>,
-    local: InProcess,
-    listener: TcpListener,
-    shutdown: Shutdown,
-) -> Result<(), Error> {
     let public_key_pem = match &config.jwt_public_key_file {
         Some(path) => Some(
             std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?,
@@ -325,17 +279,11 @@ pub async fn serve(
     }
     let edge_id = EdgeId::generate();
     let timeout = config.request_timeout();
-    let presence = match local.presence {
-        Some(p) => p,
-        None => {
-            let channel = Endpoint::from_shared(config.presence_url.clone())
-                .map_err(|e| Error::Config(format!("bad presence url: {e}")))?
-                .connect_timeout(timeout)
-                .timeout(timeout)
-                .connect_lazy();
-            GrpcChannel::new(channel)
-        }
-    };
+    let presence = Endpoint::from_shared(config.presence_url.clone())
+        .map_err(|e| Error::Config(format!("bad presence url: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_lazy();
     // The signal (`shutdown`) starts draining; the edge's own tasks run
     // until draining is over: `work` for requests and sessions, and
     // `background` for router streams, batchers and loops.
@@ -343,11 +291,11 @@ pub async fn serve(
     let (removals_tx, removals_rx) = tokio::sync::mpsc::channel(1024);
     let (gaps_tx, gaps_rx) = tokio::sync::mpsc::channel(4096);
     let rooms = Arc::new(rooms::Rooms::new(removals_tx, gaps_tx));
-    let detection = confab_router::membership::Detection {
+    let detection = confab_api::placement::Detection {
         probe: Duration::from_millis(config.router_probe_ms.max(10)),
         window: Duration::from_millis(config.detect_ms.max(10)),
     };
-    let options = link::LinkOptions { detection, queue: config.router_queue, timeout, local: local.routers };
+    let options = link::LinkOptions { detection, queue: config.router_queue, timeout };
     let links = link::Links::start(&config.routers, options, edge_id.as_str(), rooms.clone(), &background).await;
     let engine_config = EngineIoConfig::builder()
         .req_path("/socket.io")

@@ -18,14 +18,11 @@
 //! at the end of the window those still waiting are answered UNAVAILABLE.
 
 use crate::rooms::Rooms;
-use crate::GrpcChannel;
+use confab_api::placement::{Detection, Discovery, Ring};
 use confab_common::backoff::Backoff;
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_client::RouterClient;
-use confab_router::membership::{Detection, Discovery};
-use confab_router::Ring;
-use confab_router::{FrameStream, RouterService};
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,8 +62,6 @@ pub struct Link {
     out_tx: mpsc::Sender<pb::EdgeFrame>,
     pending: Mutex<HashMap<u64, Pending>>,
     connected: AtomicBool,
-    /// The router itself when it runs in this process (`confab dev`).
-    local: Option<RouterService>,
     /// Since when the stream is down (the link's start counts as down).
     down_since: Mutex<Option<Instant>>,
     ids: Arc<AtomicU64>,
@@ -83,7 +78,6 @@ pub struct Links {
     queue: usize,
     edge_id: String,
     rooms: Arc<Rooms>,
-    local: HashMap<String, RouterService>,
     /// The edge is draining: a failed request is answered, not retried.
     draining: AtomicBool,
     /// Cancelled at the end of the drain window: every request still
@@ -120,8 +114,6 @@ pub struct LinkOptions {
     pub queue: usize,
     /// Deadline of a request, retries included.
     pub timeout: Duration,
-    /// Routers of this process, by address, attached directly.
-    pub local: HashMap<String, RouterService>,
 }
 
 impl Links {
@@ -133,7 +125,7 @@ impl Links {
         rooms: Arc<Rooms>,
         shutdown: &Shutdown,
     ) -> Arc<Self> {
-        let LinkOptions { detection, queue, timeout, local } = options;
+        let LinkOptions { detection, queue, timeout } = options;
         let discovery = Discovery::parse(routers);
         let initial = discovery.resolve().await;
         let links = Arc::new(Self {
@@ -146,7 +138,6 @@ impl Links {
             queue,
             edge_id: edge_id.to_string(),
             rooms,
-            local,
             draining: AtomicBool::new(false),
             abandoned: tokio_util::sync::CancellationToken::new(),
         });
@@ -164,7 +155,6 @@ impl Links {
             out_tx,
             pending: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
-            local: self.local.get(addr).cloned(),
             down_since: Mutex::new(Some(Instant::now())),
             ids: self.ids.clone(),
         });
@@ -412,21 +402,15 @@ async fn connect_once(
     let hello = pb::Hello { edge_id: edge_id.to_string() };
     stream_tx.send(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(hello)) }).await?;
     let outbound = tokio_stream::wrappers::ReceiverStream::new(stream_rx);
-    let mut inbound: FrameStream = match &link.local {
-        // A router of this process: no encoding, no HTTP/2.
-        Some(router) => router.attach(outbound.map(Ok)),
-        None => {
-            let channel = Endpoint::from_shared(link.addr.clone())?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_millis(500))
-                .keep_alive_timeout(Duration::from_secs(1))
-                .connect()
-                .await?;
-            let mut client = RouterClient::new(GrpcChannel::new(channel)).max_decoding_message_size(64 * 1024 * 1024);
-            Box::pin(client.edge_stream(outbound).await?.into_inner())
-        }
-    };
+    let channel = Endpoint::from_shared(link.addr.clone())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_millis(500))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .connect()
+        .await?;
+    let mut client = RouterClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut inbound = client.edge_stream(outbound).await?.into_inner();
     link.connected.store(true, Ordering::Relaxed);
     *lock(&link.down_since) = None;
     tracing::info!(router = %link.addr, "router stream up");

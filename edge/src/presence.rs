@@ -193,8 +193,7 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shutdown.is_triggered() {
         let mut p = edge.presence.clone();
-        // The deadline is ours, not the transport's: an in-process presence
-        // has no channel timeout.
+        // The deadline is ours, whatever the channel's settings.
         let watch = p.watch(pb::WatchRequest { edge_id: edge.edge_id.to_string() });
         let mut stream = match tokio::time::timeout(edge.config.request_timeout(), watch).await {
             Ok(Ok(s)) => s.into_inner(),

@@ -298,52 +298,32 @@ impl PresenceRpc for PresenceService {
 #[error("presence-svc failed: {0}")]
 pub struct Error(#[from] tonic::transport::Error);
 
-/// Presence built and not yet serving: `confab dev` takes its gRPC
-/// service to call in-process before serving it on its listener.
-pub struct Presence {
-    service: PresenceService,
-    tick: Duration,
-}
-
-impl Presence {
-    pub fn new(config: &Config) -> Self {
-        let windows = Windows {
-            offline_grace_ms: config.offline_grace_ms,
-            update_interval_ms: config.update_interval_ms,
-            lease_ms: config.lease_ms,
-        };
-        Self { service: PresenceService::new(windows), tick: Duration::from_millis(config.tick_ms.max(10)) }
-    }
-
-    /// The gRPC service itself, for a caller in the same process.
-    pub fn grpc(&self) -> PresenceServer<PresenceService> {
-        PresenceServer::new(self.service.clone())
-    }
-
-    /// Runs the clocks and serves gRPC on `listener` until `shutdown` fires.
-    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
-        shutdown.spawn(self.service.clone().run_clock(self.tick, shutdown.clone()));
-        let incoming = confab_common::grpc::incoming(listener);
-        tracing::info!("presence-svc serving");
-        let service = self.service.clone();
-        // Watch streams never end by themselves: ending them lets the
-        // connections close, so the server stops instead of waiting on
-        // them, and the edges reconnect to whoever serves next.
-        let stopped = async move {
-            shutdown.triggered().await;
-            service.end_streams();
-        };
-        tonic::transport::Server::builder()
-            .add_service(PresenceServer::new(self.service))
-            .serve_with_incoming_shutdown(incoming, stopped)
-            .await?;
-        Ok(())
-    }
-}
-
-/// Serves presence over gRPC on `listener` until `shutdown` fires.
+/// Runs presence's clocks and serves it over gRPC on `listener` until
+/// `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
-    Presence::new(&config).serve(listener, shutdown).await
+    let windows = Windows {
+        offline_grace_ms: config.offline_grace_ms,
+        update_interval_ms: config.update_interval_ms,
+        lease_ms: config.lease_ms,
+    };
+    let service = PresenceService::new(windows);
+    let tick = Duration::from_millis(config.tick_ms.max(10));
+    shutdown.spawn(service.clone().run_clock(tick, shutdown.clone()));
+    let incoming = confab_common::grpc::incoming(listener);
+    tracing::info!("presence-svc serving");
+    // Watch streams never end by themselves: ending them lets the
+    // connections close, so the server stops instead of waiting on
+    // them, and the edges reconnect to whoever serves next.
+    let streams = service.clone();
+    let stopped = async move {
+        shutdown.triggered().await;
+        streams.end_streams();
+    };
+    tonic::transport::Server::builder()
+        .add_service(PresenceServer::new(service))
+        .serve_with_incoming_shutdown(incoming, stopped)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

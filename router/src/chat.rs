@@ -22,9 +22,9 @@ mod typing;
 
 use crate::edges::{EdgeConn, EdgeRegistry};
 use crate::tail::Tail;
+use confab_api::store::{AppendBatch, Appended, Store, StoreError};
 use confab_proto::v1 as pb;
 use confab_proto::v1::{reply::Result as ReplyResult, router_frame::Kind};
-use confab_store::{AppendBatch, Appended, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -361,8 +361,9 @@ impl ChatState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use confab_api::store::NewChat;
     use confab_common::time::now_ms;
-    use confab_store::{EmbeddedStore, NewChat};
+    use confab_store::EmbeddedStore;
 
     /// A group chat of alice and bob.
     async fn group_chat(store: &Arc<dyn Store>) -> pb::Chat {

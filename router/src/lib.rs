@@ -1,5 +1,5 @@
 //! router: owns chats. Each chat is placed on one router by consistent hash
-//! ([`Ring`]); for the chats it owns, a router runs the single writer that
+//! (confab-api's `placement::Ring`, which edges build too); for the chats it owns, a router runs the single writer that
 //! checks membership and idempotency, assigns gap-free seqs, appends through
 //! store-svc and fans each message out once per subscribed edge.
 //!
@@ -13,20 +13,16 @@
 mod chat;
 mod edges;
 mod events;
-pub mod membership;
-pub mod ring;
 mod tail;
 
-pub use ring::Ring;
-
 use chat::{ChatSettings, Cmd, Op};
+use confab_api::placement::{Detection, Discovery, Membership};
+use confab_api::store::{RemoteStore, Store};
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_server::{Router as RouterRpc, RouterServer};
-use confab_store::{RemoteStore, Store};
 use edges::{EdgeConn, EdgeRegistry};
 use futures::StreamExt;
-use membership::{Detection, Discovery, Membership};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -253,14 +249,8 @@ impl RouterRpc for RouterService {
 
 impl RouterService {
     /// Attaches one edge stream: `inbound` is what the edge sends, the
-    /// returned stream what the router sends back. Over gRPC this is the
-    /// `EdgeStream` call; an edge of the same process (`confab dev`) calls
-    /// it directly and skips the encoding.
-    pub fn attach<S>(&self, inbound: S) -> FrameStream
-    where
-        S: futures::Stream<Item = Result<pb::EdgeFrame, Status>> + Send + 'static,
-    {
-        let mut inbound = Box::pin(inbound);
+    /// returned stream what the router sends back.
+    fn attach(&self, mut inbound: Streaming<pb::EdgeFrame>) -> FrameStream {
         let key = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.inner.config.edge_queue);
         let kill = CancellationToken::new();
@@ -300,50 +290,24 @@ impl RouterService {
     }
 }
 
-/// Serves the router on `listener` until `shutdown` fires, with store-svc
-/// at `config.store_url`.
+/// Joins the membership and serves the router on `listener` until
+/// `shutdown` fires, with store-svc at `config.store_url`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     let timeout = Duration::from_millis(config.store_timeout_ms);
     let store: Arc<dyn Store> =
         Arc::new(RemoteStore::connect_lazy(&config.store_url, timeout).map_err(|e| Error::Config(e.to_string()))?);
-    Router::new(config, store, shutdown.clone())?.serve(listener, shutdown).await
-}
-
-/// A router built and not yet serving, over any `Store`: `confab dev`
-/// passes its embedded store and takes the gRPC service to call in-process
-/// before serving it on its listener.
-pub struct Router {
-    service: RouterService,
-    detection: Detection,
-}
-
-impl Router {
-    pub fn new(config: Config, store: Arc<dyn Store>, shutdown: Shutdown) -> Result<Self, Error> {
-        let detection = Detection {
-            probe: Duration::from_millis(config.probe_ms.max(10)),
-            window: Duration::from_millis(config.detect_ms.max(10)),
-        };
-        Ok(Self { service: RouterService::new(config, store, shutdown)?, detection })
-    }
-
-    /// The service itself, for an edge in the same process
-    /// ([`RouterService::attach`]).
-    pub fn service(&self) -> RouterService {
-        self.service.clone()
-    }
-
-    /// Joins the membership and serves gRPC on `listener` until `shutdown`
-    /// fires.
-    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
-        let Self { service, detection } = self;
-        let membership = service.inner.membership.clone();
-        shutdown.spawn(membership.run(service.inner.discovery.clone(), detection, shutdown.clone()));
-        let incoming = confab_common::grpc::incoming(listener);
-        tracing::info!(node.id = %service.inner.advertise, "router serving");
-        tonic::transport::Server::builder()
-            .add_service(RouterServer::new(service))
-            .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
-            .await?;
-        Ok(())
-    }
+    let detection = Detection {
+        probe: Duration::from_millis(config.probe_ms.max(10)),
+        window: Duration::from_millis(config.detect_ms.max(10)),
+    };
+    let service = RouterService::new(config, store, shutdown.clone())?;
+    let membership = service.inner.membership.clone();
+    shutdown.spawn(membership.run(service.inner.discovery.clone(), detection, shutdown.clone()));
+    let incoming = confab_common::grpc::incoming(listener);
+    tracing::info!(node.id = %service.inner.advertise, "router serving");
+    tonic::transport::Server::builder()
+        .add_service(RouterServer::new(service))
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
+        .await?;
+    Ok(())
 }

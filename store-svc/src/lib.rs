@@ -1,8 +1,9 @@
 //! store-svc: the durable state of confab — chats, members, messages by
 //! (chat, seq), client-id idempotency keys and read cursors.
 //!
-//! Callers depend on the narrow [`Store`] trait. Two implementations:
-//! - [`EmbeddedStore`], the default: a single [redb] file with one writer
+//! It implements confab-api's narrow [`Store`] trait (callers depend on
+//! that crate, not on this one) and serves it over gRPC:
+//! - [`EmbeddedStore`], the default backend: a single [redb] file with one writer
 //!   thread that group-commits batches of writes through a write-ahead log
 //!   (one sequential append and `fdatasync` per batch; redb commits durably
 //!   only at checkpoints). redb was chosen
@@ -10,9 +11,10 @@
 //!   by default, has a stable file format and a small, well-kept codebase;
 //!   an LSM (fjall) would write faster but brings background compaction we
 //!   do not need at this size.
-//! - [`RemoteStore`], a tonic client of the gRPC service that
-//!   [`run`] serves over any `Store`, beside the standard gRPC health
-//!   service (NOT_SERVING while the embedded store's disk fails).
+//! - [`StoreService`], the `confab.v1.Store` gRPC service that [`run`]
+//!   serves over any `Store`, beside the standard gRPC health service
+//!   (NOT_SERVING while the embedded store's disk fails); its client is
+//!   confab-api's `RemoteStore`.
 //!
 //! This crate does not know about sockets, rooms or fan-out; it also does
 //! not decide who may write a chat (that is the router's single writer,
@@ -20,13 +22,13 @@
 
 mod embedded;
 mod grpc;
-mod store;
 mod wal;
 
 pub use embedded::{EmbeddedStore, OpenError};
-pub use grpc::{RemoteStore, StoreService};
-pub use store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
+pub use grpc::StoreService;
 pub use wal::Damage;
+
+use confab_api::store::{self, Store, StoreError};
 
 use confab_common::Shutdown;
 use confab_proto::v1::store_server::StoreServer;
@@ -86,7 +88,12 @@ pub enum RunError {
 /// the standard gRPC health service: NOT_SERVING while the store's disk
 /// fails, SERVING once it has recovered.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
-    let embedded = EmbeddedStore::open_with(&config)?;
+    run_embedded(EmbeddedStore::open_with(&config)?, listener, shutdown).await
+}
+
+/// [`run`] over a store already opened (`confab dev` opens it before it
+/// starts anything, so a store that refuses to open stops it at once).
+pub async fn run_embedded(embedded: EmbeddedStore, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
     let reporter = HealthReporter::new();
     let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
     shutdown.spawn(report_health(embedded.health(), reporter, shutdown.clone()));

@@ -4,8 +4,9 @@
 //! to start with an error naming the file (and the offset), and salvage
 //! keeps what is valid without handing out a seq that may have been acked.
 
+use confab_api::store::{AppendBatch, Appended, NewChat, Store};
 use confab_proto::v1::Message;
-use confab_store::{AppendBatch, Appended, Config, Damage, EmbeddedStore, NewChat, OpenError, Store};
+use confab_store::{Config, Damage, EmbeddedStore, OpenError};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};

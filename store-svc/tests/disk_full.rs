@@ -4,9 +4,10 @@
 //! takes writes again, and every acked message is there. Needs root (to
 //! mount the tmpfs).
 
+use confab_api::store::{AppendBatch, Appended, NewChat, RemoteStore, Store, StoreError};
 use confab_common::Shutdown;
 use confab_proto::v1::Message;
-use confab_store::{AppendBatch, Appended, Config, NewChat, RemoteStore, Store, StoreError};
+use confab_store::Config;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;

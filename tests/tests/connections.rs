@@ -349,7 +349,7 @@ async fn draining_answers_every_send_and_closes_every_socket() {
         })
         .build()
         .await;
-    let ring = confab_router::Ring::new(cluster.routers.clone());
+    let ring = confab_api::placement::Ring::new(cluster.routers.clone());
     let dead = cluster.routers.last().expect("routers").clone();
     // A chat of the live router for alice and bob (made by someone else
     // until one lands there, then joined), and a chat id the dead one owns.

@@ -7,7 +7,7 @@
 //! connected, or reconnecting and recovering with `sinceSeq`) saw every
 //! message in seq order.
 
-use confab_router::Ring;
+use confab_api::placement::Ring;
 use confab_tests::client::Client;
 use confab_tests::{confab_bin, http_call, token, wait_until, SECRET};
 use serde_json::{json, Value};

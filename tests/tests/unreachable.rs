@@ -2,7 +2,7 @@
 //! chats answer UNAVAILABLE within the request deadline, never hang, and
 //! other chats are unaffected.
 
-use confab_router::Ring;
+use confab_api::placement::Ring;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,8 @@
 //! ids a client names may hold, and that two pairs of users never share a
 //! DM, whatever their ids.
 
-use confab_store::{EmbeddedStore, NewChat, Store};
+use confab_api::store::{NewChat, Store};
+use confab_store::EmbeddedStore;
 use confab_tests::client::{Client, ConnectError};
 use confab_tests::{error, Cluster, SECRET};
 use reqwest::Method;

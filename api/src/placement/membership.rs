@@ -8,7 +8,7 @@
 //! does not own (NOT_OWNER) and the store's ownership epochs keep any two
 //! routers from writing one chat.
 
-use crate::Ring;
+use super::Ring;
 use confab_common::Shutdown;
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_client::RouterClient;

@@ -1,4 +1,10 @@
 //! The storage trait: a handful of methods, so a ScyllaDB backend is a swap.
+//! Its errors map to and from gRPC statuses here, once, for both sides of
+//! store-svc's API.
+
+mod remote;
+
+pub use remote::RemoteStore;
 
 use confab_proto::v1::{Chat, ChatSummary, Message};
 

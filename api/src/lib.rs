@@ -1,0 +1,15 @@
+//! confab-api: what one service needs to call another, beside the generated
+//! gRPC code of `confab-proto`. Services depend on this crate and on
+//! `confab-common`, never on each other.
+//!
+//! - [`store`]: the narrow [`store::Store`] trait every store backend
+//!   implements (store-svc's embedded store, later ScyllaDB), its types and
+//!   errors, and [`store::RemoteStore`], the trait over store-svc's gRPC API.
+//! - [`placement`]: which router owns a chat ([`placement::Ring`]), where
+//!   the router list comes from and how a silent router is detected; edges
+//!   and routers both build it, so they agree on every owner.
+//!
+//! Not here: any backend, any server, anything about sockets or clients.
+
+pub mod placement;
+pub mod store;
