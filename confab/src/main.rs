@@ -179,7 +179,7 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
 }
 
 fn random_secret() -> String {
-    use rand::Rng;
+    use rand::RngExt;
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
