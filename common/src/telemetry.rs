@@ -1,5 +1,5 @@
 //! Structured logging set-up, once per process. `CONFAB_LOG` (or `RUST_LOG`)
-//! holds the filter; `CONFAB_LOG_FORMAT=json` switches to JSON lines.
+//! holds the filter; `--log-json` (`CONFAB_LOG_JSON`) switches to JSON lines.
 
 use tracing_subscriber::EnvFilter;
 
