@@ -7,6 +7,7 @@
 //! Rust; the official `socket.io-client` drives it from `tests/node`.
 
 pub mod client;
+pub mod process;
 
 use anyhow::{bail, Context};
 use confab_common::Shutdown;

@@ -4,7 +4,7 @@
 //! where the abuse is below Socket.IO.
 
 use confab_tests::client::{Client, ConnectError};
-use confab_tests::{token, wait_until, Cluster};
+use confab_tests::{process, token, wait_until, Cluster};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -437,39 +437,12 @@ async fn draining_answers_every_send_and_closes_every_socket() {
 /// drain window (and not the 10 s of old).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_process_within_the_window() {
-    use tokio::io::AsyncBufReadExt;
     let window = Duration::from_millis(1500);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = tokio::process::Command::new(confab_tests::confab_bin().expect("confab binary"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("CONFAB_JWT_SECRET", confab_tests::SECRET)
-        .env("CONFAB_LOG", "warn")
-        .env("CONFAB_RATE_LIMIT_MESSAGES", "100000")
-        .env("CONFAB_DRAIN_MS", window.as_millis().to_string())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn confab dev");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(url) = line.trim().strip_prefix("socket.io + http:") {
-                return url.trim().to_string();
-            }
-        }
-        panic!("confab dev exited before printing its URL");
-    })
-    .await
-    .expect("confab dev did not print its URL in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut command = process::command(&["dev"], dir.path()).expect("confab binary");
+    command.env("CONFAB_DRAIN_MS", window.as_millis().to_string());
+    let (mut child, url) = process::start_dev(command).await.expect("confab dev");
     let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), format!("{url}/readyz"));
-        async move { matches!(http.get(&url).send().await, Ok(r) if r.status() == 200) }
-    })
-    .await
-    .expect("confab dev never became ready");
     let body = json!({ "type": "group", "memberIds": ["bob"] });
     let (status, chat) = confab_tests::http_call(
         &http,
@@ -502,8 +475,7 @@ async fn sigterm_drains_the_process_within_the_window() {
     }
 
     let signalled = Instant::now();
-    let pid = child.id().expect("running") as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    process::signal(&child, nix::sys::signal::Signal::SIGTERM);
     let acks = tokio::time::timeout(window + Duration::from_secs(1), sender)
         .await
         .expect("the sender's socket was not closed within the drain window")

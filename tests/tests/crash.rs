@@ -3,55 +3,17 @@
 //! history exactly once, in order, with gap-free seqs.
 
 use confab_tests::client::Client;
-use confab_tests::{confab_bin, http_call, token, SECRET};
+use confab_tests::{http_call, process, token};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-/// Starts `confab dev` and returns it with the URL it printed.
 async fn start_dev(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(confab_bin().expect("confab binary"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("CONFAB_JWT_SECRET", SECRET)
-        .env("CONFAB_LOG", "warn")
-        .env("CONFAB_RATE_LIMIT_MESSAGES", "100000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn confab dev");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(url) = line.trim().strip_prefix("socket.io + http:") {
-                return url.trim().to_string();
-            }
-        }
-        panic!("confab dev exited before printing its URL");
-    })
-    .await
-    .expect("confab dev did not print its URL within 20 s");
-    // Keep draining stdout so the child never blocks on it.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let http = reqwest::Client::new();
-    confab_tests::wait_until(Duration::from_secs(10), || {
-        let (http, url) = (http.clone(), format!("{url}/readyz"));
-        async move { matches!(http.get(&url).send().await, Ok(r) if r.status() == 200) }
-    })
-    .await
-    .expect("confab dev never became ready");
-    (child, url)
-}
-
-fn sigkill(child: &Child) {
-    let pid = child.id().expect("running child") as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+    process::start_dev(process::command(&["dev"], data_dir).unwrap()).await.expect("confab dev")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +57,7 @@ async fn sigkill_after_acked_burst_loses_nothing() {
     })
     .await
     .expect("senders did not get 300 acks");
-    sigkill(&child);
+    process::signal(&child, Signal::SIGKILL);
     let _ = child.wait().await;
     for s in senders {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;

@@ -5,48 +5,25 @@
 //! never hands out an acked seq again. A database cut short is a clear
 //! error of `confab store`, not a panic.
 
-use confab_tests::{confab_bin, http_call, token, SECRET};
+use confab_tests::{http_call, process, token};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 fn confab(args: &[&str], data_dir: &Path) -> Command {
-    let mut command = Command::new(confab_bin().expect("confab binary"));
-    command
-        .args(args)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("CONFAB_JWT_SECRET", SECRET)
-        .env("CONFAB_LOG", "warn")
-        .env("CONFAB_RATE_LIMIT_MESSAGES", "100000")
-        .kill_on_drop(true);
-    command
+    process::command(args, data_dir).expect("confab binary")
 }
 
 /// Starts `confab dev` with `extra` flags and returns it with its URL.
 async fn start_dev(data_dir: &Path, extra: &[&str]) -> (Child, String) {
     let mut args = vec!["dev"];
     args.extend(extra);
-    let mut child =
-        confab(&args, data_dir).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn confab dev");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(url) = line.trim().strip_prefix("socket.io + http:") {
-                return url.trim().to_string();
-            }
-        }
-        panic!("confab dev exited before printing its URL");
-    })
-    .await
-    .expect("confab dev did not print its URL within 20 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
+    process::start_dev(confab(&args, data_dir)).await.expect("confab dev")
 }
 
 /// Runs `confab` on `data_dir` expecting it to stop by itself; its exit
@@ -58,11 +35,6 @@ async fn run_to_exit(args: &[&str], data_dir: &Path) -> (Option<i32>, String) {
         .expect("confab did not exit within 20 s: it started on damaged files")
         .expect("wait for confab");
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn sigkill(child: &Child) {
-    let pid = child.id().expect("running child") as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
 }
 
 async fn send(http: &reqwest::Client, url: &str, chat: &str, client_id: &str) -> Value {
@@ -136,7 +108,7 @@ async fn a_damaged_log_stops_confab_naming_file_and_offset_and_salvage_reuses_no
     }
     let max_acked = *acked.values().max().unwrap();
     // A crash: what was acked since the last checkpoint is in the log alone.
-    sigkill(&child);
+    process::signal(&child, Signal::SIGKILL);
     drop(child);
 
     let log = dir.path().join("confab.wal");
