@@ -1,6 +1,12 @@
 //! Newtype ids, so a user id can't be passed where a chat id is meant.
+//! They cross every crate boundary as these types (the service traits of
+//! confab-api take them) and become plain strings only on the wire (gRPC
+//! messages, JSON). Each reads as a `str` (`Deref`, `AsRef`, `Borrow`, so
+//! a map keyed by one is searched with a `&str`) and prints as one.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 
 macro_rules! string_id {
@@ -41,6 +47,39 @@ macro_rules! string_id {
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
+            }
+        }
+        impl Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+        // Hash, Eq and Ord are those of the str (derived through Arc<str>),
+        // as Borrow requires.
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl From<&String> for $name {
+            fn from(s: &String) -> Self {
+                Self(s.as_str().into())
+            }
+        }
+        impl From<$name> for String {
+            fn from(id: $name) -> Self {
+                id.0.to_string()
+            }
+        }
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                &*self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                &*self.0 == *other
             }
         }
     };
@@ -121,6 +160,22 @@ impl UserId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    #[test]
+    fn an_id_reads_hashes_and_prints_as_its_string() {
+        let chat = ChatId::from("c-1");
+        assert_eq!(&*chat, "c-1");
+        assert_eq!(chat.len(), 3);
+        assert_eq!(chat, "c-1");
+        assert_eq!(chat.to_string(), "c-1");
+        assert_eq!(String::from(chat.clone()), "c-1");
+        assert_eq!(format!("{chat:?}"), "ChatId(\"c-1\")");
+        let users: HashSet<UserId> = ["alice", "bob"].into_iter().map(UserId::from).collect();
+        assert!(users.contains("alice") && !users.contains("carol"));
+        let by_chat: HashMap<ChatId, u64> = HashMap::from([(chat, 7)]);
+        assert_eq!(by_chat.get("c-1"), Some(&7));
+    }
 
     #[test]
     fn user_ids_are_printable_and_not_padded() {
