@@ -1,11 +1,14 @@
 //! The storage trait: a handful of methods, so a ScyllaDB backend is a swap.
 //! Its errors map to and from gRPC statuses here, once, for both sides of
-//! store-svc's API.
+//! store-svc's API. Chats and users are named by the `confab-common` id
+//! types; they are strings only in the gRPC messages ([`RemoteStore`] and
+//! store-svc's service convert them). Stored records are the proto types.
 
 mod remote;
 
 pub use remote::RemoteStore;
 
+use confab_common::{ChatId, UserId};
 use confab_proto::v1::{Chat, ChatSummary, Message};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,15 +96,15 @@ pub struct NewChat {
     /// "dm" or "group".
     pub kind: String,
     pub title: Option<String>,
-    pub created_by: String,
+    pub created_by: UserId,
     /// Every member in the order given, creator included; the creator is admin.
-    pub member_ids: Vec<String>,
+    pub member_ids: Vec<UserId>,
 }
 
 /// Messages of one chat to append, with consecutive seqs.
 #[derive(Debug, Clone)]
 pub struct AppendBatch {
-    pub chat_id: String,
+    pub chat_id: ChatId,
     pub messages: Vec<Message>,
     /// The writer's epoch from [`Store::claim`]; `None` skips the fence
     /// (tools and tests only: routers always pass theirs).
@@ -134,11 +137,11 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a chat; for a dm whose pair already has one, returns it and `false`.
     async fn create_chat(&self, chat: NewChat) -> Result<(Chat, bool), StoreError>;
     /// The chat and its last seq.
-    async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError>;
+    async fn get_chat(&self, chat_id: &ChatId) -> Result<(Chat, u64), StoreError>;
     /// The user's chats, most recently active first, at most `limit`.
-    async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError>;
+    async fn list_user_chats(&self, user_id: &UserId, limit: usize) -> Result<Vec<ChatSummary>, StoreError>;
     /// [`Store::list_user_chats`] for several users at once, in their order.
-    async fn list_users_chats(&self, user_ids: &[String], limit: usize) -> Result<Vec<Vec<ChatSummary>>, StoreError> {
+    async fn list_users_chats(&self, user_ids: &[UserId], limit: usize) -> Result<Vec<Vec<ChatSummary>>, StoreError> {
         let mut lists = Vec::with_capacity(user_ids.len());
         for user in user_ids {
             lists.push(self.list_user_chats(user, limit).await?);
@@ -146,7 +149,7 @@ pub trait Store: Send + Sync + 'static {
         Ok(lists)
     }
     /// Makes `owner` the chat's only writer; returns the new epoch.
-    async fn claim(&self, chat_id: &str, owner: &str) -> Result<u64, StoreError>;
+    async fn claim(&self, chat_id: &ChatId, owner: &str) -> Result<u64, StoreError>;
     /// Durably appends the whole batch, or nothing if it repeats earlier
     /// sends; the idempotency check and the write are one transaction.
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError>;
@@ -154,13 +157,13 @@ pub trait Store: Send + Sync + 'static {
     /// `not_before_ms` (for sends that are not appended: rate limited ones).
     async fn find_by_client_id(
         &self,
-        chat_id: &str,
-        sender_id: &str,
+        chat_id: &ChatId,
+        sender_id: &UserId,
         client_id: &str,
         not_before_ms: i64,
     ) -> Result<Option<Message>, StoreError>;
     /// One message by id, or by seq when `message_id` is empty.
-    async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError>;
+    async fn get_message(&self, chat_id: &ChatId, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError>;
     /// Replaces a stored message (same chat and seq); `NotFound` if absent.
     async fn put_message(&self, message: Message, epoch: Option<u64>) -> Result<(), StoreError>;
     /// Writes a chat's new state; `removed` members forget it; `delete`
@@ -168,18 +171,18 @@ pub trait Store: Send + Sync + 'static {
     async fn save_chat(
         &self,
         chat: Chat,
-        removed: Vec<String>,
+        removed: Vec<UserId>,
         delete: bool,
         epoch: Option<u64>,
     ) -> Result<(), StoreError>;
     /// A member's read cursor (0 when never set).
-    async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError>;
+    async fn get_cursor(&self, chat_id: &ChatId, user_id: &UserId) -> Result<u64, StoreError>;
     /// Moves a read cursor forward (never back); returns it after the call.
-    async fn set_cursor(&self, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError>;
+    async fn set_cursor(&self, chat_id: &ChatId, user_id: &UserId, seq: u64) -> Result<u64, StoreError>;
     /// A page of history (CONTRACT §8.2).
     async fn history(
         &self,
-        chat_id: &str,
+        chat_id: &ChatId,
         after_seq: Option<u64>,
         before_seq: Option<u64>,
         limit: usize,

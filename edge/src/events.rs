@@ -13,6 +13,7 @@ use crate::link::ReplyResult;
 use crate::socket::{self, EioSocket};
 use crate::validate::{self, Obj};
 use crate::{sio, wire, Edge};
+use confab_common::ChatId;
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::future::Future;
@@ -249,13 +250,14 @@ pub async fn history(
     limit: u64,
 ) -> Result<Value, ApiError> {
     let timeout = edge.config.request_timeout();
-    let (chat, _) = tokio::time::timeout(timeout, edge.store.get_chat(chat_id))
+    let chat_id = ChatId::from(chat_id);
+    let (chat, _) = tokio::time::timeout(timeout, edge.store.get_chat(&chat_id))
         .await
         .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
     if !chat.members.iter().any(|m| m.user_id == user) {
         return Err(ApiError::forbidden("not a member of this chat"));
     }
-    let page = tokio::time::timeout(timeout, edge.store.history(chat_id, after_seq, before_seq, limit as usize))
+    let page = tokio::time::timeout(timeout, edge.store.history(&chat_id, after_seq, before_seq, limit as usize))
         .await
         .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
     Ok(json!({ "messages": wire::messages(&page.messages), "hasMore": page.has_more }))
@@ -458,7 +460,7 @@ fn room_members(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
     let chat_id = chat_id(o)?;
     let (edge, user) = (edge.clone(), user.to_string());
     later(async move {
-        let (chat, _) = tokio::time::timeout(edge.config.request_timeout(), edge.store.get_chat(&chat_id))
+        let (chat, _) = tokio::time::timeout(edge.config.request_timeout(), edge.store.get_chat(&chat_id.into()))
             .await
             .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
         if !chat.members.iter().any(|m| m.user_id == user) {

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use confab_api::store::NewChat;
-use confab_common::ErrorCode;
+use confab_common::{ErrorCode, UserId};
 use confab_proto::v1 as pb;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -105,7 +105,8 @@ async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonOb
         return Err(ApiError::validation("a dm has exactly two members: the caller and one other user"));
     }
     limits::check(&edge, &user, RateClass::Chats).await?;
-    let new = NewChat { kind, title, created_by: user, member_ids: members };
+    let new =
+        NewChat { kind, title, created_by: user.into(), member_ids: members.into_iter().map(UserId::from).collect() };
     let create = async { edge.store.create_chat(new).await.map_err(confab_api::store::StoreError::of_write) };
     let (chat, created) = timed(&edge, create).await?;
     if created {
@@ -120,13 +121,13 @@ async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonOb
 }
 
 async fn list_chats(State(edge): State<Arc<Edge>>, Caller(user): Caller) -> ApiResult {
-    let chats = timed(&edge, edge.store.list_user_chats(&user, usize::MAX)).await?;
+    let chats = timed(&edge, edge.store.list_user_chats(&user.into(), usize::MAX)).await?;
     let chats: Vec<Value> = chats.iter().map(wire::chat_summary).collect();
     Ok(json_response(StatusCode::OK, json!({ "chats": chats })))
 }
 
 async fn get_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, Path(chat_id): Path<String>) -> ApiResult {
-    let (chat, _) = timed(&edge, edge.store.get_chat(&chat_id)).await?;
+    let (chat, _) = timed(&edge, edge.store.get_chat(&chat_id.into())).await?;
     if !chat.members.iter().any(|m| m.user_id == user) {
         return Err(ApiError::forbidden("not a member of this chat"));
     }

@@ -39,7 +39,7 @@ mod ws;
 pub use limits::RateLimits;
 
 use confab_api::store::{RemoteStore, Store};
-use confab_common::{EdgeId, Shutdown};
+use confab_common::{EdgeId, Shutdown, UserId};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_client::PresenceClient;
 use engineioxide::config::EngineIoConfig;
@@ -326,7 +326,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let chat_lists = {
         let (store, limit) = (store.clone(), config.auto_join_limit);
         batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, LIST_CALLS, &background, move |users: Vec<String>| {
-            let store = store.clone();
+            let (store, users): (_, Vec<UserId>) = (store.clone(), users.into_iter().map(UserId::from).collect());
             async move {
                 match tokio::time::timeout(timeout, store.list_users_chats(&users, limit)).await {
                     Ok(Ok(lists)) => lists.into_iter().map(Ok).collect(),

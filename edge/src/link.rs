@@ -20,7 +20,7 @@
 use crate::rooms::Rooms;
 use confab_api::placement::{Detection, Discovery, Ring};
 use confab_common::backoff::Backoff;
-use confab_common::Shutdown;
+use confab_common::{ChatId, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_client::RouterClient;
 use futures::{FutureExt, StreamExt};
@@ -183,7 +183,7 @@ impl Links {
 
     fn link_for(&self, chat_id: &str) -> Option<Arc<Link>> {
         let ring = self.ring();
-        let owner = ring.owner(chat_id)?;
+        let owner = ring.owner(&ChatId::from(chat_id))?;
         self.links.read().unwrap_or_else(|p| p.into_inner()).get(owner).cloned()
     }
 
@@ -300,7 +300,8 @@ impl Links {
             tracing::info!(routers = ?ring.routers(), "router ring changed");
             *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring.clone();
             for chat_id in self.rooms.chats() {
-                if old.owner(&chat_id) != ring.owner(&chat_id) {
+                let id = ChatId::from(&chat_id);
+                if old.owner(&id) != ring.owner(&id) {
                     self.resubscribe(&chat_id);
                 }
             }

@@ -153,9 +153,10 @@ pub fn report(edge: &Arc<Edge>, add: Vec<String>, remove: Vec<String>) {
 
 /// The users `viewer` may watch: everyone sharing a chat with them, and themselves.
 pub async fn visible_to(edge: &Edge, viewer: &str) -> Result<HashSet<String>, ApiError> {
-    let chats = tokio::time::timeout(edge.config.request_timeout(), edge.store.list_user_chats(viewer, usize::MAX))
-        .await
-        .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+    let chats =
+        tokio::time::timeout(edge.config.request_timeout(), edge.store.list_user_chats(&viewer.into(), usize::MAX))
+            .await
+            .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
     let mut out: HashSet<String> = chats
         .iter()
         .filter_map(|s| s.chat.as_ref())

@@ -35,7 +35,8 @@ async fn catch_up(edge: &Edge, chat_id: &str, upto: u64) -> bool {
         if from >= upto {
             return true;
         }
-        let read = edge.store.history(chat_id, Some(from), Some(upto + 1), PAGE);
+        let id = chat_id.into();
+        let read = edge.store.history(&id, Some(from), Some(upto + 1), PAGE);
         match tokio::time::timeout(edge.config.request_timeout(), read).await {
             Ok(Ok(page)) if !page.messages.is_empty() => {
                 for m in &page.messages {

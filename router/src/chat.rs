@@ -23,6 +23,7 @@ mod typing;
 use crate::edges::{EdgeConn, EdgeRegistry};
 use crate::tail::Tail;
 use confab_api::store::{AppendBatch, Appended, Store, StoreError};
+use confab_common::ChatId;
 use confab_proto::v1 as pb;
 use confab_proto::v1::{reply::Result as ReplyResult, router_frame::Kind};
 use std::collections::{HashMap, VecDeque};
@@ -106,7 +107,7 @@ pub(crate) struct ChatSettings {
 }
 
 struct ChatState {
-    chat_id: String,
+    chat_id: ChatId,
     /// Our ownership epoch: every write carries it (see `Store::claim`).
     epoch: u64,
     /// A newer owner claimed the chat: this writer stops.
@@ -172,7 +173,7 @@ pub(crate) fn refuse(cmd: Cmd, result: ReplyResult) {
 
 /// Runs the writer of `chat_id` until it has been idle (no command, no
 /// subscriber, no one typing) for `settings.idle`, or its queue closes.
-pub(crate) async fn run_chat(chat_id: String, mut rx: mpsc::Receiver<Cmd>, settings: ChatSettings) {
+pub(crate) async fn run_chat(chat_id: ChatId, mut rx: mpsc::Receiver<Cmd>, settings: ChatSettings) {
     // Claim first, then read: whatever an older owner wrote before the claim
     // is in what we read, and nothing it writes after the claim is accepted.
     let loaded = match settings.store.claim(&chat_id, &settings.owner).await {
@@ -353,7 +354,7 @@ impl ChatState {
     }
 
     fn send_all(&mut self, event: pb::delivery::Event) {
-        let frame = Kind::Delivery(pb::Delivery { chat_id: self.chat_id.clone(), event: Some(event) });
+        let frame = Kind::Delivery(pb::Delivery { chat_id: self.chat_id.to_string(), event: Some(event) });
         self.subscribers.retain(|_, edge| edge.send(frame.clone()));
     }
 }
@@ -409,8 +410,12 @@ mod tests {
             client_id: "c1".into(),
             ..Default::default()
         };
-        let batch =
-            AppendBatch { chat_id: chat.id.clone(), messages: vec![earlier], epoch: None, repeats_since_ms: None };
+        let batch = AppendBatch {
+            chat_id: chat.id.clone().into(),
+            messages: vec![earlier],
+            epoch: None,
+            repeats_since_ms: None,
+        };
         store.append(batch).await.unwrap();
 
         let (frames_tx, mut frames) = mpsc::channel(16);
@@ -420,7 +425,7 @@ mod tests {
         tx.send(send("c2", &edge, 10)).await.unwrap();
         tx.send(send("c1", &edge, 11)).await.unwrap();
         tx.send(send("c2", &edge, 12)).await.unwrap();
-        let writer = tokio::spawn(run_chat(chat.id.clone(), rx, settings(&store)));
+        let writer = tokio::spawn(run_chat(chat.id.clone().into(), rx, settings(&store)));
 
         let mut acks = HashMap::new();
         while acks.len() < 3 {
@@ -433,7 +438,7 @@ mod tests {
         assert_eq!(acks[&10], ("c2".to_string(), 2, false));
         assert_eq!(acks[&11], ("c1".to_string(), 1, true));
         assert_eq!(acks[&12], ("c2".to_string(), 2, true));
-        let history = store.history(&chat.id, None, None, 10).await.unwrap();
+        let history = store.history(&ChatId::from(&chat.id), None, None, 10).await.unwrap();
         let stored: Vec<_> = history.messages.iter().map(|m| (m.seq, m.client_id.as_str())).collect();
         assert_eq!(stored, vec![(1, "c1"), (2, "c2")]);
         drop(tx);
@@ -450,7 +455,7 @@ mod tests {
         let (frames_tx, mut frames) = mpsc::channel(64);
         let edge = EdgeConn::new(1, frames_tx, tokio_util::sync::CancellationToken::new());
         let (tx, rx) = mpsc::channel(16);
-        let writer = tokio::spawn(run_chat(chat.id.clone(), rx, settings(&store)));
+        let writer = tokio::spawn(run_chat(chat.id.clone().into(), rx, settings(&store)));
         let mut reply = async |cmd: Cmd| {
             let id = cmd.req_id;
             tx.send(cmd).await.unwrap();
@@ -476,7 +481,7 @@ mod tests {
         let join = pb::JoinOp { since_seq: Some(1), limit: 100 };
         let cmd = Cmd { req_id: 11, user: "bob".into(), edge: edge.clone(), op: Op::Join(join) };
         let ReplyResult::Join(joined) = reply(cmd).await else { panic!("join failed") };
-        let stored = store.history(&chat.id, Some(1), None, 100).await.unwrap();
+        let stored = store.history(&ChatId::from(&chat.id), Some(1), None, 100).await.unwrap();
         assert_eq!(joined.missed, stored.messages);
         let bodies: Vec<&str> = joined.missed.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, vec!["edited", "body c3"]);

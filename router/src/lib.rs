@@ -18,7 +18,7 @@ mod tail;
 use chat::{ChatSettings, Cmd, Op};
 use confab_api::placement::{Detection, Discovery, Membership};
 use confab_api::store::{RemoteStore, Store};
-use confab_common::Shutdown;
+use confab_common::{ChatId, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_server::{Router as RouterRpc, RouterServer};
 use edges::{EdgeConn, EdgeRegistry};
@@ -164,7 +164,7 @@ impl RouterService {
         for _ in 0..2 {
             let tx = chats.entry(chat_id.to_string()).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(inner.config.chat_queue);
-                inner.shutdown.spawn(chat::run_chat(chat_id.to_string(), rx, inner.chat_settings.clone()));
+                inner.shutdown.spawn(chat::run_chat(chat_id.into(), rx, inner.chat_settings.clone()));
                 tx
             });
             match tx.try_send(cmd) {
@@ -188,7 +188,7 @@ impl RouterService {
             let err = pb::Error { code: code as i32, message: message.into(), retry_after_ms: None };
             edge.send(pb::router_frame::Kind::Reply(pb::Reply { id, result: Some(pb::reply::Result::Error(err)) }));
         };
-        if self.inner.membership.ring().owner(&chat_id) != Some(self.inner.advertise.as_str()) {
+        if self.inner.membership.ring().owner(&ChatId::from(&chat_id)) != Some(self.inner.advertise.as_str()) {
             return reply_error(pb::ErrorCode::NotOwner, "not the owner of this chat");
         }
         use pb::request::Op as P;

@@ -20,6 +20,7 @@
 
 use crate::store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
 use crate::Config;
+use confab_common::{ChatId, UserId};
 use confab_proto::v1::{Chat, ChatSummary, Message};
 use redb::Database;
 use std::path::Path;
@@ -202,17 +203,17 @@ impl Store for EmbeddedStore {
         self.write(|reply| Write::CreateChat(chat, reply)).await
     }
 
-    async fn get_chat(&self, chat_id: &str) -> Result<(Chat, u64), StoreError> {
+    async fn get_chat(&self, chat_id: &ChatId) -> Result<(Chat, u64), StoreError> {
         let chat_id = chat_id.to_string();
         self.read(move |tx| reads::read_chat(tx, &chat_id)?.ok_or(StoreError::NotFound)).await
     }
 
-    async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
+    async fn list_user_chats(&self, user_id: &UserId, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
         let user_id = user_id.to_string();
         self.read(move |tx| reads::user_chats(tx, &user_id, limit)).await
     }
 
-    async fn list_users_chats(&self, user_ids: &[String], limit: usize) -> Result<Vec<Vec<ChatSummary>>, StoreError> {
+    async fn list_users_chats(&self, user_ids: &[UserId], limit: usize) -> Result<Vec<Vec<ChatSummary>>, StoreError> {
         let user_ids = user_ids.to_vec();
         self.read(move |tx| user_ids.iter().map(|user| reads::user_chats(tx, user, limit)).collect()).await
     }
@@ -223,8 +224,8 @@ impl Store for EmbeddedStore {
 
     async fn find_by_client_id(
         &self,
-        chat_id: &str,
-        sender_id: &str,
+        chat_id: &ChatId,
+        sender_id: &UserId,
         client_id: &str,
         not_before_ms: i64,
     ) -> Result<Option<Message>, StoreError> {
@@ -232,7 +233,7 @@ impl Store for EmbeddedStore {
         self.read(move |tx| reads::find_by_client_id(tx, &chat_id, &sender_id, &client_id, not_before_ms)).await
     }
 
-    async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError> {
+    async fn get_message(&self, chat_id: &ChatId, message_id: &str, seq: u64) -> Result<Option<Message>, StoreError> {
         let (chat_id, message_id) = (chat_id.to_string(), message_id.to_string());
         self.read(move |tx| reads::get_message(tx, &chat_id, &message_id, seq)).await
     }
@@ -241,7 +242,7 @@ impl Store for EmbeddedStore {
         self.write(|reply| Write::Put(message, epoch, reply)).await.map(|_| ())
     }
 
-    async fn claim(&self, chat_id: &str, owner: &str) -> Result<u64, StoreError> {
+    async fn claim(&self, chat_id: &ChatId, owner: &str) -> Result<u64, StoreError> {
         let (chat_id, owner) = (chat_id.to_string(), owner.to_string());
         self.write(|reply| Write::Claim(chat_id, owner, reply)).await
     }
@@ -249,26 +250,27 @@ impl Store for EmbeddedStore {
     async fn save_chat(
         &self,
         chat: Chat,
-        removed: Vec<String>,
+        removed: Vec<UserId>,
         delete: bool,
         epoch: Option<u64>,
     ) -> Result<(), StoreError> {
+        let removed = removed.into_iter().map(String::from).collect();
         self.write(|reply| Write::SaveChat(chat, removed, delete, epoch, reply)).await.map(|_| ())
     }
 
-    async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {
+    async fn get_cursor(&self, chat_id: &ChatId, user_id: &UserId) -> Result<u64, StoreError> {
         let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
         self.read(move |tx| reads::get_cursor(tx, &chat_id, &user_id)).await
     }
 
-    async fn set_cursor(&self, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+    async fn set_cursor(&self, chat_id: &ChatId, user_id: &UserId, seq: u64) -> Result<u64, StoreError> {
         let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
         self.write(|reply| Write::SetCursor(chat_id, user_id, seq, reply)).await
     }
 
     async fn history(
         &self,
-        chat_id: &str,
+        chat_id: &ChatId,
         after_seq: Option<u64>,
         before_seq: Option<u64>,
         limit: usize,
@@ -296,7 +298,7 @@ mod tests {
 
     /// One message to append, with no epoch.
     fn single(m: Message) -> AppendBatch {
-        AppendBatch { chat_id: m.chat_id.clone(), messages: vec![m], epoch: None, repeats_since_ms: None }
+        AppendBatch { chat_id: m.chat_id.clone().into(), messages: vec![m], epoch: None, repeats_since_ms: None }
     }
 
     fn msg(chat: &str, seq: u64) -> Message {
@@ -386,7 +388,7 @@ mod tests {
         assert!(matches!(store.close().await, Err(StoreError::Unavailable(_))));
         drop(store);
         let store = reopen(dir.path()).await;
-        let page = store.history(&chat.id, None, None, 10).await.unwrap();
+        let page = store.history(&ChatId::from(&chat.id), None, None, 10).await.unwrap();
         assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
@@ -403,9 +405,9 @@ mod tests {
                 member_ids: vec!["alice".into(), "carol".into()],
             };
             let (dm, _) = store.create_chat(new_dm).await.unwrap();
-            let epoch = store.claim(&chat.id, "router-a").await.unwrap();
+            let epoch = store.claim(&ChatId::from(&chat.id), "router-a").await.unwrap();
             let batch = AppendBatch {
-                chat_id: chat.id.clone(),
+                chat_id: chat.id.clone().into(),
                 messages: (1..=3).map(|seq| msg(&chat.id, seq)).collect(),
                 epoch: Some(epoch),
                 repeats_since_ms: None,
@@ -413,7 +415,7 @@ mod tests {
             store.append(batch).await.unwrap();
             let deleted = Message { deleted: true, body: String::new(), ..msg(&chat.id, 2) };
             store.put_message(deleted, Some(epoch)).await.unwrap();
-            store.set_cursor(&chat.id, "bob", 1).await.unwrap();
+            store.set_cursor(&ChatId::from(&chat.id), &UserId::from("bob"), 1).await.unwrap();
             // bob leaves, dave joins; the dm is deleted.
             let mut changed = chat.clone();
             changed.members.retain(|m| m.user_id != "bob");
@@ -425,24 +427,24 @@ mod tests {
         // Nothing was checkpointed: the redb file alone has none of it.
         assert!(seqs_in_redb_alone(dir.path(), &chat.id).is_empty());
         let store = reopen(dir.path()).await;
-        let (stored, last) = store.get_chat(&chat.id).await.unwrap();
+        let (stored, last) = store.get_chat(&ChatId::from(&chat.id)).await.unwrap();
         assert_eq!(last, 3);
         let members: Vec<_> = stored.members.iter().map(|m| m.user_id.as_str()).collect();
         assert_eq!(members, ["alice", "dave"]);
-        assert!(store.get_message(&chat.id, "m2", 0).await.unwrap().unwrap().deleted);
-        assert_eq!(store.get_message(&chat.id, "m3", 0).await.unwrap(), Some(msg(&chat.id, 3)));
-        assert_eq!(store.get_cursor(&chat.id, "bob").await.unwrap(), 1);
-        assert!(store.list_user_chats("bob", 10).await.unwrap().is_empty());
-        assert!(matches!(store.get_chat(&dm.id).await, Err(StoreError::NotFound)));
+        assert!(store.get_message(&ChatId::from(&chat.id), "m2", 0).await.unwrap().unwrap().deleted);
+        assert_eq!(store.get_message(&ChatId::from(&chat.id), "m3", 0).await.unwrap(), Some(msg(&chat.id, 3)));
+        assert_eq!(store.get_cursor(&ChatId::from(&chat.id), &UserId::from("bob")).await.unwrap(), 1);
+        assert!(store.list_user_chats(&UserId::from("bob"), 10).await.unwrap().is_empty());
+        assert!(matches!(store.get_chat(&ChatId::from(&dm.id)).await, Err(StoreError::NotFound)));
         // dave has 3, less the deleted one, unread.
-        assert_eq!(store.list_user_chats("dave", 10).await.unwrap()[0].unread, 2);
+        assert_eq!(store.list_user_chats(&UserId::from("dave"), 10).await.unwrap()[0].unread, 2);
         // The claim survived: a newer claim fences the older epoch.
-        assert_eq!(store.claim(&chat.id, "router-b").await.unwrap(), 2);
+        assert_eq!(store.claim(&ChatId::from(&chat.id), "router-b").await.unwrap(), 2);
         // Opening checkpointed the redo; a second restart finds it in redb.
         drop(store);
         assert_eq!(seqs_in_redb_alone(dir.path(), &chat.id), vec![1, 2, 3]);
         let store = reopen(dir.path()).await;
-        assert_eq!(store.get_chat(&chat.id).await.unwrap().1, 3);
+        assert_eq!(store.get_chat(&ChatId::from(&chat.id)).await.unwrap().1, 3);
     }
 
     #[tokio::test]
@@ -467,8 +469,8 @@ mod tests {
         // Whatever came after the checkpoint is redone from the log.
         drop(store);
         let store = reopen(dir.path()).await;
-        assert_eq!(store.get_chat(&chat.id).await.unwrap().1, count);
-        assert_eq!(store.get_message(&chat.id, "", count).await.unwrap().unwrap().body, body);
+        assert_eq!(store.get_chat(&ChatId::from(&chat.id)).await.unwrap().1, count);
+        assert_eq!(store.get_message(&ChatId::from(&chat.id), "", count).await.unwrap().unwrap().body, body);
     }
 
     #[tokio::test]
@@ -493,7 +495,7 @@ mod tests {
         assert_eq!(wait_for_redb(dir.path(), &chat.id, count).await.len() as u64, count);
         drop(store);
         let store = reopen(dir.path()).await;
-        assert_eq!(store.get_chat(&chat.id).await.unwrap().1, count + 1);
+        assert_eq!(store.get_chat(&ChatId::from(&chat.id)).await.unwrap().1, count + 1);
     }
 
     #[tokio::test]
@@ -504,7 +506,7 @@ mod tests {
         for seq in 1..=50 {
             let batch = single(msg(&chat.id, seq));
             store.append(batch).await.unwrap();
-            assert_eq!(store.get_chat(&chat.id).await.unwrap().1, seq);
+            assert_eq!(store.get_chat(&ChatId::from(&chat.id)).await.unwrap().1, seq);
         }
         // Without a reader asking, an answered write is committed within
         // VISIBLE_AFTER; read transactions that skip the check see it then.
@@ -553,11 +555,11 @@ mod tests {
         // A read that must first make answered writes visible waits on the
         // writer too, and gives up at the same deadline.
         store.visibility.logged.fetch_add(1, std::sync::atomic::Ordering::Release);
-        let read = tokio::time::timeout(bounded, store.get_chat(&chat.id)).await.expect("no deadline");
+        let read = tokio::time::timeout(bounded, store.get_chat(&ChatId::from(&chat.id))).await.expect("no deadline");
         assert!(matches!(read, Err(StoreError::Unavailable(_))));
         // With nothing to wait for, reads go on.
         store.visibility.visible.fetch_add(1, std::sync::atomic::Ordering::Release);
-        assert_eq!(store.get_chat(&chat.id).await.unwrap().0.id, chat.id);
+        assert_eq!(store.get_chat(&ChatId::from(&chat.id)).await.unwrap().0.id, chat.id);
     }
 
     #[tokio::test]
@@ -567,7 +569,7 @@ mod tests {
         let chat = group(&store).await;
         let batch = single(msg(&chat.id, 1));
         store.append(batch).await.unwrap();
-        let users: Vec<String> = ["bob", "nobody", "alice"].map(String::from).to_vec();
+        let users: Vec<UserId> = ["bob", "nobody", "alice"].map(UserId::from).to_vec();
         let lists = store.list_users_chats(&users, 10).await.unwrap();
         assert_eq!(lists.len(), 3);
         for (user, list) in users.iter().zip(&lists) {
@@ -586,7 +588,7 @@ mod tests {
         let chat = group(&store).await;
         let ok = store
             .append(AppendBatch {
-                chat_id: chat.id.clone(),
+                chat_id: chat.id.clone().into(),
                 messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)],
                 epoch: None,
                 repeats_since_ms: None,
@@ -595,7 +597,7 @@ mod tests {
         assert_eq!(ok.unwrap(), Appended::Written(2));
         let repeated = store
             .append(AppendBatch {
-                chat_id: chat.id.clone(),
+                chat_id: chat.id.clone().into(),
                 messages: vec![msg(&chat.id, 2)],
                 epoch: None,
                 repeats_since_ms: None,
@@ -604,7 +606,7 @@ mod tests {
         assert!(matches!(repeated, Err(StoreError::SeqConflict { last_seq: 2, first_seq: 2 })));
         let gap = store
             .append(AppendBatch {
-                chat_id: chat.id.clone(),
+                chat_id: chat.id.clone().into(),
                 messages: vec![msg(&chat.id, 4)],
                 epoch: None,
                 repeats_since_ms: None,
@@ -628,7 +630,7 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
         let batch = |messages: Vec<Message>, since: Option<i64>| AppendBatch {
-            chat_id: chat.id.clone(),
+            chat_id: chat.id.clone().into(),
             messages,
             epoch: None,
             repeats_since_ms: since,
@@ -639,10 +641,16 @@ mod tests {
         let repeat = Message { client_id: "c2".into(), ..msg(&chat.id, 4) };
         let mixed = batch(vec![msg(&chat.id, 3), repeat.clone()], Some(0));
         assert_eq!(store.append(mixed).await.unwrap(), Appended::Repeats(vec![msg(&chat.id, 2)]));
-        assert_eq!(store.get_chat(&chat.id).await.unwrap().1, 2);
-        assert_eq!(store.get_message(&chat.id, "m3", 0).await.unwrap(), None);
-        assert_eq!(store.find_by_client_id(&chat.id, "alice", "c2", 0).await.unwrap(), Some(msg(&chat.id, 2)));
-        assert_eq!(store.find_by_client_id(&chat.id, "alice", "c2", 3).await.unwrap(), None);
+        assert_eq!(store.get_chat(&ChatId::from(&chat.id)).await.unwrap().1, 2);
+        assert_eq!(store.get_message(&ChatId::from(&chat.id), "m3", 0).await.unwrap(), None);
+        assert_eq!(
+            store.find_by_client_id(&ChatId::from(&chat.id), &UserId::from("alice"), "c2", 0).await.unwrap(),
+            Some(msg(&chat.id, 2))
+        );
+        assert_eq!(
+            store.find_by_client_id(&ChatId::from(&chat.id), &UserId::from("alice"), "c2", 3).await.unwrap(),
+            None
+        );
         // Another sender's equal client id is not a repeat.
         let bobs = Message { sender_id: "bob".into(), client_id: "c1".into(), ..msg(&chat.id, 3) };
         assert_eq!(store.append(batch(vec![bobs], Some(0))).await.unwrap(), Appended::Written(3));
@@ -657,27 +665,27 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
         let batch = AppendBatch {
-            chat_id: chat.id.clone(),
+            chat_id: chat.id.clone().into(),
             messages: vec![msg(&chat.id, 1), msg(&chat.id, 2)],
             epoch: None,
             repeats_since_ms: None,
         };
         store.append(batch).await.unwrap();
-        let mut m = store.get_message(&chat.id, "m2", 0).await.unwrap().unwrap();
+        let mut m = store.get_message(&ChatId::from(&chat.id), "m2", 0).await.unwrap().unwrap();
         assert_eq!(m.seq, 2);
         m.body = "edited".into();
         store.put_message(m.clone(), None).await.unwrap();
-        assert_eq!(store.get_message(&chat.id, "", 2).await.unwrap().unwrap().body, "edited");
+        assert_eq!(store.get_message(&ChatId::from(&chat.id), "", 2).await.unwrap().unwrap().body, "edited");
         // A put must keep the id of the message at that seq.
         let wrong = pb_with(&m, "other");
         assert!(matches!(store.put_message(wrong, None).await, Err(StoreError::Invalid(_))));
         let absent = pb_with(&msg(&chat.id, 9), "m9");
         assert!(matches!(store.put_message(absent, None).await, Err(StoreError::NotFound)));
-        assert_eq!(store.get_message(&chat.id, "nope", 0).await.unwrap(), None);
-        assert_eq!(store.get_cursor(&chat.id, "bob").await.unwrap(), 0);
-        assert_eq!(store.set_cursor(&chat.id, "bob", 2).await.unwrap(), 2);
-        assert_eq!(store.set_cursor(&chat.id, "bob", 1).await.unwrap(), 2);
-        assert_eq!(store.get_cursor(&chat.id, "bob").await.unwrap(), 2);
+        assert_eq!(store.get_message(&ChatId::from(&chat.id), "nope", 0).await.unwrap(), None);
+        assert_eq!(store.get_cursor(&ChatId::from(&chat.id), &UserId::from("bob")).await.unwrap(), 0);
+        assert_eq!(store.set_cursor(&ChatId::from(&chat.id), &UserId::from("bob"), 2).await.unwrap(), 2);
+        assert_eq!(store.set_cursor(&ChatId::from(&chat.id), &UserId::from("bob"), 1).await.unwrap(), 2);
+        assert_eq!(store.get_cursor(&ChatId::from(&chat.id), &UserId::from("bob")).await.unwrap(), 2);
     }
 
     fn pb_with(m: &Message, id: &str) -> Message {
@@ -689,22 +697,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let chat = group(&store).await;
-        let first = store.claim(&chat.id, "router-a").await.unwrap();
-        let second = store.claim(&chat.id, "router-b").await.unwrap();
+        let first = store.claim(&ChatId::from(&chat.id), "router-a").await.unwrap();
+        let second = store.claim(&ChatId::from(&chat.id), "router-b").await.unwrap();
         assert!(second > first);
         let batch = |epoch| AppendBatch {
-            chat_id: chat.id.clone(),
+            chat_id: chat.id.clone().into(),
             messages: vec![msg(&chat.id, 1)],
             epoch: Some(epoch),
             repeats_since_ms: None,
         };
         assert!(matches!(store.append(batch(first)).await, Err(StoreError::Fenced)));
         assert_eq!(store.append(batch(second)).await.unwrap(), Appended::Written(1));
-        let m = store.get_message(&chat.id, "", 1).await.unwrap().unwrap();
+        let m = store.get_message(&ChatId::from(&chat.id), "", 1).await.unwrap().unwrap();
         assert!(matches!(store.put_message(m.clone(), Some(first)).await, Err(StoreError::Fenced)));
         store.put_message(m, Some(second)).await.unwrap();
         assert!(matches!(store.save_chat(chat.clone(), vec![], false, Some(first)).await, Err(StoreError::Fenced)));
-        assert!(matches!(store.claim("no-such-chat", "x").await, Err(StoreError::NotFound)));
+        assert!(matches!(store.claim(&ChatId::from("no-such-chat"), "x").await, Err(StoreError::NotFound)));
     }
 
     #[tokio::test]
@@ -714,17 +722,22 @@ mod tests {
         let chat = group(&store).await;
         let msgs = (1..=10).map(|s| msg(&chat.id, s)).collect();
         store
-            .append(AppendBatch { chat_id: chat.id.clone(), messages: msgs, epoch: None, repeats_since_ms: None })
+            .append(AppendBatch {
+                chat_id: chat.id.clone().into(),
+                messages: msgs,
+                epoch: None,
+                repeats_since_ms: None,
+            })
             .await
             .unwrap();
         let seqs = |h: &History| h.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
-        let newest = store.history(&chat.id, None, None, 3).await.unwrap();
+        let newest = store.history(&ChatId::from(&chat.id), None, None, 3).await.unwrap();
         assert_eq!((seqs(&newest), newest.has_more), (vec![8, 9, 10], true));
-        let after = store.history(&chat.id, Some(7), None, 5).await.unwrap();
+        let after = store.history(&ChatId::from(&chat.id), Some(7), None, 5).await.unwrap();
         assert_eq!((seqs(&after), after.has_more), (vec![8, 9, 10], false));
-        let before = store.history(&chat.id, None, Some(4), 2).await.unwrap();
+        let before = store.history(&ChatId::from(&chat.id), None, Some(4), 2).await.unwrap();
         assert_eq!((seqs(&before), before.has_more), (vec![2, 3], true));
-        let between = store.history(&chat.id, Some(2), Some(6), 50).await.unwrap();
+        let between = store.history(&ChatId::from(&chat.id), Some(2), Some(6), 50).await.unwrap();
         assert_eq!((seqs(&between), between.has_more), (vec![3, 4, 5], false));
     }
 
@@ -746,7 +759,7 @@ mod tests {
             assert_eq!(first.id, again.id);
             store
                 .append(AppendBatch {
-                    chat_id: first.id.clone(),
+                    chat_id: first.id.clone().into(),
                     messages: vec![msg(&first.id, 1)],
                     epoch: None,
                     repeats_since_ms: None,
@@ -756,13 +769,14 @@ mod tests {
             first.id
         };
         let store = reopen(dir.path()).await;
-        let (_, last) = store.get_chat(&id).await.unwrap();
+        let (_, last) = store.get_chat(&ChatId::from(&id)).await.unwrap();
         assert_eq!(last, 1);
         // The client id outlives the reopen: sending it again is a repeat.
         let again = Message { client_id: "c1".into(), ..msg(&id, 2) };
-        let batch = AppendBatch { chat_id: id.clone(), messages: vec![again], epoch: None, repeats_since_ms: Some(0) };
+        let batch =
+            AppendBatch { chat_id: id.clone().into(), messages: vec![again], epoch: None, repeats_since_ms: Some(0) };
         assert_eq!(store.append(batch).await.unwrap(), Appended::Repeats(vec![msg(&id, 1)]));
-        let chats = store.list_user_chats("bob", 10).await.unwrap();
+        let chats = store.list_user_chats(&UserId::from("bob"), 10).await.unwrap();
         assert_eq!(chats.len(), 1);
         assert_eq!(chats[0].unread, 1);
     }
@@ -781,7 +795,7 @@ mod tests {
             .collect();
         store
             .append(AppendBatch {
-                chat_id: chat.id.clone(),
+                chat_id: chat.id.clone().into(),
                 messages: messages.clone(),
                 epoch: None,
                 repeats_since_ms: None,
@@ -790,7 +804,7 @@ mod tests {
             .unwrap();
         let unread = |user: &'static str| {
             let store = store.clone();
-            async move { store.list_user_chats(user, 10).await.unwrap()[0].unread }
+            async move { store.list_user_chats(&user.into(), 10).await.unwrap()[0].unread }
         };
         assert_eq!(unread("bob").await, 4);
         assert_eq!(unread("alice").await, 1);
@@ -801,7 +815,7 @@ mod tests {
         store.put_message(Message { deleted: true, body: String::new(), ..messages[2].clone() }, None).await.unwrap();
         assert_eq!(unread("alice").await, 0);
         // A cursor counts only what follows it.
-        store.set_cursor(&chat.id, "bob", 4).await.unwrap();
+        store.set_cursor(&ChatId::from(&chat.id), &UserId::from("bob"), 4).await.unwrap();
         assert_eq!(unread("bob").await, 1);
     }
 }

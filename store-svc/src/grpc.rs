@@ -1,7 +1,9 @@
 //! The store over gRPC: [`StoreService`] serves any [`Store`]; the client
-//! side, `RemoteStore`, lives in confab-api beside the trait.
+//! side, `RemoteStore`, lives in confab-api beside the trait. The ids of a
+//! request become the `confab-common` newtypes here, on their way in.
 
 use crate::store::{AppendBatch, Appended, NewChat, Store, StoreError};
+use confab_common::UserId;
 use confab_proto::v1 as pb;
 use confab_proto::v1::store_server::{Store as StoreRpc, StoreServer};
 use std::sync::Arc;
@@ -31,13 +33,18 @@ impl StoreRpc for StoreService {
         let r = req.into_inner();
         let (chat, created) = self
             .store
-            .create_chat(NewChat { kind: r.kind, title: r.title, created_by: r.created_by, member_ids: r.member_ids })
+            .create_chat(NewChat {
+                kind: r.kind,
+                title: r.title,
+                created_by: r.created_by.into(),
+                member_ids: r.member_ids.into_iter().map(UserId::from).collect(),
+            })
             .await?;
         Ok(Response::new(pb::CreateChatResponse { chat: Some(chat), created }))
     }
 
     async fn get_chat(&self, req: Request<pb::GetChatRequest>) -> Result<Response<pb::GetChatResponse>, Status> {
-        match self.store.get_chat(&req.into_inner().chat_id).await {
+        match self.store.get_chat(&req.into_inner().chat_id.into()).await {
             Ok((chat, last_seq)) => Ok(Response::new(pb::GetChatResponse { chat: Some(chat), last_seq })),
             Err(StoreError::NotFound) => Ok(Response::new(pb::GetChatResponse { chat: None, last_seq: 0 })),
             Err(e) => Err(e.into()),
@@ -49,7 +56,7 @@ impl StoreRpc for StoreService {
         req: Request<pb::ListUserChatsRequest>,
     ) -> Result<Response<pb::ListUserChatsResponse>, Status> {
         let r = req.into_inner();
-        let chats = self.store.list_user_chats(&r.user_id, r.limit as usize).await?;
+        let chats = self.store.list_user_chats(&r.user_id.into(), r.limit as usize).await?;
         Ok(Response::new(pb::ListUserChatsResponse { chats }))
     }
 
@@ -58,7 +65,8 @@ impl StoreRpc for StoreService {
         req: Request<pb::ListUsersChatsRequest>,
     ) -> Result<Response<pb::ListUsersChatsResponse>, Status> {
         let r = req.into_inner();
-        let lists = self.store.list_users_chats(&r.user_ids, r.limit as usize).await?;
+        let users: Vec<UserId> = r.user_ids.into_iter().map(UserId::from).collect();
+        let lists = self.store.list_users_chats(&users, r.limit as usize).await?;
         let lists = lists.into_iter().map(|chats| pb::ListUserChatsResponse { chats }).collect();
         Ok(Response::new(pb::ListUsersChatsResponse { lists }))
     }
@@ -66,7 +74,7 @@ impl StoreRpc for StoreService {
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let r = req.into_inner();
         let batch = AppendBatch {
-            chat_id: r.chat_id,
+            chat_id: r.chat_id.into(),
             messages: r.messages,
             epoch: r.epoch,
             repeats_since_ms: r.repeats_since_ms,
@@ -83,7 +91,8 @@ impl StoreRpc for StoreService {
         req: Request<pb::FindByClientIdRequest>,
     ) -> Result<Response<pb::FindByClientIdResponse>, Status> {
         let r = req.into_inner();
-        let message = self.store.find_by_client_id(&r.chat_id, &r.sender_id, &r.client_id, r.not_before_ms).await?;
+        let message =
+            self.store.find_by_client_id(&r.chat_id.into(), &r.sender_id.into(), &r.client_id, r.not_before_ms).await?;
         Ok(Response::new(pb::FindByClientIdResponse { message }))
     }
 
@@ -92,13 +101,13 @@ impl StoreRpc for StoreService {
         req: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::GetMessageResponse>, Status> {
         let r = req.into_inner();
-        let message = self.store.get_message(&r.chat_id, &r.message_id, r.seq).await?;
+        let message = self.store.get_message(&r.chat_id.into(), &r.message_id, r.seq).await?;
         Ok(Response::new(pb::GetMessageResponse { message }))
     }
 
     async fn claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
         let r = req.into_inner();
-        let epoch = self.store.claim(&r.chat_id, &r.owner).await?;
+        let epoch = self.store.claim(&r.chat_id.into(), &r.owner).await?;
         Ok(Response::new(pb::ClaimResponse { epoch }))
     }
 
@@ -112,25 +121,27 @@ impl StoreRpc for StoreService {
     async fn save_chat(&self, req: Request<pb::SaveChatRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
         let chat = r.chat.ok_or_else(|| Status::invalid_argument("chat is required"))?;
-        self.store.save_chat(chat, r.removed_user_ids, r.delete, r.epoch).await?;
+        self.store
+            .save_chat(chat, r.removed_user_ids.into_iter().map(UserId::from).collect(), r.delete, r.epoch)
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn get_cursor(&self, req: Request<pb::CursorRequest>) -> Result<Response<pb::CursorResponse>, Status> {
         let r = req.into_inner();
-        let seq = self.store.get_cursor(&r.chat_id, &r.user_id).await?;
+        let seq = self.store.get_cursor(&r.chat_id.into(), &r.user_id.into()).await?;
         Ok(Response::new(pb::CursorResponse { seq }))
     }
 
     async fn set_cursor(&self, req: Request<pb::SetCursorRequest>) -> Result<Response<pb::CursorResponse>, Status> {
         let r = req.into_inner();
-        let seq = self.store.set_cursor(&r.chat_id, &r.user_id, r.seq).await?;
+        let seq = self.store.set_cursor(&r.chat_id.into(), &r.user_id.into(), r.seq).await?;
         Ok(Response::new(pb::CursorResponse { seq }))
     }
 
     async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let r = req.into_inner();
-        let h = self.store.history(&r.chat_id, r.after_seq, r.before_seq, r.limit as usize).await?;
+        let h = self.store.history(&r.chat_id.into(), r.after_seq, r.before_seq, r.limit as usize).await?;
         Ok(Response::new(pb::HistoryResponse { messages: h.messages, has_more: h.has_more }))
     }
 }

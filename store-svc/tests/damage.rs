@@ -5,6 +5,7 @@
 //! keeps what is valid without handing out a seq that may have been acked.
 
 use confab_api::store::{AppendBatch, Appended, NewChat, Store};
+use confab_common::{ChatId, UserId};
 use confab_proto::v1::Message;
 use confab_store::{Config, Damage, EmbeddedStore, OpenError};
 use std::os::unix::fs::FileExt;
@@ -46,7 +47,7 @@ async fn crashed_store(dir: &Path, n: u64) -> String {
     let checkpoint = std::fs::read(dir.join("confab.redb")).unwrap();
     for seq in 1..=n {
         let batch = AppendBatch {
-            chat_id: chat.id.clone(),
+            chat_id: chat.id.clone().into(),
             messages: vec![msg(&chat.id, seq)],
             epoch: None,
             repeats_since_ms: None,
@@ -94,7 +95,7 @@ fn flip(path: &Path, offset: u64) {
 }
 
 async fn seqs(store: &EmbeddedStore, chat: &str) -> Vec<u64> {
-    let page = store.history(chat, Some(0), None, 1000).await.unwrap();
+    let page = store.history(&chat.into(), Some(0), None, 1000).await.unwrap();
     page.messages.iter().map(|m| m.seq).collect()
 }
 
@@ -133,23 +134,23 @@ async fn a_damaged_record_followed_by_valid_ones_refuses_to_start_and_salvage_sk
     let kept = seqs(&store, &chat).await;
     assert_eq!(kept, (1..=300).filter(|&s| s != 149).collect::<Vec<_>>());
     // The next seq is past any the lost bytes could have held.
-    let (_, last_seq) = store.get_chat(&chat).await.unwrap();
+    let (_, last_seq) = store.get_chat(&ChatId::from(&chat)).await.unwrap();
     let lost = offsets[150] - offsets[149];
     assert!(last_seq >= 300 + lost / 24, "last seq {last_seq} after losing {lost} bytes");
     let next = AppendBatch {
-        chat_id: chat.clone(),
+        chat_id: chat.clone().into(),
         messages: vec![msg(&chat, last_seq + 1)],
         epoch: None,
         repeats_since_ms: None,
     };
     assert_eq!(store.append(next).await.unwrap(), Appended::Written(last_seq + 1));
     // Unread counts leave the skipped seqs out: bob has 299 + 1 messages.
-    assert_eq!(store.list_user_chats("bob", 10).await.unwrap()[0].unread, 300);
+    assert_eq!(store.list_user_chats(&UserId::from("bob"), 10).await.unwrap()[0].unread, 300);
     // The salvage was checkpointed: a plain start opens, with the same state.
     drop(store);
     wait_released(dir.path()).await;
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(store.get_chat(&chat).await.unwrap().1, last_seq + 1);
+    assert_eq!(store.get_chat(&ChatId::from(&chat)).await.unwrap().1, last_seq + 1);
     assert_eq!(seqs(&store, &chat).await.len(), 300);
 }
 
@@ -198,9 +199,9 @@ async fn a_zeroed_or_missing_log_refuses_to_start_when_the_database_says_it_was_
     std::fs::remove_file(dir.path().join("confab.wal")).unwrap();
     let store = EmbeddedStore::open_with(&salvaging(dir.path())).unwrap();
     assert!(seqs(&store, &chat).await.is_empty());
-    let (_, last_seq) = store.get_chat(&chat).await.unwrap();
+    let (_, last_seq) = store.get_chat(&ChatId::from(&chat)).await.unwrap();
     assert!(last_seq > 10 + (32 << 20) / 24, "last seq {last_seq}");
-    assert_eq!(store.list_user_chats("bob", 10).await.unwrap()[0].unread, 0);
+    assert_eq!(store.list_user_chats(&UserId::from("bob"), 10).await.unwrap()[0].unread, 0);
     drop(store);
     wait_released(dir.path()).await;
     assert!(EmbeddedStore::open(dir.path()).is_ok());
@@ -214,8 +215,8 @@ async fn a_database_cut_short_is_a_clear_error_not_a_panic() {
         let new = NewChat {
             kind: "group".into(),
             title: Some("x".repeat(2000)),
-            created_by: format!("user{i}"),
-            member_ids: vec![format!("user{i}")],
+            created_by: format!("user{i}").into(),
+            member_ids: vec![format!("user{i}").into()],
         };
         store.create_chat(new).await.unwrap();
     }

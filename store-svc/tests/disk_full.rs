@@ -5,7 +5,7 @@
 //! mount the tmpfs).
 
 use confab_api::store::{AppendBatch, Appended, NewChat, RemoteStore, Store, StoreError};
-use confab_common::Shutdown;
+use confab_common::{ChatId, Shutdown};
 use confab_proto::v1::Message;
 use confab_store::Config;
 use std::io::Write;
@@ -140,7 +140,8 @@ async fn a_full_disk_fails_writes_and_the_store_recovers_by_itself_once_space_is
     assert_eq!(store.append(batch(&chat.id, next, "after")).await.unwrap(), Appended::Written(next));
     let mut seqs: Vec<u64> = Vec::new();
     loop {
-        let page = store.history(&chat.id, Some(seqs.last().copied().unwrap_or(0)), None, 100).await.unwrap();
+        let page =
+            store.history(&ChatId::from(&chat.id), Some(seqs.last().copied().unwrap_or(0)), None, 100).await.unwrap();
         seqs.extend(page.messages.iter().map(|m| m.seq));
         if !page.has_more {
             break;

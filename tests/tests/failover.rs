@@ -240,8 +240,9 @@ async fn routers_and_edges_die_and_join_under_load_without_losing_or_reordering(
         chats.push(chat["id"].as_str().unwrap().to_string());
     }
     let initial_ring = Ring::new(router_urls[..3].to_vec());
-    let killed_chats: Vec<usize> =
-        (0..CHATS).filter(|&k| initial_ring.owner(&chats[k]) == Some(router_urls[0].as_str())).collect();
+    let killed_chats: Vec<usize> = (0..CHATS)
+        .filter(|&k| initial_ring.owner(&chats[k].as_str().into()) == Some(router_urls[0].as_str()))
+        .collect();
 
     let stop = Instant::now() + Duration::from_secs(12);
     let record: Arc<Mutex<Record>> = Arc::default();

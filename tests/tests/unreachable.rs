@@ -25,7 +25,7 @@ async fn an_unreachable_router_gives_unavailable_within_the_deadline() {
     let (mut on_dead, mut on_live) = (None, None);
     for _ in 0..40 {
         let chat = cluster.create_chat("alice", "group", &[]).await;
-        if ring.owner(&chat) == Some(dead.as_str()) {
+        if ring.owner(&chat.as_str().into()) == Some(dead.as_str()) {
             on_dead.get_or_insert(chat);
         } else {
             on_live.get_or_insert(chat);

@@ -2,6 +2,7 @@
 //! virtual nodes. Edges and routers build it from the same router list, so
 //! they agree on every chat's owner.
 
+use confab_common::ChatId;
 use hashring::HashRing;
 use std::hash::{Hash, Hasher};
 
@@ -72,8 +73,10 @@ impl Ring {
     }
 
     /// The router that owns `chat_id`, or `None` for an empty ring.
-    pub fn owner(&self, chat_id: &str) -> Option<&str> {
-        self.ring.get(&chat_id).map(|v| self.routers[v.router].as_str())
+    pub fn owner(&self, chat_id: &ChatId) -> Option<&str> {
+        // Hashed as the str it reads as, as before ids were typed: placement
+        // must not change with the type.
+        self.ring.get(&chat_id.as_str()).map(|v| self.routers[v.router].as_str())
     }
 
     pub fn routers(&self) -> &[String] {
@@ -95,7 +98,7 @@ mod tests {
         let c = a.changed(["http://r2".to_string(), "http://r3".into()]).expect("one router fewer");
         assert_eq!(c.routers(), ["http://r2", "http://r3"]);
         for i in 0..1000 {
-            let chat = format!("chat-{i}");
+            let chat = ChatId::from(format!("chat-{i}"));
             assert_eq!(a.owner(&chat), b.owner(&chat));
         }
     }
@@ -106,10 +109,10 @@ mod tests {
         let ring = Ring::new(routers.clone());
         let mut counts = std::collections::HashMap::new();
         for i in 0..3000 {
-            *counts.entry(ring.owner(&format!("chat-{i}")).unwrap().to_string()).or_insert(0) += 1;
+            *counts.entry(ring.owner(&format!("chat-{i}").into()).unwrap().to_string()).or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3);
-        assert!(Ring::new(Vec::<String>::new()).owner("x").is_none());
+        assert!(Ring::new(Vec::<String>::new()).owner(&"x".into()).is_none());
     }
 }
 
@@ -126,7 +129,7 @@ mod properties {
     }
 
     fn placement(ring: &Ring) -> Vec<String> {
-        (0..CHATS).map(|i| ring.owner(&format!("chat-{i}")).unwrap().to_string()).collect()
+        (0..CHATS).map(|i| ring.owner(&format!("chat-{i}").into()).unwrap().to_string()).collect()
     }
 
     proptest! {

@@ -1,6 +1,7 @@
 //! The gRPC client of store-svc, itself a [`Store`].
 
 use super::{AppendBatch, Appended, History, NewChat, Store, StoreError};
+use confab_common::{ChatId, UserId};
 use confab_proto::v1 as pb;
 use confab_proto::v1::store_client::StoreClient;
 use std::time::Duration;
@@ -41,8 +42,8 @@ impl Store for RemoteStore {
             .create_chat(pb::CreateChatRequest {
                 kind: chat.kind,
                 title: chat.title,
-                created_by: chat.created_by,
-                member_ids: chat.member_ids,
+                created_by: chat.created_by.into(),
+                member_ids: chat.member_ids.into_iter().map(String::from).collect(),
             })
             .await?
             .into_inner();
@@ -50,13 +51,13 @@ impl Store for RemoteStore {
         Ok((chat, r.created))
     }
 
-    async fn get_chat(&self, chat_id: &str) -> Result<(pb::Chat, u64), StoreError> {
+    async fn get_chat(&self, chat_id: &ChatId) -> Result<(pb::Chat, u64), StoreError> {
         let r = self.client.clone().get_chat(pb::GetChatRequest { chat_id: chat_id.to_string() }).await?.into_inner();
         let chat = r.chat.ok_or(StoreError::NotFound)?;
         Ok((chat, r.last_seq))
     }
 
-    async fn list_user_chats(&self, user_id: &str, limit: usize) -> Result<Vec<pb::ChatSummary>, StoreError> {
+    async fn list_user_chats(&self, user_id: &UserId, limit: usize) -> Result<Vec<pb::ChatSummary>, StoreError> {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
         let r = self
             .client
@@ -69,11 +70,11 @@ impl Store for RemoteStore {
 
     async fn list_users_chats(
         &self,
-        user_ids: &[String],
+        user_ids: &[UserId],
         limit: usize,
     ) -> Result<Vec<Vec<pb::ChatSummary>>, StoreError> {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        let req = pb::ListUsersChatsRequest { user_ids: user_ids.to_vec(), limit };
+        let req = pb::ListUsersChatsRequest { user_ids: user_ids.iter().map(|u| u.to_string()).collect(), limit };
         let r = self.client.clone().list_users_chats(req).await?.into_inner();
         if r.lists.len() != user_ids.len() {
             return Err(StoreError::Internal("store returned a list per user of another request".into()));
@@ -83,7 +84,7 @@ impl Store for RemoteStore {
 
     async fn append(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
         let request = pb::AppendRequest {
-            chat_id: batch.chat_id,
+            chat_id: batch.chat_id.into(),
             messages: batch.messages,
             epoch: batch.epoch,
             repeats_since_ms: batch.repeats_since_ms,
@@ -94,8 +95,8 @@ impl Store for RemoteStore {
 
     async fn find_by_client_id(
         &self,
-        chat_id: &str,
-        sender_id: &str,
+        chat_id: &ChatId,
+        sender_id: &UserId,
         client_id: &str,
         not_before_ms: i64,
     ) -> Result<Option<pb::Message>, StoreError> {
@@ -113,7 +114,12 @@ impl Store for RemoteStore {
         Ok(r.message)
     }
 
-    async fn get_message(&self, chat_id: &str, message_id: &str, seq: u64) -> Result<Option<pb::Message>, StoreError> {
+    async fn get_message(
+        &self,
+        chat_id: &ChatId,
+        message_id: &str,
+        seq: u64,
+    ) -> Result<Option<pb::Message>, StoreError> {
         let req = pb::GetMessageRequest { chat_id: chat_id.to_string(), message_id: message_id.to_string(), seq };
         Ok(self.client.clone().get_message(req).await?.into_inner().message)
     }
@@ -123,7 +129,7 @@ impl Store for RemoteStore {
         Ok(())
     }
 
-    async fn claim(&self, chat_id: &str, owner: &str) -> Result<u64, StoreError> {
+    async fn claim(&self, chat_id: &ChatId, owner: &str) -> Result<u64, StoreError> {
         let req = pb::ClaimRequest { chat_id: chat_id.to_string(), owner: owner.to_string() };
         Ok(self.client.clone().claim(req).await?.into_inner().epoch)
     }
@@ -131,28 +137,29 @@ impl Store for RemoteStore {
     async fn save_chat(
         &self,
         chat: pb::Chat,
-        removed: Vec<String>,
+        removed: Vec<UserId>,
         delete: bool,
         epoch: Option<u64>,
     ) -> Result<(), StoreError> {
-        let req = pb::SaveChatRequest { chat: Some(chat), removed_user_ids: removed, delete, epoch };
+        let removed_user_ids = removed.into_iter().map(String::from).collect();
+        let req = pb::SaveChatRequest { chat: Some(chat), removed_user_ids, delete, epoch };
         self.client.clone().save_chat(req).await?;
         Ok(())
     }
 
-    async fn get_cursor(&self, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {
+    async fn get_cursor(&self, chat_id: &ChatId, user_id: &UserId) -> Result<u64, StoreError> {
         let req = pb::CursorRequest { chat_id: chat_id.to_string(), user_id: user_id.to_string() };
         Ok(self.client.clone().get_cursor(req).await?.into_inner().seq)
     }
 
-    async fn set_cursor(&self, chat_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+    async fn set_cursor(&self, chat_id: &ChatId, user_id: &UserId, seq: u64) -> Result<u64, StoreError> {
         let req = pb::SetCursorRequest { chat_id: chat_id.to_string(), user_id: user_id.to_string(), seq };
         Ok(self.client.clone().set_cursor(req).await?.into_inner().seq)
     }
 
     async fn history(
         &self,
-        chat_id: &str,
+        chat_id: &ChatId,
         after_seq: Option<u64>,
         before_seq: Option<u64>,
         limit: usize,

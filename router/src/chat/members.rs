@@ -4,6 +4,7 @@
 use super::{error, forbidden, not_found, store_error, write_error, ChatState, OpResult, Store};
 use crate::edges::EdgeRegistry;
 use confab_common::time::now_ms;
+use confab_common::UserId;
 use confab_proto::v1 as pb;
 use confab_proto::v1::{reply::Result as ReplyResult, router_frame::Kind};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ impl ChatState {
     /// with no member sockets unsubscribe again.
     fn publish_chat(&mut self, edges: &EdgeRegistry, added: Vec<String>, removed: Vec<String>) {
         let frame = Kind::Delivery(pb::Delivery {
-            chat_id: self.chat_id.clone(),
+            chat_id: self.chat_id.to_string(),
             event: Some(pb::delivery::Event::ChatUpdate(pb::ChatUpdate {
                 chat: Some(self.chat.clone()),
                 last_seq: self.last_seq,
@@ -124,7 +125,7 @@ impl ChatState {
         chat.updated_at_ms = now;
         let delete = chat.members.is_empty();
         store
-            .save_chat(chat.clone(), removed.clone(), delete, Some(self.epoch))
+            .save_chat(chat.clone(), removed.iter().map(UserId::from).collect(), delete, Some(self.epoch))
             .await
             .map_err(|e| self.fenced_by(e))
             .map_err(write_error)?;

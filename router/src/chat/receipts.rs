@@ -3,6 +3,7 @@
 use super::{error, forbidden, json, not_found, store_error, write_error, ChatState, OpResult, Store};
 use crate::events;
 use confab_common::time::now_ms;
+use confab_common::UserId;
 use confab_proto::v1 as pb;
 use confab_proto::v1::reply::Result as ReplyResult;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ impl ChatState {
         if let Some(c) = self.cursors.get(user) {
             return Ok(*c);
         }
-        let c = store.get_cursor(&self.chat_id, user).await.map_err(|e| store_error(&e))?;
+        let c = store.get_cursor(&self.chat_id, &UserId::from(user)).await.map_err(|e| store_error(&e))?;
         self.cursors.insert(user.to_string(), c);
         Ok(c)
     }
@@ -43,7 +44,7 @@ impl ChatState {
         if target.seq <= current {
             return Ok(json(events::read_ack(current, read_at)));
         }
-        let now_at = store.set_cursor(&self.chat_id, user, target.seq).await.map_err(write_error)?;
+        let now_at = store.set_cursor(&self.chat_id, &UserId::from(user), target.seq).await.map_err(write_error)?;
         self.cursors.insert(user.to_string(), now_at);
         self.broadcast(events::receipt_update(&self.chat_id, user, &target, read_at), None);
         Ok(json(events::read_ack(now_at, read_at)))

@@ -6,6 +6,7 @@ use super::{
 };
 use crate::edges::EdgeConn;
 use confab_common::time::now_ms;
+use confab_common::UserId;
 use confab_proto::v1 as pb;
 use confab_proto::v1::reply::Result as ReplyResult;
 use std::sync::Arc;
@@ -84,7 +85,7 @@ impl ChatState {
         if let Some(retry_after_ms) = op.rate_limited_retry_ms {
             // A repeat is answered even while rate limited (CONTRACT rule 22).
             let not_before = now_ms() - IDEMPOTENCY_WINDOW_MS;
-            match store.find_by_client_id(&self.chat_id, user, &op.client_id, not_before).await {
+            match store.find_by_client_id(&self.chat_id, &UserId::from(user), &op.client_id, not_before).await {
                 Ok(Some(m)) => return Ok(Check::Repeat(m)),
                 Ok(None) => {}
                 Err(e) => return Err(store_error(&e)),
@@ -120,7 +121,7 @@ impl ChatState {
                 Ok(Check::Repeat(m)) => answer_send(&cmd.edge, cmd.req_id, m, true),
                 Ok(Check::New) => {
                     let message = pb::Message {
-                        chat_id: self.chat_id.clone(),
+                        chat_id: self.chat_id.to_string(),
                         id: uuid::Uuid::now_v7().to_string(),
                         sender_id: cmd.user,
                         body: op.body,

@@ -129,12 +129,12 @@ fn apply_create_chat(tx: &Wtx, new: NewChat) -> Result<(Chat, bool), StoreError>
             .member_ids
             .iter()
             .map(|u| Member {
-                user_id: u.clone(),
+                user_id: u.to_string(),
                 role: if *u == new.created_by { "admin" } else { "member" }.to_string(),
                 joined_at_ms: now,
             })
             .collect(),
-        created_by: new.created_by,
+        created_by: new.created_by.into(),
         created_at_ms: now,
         updated_at_ms: now,
     };
