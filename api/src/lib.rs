@@ -5,6 +5,9 @@
 //! - [`store`]: the narrow [`store::Store`] trait every store backend
 //!   implements (store-svc's embedded store, later ScyllaDB), its types and
 //!   errors, and [`store::RemoteStore`], the trait over store-svc's gRPC API.
+//! - [`presence`]: the narrow [`presence::Presence`] trait of the calls an
+//!   edge makes to presence-svc (sessions, statuses, watches, rate limits),
+//!   its errors, and [`presence::RemotePresence`] over its gRPC API.
 //! - [`placement`]: which router owns a chat ([`placement::Ring`]), where
 //!   the router list comes from and how a silent router is detected; edges
 //!   and routers both build it, so they agree on every owner.
@@ -12,4 +15,5 @@
 //! Not here: any backend, any server, anything about sockets or clients.
 
 pub mod placement;
+pub mod presence;
 pub mod store;

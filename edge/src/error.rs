@@ -87,6 +87,14 @@ impl From<confab_api::store::StoreError> for ApiError {
     }
 }
 
+/// Every presence failure is UNAVAILABLE to the client: what it asked of
+/// presence (a status, who is online) was checked here first.
+impl From<confab_api::presence::PresenceError> for ApiError {
+    fn from(e: confab_api::presence::PresenceError) -> Self {
+        Self::unavailable(format!("presence {e}"))
+    }
+}
+
 /// Maps a router reply error to the client code.
 pub fn from_reply(r: ReplyResult) -> Result<ReplyResult, ApiError> {
     match r {

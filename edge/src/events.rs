@@ -13,7 +13,7 @@ use crate::link::ReplyResult;
 use crate::socket::{self, EioSocket};
 use crate::validate::{self, Obj};
 use crate::{sio, wire, Edge};
-use confab_common::ChatId;
+use confab_common::{ChatId, UserId};
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::future::Future;
@@ -406,14 +406,11 @@ fn presence_set(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
     if !["online", "away", "busy", "invisible"].contains(&status.as_str()) {
         return Err(ApiError::validation("status must be online, away, busy or invisible"));
     }
-    let req = pb::SetStatusRequest { user_id: user.to_string(), status: status.clone() };
-    let edge = edge.clone();
+    let (edge, user) = (edge.clone(), UserId::from(user));
     later(async move {
-        let mut p = edge.presence.clone();
-        tokio::time::timeout(edge.config.request_timeout(), p.set_status(req))
+        tokio::time::timeout(edge.config.request_timeout(), edge.presence.set_status(&user, &status))
             .await
-            .map_err(|_| ApiError::unavailable("presence did not answer in time"))?
-            .map_err(|e| ApiError::unavailable(format!("presence unavailable: {}", e.message())))?;
+            .map_err(|_| ApiError::unavailable("presence did not answer in time"))??;
         Ok(json!({ "status": status }))
     })
 }

@@ -38,17 +38,16 @@ mod ws;
 
 pub use limits::RateLimits;
 
+use confab_api::presence::{Presence, RemotePresence};
 use confab_api::store::{RemoteStore, Store};
 use confab_common::{EdgeId, Shutdown, UserId};
 use confab_proto::v1 as pb;
-use confab_proto::v1::presence_client::PresenceClient;
 use engineioxide::config::EngineIoConfig;
 use engineioxide::layer::EngineIoLayer;
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
 
 /// Session changes and chat lists waiting for their batched call, and the
 /// most one call carries (see [`batch`]).
@@ -232,7 +231,7 @@ pub(crate) struct Edge {
     pub expiry: Arc<expiry::Expiry>,
     pub watchers: presence::Watchers,
     pub store: Arc<dyn Store>,
-    pub presence: PresenceClient<Channel>,
+    pub presence: Arc<dyn Presence>,
     /// Session opens and closes, batched into one presence call at a time:
     /// a storm of connects or disconnects costs a few calls, in order.
     pub sessions: batch::Batcher<pb::SessionChange, Result<(), String>>,
@@ -279,11 +278,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     }
     let edge_id = EdgeId::generate();
     let timeout = config.request_timeout();
-    let presence = Endpoint::from_shared(config.presence_url.clone())
-        .map_err(|e| Error::Config(format!("bad presence url: {e}")))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect_lazy();
+    let presence: Arc<dyn Presence> = Arc::new(
+        RemotePresence::connect_lazy(&config.presence_url, timeout).map_err(|e| Error::Config(e.to_string()))?,
+    );
     // The signal (`shutdown`) starts draining; the edge's own tasks run
     // until draining is over: `work` for requests and sessions, and
     // `background` for router streams, batchers and loops.
@@ -307,13 +304,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .max_buffer_size(config.socket_queue)
         .ws_read_buffer_size(1024)
         .build();
-    let presence = PresenceClient::new(presence);
     let sessions = {
         let presence = presence.clone();
         batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, 1, &background, move |changes: Vec<pb::SessionChange>| {
-            let (mut presence, n) = (presence.clone(), changes.len());
+            let (presence, n) = (presence.clone(), changes.len());
             async move {
-                let call = presence.sessions(pb::SessionBatch { changes });
+                let call = presence.sessions(changes);
                 let outcome = match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!("presence refused the session changes: {e}")),

@@ -15,7 +15,8 @@
 
 use crate::error::ApiError;
 use crate::Edge;
-use confab_proto::v1 as pb;
+use confab_api::presence::{Acquired, Limit};
+use confab_common::UserId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,45 +77,25 @@ impl Default for RateLimits {
 }
 
 /// The kinds of writes, each with its own window (see [`RateLimits`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RateClass {
-    /// `message:send` and HTTP sends.
-    Messages,
-    /// `message:edit`, `message:delete`, `reaction:add` and `reaction:remove`.
-    Edits,
-    /// Chat creation, title, member and role changes.
-    Chats,
-    /// `receipt:read`.
-    Receipts,
+pub use confab_api::presence::RateClass;
+
+/// The class's limit and window (milliseconds).
+fn limit_of(class: RateClass, limits: &RateLimits) -> (u32, u64) {
+    match class {
+        RateClass::Messages => (limits.messages, limits.window_ms),
+        RateClass::Edits => (limits.edits, limits.edits_window_ms),
+        RateClass::Chats => (limits.chats, limits.chats_window_ms),
+        RateClass::Receipts => (limits.receipts, limits.receipts_window_ms),
+    }
 }
 
-impl RateClass {
-    /// The class's limit and window (milliseconds).
-    fn limit(self, limits: &RateLimits) -> (u32, u64) {
-        match self {
-            Self::Messages => (limits.messages, limits.window_ms),
-            Self::Edits => (limits.edits, limits.edits_window_ms),
-            Self::Chats => (limits.chats, limits.chats_window_ms),
-            Self::Receipts => (limits.receipts, limits.receipts_window_ms),
-        }
-    }
-
-    fn proto(self) -> pb::RateClass {
-        match self {
-            Self::Messages => pb::RateClass::Messages,
-            Self::Edits => pb::RateClass::Edits,
-            Self::Chats => pb::RateClass::Chats,
-            Self::Receipts => pb::RateClass::Receipts,
-        }
-    }
-
-    fn what(self) -> &'static str {
-        match self {
-            Self::Messages => "messages",
-            Self::Edits => "edits",
-            Self::Chats => "chat changes",
-            Self::Receipts => "read receipts",
-        }
+/// The class as a client is told it is over its limit.
+fn what(class: RateClass) -> &'static str {
+    match class {
+        RateClass::Messages => "messages",
+        RateClass::Edits => "edits",
+        RateClass::Chats => "chat changes",
+        RateClass::Receipts => "read receipts",
     }
 }
 
@@ -191,7 +172,7 @@ impl Leases {
 /// A slot for one write of `user`: from the user's lease of the class on
 /// this edge, or from presence-svc (taking a new lease).
 pub async fn acquire(edge: &Arc<Edge>, user: &str, class: RateClass) -> Slot {
-    let (limit, window_ms) = class.limit(&edge.config.rate_limits);
+    let (limit, window_ms) = limit_of(class, &edge.config.rate_limits);
     let (size, hold) = lease_shape(limit, window_ms);
     let key = (user.to_string(), class);
     if size > 1 {
@@ -199,28 +180,25 @@ pub async fn acquire(edge: &Arc<Edge>, user: &str, class: RateClass) -> Slot {
             return Slot::Allowed(slot_ms);
         }
     }
-    let req = pb::AcquireRequest { key: user.to_string(), limit, window_ms, count: size, class: class.proto() as i32 };
-    let mut presence = edge.presence.clone();
-    match tokio::time::timeout(edge.config.request_timeout(), presence.acquire(req)).await {
-        Ok(Ok(r)) => {
-            let r = r.into_inner();
-            if !r.allowed {
-                return Slot::Refused(r.retry_after_ms);
-            }
-            let left = r.granted.saturating_sub(1);
+    let user_id = UserId::from(user);
+    let acquire = edge.presence.acquire(&user_id, class, Limit { limit, window_ms }, size);
+    match tokio::time::timeout(edge.config.request_timeout(), acquire).await {
+        Ok(Ok(Acquired::Refused { retry_after_ms })) => Slot::Refused(retry_after_ms),
+        Ok(Ok(Acquired::Granted { slot_ms, granted })) => {
+            let left = granted.saturating_sub(1);
             if left > 0 {
-                if let Some((slot_ms, unspent)) = edge.leases.keep(key, r.slot_ms, left, Instant::now() + hold) {
+                if let Some((slot_ms, unspent)) = edge.leases.keep(key, slot_ms, left, Instant::now() + hold) {
                     give_back(edge, user, class, slot_ms, unspent);
                 }
             }
-            Slot::Allowed(r.slot_ms)
+            Slot::Allowed(slot_ms)
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, class = class.what(), "rate limiter unavailable: write let through");
+            tracing::warn!(error = %e, class = what(class), "rate limiter unavailable: write let through");
             Slot::Unchecked
         }
         Err(_) => {
-            tracing::warn!(class = class.what(), "rate limiter timed out: write let through");
+            tracing::warn!(class = what(class), "rate limiter timed out: write let through");
             Slot::Unchecked
         }
     }
@@ -232,7 +210,7 @@ pub async fn acquire(edge: &Arc<Edge>, user: &str, class: RateClass) -> Slot {
 pub async fn check(edge: &Arc<Edge>, user: &str, class: RateClass) -> Result<(), ApiError> {
     match acquire(edge, user, class).await {
         Slot::Refused(retry_after_ms) => {
-            Err(ApiError::rate_limited(format!("too many {}, retry later", class.what()), retry_after_ms))
+            Err(ApiError::rate_limited(format!("too many {}, retry later", what(class)), retry_after_ms))
         }
         Slot::Allowed(_) | Slot::Unchecked => Ok(()),
     }
@@ -246,11 +224,9 @@ pub fn release(edge: &Arc<Edge>, user: &str, slot: Slot) {
 }
 
 fn give_back(edge: &Arc<Edge>, user: &str, class: RateClass, slot_ms: i64, count: u32) {
-    let req = pb::ReleaseRequest { key: user.to_string(), slot_ms, count, class: class.proto() as i32 };
-    let (edge, timeout) = (edge.clone(), edge.config.request_timeout());
+    let (edge, timeout, user) = (edge.clone(), edge.config.request_timeout(), UserId::from(user));
     edge.shutdown.clone().spawn(async move {
-        let mut presence = edge.presence.clone();
-        let _ = tokio::time::timeout(timeout, presence.release(req)).await;
+        let _ = tokio::time::timeout(timeout, edge.presence.release(&user, class, slot_ms, count)).await;
     });
 }
 

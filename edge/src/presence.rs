@@ -8,9 +8,12 @@
 use crate::error::ApiError;
 use crate::socket::{self, EioSocket};
 use crate::{sio, Edge};
+use confab_api::presence::Watching;
 use confab_common::time::{iso8601, now_ms};
+use confab_common::UserId;
 use confab_proto::v1 as pb;
 use engineioxide::socket::Sid;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -141,11 +144,10 @@ pub fn report(edge: &Arc<Edge>, add: Vec<String>, remove: Vec<String>) {
     if add.is_empty() && remove.is_empty() {
         return;
     }
-    let req = pb::WatchingRequest { edge_id: edge.edge_id.to_string(), add, remove, reset: false };
+    let change = Watching { add: user_ids(add), remove: user_ids(remove), reset: false };
     let (edge2, timeout) = (edge.clone(), edge.config.request_timeout());
     edge.shutdown.spawn(async move {
-        let mut p = edge2.presence.clone();
-        if let Ok(Err(e)) = tokio::time::timeout(timeout, p.watching(req)).await {
+        if let Ok(Err(e)) = tokio::time::timeout(timeout, edge2.presence.watching(&edge2.edge_id, change)).await {
             tracing::warn!(error = %e, "presence watching update failed");
         }
     });
@@ -168,13 +170,11 @@ pub async fn visible_to(edge: &Edge, viewer: &str) -> Result<HashSet<String>, Ap
 
 /// Current states of `users` as `viewer` sees them, in the order asked.
 pub async fn states(edge: &Edge, viewer: &str, users: &[String]) -> Result<Vec<pb::PresenceState>, ApiError> {
-    let req = pb::GetManyRequest { user_ids: users.to_vec(), viewer: viewer.to_string() };
-    let mut p = edge.presence.clone();
-    let r = tokio::time::timeout(edge.config.request_timeout(), p.get_many(req))
+    let (users, viewer) = (user_ids(users.to_vec()), UserId::from(viewer));
+    let states = tokio::time::timeout(edge.config.request_timeout(), edge.presence.get_many(&users, Some(&viewer)))
         .await
-        .map_err(|_| ApiError::unavailable("presence did not answer in time"))?
-        .map_err(|e| ApiError::unavailable(format!("presence unavailable: {}", e.message())))?;
-    Ok(r.into_inner().states)
+        .map_err(|_| ApiError::unavailable("presence did not answer in time"))??;
+    Ok(states)
 }
 
 /// Snapshot entries for `users`, hiding those `viewer` may not see.
@@ -193,11 +193,10 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shutdown.is_triggered() {
-        let mut p = edge.presence.clone();
-        // The deadline is ours, whatever the channel's settings.
-        let watch = p.watch(pb::WatchRequest { edge_id: edge.edge_id.to_string() });
+        // The deadline is ours, whatever the client's settings.
+        let watch = edge.presence.watch(&edge.edge_id);
         let mut stream = match tokio::time::timeout(edge.config.request_timeout(), watch).await {
-            Ok(Ok(s)) => s.into_inner(),
+            Ok(Ok(s)) => s,
             failed => {
                 match failed {
                     Ok(Err(e)) => tracing::warn!(error = %e, "presence watch failed"),
@@ -212,13 +211,8 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
             }
         };
         backoff = Duration::from_millis(50);
-        let reset = pb::WatchingRequest {
-            edge_id: edge.edge_id.to_string(),
-            add: edge.watchers.watched(),
-            remove: vec![],
-            reset: true,
-        };
-        let _ = tokio::time::timeout(edge.config.request_timeout(), p.watching(reset)).await;
+        let reset = Watching { add: user_ids(edge.watchers.watched()), remove: vec![], reset: true };
+        let _ = tokio::time::timeout(edge.config.request_timeout(), edge.presence.watching(&edge.edge_id, reset)).await;
         reannounce(&edge).await;
         let mut resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER);
         loop {
@@ -228,11 +222,10 @@ pub async fn run(edge: Arc<Edge>, heartbeat: Duration) {
                     resync(&edge).await;
                 }
                 _ = beat.tick() => {
-                    let hb = pb::HeartbeatRequest { edge_id: edge.edge_id.to_string() };
-                    let _ = tokio::time::timeout(edge.config.request_timeout(), p.heartbeat(hb)).await;
+                    let _ = tokio::time::timeout(edge.config.request_timeout(), edge.presence.heartbeat(&edge.edge_id)).await;
                 }
-                msg = stream.message() => match msg {
-                    Ok(Some(s)) => edge.watchers.deliver(&s),
+                msg = stream.next() => match msg {
+                    Some(Ok(s)) => edge.watchers.deliver(&s),
                     _ => break,
                 },
                 () = shutdown.triggered() => return,
@@ -282,11 +275,10 @@ async fn reannounce(edge: &Arc<Edge>) {
 async fn resync(edge: &Arc<Edge>) {
     let watched = edge.watchers.watched();
     for chunk in watched.chunks(REANNOUNCE_BATCH) {
-        let req = pb::GetManyRequest { user_ids: chunk.to_vec(), viewer: String::new() };
-        let mut p = edge.presence.clone();
-        match tokio::time::timeout(edge.config.request_timeout(), p.get_many(req)).await {
-            Ok(Ok(r)) => {
-                for s in r.into_inner().states.iter().filter(|s| edge.watchers.stale(s)) {
+        let users = user_ids(chunk.to_vec());
+        match tokio::time::timeout(edge.config.request_timeout(), edge.presence.get_many(&users, None)).await {
+            Ok(Ok(states)) => {
+                for s in states.iter().filter(|s| edge.watchers.stale(s)) {
                     edge.watchers.deliver(s);
                 }
             }
@@ -304,6 +296,11 @@ async fn change(edge: &Edge, session: pb::SessionRequest, open: bool) -> Result<
         Ok(None) => Err("the edge is shutting down".into()),
         Err(_) => Err("presence did not answer in time".into()),
     }
+}
+
+/// The edge holds user ids as strings; presence takes them typed.
+fn user_ids(users: Vec<String>) -> Vec<UserId> {
+    users.into_iter().map(UserId::from).collect()
 }
 
 /// `serverTime` for `presence:ping`.
