@@ -8,6 +8,9 @@
 //! - [`presence`]: the narrow [`presence::Presence`] trait of the calls an
 //!   edge makes to presence-svc (sessions, statuses, watches, rate limits),
 //!   its errors, and [`presence::RemotePresence`] over its gRPC API.
+//! - [`router`]: the [`router::Routers`] trait through which an edge opens
+//!   its long-lived stream to a router, and [`router::RemoteRouters`], which
+//!   dials them over gRPC.
 //! - [`placement`]: which router owns a chat ([`placement::Ring`]), where
 //!   the router list comes from and how a silent router is detected; edges
 //!   and routers both build it, so they agree on every owner.
@@ -16,4 +19,5 @@
 
 pub mod placement;
 pub mod presence;
+pub mod router;
 pub mod store;

@@ -39,6 +39,7 @@ mod ws;
 pub use limits::RateLimits;
 
 use confab_api::presence::{Presence, RemotePresence};
+use confab_api::router::RemoteRouters;
 use confab_api::store::{RemoteStore, Store};
 use confab_common::{EdgeId, Shutdown, UserId};
 use confab_proto::v1 as pb;
@@ -292,7 +293,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         probe: Duration::from_millis(config.router_probe_ms.max(10)),
         window: Duration::from_millis(config.detect_ms.max(10)),
     };
-    let options = link::LinkOptions { detection, queue: config.router_queue, timeout };
+    let dialer = Arc::new(RemoteRouters::new());
+    let options = link::LinkOptions { detection, queue: config.router_queue, timeout, dialer };
     let links = link::Links::start(&config.routers, options, edge_id.as_str(), rooms.clone(), &background).await;
     let engine_config = EngineIoConfig::builder()
         .req_path("/socket.io")

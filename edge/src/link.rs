@@ -1,6 +1,6 @@
 //! The edge's side of the router streams: one long-lived bidirectional gRPC
-//! stream per router, requests matched to replies by id, deliveries handed
-//! to the local rooms.
+//! stream per router (opened through the [`Routers`] of [`LinkOptions`]),
+//! requests matched to replies by id, deliveries handed to the local rooms.
 //!
 //! A request is queued synchronously (so two sends from one socket reach
 //! the router in the order they were emitted) and its reply awaited with a
@@ -19,10 +19,10 @@
 
 use crate::rooms::Rooms;
 use confab_api::placement::{Detection, Discovery, Ring};
+use confab_api::router::Routers;
 use confab_common::backoff::Backoff;
 use confab_common::{ChatId, Shutdown};
 use confab_proto::v1 as pb;
-use confab_proto::v1::router_client::RouterClient;
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 
 /// What the edge may get back for a request.
 pub type ReplyResult = pb::reply::Result;
@@ -76,6 +75,7 @@ pub struct Links {
     ids: Arc<AtomicU64>,
     timeout: Duration,
     queue: usize,
+    dialer: Arc<dyn Routers>,
     edge_id: String,
     rooms: Arc<Rooms>,
     /// The edge is draining: a failed request is answered, not retried.
@@ -114,6 +114,8 @@ pub struct LinkOptions {
     pub queue: usize,
     /// Deadline of a request, retries included.
     pub timeout: Duration,
+    /// Opens the stream to a router.
+    pub dialer: Arc<dyn Routers>,
 }
 
 impl Links {
@@ -125,7 +127,7 @@ impl Links {
         rooms: Arc<Rooms>,
         shutdown: &Shutdown,
     ) -> Arc<Self> {
-        let LinkOptions { detection, queue, timeout } = options;
+        let LinkOptions { detection, queue, timeout, dialer } = options;
         let discovery = Discovery::parse(routers);
         let initial = discovery.resolve().await;
         let links = Arc::new(Self {
@@ -136,6 +138,7 @@ impl Links {
             ids: Arc::new(AtomicU64::new(1)),
             timeout,
             queue,
+            dialer,
             edge_id: edge_id.to_string(),
             rooms,
             draining: AtomicBool::new(false),
@@ -159,7 +162,8 @@ impl Links {
             ids: self.ids.clone(),
         });
         self.links.write().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), link.clone());
-        shutdown.spawn(run_link(link, out_rx, self.edge_id.clone(), self.rooms.clone(), shutdown.clone()));
+        let dialer = self.dialer.clone();
+        shutdown.spawn(run_link(link, out_rx, dialer, self.edge_id.clone(), self.rooms.clone(), shutdown.clone()));
     }
 
     /// From now on a failed request is answered at once, not retried.
@@ -365,13 +369,14 @@ impl Link {
 async fn run_link(
     link: Arc<Link>,
     mut out_rx: mpsc::Receiver<pb::EdgeFrame>,
+    dialer: Arc<dyn Routers>,
     edge_id: String,
     rooms: Arc<Rooms>,
     shutdown: Shutdown,
 ) {
     let mut backoff = Duration::from_millis(50);
     while !shutdown.is_triggered() {
-        match connect_once(&link, &mut out_rx, &edge_id, &rooms, &shutdown).await {
+        match connect_once(&link, &mut out_rx, dialer.as_ref(), &edge_id, &rooms, &shutdown).await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => tracing::debug!(router = %link.addr, error = %e, "router stream failed"),
         }
@@ -394,6 +399,7 @@ async fn run_link(
 async fn connect_once(
     link: &Arc<Link>,
     out_rx: &mut mpsc::Receiver<pb::EdgeFrame>,
+    dialer: &dyn Routers,
     edge_id: &str,
     rooms: &Arc<Rooms>,
     shutdown: &Shutdown,
@@ -402,16 +408,7 @@ async fn connect_once(
     let (stream_tx, stream_rx) = mpsc::channel::<pb::EdgeFrame>(1024);
     let hello = pb::Hello { edge_id: edge_id.to_string() };
     stream_tx.send(pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Hello(hello)) }).await?;
-    let outbound = tokio_stream::wrappers::ReceiverStream::new(stream_rx);
-    let channel = Endpoint::from_shared(link.addr.clone())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_millis(500))
-        .keep_alive_timeout(Duration::from_secs(1))
-        .connect()
-        .await?;
-    let mut client = RouterClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let mut inbound = client.edge_stream(outbound).await?.into_inner();
+    let mut inbound = dialer.open(&link.addr, stream_rx).await?;
     link.connected.store(true, Ordering::Relaxed);
     *lock(&link.down_since) = None;
     tracing::info!(router = %link.addr, "router stream up");
@@ -441,7 +438,7 @@ async fn connect_once(
                     loop {
                         match msg {
                             Some(Ok(frame)) => handle_frame(link, rooms, frame),
-                            Some(Err(status)) => return Some(status.into()),
+                            Some(Err(e)) => return Some(e.into()),
                             None => return Some("router closed the stream".into()),
                         }
                         handled += 1;
@@ -485,5 +482,73 @@ fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
         }
         Some(pb::router_frame::Kind::Delivery(d)) => rooms.deliver(d),
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_api::router::{RouterError, RouterFrames};
+
+    /// A router in memory: it answers every request FORBIDDEN, naming the
+    /// edge of the stream's hello, the request's chat and user, and the
+    /// address it was dialed at.
+    struct Refuser;
+
+    #[async_trait::async_trait]
+    impl Routers for Refuser {
+        async fn open(
+            &self,
+            addr: &str,
+            mut frames: mpsc::Receiver<pb::EdgeFrame>,
+        ) -> Result<RouterFrames, RouterError> {
+            let Some(pb::edge_frame::Kind::Hello(hello)) = frames.recv().await.and_then(|f| f.kind) else {
+                return Err(RouterError::Invalid("no hello".into()));
+            };
+            let (tx, rx) = futures::channel::mpsc::unbounded();
+            let addr = addr.to_string();
+            tokio::spawn(async move {
+                while let Some(frame) = frames.recv().await {
+                    let Some(pb::edge_frame::Kind::Request(r)) = frame.kind else { continue };
+                    let error = pb::Error {
+                        code: pb::ErrorCode::Forbidden as i32,
+                        message: format!("{} {} {} {addr}", hello.edge_id, r.chat_id, r.user_id),
+                        retry_after_ms: None,
+                    };
+                    let reply = pb::Reply { id: r.id, result: Some(ReplyResult::Error(error)) };
+                    let _ = tx.unbounded_send(Ok(pb::RouterFrame { kind: Some(pb::router_frame::Kind::Reply(reply)) }));
+                }
+            });
+            Ok(rx.boxed())
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_go_through_the_dialer_and_replies_come_back_by_id() {
+        let shutdown = Shutdown::new();
+        let options = LinkOptions {
+            detection: Detection { probe: Duration::from_millis(50), window: Duration::from_secs(5) },
+            queue: 16,
+            timeout: Duration::from_secs(10),
+            dialer: Arc::new(Refuser),
+        };
+        let routers = ["http://router-a:7002".to_string()];
+        let links = Links::start(&routers, options, "edge-1", Arc::default(), &shutdown).await;
+        let op = || pb::request::Op::Subscribe(pb::SubscribeOp {});
+        // Until the stream is open the request is retried; then answered.
+        let (first, second) =
+            tokio::join!(links.request("c1", "alice", op(), None), links.request("c2", "bob", op(), None));
+        for (reply, expected) in
+            [(first, "edge-1 c1 alice http://router-a:7002"), (second, "edge-1 c2 bob http://router-a:7002")]
+        {
+            match reply {
+                ReplyResult::Error(e) => {
+                    assert_eq!((e.code, e.message.as_str()), (pb::ErrorCode::Forbidden as i32, expected));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(links.any_connected());
+        shutdown.trigger();
     }
 }
