@@ -140,15 +140,9 @@ fn json(v: serde_json::Value) -> ReplyResult {
     ReplyResult::Json(v.to_string())
 }
 
+/// The client's error for a store failure (see [`StoreError::client_error`]).
 fn store_error(e: &StoreError) -> ReplyResult {
-    match e {
-        StoreError::NotFound => not_found("no such chat"),
-        StoreError::Invalid(m) => error(pb::ErrorCode::Validation, m.clone()),
-        StoreError::SeqConflict { .. } | StoreError::Unavailable(_) | StoreError::Fenced => {
-            error(pb::ErrorCode::Unavailable, "storage unavailable, retry with the same ids")
-        }
-        StoreError::Internal(_) => error(pb::ErrorCode::Internal, "storage error"),
-    }
+    ReplyResult::Error(e.client_error())
 }
 
 /// A failed write (or a writer that could not start, so the commands
