@@ -12,7 +12,6 @@
 
 mod chat;
 mod edges;
-mod events;
 mod tail;
 
 use chat::{ChatSettings, Cmd, Op};
