@@ -5,7 +5,9 @@
 //! checks JWTs and payloads, forwards ordered work to the owning router on a
 //! long-lived gRPC stream per router, reads history and chat lists from
 //! store-svc directly, reports sessions to presence-svc, and fans deliveries
-//! out to its own sockets.
+//! out to its own sockets. Routers and the store answer in typed protobuf;
+//! `wire` alone renders the contract's JSON from it, and `error` maps every
+//! failure to the client's error code once.
 //!
 //! An edge keeps nothing that outlives a connection: kill it and its clients
 //! reconnect elsewhere and recover with `room:join { sinceSeq }`. Stopped
