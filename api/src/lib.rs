@@ -4,7 +4,9 @@
 //!
 //! - [`store`]: the narrow [`store::Store`] trait every store backend
 //!   implements (store-svc's embedded store, later ScyllaDB), its types and
-//!   errors, and [`store::RemoteStore`], the trait over store-svc's gRPC API.
+//!   errors (typed across gRPC, and mapped to the client's error once for
+//!   every service), and [`store::RemoteStore`], the trait over store-svc's
+//!   gRPC API.
 //! - [`presence`]: the narrow [`presence::Presence`] trait of the calls an
 //!   edge makes to presence-svc (sessions, statuses, watches, rate limits),
 //!   its errors, and [`presence::RemotePresence`] over its gRPC API.

@@ -7,7 +7,9 @@
 //! store-svc directly, reports sessions to presence-svc, and fans deliveries
 //! out to its own sockets. It reaches those services only through the
 //! traits of confab-api (`Store`, `Presence`, `Routers`), built here over
-//! their gRPC clients.
+//! their gRPC clients. Routers and the store answer in typed protobuf;
+//! `wire` alone renders the contract's JSON from it, and `error` maps every
+//! failure to the client's error code once.
 //!
 //! An edge keeps nothing that outlives a connection: kill it and its clients
 //! reconnect elsewhere and recover with `room:join { sinceSeq }`. Stopped
