@@ -17,9 +17,9 @@
 //! A cap of 0 means no cap. A slot is held by a permit and given back when
 //! the permit is dropped, whatever ends the connection.
 
-use crate::conn::Conn;
 use crate::error::ApiError;
-use crate::listener::Peer;
+use crate::transport::conn::Conn;
+use crate::transport::listener::Peer;
 use crate::Edge;
 use axum::extract::{Request, State};
 use axum::middleware::Next;

@@ -10,9 +10,10 @@
 use crate::error::{self, ApiError};
 use crate::limits::{self, RateClass};
 use crate::link::ReplyResult;
-use crate::socket::{self, EioSocket};
+use crate::session::{self as socket, EioSocket};
+use crate::socketio::packet as sio;
 use crate::validate::{self, Obj};
-use crate::{sio, wire, Edge};
+use crate::{wire, Edge};
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::future::Future;

@@ -6,8 +6,8 @@
 //! socket. `auth:refresh` adds a later entry; a stale entry is skipped
 //! because the session's current expiry is checked when it comes due.
 
-use crate::sio;
-use crate::socket::{self, EioSocket};
+use crate::session::{self as socket, EioSocket};
+use crate::socketio::packet as sio;
 use confab_common::Shutdown;
 use engineioxide::{socket::Sid, DisconnectReason};
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! edge: where clients connect. It terminates Socket.IO (Engine.IO v4:
 //! direct WebSockets on a lean path of its own, see `ws`, long-polling and
 //! upgraded sessions by engineioxide; over both, our own thin Socket.IO v5
-//! packet layer, see [`sio`]) and the HTTP API (axum),
+//! packet layer, see [`socketio`]) and the HTTP API (axum),
 //! checks JWTs and payloads, forwards ordered work to the owning router on a
 //! long-lived gRPC stream per router, reads history and chat lists from
 //! store-svc directly, reports sessions to presence-svc, and fans deliveries
@@ -17,7 +17,6 @@
 mod admission;
 pub mod auth;
 mod batch;
-mod conn;
 mod drain;
 mod error;
 mod events;
@@ -25,16 +24,14 @@ mod expiry;
 mod http;
 mod limits;
 mod link;
-mod listener;
 mod presence;
 mod recovery;
 mod rooms;
-mod server;
-pub mod sio;
-mod socket;
+mod session;
+mod socketio;
+mod transport;
 mod validate;
 mod wire;
-mod ws;
 
 pub use limits::RateLimits;
 
@@ -362,12 +359,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     background.spawn(admission::run_connect_deadlines(edge.clone()));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     background.spawn(edge.expiry.clone().run(check, work.clone()));
-    let handler = Arc::new(socket::Handler { edge: edge.clone() });
+    let handler = Arc::new(session::Handler { edge: edge.clone() });
     let app = http::router(edge.clone())
         .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
-        .layer(axum::middleware::from_fn_with_state(handler, ws::intercept))
+        .layer(axum::middleware::from_fn_with_state(handler, transport::ws::intercept))
         .layer(axum::middleware::from_fn_with_state(edge.clone(), admission::admit));
-    let settings = server::Settings {
+    let settings = transport::server::Settings {
         header_timeout: Duration::from_millis(edge.config.header_timeout_ms),
         body_timeout: Duration::from_millis(edge.config.body_timeout_ms),
         max_payload: edge.config.max_payload,
@@ -375,7 +372,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     };
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
     let http_conns = tokio_util::task::TaskTracker::new();
-    server::serve(listener, app, settings, shutdown.token().clone(), http_conns.clone()).await;
+    transport::server::serve(listener, app, settings, shutdown.token().clone(), http_conns.clone()).await;
     drain::drain(&edge, &http_conns, &background).await;
     Ok(())
 }

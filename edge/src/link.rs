@@ -40,7 +40,7 @@ pub type ReplyResult = pb::reply::Result;
 /// run again when the request is retried.
 pub type OnReply = Arc<dyn Fn(&ReplyResult) + Send + Sync>;
 
-/// Router frames fanned out as one batch at most (see [`crate::ws::batched`]).
+/// Router frames fanned out as one batch at most (see [`crate::transport::ws::batched`]).
 const BATCH_FRAMES: usize = 64;
 /// Why a router stream ended.
 type StreamEnd = Box<dyn std::error::Error + Send + Sync>;
@@ -435,7 +435,7 @@ async fn connect_once(
             msg = inbound.next() => {
                 // This frame and whatever else has already arrived are fanned
                 // out as one batch: one socket write per client for all.
-                let ended: Option<StreamEnd> = crate::ws::batched(|| {
+                let ended: Option<StreamEnd> = crate::transport::ws::batched(|| {
                     let (mut msg, mut handled) = (msg, 0);
                     loop {
                         match msg {

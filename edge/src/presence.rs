@@ -6,8 +6,9 @@
 //! watchers hear what changed while it was away.
 
 use crate::error::ApiError;
-use crate::socket::{self, EioSocket};
-use crate::{sio, Edge};
+use crate::session::{self as socket, EioSocket};
+use crate::socketio::packet as sio;
+use crate::Edge;
 use confab_common::time::{iso8601, now_ms};
 use confab_proto::v1 as pb;
 use engineioxide::socket::Sid;

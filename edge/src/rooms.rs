@@ -11,10 +11,10 @@
 //! ones from the store ([`Rooms::recover`]); held messages follow once the
 //! gap is filled.
 
-use crate::conn::Packet;
-use crate::sio;
-use crate::socket::emit;
-use crate::socket::EioSocket;
+use crate::session::emit;
+use crate::session::EioSocket;
+use crate::socketio::packet as sio;
+use crate::transport::conn::Packet;
 use confab_proto::v1 as pb;
 use engineioxide::socket::Sid;
 use std::collections::{BTreeMap, HashMap};

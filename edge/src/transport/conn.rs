@@ -1,9 +1,9 @@
 //! One client connection, whichever transport carries it.
 //!
-//! Two transports reach the same Socket.IO layer ([`crate::socket`]):
+//! Two transports reach the same Socket.IO layer ([`crate::session`]):
 //! - engineioxide, for long-polling and for WebSockets upgraded from a
 //!   polling session (what `socket.io-client` does by default);
-//! - the edge's own lean WebSocket path ([`crate::ws`]) for clients that open
+//! - the edge's own lean WebSocket path ([`crate::transport::ws`]) for clients that open
 //!   a WebSocket directly (`transports: ["websocket"]`, most mobile and
 //!   server clients): packets are written to the socket by whoever emits
 //!   them, one write per socket per fan-out batch.
@@ -11,8 +11,8 @@
 //! Packets are encoded once per edge as [`Packet`], WebSocket frame header
 //! included, and shared by every socket they go to.
 
-use crate::socket::SocketData;
-use crate::ws::Outbox;
+use crate::session::SocketData;
+use crate::transport::ws::Outbox;
 use bytes::Bytes;
 use engineioxide::{socket::Sid, DisconnectReason, Str};
 use std::sync::{Arc, Mutex, Weak};
@@ -37,7 +37,7 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// Frames one Socket.IO packet (as built by [`crate::sio`]).
+    /// Frames one Socket.IO packet (as built by [`crate::socketio::packet`]).
     pub fn new(sio: &str) -> Self {
         Self { ws: ws_text_frame(&["4", sio]), sio: Str::copy_from_slice(sio) }
     }

@@ -1,12 +1,12 @@
 //! The life of one client connection: Engine.IO underneath (engineioxide,
-//! or the lean WebSocket path of [`crate::ws`]; see [`crate::conn`]),
-//! Socket.IO packets on top (see [`crate::sio`]), the CONNECT handshake with
+//! or the lean WebSocket path of [`crate::transport::ws`]; see [`crate::transport::conn`]),
+//! Socket.IO packets on top (see [`crate::socketio::packet`]), the CONNECT handshake with
 //! its JWT, `session:ready`, and clean-up on disconnect.
 
 use crate::auth::{pick_token, AuthError};
-use crate::conn::{Conn, EmitError, EngineData, EngineSocket, Packet};
 use crate::error::ApiError;
-use crate::sio::{self, Incoming};
+use crate::socketio::packet::{self as sio, Incoming};
+use crate::transport::conn::{Conn, EmitError, EngineData, EngineSocket, Packet};
 use crate::{events, Edge};
 use confab_common::log_limit::{self, LogLimit};
 use confab_proto::v1 as pb;
@@ -358,7 +358,7 @@ async fn start_session(
         });
         send(socket, sio::event("session:ready", &ready));
     };
-    let sent = crate::ws::batched(|| {
+    let sent = crate::transport::ws::batched(|| {
         send(socket, sio::connect_ok("/", &socket.id.to_string()));
         for s in &chats {
             let Some(chat) = &s.chat else { continue };

@@ -2,7 +2,7 @@
 //! WebSocket directly (`/socket.io/?EIO=4&transport=websocket`, no `sid`).
 //!
 //! Polling sessions and their upgrades stay with engineioxide. A direct
-//! WebSocket is its TCP socket (shared by [`crate::listener`], so it can be
+//! WebSocket is its TCP socket (shared by [`crate::transport::listener`], so it can be
 //! written to without hyper once upgraded) and one task:
 //! - **writes** go straight to the socket from whoever emits: a packet's
 //!   WebSocket frame is encoded once per edge ([`Packet`]) and copied into
@@ -23,9 +23,9 @@
 //! write that cannot finish within the ping timeout ends the connection.
 
 use crate::admission::IpPermit;
-use crate::conn::{Conn, EmitError, Handshake, Packet};
-use crate::listener::Socket;
-use crate::socket::Handler;
+use crate::session::Handler;
+use crate::transport::conn::{Conn, EmitError, Handshake, Packet};
+use crate::transport::listener::Socket;
 use crate::Edge;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;

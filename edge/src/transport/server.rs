@@ -16,7 +16,7 @@
 //! connection to finish its request and close (see [`crate::drain`]).
 
 use crate::error::ApiError;
-use crate::listener::{Peer, Socket};
+use crate::transport::listener::{Peer, Socket};
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};

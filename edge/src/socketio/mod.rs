@@ -1,0 +1,3 @@
+//! The Socket.IO layer, above the transport.
+
+pub mod packet;
