@@ -3,7 +3,6 @@
 //! body `{ error, message, correlationId }`. The correlation id is logged
 //! with the failure.
 
-use crate::link::ReplyResult;
 use confab_common::ErrorCode;
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -88,9 +87,9 @@ impl From<confab_api::store::StoreError> for ApiError {
 }
 
 /// Maps a router reply error to the client code.
-pub fn from_reply(r: ReplyResult) -> Result<ReplyResult, ApiError> {
+pub fn from_reply(r: pb::reply::Result) -> Result<pb::reply::Result, ApiError> {
     match r {
-        ReplyResult::Error(e) => {
+        pb::reply::Result::Error(e) => {
             let code = match pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Internal) {
                 pb::ErrorCode::Validation => ErrorCode::ValidationError,
                 pb::ErrorCode::Forbidden => ErrorCode::Forbidden,

@@ -10,7 +10,7 @@
 use crate::error::{self, ApiError};
 use crate::limits::{self, RateClass};
 use crate::link::ReplyResult;
-use crate::session::{self as socket, EioSocket};
+use crate::session::{self, EioSocket};
 use crate::socketio::packet as sio;
 use crate::validate::{self, Obj};
 use crate::{wire, Edge};
@@ -58,8 +58,8 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
     };
     let event = name.to_string();
     match queued {
-        Ok(Pending::Now(data)) => socket::send(socket, sio::ack(ack_id, &error::ok(data))),
-        Err(e) => socket::send(socket, sio::ack(ack_id, &e.ack(&event))),
+        Ok(Pending::Now(data)) => socket.send(sio::ack(ack_id, &error::ok(data))),
+        Err(e) => socket.send(sio::ack(ack_id, &e.ack(&event))),
         Ok(Pending::Later(fut)) => {
             let socket = socket.clone();
             edge.shutdown.spawn(async move {
@@ -67,14 +67,14 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
                     Ok(data) => error::ok(data),
                     Err(e) => e.ack(&event),
                 };
-                socket::send(&socket, sio::ack(ack_id, &payload));
+                socket.send(sio::ack(ack_id, &payload));
             });
         }
         Ok(Pending::Sent(fut)) => {
             let socket = socket.clone();
             edge.shutdown.spawn(async move {
                 if let Err(e) = fut.await {
-                    socket::send(&socket, sio::ack(ack_id, &e.ack(&event)));
+                    socket.send(sio::ack(ack_id, &e.ack(&event)));
                 }
             });
         }
@@ -115,7 +115,7 @@ fn room_join(
     let (edge2, socket2, room) = (edge.clone(), socket.clone(), chat_id.clone());
     let on_reply: crate::link::OnReply = Arc::new(move |r: &ReplyResult| {
         if let ReplyResult::Join(j) = r {
-            socket::join_chat(&edge2, &socket2, &room, j.last_seq);
+            session::join_chat(&edge2, &socket2, &room, j.last_seq);
         }
     });
     let fut = edge.links.request(&chat_id, user, pb::request::Op::Join(op), Some(on_reply));
@@ -140,7 +140,7 @@ fn room_leave(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Value>
         Some(_) => return Err(ApiError::validation("chatId must be a string")),
         None => return Err(ApiError::validation("chatId is required")),
     };
-    socket::leave_chat(edge, socket, &chat_id);
+    session::leave_chat(edge, socket, &chat_id);
     Ok(Pending::Now(json!({})))
 }
 
@@ -227,7 +227,7 @@ fn message_send(
     let ack_now: crate::link::OnReply = Arc::new(move |r: &ReplyResult| {
         if let ReplyResult::Send(pb::SendResult { message: Some(m), .. }) = r {
             if !claimed.swap(true, Ordering::AcqRel) {
-                socket::send(&sender, sio::ack(ack_id, &error::ok(wire::send_ack(m))));
+                sender.send(sio::ack(ack_id, &error::ok(wire::send_ack(m))));
             }
         }
     });
@@ -394,7 +394,7 @@ fn typing(
 ) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
-    socket::note_typing(socket, &chat_id, start);
+    session::note_typing(socket, &chat_id, start);
     edge.links.send_only(&chat_id, user, pb::request::Op::Typing(pb::TypingOp { start }));
     Ok(Pending::Now(json!({})))
 }

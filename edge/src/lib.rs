@@ -15,6 +15,7 @@
 //! `server`.
 
 mod admission;
+mod app;
 pub mod auth;
 mod batch;
 mod drain;
@@ -359,16 +360,25 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     background.spawn(admission::run_connect_deadlines(edge.clone()));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     background.spawn(edge.expiry.clone().run(check, work.clone()));
-    let handler = Arc::new(session::Handler { edge: edge.clone() });
+    // The layers, bottom up: the transport hands connections to the
+    // Socket.IO layer, which hands packets to the edge (`app`).
+    let sockets = Arc::new(socketio::Layer::new(edge.clone()));
+    let lean = transport::ws::Settings {
+        ping_interval: Duration::from_millis(edge.config.ping_interval_ms),
+        ping_timeout: Duration::from_millis(edge.config.ping_timeout_ms),
+        queue: edge.config.socket_queue,
+        max_payload: edge.config.max_payload,
+    };
     let app = http::router(edge.clone())
-        .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
-        .layer(axum::middleware::from_fn_with_state(handler, transport::ws::intercept))
+        .layer(EngineIoLayer::from_config(Arc::new(transport::engine::Engine(sockets.clone())), engine_config))
+        .layer(axum::middleware::from_fn_with_state((sockets, lean), transport::ws::intercept))
         .layer(axum::middleware::from_fn_with_state(edge.clone(), admission::admit));
     let settings = transport::server::Settings {
         header_timeout: Duration::from_millis(edge.config.header_timeout_ms),
         body_timeout: Duration::from_millis(edge.config.body_timeout_ms),
         max_payload: edge.config.max_payload,
         drain: Duration::from_millis(edge.config.drain_ms),
+        reject: http::reject,
     };
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
     let http_conns = tokio_util::task::TaskTracker::new();

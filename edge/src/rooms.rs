@@ -11,10 +11,9 @@
 //! ones from the store ([`Rooms::recover`]); held messages follow once the
 //! gap is filled.
 
-use crate::session::emit;
 use crate::session::EioSocket;
 use crate::socketio::packet as sio;
-use crate::transport::conn::Packet;
+use crate::transport::Packet;
 use confab_proto::v1 as pb;
 use engineioxide::socket::Sid;
 use std::collections::{BTreeMap, HashMap};
@@ -128,7 +127,7 @@ impl Rooms {
         let current = chat.members.iter().map(|m| &m.user_id);
         for user in current.chain(update.removed_user_ids.iter()) {
             for socket in self.user_sockets(user) {
-                emit(&socket, &packet);
+                socket.emit(&packet);
             }
         }
         for user in &update.removed_user_ids {
@@ -229,7 +228,7 @@ impl Rooms {
     fn emit_all(room: &Room, m: &pb::Message) {
         let packet = Packet::new(&sio::event("message:new", &crate::wire::message(m)));
         for socket in room.sockets.values() {
-            emit(socket, &packet);
+            socket.emit(&packet);
         }
     }
 
@@ -292,7 +291,7 @@ impl Rooms {
                 _ => false,
             };
             if !skip {
-                emit(socket, &packet);
+                socket.emit(&packet);
             }
         }
     }

@@ -1,9 +1,10 @@
 //! One client connection, whichever transport carries it.
 //!
-//! Two transports reach the same Socket.IO layer ([`crate::session`]):
+//! Two transports reach the same layer above ([`super::Handler`]):
 //! - engineioxide, for long-polling and for WebSockets upgraded from a
-//!   polling session (what `socket.io-client` does by default);
-//! - the edge's own lean WebSocket path ([`crate::transport::ws`]) for clients that open
+//!   polling session (what `socket.io-client` does by default; see
+//!   [`super::engine`]);
+//! - the edge's own lean WebSocket path ([`super::ws`]) for clients that open
 //!   a WebSocket directly (`transports: ["websocket"]`, most mobile and
 //!   server clients): packets are written to the socket by whoever emits
 //!   them, one write per socket per fan-out batch.
@@ -11,18 +12,10 @@
 //! Packets are encoded once per edge as [`Packet`], WebSocket frame header
 //! included, and shared by every socket they go to.
 
-use crate::session::SocketData;
-use crate::transport::ws::Outbox;
+use super::ws::Outbox;
 use bytes::Bytes;
 use engineioxide::{socket::Sid, DisconnectReason, Str};
 use std::sync::{Arc, Mutex, Weak};
-
-/// An engineioxide socket; its data points back at our [`Conn`].
-pub type EngineSocket = engineioxide::Socket<EngineData>;
-
-/// What engineioxide keeps beside each of its sockets.
-#[derive(Default)]
-pub struct EngineData(pub std::sync::OnceLock<std::sync::Arc<Conn>>);
 
 /// A Socket.IO packet, encoded once per edge in both forms its transports
 /// send, and shared (reference counted) by every socket it goes to: no
@@ -37,7 +30,7 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// Frames one Socket.IO packet (as built by [`crate::socketio::packet`]).
+    /// Frames one Socket.IO packet (its text, as the layer above encodes it).
     pub fn new(sio: &str) -> Self {
         Self { ws: ws_text_frame(&["4", sio]), sio: Str::copy_from_slice(sio) }
     }
@@ -83,8 +76,27 @@ pub enum EmitError {
     Closed,
 }
 
+/// An engineioxide socket, whatever data the layer above keeps beside it.
+trait EngineSink: Send + Sync {
+    fn emit(&self, msg: Str) -> Result<(), EmitError>;
+    fn close(&self, reason: DisconnectReason);
+}
+
+impl<D: Default + Send + Sync + 'static> EngineSink for engineioxide::Socket<D> {
+    fn emit(&self, msg: Str) -> Result<(), EmitError> {
+        engineioxide::Socket::emit(self, msg).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => EmitError::Full,
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => EmitError::Closed,
+        })
+    }
+
+    fn close(&self, reason: DisconnectReason) {
+        engineioxide::Socket::close(self, reason);
+    }
+}
+
 enum Transport {
-    Engine(Weak<EngineSocket>),
+    Engine(Weak<dyn EngineSink>),
     Ws(Arc<Outbox>),
 }
 
@@ -107,32 +119,22 @@ impl Handshake {
 /// A client connection.
 pub struct Conn {
     pub id: Sid,
-    pub data: SocketData,
     transport: Transport,
     handshake: Mutex<Option<Handshake>>,
-    /// The user's session slot (see [`crate::admission`]), while held.
-    user_slot: Mutex<Option<crate::admission::Permit>>,
 }
 
 impl Conn {
-    pub fn engine(socket: &std::sync::Arc<EngineSocket>) -> Self {
+    pub fn engine<D: Default + Send + Sync + 'static>(socket: &Arc<engineioxide::Socket<D>>) -> Self {
+        let sink: Weak<dyn EngineSink> = Arc::downgrade(socket) as Weak<dyn EngineSink>;
         Self {
             id: socket.id,
-            data: SocketData::default(),
-            transport: Transport::Engine(std::sync::Arc::downgrade(socket)),
+            transport: Transport::Engine(sink),
             handshake: Mutex::new(Some(Handshake::of(&socket.req_parts))),
-            user_slot: Mutex::default(),
         }
     }
 
     pub fn ws(outbox: Arc<Outbox>, handshake: Handshake) -> Self {
-        Self {
-            id: Sid::new(),
-            data: SocketData::default(),
-            transport: Transport::Ws(outbox),
-            handshake: Mutex::new(Some(handshake)),
-            user_slot: Mutex::default(),
-        }
+        Self { id: Sid::new(), transport: Transport::Ws(outbox), handshake: Mutex::new(Some(handshake)) }
     }
 
     /// The handshake's token sources, once (CONNECT is accepted only once).
@@ -140,25 +142,12 @@ impl Conn {
         self.handshake.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
     }
 
-    /// Keeps the user's session slot until [`Conn::release_user_slot`] or
-    /// the connection is dropped.
-    pub fn hold_user_slot(&self, permit: crate::admission::Permit) {
-        *self.user_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
-    }
-
-    pub fn release_user_slot(&self) {
-        drop(self.user_slot.lock().unwrap_or_else(|p| p.into_inner()).take());
-    }
-
     /// Queues a packet; never waits.
     pub fn emit(&self, packet: &Packet) -> Result<(), EmitError> {
         match &self.transport {
             Transport::Engine(socket) => {
                 let socket = socket.upgrade().ok_or(EmitError::Closed)?;
-                socket.emit(packet.sio.clone()).map_err(|e| match e {
-                    tokio::sync::mpsc::error::TrySendError::Full(_) => EmitError::Full,
-                    tokio::sync::mpsc::error::TrySendError::Closed(_) => EmitError::Closed,
-                })
+                socket.emit(packet.sio.clone())
             }
             Transport::Ws(outbox) => outbox.push(packet),
         }

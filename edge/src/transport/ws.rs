@@ -2,7 +2,7 @@
 //! WebSocket directly (`/socket.io/?EIO=4&transport=websocket`, no `sid`).
 //!
 //! Polling sessions and their upgrades stay with engineioxide. A direct
-//! WebSocket is its TCP socket (shared by [`crate::transport::listener`], so it can be
+//! WebSocket is its TCP socket (shared by [`super::listener`], so it can be
 //! written to without hyper once upgraded) and one task:
 //! - **writes** go straight to the socket from whoever emits: a packet's
 //!   WebSocket frame is encoded once per edge ([`Packet`]) and copied into
@@ -22,11 +22,9 @@
 //! does not read gets its queue filled and is cut off (slow consumer), and a
 //! write that cannot finish within the ping timeout ends the connection.
 
-use crate::admission::IpPermit;
-use crate::session::Handler;
-use crate::transport::conn::{Conn, EmitError, Handshake, Packet};
-use crate::transport::listener::Socket;
-use crate::Edge;
+use super::conn::{Conn, EmitError, Handshake, Packet};
+use super::listener::Socket;
+use super::Handler;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -52,6 +50,17 @@ const READ_BUFFER: usize = 512;
 /// A batch touching more sockets than this is written by several tasks when
 /// the runtime has several workers.
 const BATCH_CHUNK: usize = 256;
+
+/// The lean path's heartbeat and limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Packets queued towards one socket before it is cut off as too slow.
+    pub queue: usize,
+    /// Largest message, in bytes.
+    pub max_payload: usize,
+}
 
 /// A direct WebSocket's socket and the bytes waiting to go out on it.
 pub struct Outbox {
@@ -357,9 +366,13 @@ fn accept_key(req: &http::request::Parts) -> Result<String, &'static str> {
     Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
-/// Middleware in front of engineioxide: takes direct WebSockets, passes the
-/// rest on.
-pub async fn intercept(State(handler): State<Arc<Handler>>, req: Request, next: Next) -> Response {
+/// Middleware in front of engineioxide: takes direct WebSockets for
+/// `handler`, passes the rest on.
+pub async fn intercept<H: Handler>(
+    State((handler, settings)): State<(Arc<H>, Settings)>,
+    req: Request,
+    next: Next,
+) -> Response {
     if !is_direct_websocket(&req) {
         return next.run(req).await;
     }
@@ -374,11 +387,12 @@ pub async fn intercept(State(handler): State<Arc<Handler>>, req: Request, next: 
         return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded").into_response();
     };
     let handshake = Handshake::of(&parts);
-    // The per-IP slot taken by `admission::admit` lives as long as the socket.
-    let slot = parts.extensions.remove::<IpPermit>();
+    // What the request carries (a per-IP slot of the layers in front, say)
+    // lives as long as the socket, as engineioxide keeps it with its own.
+    let extensions = std::mem::take(&mut parts.extensions);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => serve(handler, socket, TokioIo::new(upgraded), handshake, slot).await,
+            Ok(upgraded) => serve(handler, settings, socket, TokioIo::new(upgraded), handshake, extensions).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -394,38 +408,37 @@ pub async fn intercept(State(handler): State<Arc<Handler>>, req: Request, next: 
 }
 
 /// The life of one direct WebSocket.
-async fn serve(
-    handler: Arc<Handler>,
+async fn serve<H: Handler>(
+    handler: Arc<H>,
+    settings: Settings,
     tcp: Socket,
     read: TokioIo<hyper::upgrade::Upgraded>,
     handshake: Handshake,
-    _slot: Option<IpPermit>,
+    _extensions: http::Extensions,
 ) {
-    let edge: &Arc<Edge> = &handler.edge;
-    let config = &edge.config;
-    let ping_interval = Duration::from_millis(config.ping_interval_ms);
-    let ping_timeout = Duration::from_millis(config.ping_timeout_ms);
-    let outbox = Arc::new(Outbox::new(tcp, config.socket_queue));
+    let Settings { ping_interval, ping_timeout, queue, max_payload } = settings;
+    let outbox = Arc::new(Outbox::new(tcp, queue));
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_message_size(Some(config.max_payload))
-        .max_frame_size(Some(config.max_payload));
+        .max_message_size(Some(max_payload))
+        .max_frame_size(Some(max_payload));
     let io = Io { read, outbox: outbox.clone() };
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
     let conn = Arc::new(Conn::ws(outbox.clone(), handshake));
     let open = serde_json::json!({
         "sid": conn.id.to_string(),
         "upgrades": [],
-        "pingInterval": config.ping_interval_ms,
-        "pingTimeout": config.ping_timeout_ms,
-        "maxPayload": config.max_payload,
+        "pingInterval": ping_interval.as_millis() as u64,
+        "pingTimeout": ping_timeout.as_millis() as u64,
+        "maxPayload": max_payload,
     });
     if outbox.push(&Packet::engine(format!("0{open}"))).is_err() {
         return;
     }
-    handler.opened(&conn);
-    let reason = run(&handler, &conn, &outbox, &mut ws, ping_interval, ping_timeout).await;
+    let state = handler.state(conn.clone());
+    handler.opened(&state);
+    let reason = run(&*handler, &state, &conn, &outbox, &mut ws, ping_interval, ping_timeout).await;
     conn.close(reason.clone());
     // What was queued before the close still goes out, then the close frame.
     let linger = Duration::from_secs(1);
@@ -434,14 +447,15 @@ async fn serve(
         outbox.drain(linger).await;
     }
     let _ = outbox.tcp.shutdown(std::net::Shutdown::Both);
-    handler.closed(&conn, reason);
+    handler.closed(&state, reason);
 }
 
 /// Reads, finishes blocked writes and keeps the heartbeat until the
 /// connection ends.
-async fn run(
-    handler: &Arc<Handler>,
-    conn: &Arc<Conn>,
+async fn run<H: Handler>(
+    handler: &H,
+    state: &Arc<H::State>,
+    conn: &Conn,
     outbox: &Outbox,
     ws: &mut WebSocketStream<Io>,
     ping_interval: Duration,
@@ -474,7 +488,7 @@ async fn run(
                     Some(Err(_)) => return DisconnectReason::TransportError,
                 };
                 match text.as_bytes().first() {
-                    Some(b'4') => handler.message(conn, &text[1..]),
+                    Some(b'4') => handler.message(state, &text[1..]),
                     Some(b'3') => {
                         awaiting_pong = false;
                         timer.as_mut().reset(Instant::now() + ping_interval);
