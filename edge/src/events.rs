@@ -12,6 +12,7 @@ use crate::limits::{self, RateClass};
 use crate::link::ReplyResult;
 use crate::session::{self, EioSocket};
 use crate::socketio::packet as sio;
+use crate::transport::WriteBatch;
 use crate::validate::{self, Obj};
 use crate::{wire, Edge};
 use confab_proto::v1 as pb;
@@ -113,7 +114,7 @@ fn room_join(
     // The socket enters the local room in the link's reader, right where the
     // router subscribed the edge: no message falls between the two.
     let (edge2, socket2, room) = (edge.clone(), socket.clone(), chat_id.clone());
-    let on_reply: crate::link::OnReply = Arc::new(move |r: &ReplyResult| {
+    let on_reply: crate::link::OnReply = Arc::new(move |r: &ReplyResult, _: &mut WriteBatch| {
         if let ReplyResult::Join(j) = r {
             session::join_chat(&edge2, &socket2, &room, j.last_seq);
         }
@@ -224,10 +225,10 @@ fn message_send(
     // (a reply racing the request's deadline must not be acked twice).
     let acked = Arc::new(AtomicBool::new(false));
     let (sender, claimed) = (socket.clone(), acked.clone());
-    let ack_now: crate::link::OnReply = Arc::new(move |r: &ReplyResult| {
+    let ack_now: crate::link::OnReply = Arc::new(move |r: &ReplyResult, batch: &mut WriteBatch| {
         if let ReplyResult::Send(pb::SendResult { message: Some(m), .. }) = r {
             if !claimed.swap(true, Ordering::AcqRel) {
-                sender.send(sio::ack(ack_id, &error::ok(wire::send_ack(m))));
+                sender.send_in(sio::ack(ack_id, &error::ok(wire::send_ack(m))), batch);
             }
         }
     });

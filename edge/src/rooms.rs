@@ -13,7 +13,7 @@
 
 use crate::session::EioSocket;
 use crate::socketio::packet as sio;
-use crate::transport::Packet;
+use crate::transport::{Packet, WriteBatch};
 use confab_proto::v1 as pb;
 use engineioxide::socket::Sid;
 use std::collections::{BTreeMap, HashMap};
@@ -115,7 +115,7 @@ impl Rooms {
     /// the router link's reader, before any later delivery of the chat.
     /// False when no local socket is left in the chat (nothing to do with a
     /// malformed update, which counts as true).
-    pub fn apply_chat_update(&self, update: &pb::ChatUpdate) -> bool {
+    pub fn apply_chat_update(&self, update: &pb::ChatUpdate, batch: &mut WriteBatch) -> bool {
         let Some(chat) = &update.chat else { return true };
         let payload = serde_json::json!({ "chat": crate::wire::chat(chat) });
         let packet = Packet::new(&sio::event("chat:update", &payload));
@@ -127,7 +127,7 @@ impl Rooms {
         let current = chat.members.iter().map(|m| &m.user_id);
         for user in current.chain(update.removed_user_ids.iter()) {
             for socket in self.user_sockets(user) {
-                socket.emit(&packet);
+                socket.emit_in(&packet, batch);
             }
         }
         for user in &update.removed_user_ids {
@@ -180,16 +180,18 @@ impl Rooms {
         self.rooms.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
-    pub fn deliver(&self, d: pb::Delivery) {
+    /// Fans a delivery out to the chat's local sockets, written when
+    /// `batch` ends.
+    pub fn deliver(&self, d: pb::Delivery, batch: &mut WriteBatch) {
         match d.event {
-            Some(pb::delivery::Event::MessageNew(m)) => self.deliver_message(&d.chat_id, &m),
-            Some(pb::delivery::Event::ChatEvent(e)) => self.deliver_event(&d.chat_id, &e),
+            Some(pb::delivery::Event::MessageNew(m)) => self.deliver_message(&d.chat_id, &m, batch),
+            Some(pb::delivery::Event::ChatEvent(e)) => self.deliver_event(&d.chat_id, &e, batch),
             Some(pb::delivery::Event::ChatUpdate(_)) | None => {}
         }
     }
 
     /// Delivers in seq order: repeats are dropped, messages after a gap held.
-    pub fn deliver_message(&self, chat_id: &str, m: &pb::Message) {
+    pub fn deliver_message(&self, chat_id: &str, m: &pb::Message, batch: &mut WriteBatch) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
         let mut order = room.order.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,18 +208,18 @@ impl Rooms {
                 self.ask_recovery(chat_id, &mut order, m.seq - 1);
             }
         } else {
-            Self::emit_all(room, m);
+            Self::emit_all(room, m, batch);
             order.last_seq = m.seq;
         }
-        Self::release_held(room, &mut order);
+        Self::release_held(room, &mut order, batch);
     }
 
     /// Delivers held messages that now follow the last one delivered.
-    fn release_held(room: &Room, order: &mut Order) {
+    fn release_held(room: &Room, order: &mut Order, batch: &mut WriteBatch) {
         loop {
             let next = order.last_seq + 1;
             let Some(m) = order.held.remove(&next) else { break };
-            Self::emit_all(room, &m);
+            Self::emit_all(room, &m, batch);
             order.last_seq = m.seq;
         }
         // Anything at or below the last delivered seq is a repeat.
@@ -225,10 +227,10 @@ impl Rooms {
         order.held.retain(|seq, _| *seq > last);
     }
 
-    fn emit_all(room: &Room, m: &pb::Message) {
+    fn emit_all(room: &Room, m: &pb::Message, batch: &mut WriteBatch) {
         let packet = Packet::new(&sio::event("message:new", &crate::wire::message(m)));
         for socket in room.sockets.values() {
-            socket.emit(&packet);
+            socket.emit_in(&packet, batch);
         }
     }
 
@@ -263,7 +265,7 @@ impl Rooms {
 
     /// A recovery ended: if a gap is left that the store could not fill,
     /// skip it so held messages flow again.
-    pub fn recovery_done(&self, chat_id: &str, filled: bool) {
+    pub fn recovery_done(&self, chat_id: &str, filled: bool, batch: &mut WriteBatch) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
         let mut order = room.order.lock().unwrap_or_else(|p| p.into_inner());
@@ -273,7 +275,7 @@ impl Rooms {
                 order.last_seq = first - 1;
             }
         }
-        Self::release_held(room, &mut order);
+        Self::release_held(room, &mut order, batch);
         // Something arrived past a new gap while recovering: go again.
         if let Some(first) = order.held.keys().next().copied() {
             self.ask_recovery(chat_id, &mut order, first - 1);
@@ -281,7 +283,7 @@ impl Rooms {
     }
 
     /// An event the router already put in the client's JSON shape.
-    fn deliver_event(&self, chat_id: &str, e: &pb::Event) {
+    fn deliver_event(&self, chat_id: &str, e: &pb::Event, batch: &mut WriteBatch) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
         let packet = Packet::new(&sio::raw_event(&e.name, &e.json));
@@ -291,7 +293,7 @@ impl Rooms {
                 _ => false,
             };
             if !skip {
-                socket.emit(&packet);
+                socket.emit_in(&packet, batch);
             }
         }
     }

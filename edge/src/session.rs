@@ -8,7 +8,7 @@ use crate::auth::{pick_token, AuthError};
 use crate::error::ApiError;
 use crate::socketio::packet as sio;
 use crate::socketio::Socket;
-use crate::transport::{DisconnectReason, Sid};
+use crate::transport::{DisconnectReason, Sid, WriteBatch};
 use crate::Edge;
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -270,10 +270,11 @@ async fn start_session(
             "serverTime": confab_common::time::iso8601(confab_common::time::now_ms()),
             "chats": listed,
         });
-        socket.send(sio::event("session:ready", &ready));
+        sio::event("session:ready", &ready)
     };
-    let sent = crate::transport::ws::batched(|| {
-        socket.send(sio::connect_ok("/", &socket.id.to_string()));
+    let sent = {
+        let mut batch = WriteBatch::new();
+        socket.send_in(sio::connect_ok("/", &socket.id.to_string()), &mut batch);
         for s in &chats {
             let Some(chat) = &s.chat else { continue };
             if join_chat(edge, socket, &chat.id, s.last_seq) {
@@ -284,19 +285,20 @@ async fn start_session(
                 json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }),
             );
         }
-        if !waits.is_empty() {
-            return false;
+        let sent = waits.is_empty();
+        if sent {
+            socket.send_in(ready(&listed), &mut batch);
         }
-        ready(&listed);
-        true
-    });
+        batch.flush();
+        sent
+    };
     if !sent {
         for r in futures::future::join_all(waits).await {
             if let Err(e) = crate::error::from_reply(r) {
                 tracing::warn!(user.id = %user_id, error = %e.message, "auto-join subscribe failed");
             }
         }
-        ready(&listed);
+        socket.send(ready(&listed));
     }
 
     let req = pb::SessionRequest { user_id, edge_id: edge.edge_id.to_string(), session_id };

@@ -1,7 +1,7 @@
 //! A Socket.IO socket: one transport connection, what the layer above keeps
 //! for it (`D`), and the slow-consumer policy of every packet sent to it.
 
-use crate::transport::{Conn, DisconnectReason, EmitError, Handshake, Packet, Sid};
+use crate::transport::{Conn, DisconnectReason, EmitError, Handshake, Packet, Sid, WriteBatch};
 use confab_common::log_limit::{self, LogLimit};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,17 +32,32 @@ impl<D> Socket<D> {
         self.conn.take_handshake()
     }
 
-    /// Queues one Socket.IO packet (as built by [`super::packet`]); a full queue
-    /// disconnects the socket (slow consumer).
+    /// Queues one Socket.IO packet (as built by [`super::packet`]); a full
+    /// queue disconnects the socket (slow consumer).
     pub fn send(&self, packet: String) {
         self.emit(&Packet::new(&packet));
+    }
+
+    /// [`Socket::send`], written when `batch` ends.
+    pub fn send_in(&self, packet: String, batch: &mut WriteBatch) {
+        self.emit_in(&Packet::new(&packet), batch);
     }
 
     /// Queues a packet encoded once for many sockets; a full queue
     /// disconnects the socket (slow consumer): it reconnects and recovers
     /// with `sinceSeq`.
     pub fn emit(&self, packet: &Packet) {
-        if self.conn.emit(packet) == Err(EmitError::Full) {
+        self.queued(self.conn.emit(packet, None));
+    }
+
+    /// [`Socket::emit`], written when `batch` ends: one write per socket
+    /// for all it gets in a fan-out.
+    pub fn emit_in(&self, packet: &Packet, batch: &mut WriteBatch) {
+        self.queued(self.conn.emit(packet, Some(batch)));
+    }
+
+    fn queued(&self, queued: Result<(), EmitError>) {
+        if queued == Err(EmitError::Full) {
             self.overflowed();
         }
     }

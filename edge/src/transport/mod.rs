@@ -1,19 +1,24 @@
 //! The transport: the bottom layer of the edge. It accepts TCP connections
 //! and serves HTTP ([`server`], [`listener`]), carries Engine.IO v4 over
 //! the lean WebSocket path ([`ws`]) and over engineioxide's polling
-//! sessions ([`engine`]), and writes packets to sockets ([`conn`]).
+//! sessions ([`engine`]), and writes packets ([`frame`]) to sockets ([`conn`],
+//! [`outbox`]), one write per socket per [`WriteBatch`].
 //!
 //! It knows nothing of Socket.IO or of chats: the layer above implements
 //! [`Handler`] and gets each connection's opening, messages and end.
 
 pub mod conn;
 pub mod engine;
+pub mod frame;
 pub mod listener;
+pub mod outbox;
 pub mod server;
 pub mod ws;
 
-pub use conn::{Conn, EmitError, Handshake, Packet};
+pub use conn::{Conn, Handshake};
 pub use engineioxide::{socket::Sid, DisconnectReason};
+pub use frame::Packet;
+pub use outbox::{EmitError, WriteBatch};
 
 use std::sync::Arc;
 
