@@ -1,11 +1,26 @@
-//! edge: where clients connect. It terminates Socket.IO (Engine.IO v4:
-//! direct WebSockets on a lean path of its own, see `ws`, long-polling and
-//! upgraded sessions by engineioxide; over both, our own thin Socket.IO v5
-//! packet layer, see [`socketio`]) and the HTTP API (axum),
-//! checks JWTs and payloads, forwards ordered work to the owning router on a
-//! long-lived gRPC stream per router, reads history and chat lists from
-//! store-svc directly, reports sessions to presence-svc, and fans deliveries
-//! out to its own sockets.
+//! edge: where clients connect. It terminates Socket.IO and the HTTP API
+//! (axum), checks JWTs and payloads, forwards ordered work to the owning
+//! router on a long-lived gRPC stream per router, reads history and chat
+//! lists from store-svc directly, reports sessions to presence-svc, and fans
+//! deliveries out to its own sockets.
+//!
+//! Its modules form three layers, each importing only from the ones below
+//! it (`scripts/check-layers.mjs` fails otherwise, and on any import
+//! circle):
+//! - `transport/`: the HTTP server and its accepted sockets, Engine.IO v4
+//!   on a lean WebSocket path of its own (direct WebSockets) and through
+//!   engineioxide (long-polling and the WebSockets upgraded from it), the
+//!   sockets' outboxes, and the `WriteBatch` that gives each socket one
+//!   write per fan-out. It hands each connection up through its `Handler`
+//!   trait.
+//! - `socketio/`: our own thin Socket.IO v5 packet layer and its sockets;
+//!   it hands CONNECT and events up through its `App` trait.
+//! - the domain, the other modules: `app` (the edge's `App`), `session`
+//!   (CONNECT and a socket's life), `events`, `rooms`, `presence`, `link`
+//!   (the router streams), `recovery`, `expiry`, `http`, and what they
+//!   share (`error`, `validate`, `wire`, `limits`, `admission`, `drain`,
+//!   `batch`). This file holds the edge's state and wires the layers
+//!   together.
 //!
 //! An edge keeps nothing that outlives a connection: kill it and its clients
 //! reconnect elsewhere and recover with `room:join { sinceSeq }`. Stopped

@@ -1,9 +1,11 @@
 //! Local fan-out: which sockets of this edge receive which chat.
 //!
 //! A delivery from a router is encoded once into a Socket.IO packet and the
-//! same bytes are queued on every local socket of the chat. A socket whose
-//! queue is full is disconnected (slow-consumer policy): it reconnects and
-//! recovers with `sinceSeq`, and no one else waits for it.
+//! same bytes are queued on every local socket of the chat, in the batch of
+//! writes the caller passes ([`WriteBatch`]: the link's reader makes one for
+//! the frames that arrived together). A socket whose queue is full is
+//! disconnected (slow-consumer policy): it reconnects and recovers with
+//! `sinceSeq`, and no one else waits for it.
 //!
 //! Each room delivers `message:new` strictly in seq order. A message that
 //! arrives after a gap (the edge was cut off from a router, or the chat
