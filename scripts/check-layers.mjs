@@ -84,7 +84,7 @@ function strip(src) {
       // A char literal ('a', '\n', '\u{1F600}', 'é') or a lifetime ('a).
       let j = -1;
       if (next === "\\") {
-        j = src.indexOf("'", i + 2);
+        j = src.indexOf("'", i + 3);
       } else {
         const cp = src.codePointAt(i + 1);
         const w = cp > 0xffff ? 2 : 1;
