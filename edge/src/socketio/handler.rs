@@ -111,3 +111,89 @@ impl<A: App> transport::Handler for Layer<A> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::listener::Socket as Tcp;
+    use crate::transport::outbox::Outbox;
+    use crate::transport::{Handler as _, Handshake, Packet};
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+
+    /// An app that notes what reaches it.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl Seen {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+        fn note(&self, what: String) {
+            self.0.lock().unwrap().push(what);
+        }
+    }
+
+    impl App for Seen {
+        type Data = ();
+        fn opened(self: &Arc<Self>, _: &Arc<Socket<()>>) {
+            self.note("opened".into());
+        }
+        fn connect(self: &Arc<Self>, _: &Arc<Socket<()>>, auth: Option<Value>) {
+            self.note(format!("connect {auth:?}"));
+        }
+        fn event(self: &Arc<Self>, _: &Arc<Socket<()>>, name: String, payload: Option<Value>, ack: Option<u64>) {
+            self.note(format!("event {name} {payload:?} {ack:?}"));
+        }
+        fn unsupported(self: &Arc<Self>, _: &Arc<Socket<()>>, event: &str, ack: u64, what: Unsupported) {
+            self.note(format!("unsupported {event} {ack} {what:?}"));
+        }
+        fn closed(self: &Arc<Self>, _: &Arc<Socket<()>>, reason: DisconnectReason) {
+            self.note(format!("closed {reason:?}"));
+        }
+    }
+
+    /// A socket on a direct WebSocket's outbox, and the client's end.
+    async fn socket(layer: &Layer<Seen>) -> (Arc<Socket<()>>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let outbox = Arc::new(Outbox::new(Tcp(Arc::new(server)), 8));
+        (layer.state(Arc::new(Conn::ws(outbox, Handshake::default()))), client)
+    }
+
+    #[tokio::test]
+    async fn the_app_gets_the_default_namespace_and_refused_packets_only() {
+        let app = Arc::new(Seen::default());
+        let layer = Layer::new(app.clone());
+        let (socket, mut client) = socket(&layer).await;
+        layer.opened(&socket);
+        // Another namespace: refused by this layer, unseen by the app.
+        layer.message(&socket, r#"0/admin,{"token":"x"}"#);
+        layer.message(&socket, r#"2/admin,["a",{}]"#);
+        let refusal = Packet::new(&packet::connect_error("/admin", "Invalid namespace", None));
+        let mut got = vec![0; refusal.ws_frame().len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, refusal.ws_frame());
+        assert_eq!(app.take(), ["opened"]);
+        layer.message(&socket, r#"0{"token":"x"}"#);
+        layer.message(&socket, r#"21["room:join",{"chatId":"c"}]"#);
+        layer.message(&socket, r#"2["typing:start"]"#);
+        layer.message(&socket, "3");
+        layer.message(&socket, r#"51-3["x",{"_placeholder":true,"num":0}]"#);
+        layer.message(&socket, r#"27["message:send",{"body":"\ud83d"}]"#);
+        layer.closed(&socket, DisconnectReason::TransportClose);
+        assert_eq!(
+            app.take(),
+            [
+                r#"connect Some(Object {"token": String("x")})"#,
+                r#"event room:join Some(Object {"chatId": String("c")}) Some(1)"#,
+                "event typing:start None None",
+                "unsupported binary 3 Binary",
+                "unsupported message:send 7 LoneSurrogate",
+                "closed TransportClose",
+            ]
+        );
+    }
+}

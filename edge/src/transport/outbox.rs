@@ -65,7 +65,7 @@ impl OutState {
 }
 
 impl Outbox {
-    pub(super) fn new(tcp: Socket, capacity: usize) -> Self {
+    pub fn new(tcp: Socket, capacity: usize) -> Self {
         Self { tcp, state: Mutex::default(), wake: Notify::new(), capacity: capacity.max(1) }
     }
 
