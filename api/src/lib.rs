@@ -4,7 +4,9 @@
 //!
 //! - [`store`]: the narrow [`store::Store`] trait every store backend
 //!   implements (store-svc's embedded store, later ScyllaDB), its types and
-//!   errors, and [`store::RemoteStore`], the trait over store-svc's gRPC API.
+//!   errors (typed across gRPC, and mapped to the client's error once for
+//!   every service), and [`store::RemoteStore`], the trait over store-svc's
+//!   gRPC API.
 //! - [`placement`]: which router owns a chat ([`placement::Ring`]), where
 //!   the router list comes from and how a silent router is detected; edges
 //!   and routers both build it, so they agree on every owner.

@@ -1,14 +1,18 @@
 //! The storage trait: a handful of methods, so a ScyllaDB backend is a swap.
-//! Its errors map to and from gRPC statuses here, once, for both sides of
-//! store-svc's API.
+//! Its errors are mapped here, once: to and from gRPC statuses (a code plus
+//! a `StoreFailure` in the details) for both sides of store-svc's API, and
+//! to the client's error ([`StoreError::client_error`]) for the router and
+//! the edge alike.
 
 mod remote;
 
 pub use remote::RemoteStore;
 
+use confab_proto::v1 as pb;
 use confab_proto::v1::{Chat, ChatSummary, Message};
+use prost::Message as _;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,
@@ -26,38 +30,57 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// The store's answer as it crosses gRPC: a status whose code says the kind
+/// coarsely and whose details carry the error itself (`pb::StoreFailure`),
+/// so the client rebuilds the same `StoreError`, numbers included.
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound => tonic::Status::not_found("not found"),
-            StoreError::SeqConflict { .. } => tonic::Status::failed_precondition(e.to_string()),
-            StoreError::Invalid(m) => tonic::Status::invalid_argument(m),
-            StoreError::Fenced => tonic::Status::aborted("fenced"),
-            StoreError::Unavailable(m) => tonic::Status::unavailable(m),
-            StoreError::Internal(m) => tonic::Status::internal(m),
-        }
+        use pb::StoreErrorKind as K;
+        use tonic::Code;
+        let (code, kind) = match &e {
+            StoreError::NotFound => (Code::NotFound, K::NotFound),
+            StoreError::SeqConflict { .. } => (Code::FailedPrecondition, K::SeqConflict),
+            StoreError::Invalid(_) => (Code::InvalidArgument, K::Invalid),
+            StoreError::Fenced => (Code::Aborted, K::Fenced),
+            StoreError::Unavailable(_) => (Code::Unavailable, K::Unavailable),
+            StoreError::Internal(_) => (Code::Internal, K::Internal),
+        };
+        let (last_seq, first_seq) = match &e {
+            StoreError::SeqConflict { last_seq, first_seq } => (*last_seq, *first_seq),
+            _ => (0, 0),
+        };
+        let detail = match &e {
+            StoreError::Invalid(m) | StoreError::Unavailable(m) | StoreError::Internal(m) => m.clone(),
+            _ => String::new(),
+        };
+        let failure = pb::StoreFailure { kind: kind as i32, last_seq, first_seq, detail };
+        tonic::Status::with_details(code, e.to_string(), failure.encode_to_vec().into())
     }
 }
 
-/// A call's status as the client saw it, mapped once: a status this side
+/// A call's status as the client saw it, mapped once. A status this side
 /// made from a failure of the call itself (it carries that error as its
-/// source: the connection broke, the deadline passed) or one that says the
-/// service could not serve it (unavailable, deadline, cancelled, unknown,
-/// overloaded) is `Unavailable`, since the call may or may not have been
-/// applied; the store's own answers keep their kind.
+/// source: the connection broke, the deadline passed) is `Unavailable`, as
+/// the call may or may not have been applied. Otherwise the store's own
+/// error from the details; a status without them (from a proxy, or the
+/// server's framework) by its code, where every code that leaves the
+/// outcome open (unavailable, deadline, cancelled, unknown, overloaded) is
+/// `Unavailable` too.
 impl From<tonic::Status> for StoreError {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code;
         if std::error::Error::source(&s).is_some() {
             return StoreError::Unavailable(s.message().to_string());
         }
+        if let Some(e) = StoreError::from_details(s.details()) {
+            return e;
+        }
         match s.code() {
             Code::NotFound => StoreError::NotFound,
-            // The server answers ABORTED for a fenced write and nothing else.
             Code::Aborted => StoreError::Fenced,
             Code::InvalidArgument | Code::OutOfRange => StoreError::Invalid(s.message().to_string()),
-            // A seq conflict: nothing was written; the writer reloads and the
-            // client retries.
+            // A seq conflict without its numbers: nothing was written, and
+            // the client retries as after an outage.
             Code::FailedPrecondition => StoreError::Unavailable(s.message().to_string()),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
                 StoreError::Unavailable(s.message().to_string())
@@ -74,6 +97,25 @@ impl From<tonic::Status> for StoreError {
 }
 
 impl StoreError {
+    /// The error a status's details carry, if they hold a `StoreFailure` of
+    /// a kind this side knows.
+    fn from_details(details: &[u8]) -> Option<Self> {
+        use pb::StoreErrorKind as K;
+        if details.is_empty() {
+            return None;
+        }
+        let f = pb::StoreFailure::decode(details).ok()?;
+        Some(match K::try_from(f.kind).ok()? {
+            K::Unspecified => return None,
+            K::NotFound => StoreError::NotFound,
+            K::SeqConflict => StoreError::SeqConflict { last_seq: f.last_seq, first_seq: f.first_seq },
+            K::Invalid => StoreError::Invalid(f.detail),
+            K::Fenced => StoreError::Fenced,
+            K::Unavailable => StoreError::Unavailable(f.detail),
+            K::Internal => StoreError::Internal(f.detail),
+        })
+    }
+
     /// The error of a write that did not succeed, as its caller must treat
     /// it: unless the store refused the write outright (not found, invalid,
     /// fenced, a seq conflict, all known to have written nothing), it may or
@@ -84,6 +126,24 @@ impl StoreError {
             StoreError::Internal(m) => StoreError::Unavailable(format!("outcome unknown: {m}")),
             other => other,
         }
+    }
+
+    /// The client's error for this one (CONTRACT §3), the same whichever
+    /// service met it and however the store was reached. A seq conflict or a
+    /// fenced writer wrote nothing and an unavailable store may or may not
+    /// have: all three are UNAVAILABLE, and the client retries with the same
+    /// ids. The store's own words reach the client only for an invalid
+    /// request.
+    pub fn client_error(&self) -> pb::Error {
+        let (code, message) = match self {
+            StoreError::NotFound => (pb::ErrorCode::NotFound, "no such chat".to_string()),
+            StoreError::Invalid(m) => (pb::ErrorCode::Validation, m.clone()),
+            StoreError::SeqConflict { .. } | StoreError::Fenced | StoreError::Unavailable(_) => {
+                (pb::ErrorCode::Unavailable, "storage unavailable, retry with the same ids".to_string())
+            }
+            StoreError::Internal(_) => (pb::ErrorCode::Internal, "storage error".to_string()),
+        };
+        pb::Error { code: code as i32, message, retry_after_ms: None }
     }
 }
 
@@ -196,56 +256,121 @@ pub trait Store: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Status;
+    use tonic::{Code, Status};
 
-    fn kind(e: &StoreError) -> &'static str {
-        match e {
-            StoreError::NotFound => "not found",
-            StoreError::SeqConflict { .. } => "seq conflict",
-            StoreError::Invalid(_) => "invalid",
-            StoreError::Fenced => "fenced",
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Internal(_) => "internal",
+    /// Every error the store answers, with its numbers and words.
+    fn every_kind() -> Vec<StoreError> {
+        vec![
+            StoreError::NotFound,
+            StoreError::SeqConflict { last_seq: 3, first_seq: 5 },
+            StoreError::Invalid("a dm has exactly two members".into()),
+            StoreError::Fenced,
+            StoreError::Unavailable("the store did not answer within 5000 ms".into()),
+            StoreError::Internal("corrupt record".into()),
+        ]
+    }
+
+    #[test]
+    fn each_kind_crosses_grpc_as_itself() {
+        for e in every_kind() {
+            let status = Status::from(e.clone());
+            assert!(!status.details().is_empty(), "{e:?}");
+            assert_eq!(StoreError::from(status), e);
         }
     }
 
     #[test]
-    fn a_call_that_may_have_been_served_is_unavailable() {
+    fn the_status_code_says_the_kind_coarsely() {
+        let codes: Vec<Code> = every_kind().into_iter().map(|e| Status::from(e).code()).collect();
+        assert_eq!(
+            codes,
+            [
+                Code::NotFound,
+                Code::FailedPrecondition,
+                Code::InvalidArgument,
+                Code::Aborted,
+                Code::Unavailable,
+                Code::Internal
+            ]
+        );
+    }
+
+    /// A status without details (a proxy's, or the server framework's) is
+    /// read by its code.
+    #[test]
+    fn without_details_the_code_decides() {
+        assert_eq!(StoreError::from(Status::not_found("x")), StoreError::NotFound);
+        assert_eq!(StoreError::from(Status::aborted("x")), StoreError::Fenced);
+        assert_eq!(StoreError::from(Status::invalid_argument("bad")), StoreError::Invalid("bad".into()));
+        assert_eq!(StoreError::from(Status::out_of_range("far")), StoreError::Invalid("far".into()));
+        assert_eq!(StoreError::from(Status::internal("x")), StoreError::Internal("x".into()));
+        assert_eq!(StoreError::from(Status::data_loss("x")), StoreError::Internal("x".into()));
+        assert_eq!(StoreError::from(Status::unimplemented("x")), StoreError::Internal("x".into()));
+        // Without its numbers a seq conflict is retried like an outage.
+        assert_eq!(StoreError::from(Status::failed_precondition("x")), StoreError::Unavailable("x".into()));
+    }
+
+    /// Details this side cannot read (a kind it does not know, or bytes
+    /// that are no `StoreFailure`) count as absent.
+    #[test]
+    fn unreadable_details_fall_back_to_the_code() {
+        let unknown_kind = pb::StoreFailure { kind: 99, ..Default::default() }.encode_to_vec();
+        let status = Status::with_details(Code::NotFound, "x", unknown_kind.into());
+        assert_eq!(StoreError::from(status), StoreError::NotFound);
+        let unspecified = pb::StoreFailure::default().encode_to_vec();
+        let status = Status::with_details(Code::Aborted, "x", unspecified.into());
+        assert_eq!(StoreError::from(status), StoreError::Fenced);
+        let garbage = Status::with_details(Code::InvalidArgument, "bad", vec![0xff, 0xff, 0xff].into());
+        assert_eq!(StoreError::from(garbage), StoreError::Invalid("bad".into()));
+    }
+
+    #[test]
+    fn a_call_whose_outcome_is_unknown_is_unavailable() {
         // Made on this side from a broken connection: it carries the error.
         let broken = Status::from_error(Box::new(std::io::Error::other("connection reset by peer")));
-        assert_eq!(broken.code(), tonic::Code::Unknown);
-        assert_eq!(kind(&broken.into()), "unavailable");
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(matches!(StoreError::from(broken), StoreError::Unavailable(_)));
         for s in [
             Status::unavailable("down"),
             Status::deadline_exceeded("late"),
             Status::cancelled("gone"),
             Status::unknown("?"),
             Status::resource_exhausted("busy"),
-            Status::failed_precondition("seq conflict"),
         ] {
             let code = s.code();
-            assert_eq!(kind(&s.into()), "unavailable", "{code:?}");
+            assert!(matches!(StoreError::from(s), StoreError::Unavailable(_)), "{code:?}");
         }
     }
 
+    /// The router and the edge both answer with this: a seq conflict is
+    /// UNAVAILABLE whether the store was embedded or remote.
     #[test]
-    fn the_stores_own_answers_keep_their_kind() {
-        assert_eq!(kind(&Status::not_found("x").into()), "not found");
-        assert_eq!(kind(&Status::invalid_argument("x").into()), "invalid");
-        assert_eq!(kind(&Status::aborted("x").into()), "fenced");
-        assert_eq!(kind(&Status::internal("x").into()), "internal");
-        assert_eq!(kind(&Status::data_loss("x").into()), "internal");
-        // Both ways round.
-        assert_eq!(kind(&tonic::Status::from(StoreError::Fenced).into()), "fenced");
-        let conflict = StoreError::SeqConflict { last_seq: 3, first_seq: 5 };
-        assert_eq!(kind(&tonic::Status::from(conflict).into()), "unavailable");
+    fn one_client_error_per_kind() {
+        let code = |e: &StoreError| pb::ErrorCode::try_from(e.client_error().code).unwrap();
+        let codes: Vec<pb::ErrorCode> = every_kind().iter().map(code).collect();
+        assert_eq!(
+            codes,
+            [
+                pb::ErrorCode::NotFound,
+                pb::ErrorCode::Unavailable,
+                pb::ErrorCode::Validation,
+                pb::ErrorCode::Unavailable,
+                pb::ErrorCode::Unavailable,
+                pb::ErrorCode::Internal
+            ]
+        );
+        for e in every_kind() {
+            assert_eq!(StoreError::from(Status::from(e.clone())).client_error(), e.client_error());
+        }
+        // Only an invalid request's words reach the client.
+        assert_eq!(StoreError::Internal("corrupt record".into()).client_error().message, "storage error");
     }
 
     #[test]
     fn a_failed_write_is_never_internal() {
-        assert_eq!(kind(&StoreError::Internal("disk".into()).of_write()), "unavailable");
-        assert_eq!(kind(&StoreError::NotFound.of_write()), "not found");
-        assert_eq!(kind(&StoreError::Invalid("x".into()).of_write()), "invalid");
-        assert_eq!(kind(&StoreError::Fenced.of_write()), "fenced");
+        assert!(matches!(StoreError::Internal("disk".into()).of_write(), StoreError::Unavailable(_)));
+        assert_eq!(StoreError::NotFound.of_write(), StoreError::NotFound);
+        assert_eq!(StoreError::Invalid("x".into()).of_write(), StoreError::Invalid("x".into()));
+        assert_eq!(StoreError::Fenced.of_write(), StoreError::Fenced);
     }
 }

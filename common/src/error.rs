@@ -41,20 +41,6 @@ impl ErrorCode {
             Self::Internal => 500,
         }
     }
-
-    /// Maps a gRPC status from another service to a client code.
-    pub fn from_status(status: &tonic::Status) -> Self {
-        use tonic::Code;
-        match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => Self::ValidationError,
-            Code::PermissionDenied => Self::Forbidden,
-            Code::NotFound => Self::NotFound,
-            Code::Unauthenticated => Self::Unauthorized,
-            Code::ResourceExhausted => Self::RateLimited,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => Self::Unavailable,
-            _ => Self::Internal,
-        }
-    }
 }
 
 impl std::fmt::Display for ErrorCode {

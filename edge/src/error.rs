@@ -74,32 +74,34 @@ impl ApiError {
     }
 }
 
+/// A store failure met by the edge itself (history, chat lists, chat
+/// creation) reaches the client as the router's would.
 impl From<confab_api::store::StoreError> for ApiError {
     fn from(e: confab_api::store::StoreError) -> Self {
-        use confab_api::store::StoreError as E;
-        match e {
-            E::NotFound => Self::not_found("no such chat"),
-            E::Invalid(m) => Self::validation(m),
-            E::SeqConflict { .. } | E::Unavailable(_) | E::Fenced => Self::unavailable("storage unavailable, retry"),
-            E::Internal(m) => Self::new(ErrorCode::Internal, m),
-        }
+        e.client_error().into()
     }
 }
 
-/// Maps a router reply error to the client code.
+/// The router's error codes, and the store's through them, as the client's:
+/// the one mapping of an internal error to the contract's codes.
+impl From<pb::Error> for ApiError {
+    fn from(e: pb::Error) -> Self {
+        let code = match pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Internal) {
+            pb::ErrorCode::Validation => ErrorCode::ValidationError,
+            pb::ErrorCode::Forbidden => ErrorCode::Forbidden,
+            pb::ErrorCode::NotFound => ErrorCode::NotFound,
+            pb::ErrorCode::Unavailable | pb::ErrorCode::NotOwner => ErrorCode::Unavailable,
+            pb::ErrorCode::RateLimited => ErrorCode::RateLimited,
+            pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorCode::Internal,
+        };
+        ApiError { retry_after_ms: e.retry_after_ms, ..ApiError::new(code, e.message) }
+    }
+}
+
+/// A router reply, or its error as the client's.
 pub fn from_reply(r: pb::reply::Result) -> Result<pb::reply::Result, ApiError> {
     match r {
-        pb::reply::Result::Error(e) => {
-            let code = match pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Internal) {
-                pb::ErrorCode::Validation => ErrorCode::ValidationError,
-                pb::ErrorCode::Forbidden => ErrorCode::Forbidden,
-                pb::ErrorCode::NotFound => ErrorCode::NotFound,
-                pb::ErrorCode::Unavailable | pb::ErrorCode::NotOwner => ErrorCode::Unavailable,
-                pb::ErrorCode::RateLimited => ErrorCode::RateLimited,
-                pb::ErrorCode::Internal | pb::ErrorCode::Unspecified => ErrorCode::Internal,
-            };
-            Err(ApiError { retry_after_ms: e.retry_after_ms, ..ApiError::new(code, e.message) })
-        }
+        pb::reply::Result::Error(e) => Err(e.into()),
         other => Ok(other),
     }
 }
@@ -107,4 +109,51 @@ pub fn from_reply(r: pb::reply::Result) -> Result<pb::reply::Result, ApiError> {
 /// `{ ok: true, data }`.
 pub fn ok(data: Value) -> Value {
     json!({ "ok": true, "data": data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_api::store::StoreError;
+
+    fn code_of(code: pb::ErrorCode) -> ErrorCode {
+        ApiError::from(pb::Error { code: code as i32, message: "m".into(), retry_after_ms: None }).code
+    }
+
+    #[test]
+    fn each_router_code_has_its_client_code() {
+        assert_eq!(code_of(pb::ErrorCode::Validation), ErrorCode::ValidationError);
+        assert_eq!(code_of(pb::ErrorCode::Forbidden), ErrorCode::Forbidden);
+        assert_eq!(code_of(pb::ErrorCode::NotFound), ErrorCode::NotFound);
+        assert_eq!(code_of(pb::ErrorCode::Unavailable), ErrorCode::Unavailable);
+        assert_eq!(code_of(pb::ErrorCode::NotOwner), ErrorCode::Unavailable);
+        assert_eq!(code_of(pb::ErrorCode::RateLimited), ErrorCode::RateLimited);
+        assert_eq!(code_of(pb::ErrorCode::Internal), ErrorCode::Internal);
+        assert_eq!(code_of(pb::ErrorCode::Unspecified), ErrorCode::Internal);
+        let unknown = ApiError::from(pb::Error { code: 99, message: "m".into(), retry_after_ms: None });
+        assert_eq!(unknown.code, ErrorCode::Internal);
+        let limited =
+            pb::Error { code: pb::ErrorCode::RateLimited as i32, message: "m".into(), retry_after_ms: Some(7) };
+        assert_eq!(ApiError::from(limited).retry_after_ms, Some(7));
+    }
+
+    /// A store failure the edge meets itself reaches the client as one the
+    /// router met: a seq conflict or a fenced write is UNAVAILABLE.
+    #[test]
+    fn a_store_failure_maps_as_the_routers_would() {
+        for e in [
+            StoreError::NotFound,
+            StoreError::SeqConflict { last_seq: 3, first_seq: 5 },
+            StoreError::Invalid("bad".into()),
+            StoreError::Fenced,
+            StoreError::Unavailable("down".into()),
+            StoreError::Internal("disk".into()),
+        ] {
+            let here = ApiError::from(e.clone());
+            let routed = from_reply(pb::reply::Result::Error(e.client_error())).unwrap_err();
+            assert_eq!((here.code, &here.message), (routed.code, &routed.message), "{e:?}");
+        }
+        assert_eq!(ApiError::from(StoreError::SeqConflict { last_seq: 3, first_seq: 5 }).code, ErrorCode::Unavailable);
+        assert_eq!(ApiError::from(StoreError::Fenced).code, ErrorCode::Unavailable);
+    }
 }

@@ -122,13 +122,7 @@ fn room_join(
     let fut = edge.links.request(&chat_id, user, pb::request::Op::Join(op), Some(on_reply));
     later(async move {
         match error::from_reply(fut.await)? {
-            ReplyResult::Join(j) => Ok(json!({
-                "chatId": chat_id,
-                "lastSeq": j.last_seq,
-                "lastReadSeq": j.last_read_seq,
-                "missed": wire::messages(&j.missed),
-                "hasMore": j.has_more,
-            })),
+            ReplyResult::Join(j) => Ok(wire::join_ack(&chat_id, &j)),
             _ => Err(ApiError::new(confab_common::ErrorCode::Internal, "unexpected router reply")),
         }
     })
@@ -290,9 +284,10 @@ fn auth_refresh(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Valu
     Ok(Pending::Now(json!({ "expiresAt": confab_common::time::iso8601(identity.expires_at * 1000) })))
 }
 
-/// Queues a write whose reply is the client's ack data as JSON, once the
-/// user's rate limit of `class` allows it (behind the socket's earlier
-/// writes, see [`chain`]); over the limit it is refused with RATE_LIMITED.
+/// Queues a write once the user's rate limit of `class` allows it (behind
+/// the socket's earlier writes, see [`chain`]); over the limit it is
+/// refused with RATE_LIMITED. `ack` renders the router's reply as the
+/// client's ack data (`None`: not the reply this write gets).
 fn limited_op(
     edge: &Arc<Edge>,
     socket: &EioSocket,
@@ -300,6 +295,7 @@ fn limited_op(
     user: &str,
     class: RateClass,
     op: pb::request::Op,
+    ack: fn(ReplyResult) -> Option<Value>,
 ) -> Result<Pending, ApiError> {
     let (previous, done) = chain(Some(socket));
     let (edge, user) = (edge.clone(), user.to_string());
@@ -309,12 +305,7 @@ fn limited_op(
         }
         let queued = limits::check(&edge, &user, class).await.map(|()| edge.links.request(&chat_id, &user, op, None));
         drop(done);
-        match error::from_reply(queued?.await)? {
-            ReplyResult::Json(text) => {
-                serde_json::from_str(&text).map_err(|_| ApiError::outcome_unknown("unreadable router reply"))
-            }
-            _ => Err(ApiError::outcome_unknown("unexpected router reply")),
-        }
+        ack(error::from_reply(queued?.await)?).ok_or_else(|| ApiError::outcome_unknown("unexpected router reply"))
     })
 }
 
@@ -333,7 +324,10 @@ fn message_edit(
     let message_id = message_id(o)?;
     let body = validate::body(o, edge.config.max_body_chars)?;
     let op = pb::request::Op::Edit(pb::EditOp { message_id, body });
-    limited_op(edge, socket, chat_id, user, RateClass::Edits, op)
+    limited_op(edge, socket, chat_id, user, RateClass::Edits, op, |r| match r {
+        ReplyResult::Edit(e) => Some(wire::edit_ack(&e)),
+        _ => None,
+    })
 }
 
 fn message_delete(
@@ -346,7 +340,10 @@ fn message_delete(
     let chat_id = chat_id(o)?;
     let message_id = message_id(o)?;
     let op = pb::request::Op::Delete(pb::DeleteOp { message_id });
-    limited_op(edge, socket, chat_id, user, RateClass::Edits, op)
+    limited_op(edge, socket, chat_id, user, RateClass::Edits, op, |r| match r {
+        ReplyResult::Delete(d) => Some(wire::delete_ack(&d)),
+        _ => None,
+    })
 }
 
 fn reaction(
@@ -364,7 +361,10 @@ fn reaction(
         return Err(ApiError::validation("emoji must not be blank"));
     }
     let op = pb::request::Op::React(pb::ReactOp { message_id, emoji, add });
-    limited_op(edge, socket, chat_id, user, RateClass::Edits, op)
+    limited_op(edge, socket, chat_id, user, RateClass::Edits, op, |r| match r {
+        ReplyResult::Ok(_) => Some(wire::reaction_ack()),
+        _ => None,
+    })
 }
 
 fn receipt_read(
@@ -382,7 +382,10 @@ fn receipt_read(
         (None, Some(seq)) => pb::ReadOp { message_id: String::new(), seq: Some(seq) },
         (None, None) => return Err(ApiError::validation("messageId or seq is required")),
     };
-    limited_op(edge, socket, chat_id, user, RateClass::Receipts, pb::request::Op::Read(op))
+    limited_op(edge, socket, chat_id, user, RateClass::Receipts, pb::request::Op::Read(op), |r| match r {
+        ReplyResult::Read(r) => Some(wire::read_ack(&r)),
+        _ => None,
+    })
 }
 
 /// Typing is fire and forget: no ack, and bad payloads are dropped.

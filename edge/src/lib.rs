@@ -2,7 +2,9 @@
 //! (axum), checks JWTs and payloads, forwards ordered work to the owning
 //! router on a long-lived gRPC stream per router, reads history and chat
 //! lists from store-svc directly, reports sessions to presence-svc, and fans
-//! deliveries out to its own sockets.
+//! deliveries out to its own sockets. Routers and the store answer in typed
+//! protobuf; `wire` alone renders the contract's JSON from it, and `error`
+//! maps every failure to the client's error code once.
 //!
 //! Its modules form three layers, each importing only from the ones below
 //! it (`scripts/check-layers.mjs` fails otherwise, and on any import

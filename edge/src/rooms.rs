@@ -119,8 +119,7 @@ impl Rooms {
     /// malformed update, which counts as true).
     pub fn apply_chat_update(&self, update: &pb::ChatUpdate, batch: &mut WriteBatch) -> bool {
         let Some(chat) = &update.chat else { return true };
-        let payload = serde_json::json!({ "chat": crate::wire::chat(chat) });
-        let packet = Packet::new(&sio::event("chat:update", &payload));
+        let packet = Packet::new(&sio::event("chat:update", &crate::wire::chat_update(chat)));
         for user in &update.added_user_ids {
             for socket in self.user_sockets(user) {
                 self.join_socket(&chat.id, &socket, update.last_seq);
@@ -185,10 +184,20 @@ impl Rooms {
     /// Fans a delivery out to the chat's local sockets, written when
     /// `batch` ends.
     pub fn deliver(&self, d: pb::Delivery, batch: &mut WriteBatch) {
-        match d.event {
-            Some(pb::delivery::Event::MessageNew(m)) => self.deliver_message(&d.chat_id, &m, batch),
-            Some(pb::delivery::Event::ChatEvent(e)) => self.deliver_event(&d.chat_id, &e, batch),
-            Some(pb::delivery::Event::ChatUpdate(_)) | None => {}
+        use pb::delivery::Event;
+        match &d.event {
+            Some(Event::MessageNew(m)) => self.deliver_message(&d.chat_id, m, batch),
+            Some(Event::ChatUpdate(_)) | None => {}
+            Some(event) => {
+                // Typing is not shown to the typing user's own sockets.
+                let except_user = match event {
+                    Event::TypingUpdate(t) => Some(t.user_id.as_str()),
+                    _ => None,
+                };
+                if let Some((name, payload)) = crate::wire::chat_event(&d.chat_id, event) {
+                    self.deliver_event(&d.chat_id, &sio::event(name, &payload), except_user, batch);
+                }
+            }
         }
     }
 
@@ -284,14 +293,15 @@ impl Rooms {
         }
     }
 
-    /// An event the router already put in the client's JSON shape.
-    fn deliver_event(&self, chat_id: &str, e: &pb::Event, batch: &mut WriteBatch) {
+    /// Any other event of the chat, encoded once, to every local socket of
+    /// the chat but those of `except_user`.
+    fn deliver_event(&self, chat_id: &str, encoded: &str, except_user: Option<&str>, batch: &mut WriteBatch) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
-        let packet = Packet::new(&sio::raw_event(&e.name, &e.json));
+        let packet = Packet::new(encoded);
         for socket in room.sockets.values() {
-            let skip = match (&e.except_user, socket.data.session.get()) {
-                (Some(user), Some(session)) => &session.user_id == user,
+            let skip = match (except_user, socket.data.session.get()) {
+                (Some(user), Some(session)) => session.user_id == user,
                 _ => false,
             };
             if !skip {

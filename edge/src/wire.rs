@@ -1,4 +1,6 @@
-//! JSON shapes of the client contract (CONTRACT §6, §7).
+//! JSON shapes of the client contract (CONTRACT §5, §6, §7): the one place
+//! that renders them. Routers and stores answer in typed protobuf; what a
+//! client reads is written here, from those types.
 
 use confab_common::time::iso8601;
 use confab_proto::v1 as pb;
@@ -24,11 +26,14 @@ pub fn message(m: &pb::Message) -> Value {
         o.insert("deleted".into(), Value::Bool(true));
     }
     if !m.reactions.is_empty() {
-        let counts: Map<String, Value> =
-            m.reactions.iter().map(|r| (r.emoji.clone(), json!(r.user_ids.len()))).collect();
-        o.insert("reactions".into(), Value::Object(counts));
+        o.insert("reactions".into(), counts(&m.reactions));
     }
     Value::Object(o)
+}
+
+/// `{ [emoji]: number }` (CONTRACT rule 6): how many users hold each emoji.
+fn counts(reactions: &[pb::Reaction]) -> Value {
+    Value::Object(reactions.iter().map(|r| (r.emoji.clone(), json!(r.user_ids.len()))).collect())
 }
 
 pub fn messages(ms: &[pb::Message]) -> Value {
@@ -38,6 +43,91 @@ pub fn messages(ms: &[pb::Message]) -> Value {
 /// The ack data of `message:send` and the body of `POST …/messages`.
 pub fn send_ack(m: &pb::Message) -> Value {
     json!({ "clientId": m.client_id, "serverId": m.id, "seq": m.seq, "createdAt": iso8601(m.created_at_ms) })
+}
+
+/// The ack data of `room:join`.
+pub fn join_ack(chat_id: &str, j: &pb::JoinResult) -> Value {
+    json!({
+        "chatId": chat_id,
+        "lastSeq": j.last_seq,
+        "lastReadSeq": j.last_read_seq,
+        "missed": messages(&j.missed),
+        "hasMore": j.has_more,
+    })
+}
+
+/// The ack data of `message:edit`.
+pub fn edit_ack(r: &pb::EditResult) -> Value {
+    json!({ "messageId": r.message_id, "editedAt": iso8601(r.edited_at_ms) })
+}
+
+/// The ack data of `message:delete`.
+pub fn delete_ack(r: &pb::DeleteResult) -> Value {
+    json!({ "messageId": r.message_id })
+}
+
+/// The ack data of `reaction:add` and `reaction:remove`.
+pub fn reaction_ack() -> Value {
+    json!({})
+}
+
+/// The ack data of `receipt:read`.
+pub fn read_ack(r: &pb::ReadResult) -> Value {
+    json!({ "lastReadSeq": r.last_read_seq, "readAt": iso8601(r.read_at_ms) })
+}
+
+/// A chat event from its router as the client's event: the name and the
+/// payload (CONTRACT §6). `None` for the two that rooms deliver by rules of
+/// their own: `message:new` in seq order (see [`message`]) and `chat:update`
+/// to the members' personal rooms (see [`chat_update`]).
+pub fn chat_event(chat_id: &str, event: &pb::delivery::Event) -> Option<(&'static str, Value)> {
+    use pb::delivery::Event as E;
+    Some(match event {
+        E::MessageNew(_) | E::ChatUpdate(_) => return None,
+        E::MessageUpdated(u) => (
+            "message:updated",
+            json!({
+                "chatId": chat_id,
+                "messageId": u.message_id,
+                "seq": u.seq,
+                "body": u.body,
+                "editedAt": iso8601(u.edited_at_ms),
+            }),
+        ),
+        E::MessageDeleted(d) => {
+            ("message:deleted", json!({ "chatId": chat_id, "messageId": d.message_id, "seq": d.seq }))
+        }
+        E::ReactionUpdate(r) => (
+            "reaction:update",
+            json!({
+                "chatId": chat_id,
+                "messageId": r.message_id,
+                "emoji": r.emoji,
+                "userId": r.user_id,
+                "action": if r.add { "add" } else { "remove" },
+                "counts": counts(&r.reactions),
+            }),
+        ),
+        E::TypingUpdate(t) => (
+            "typing:update",
+            json!({ "chatId": chat_id, "userId": t.user_id, "state": if t.start { "start" } else { "stop" } }),
+        ),
+        E::ReceiptUpdate(r) => (
+            "receipt:update",
+            json!({
+                "chatId": chat_id,
+                "userId": r.user_id,
+                "messageId": r.message_id,
+                "seq": r.seq,
+                "readAt": iso8601(r.read_at_ms),
+            }),
+        ),
+    })
+}
+
+/// The payload of `chat:update` (CONTRACT §6).
+pub fn chat_update(c: &pb::Chat) -> Value {
+    json!({ "chat": chat(c) })
 }
 
 /// `Chat` (CONTRACT §6 `chat:update`, §8.27).
@@ -65,4 +155,172 @@ pub fn chat_summary(s: &pb::ChatSummary) -> Value {
         o.insert("unread".into(), json!(s.unread));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::delivery::Event;
+
+    /// 2026-01-01T00:00:00.000Z.
+    const NEW_YEAR_MS: i64 = 1_767_225_600_000;
+
+    fn reaction(emoji: &str, users: &[&str]) -> pb::Reaction {
+        pb::Reaction { emoji: emoji.into(), user_ids: users.iter().map(|u| u.to_string()).collect() }
+    }
+
+    fn event(e: Event) -> (&'static str, Value) {
+        chat_event("c1", &e).expect("a chat event")
+    }
+
+    #[test]
+    fn message_new_is_the_contracts_message() {
+        let mut m = pb::Message {
+            chat_id: "c1".into(),
+            id: "m1".into(),
+            seq: 3,
+            sender_id: "alice".into(),
+            body: "hi".into(),
+            created_at_ms: NEW_YEAR_MS,
+            client_id: "k1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            message(&m),
+            json!({
+                "chatId": "c1", "id": "m1", "seq": 3, "senderId": "alice", "body": "hi",
+                "createdAt": "2026-01-01T00:00:00.000Z", "clientId": "k1",
+            })
+        );
+        m.reply_to = Some("m0".into());
+        m.edited_at_ms = Some(NEW_YEAR_MS + 1500);
+        m.reactions = vec![reaction("👍", &["alice", "bob"]), reaction("🎉", &["bob"])];
+        let v = message(&m);
+        assert_eq!(v["replyTo"], "m0");
+        assert_eq!(v["editedAt"], "2026-01-01T00:00:01.500Z");
+        assert_eq!(v["reactions"], json!({ "👍": 2, "🎉": 1 }));
+        assert_eq!(v.get("deleted"), None);
+        let tombstone = pb::Message { deleted: true, body: String::new(), reactions: vec![], ..m };
+        assert_eq!(message(&tombstone)["deleted"], true);
+        assert_eq!(chat_event("c1", &Event::MessageNew(tombstone)), None);
+    }
+
+    #[test]
+    fn message_updated() {
+        let u =
+            pb::MessageUpdated { message_id: "m1".into(), seq: 3, body: "edited".into(), edited_at_ms: NEW_YEAR_MS };
+        let (name, payload) = event(Event::MessageUpdated(u));
+        assert_eq!(name, "message:updated");
+        assert_eq!(
+            payload,
+            json!({ "chatId": "c1", "messageId": "m1", "seq": 3, "body": "edited", "editedAt": "2026-01-01T00:00:00.000Z" })
+        );
+        // The bytes a client reads: keys in one fixed order.
+        assert_eq!(
+            payload.to_string(),
+            r#"{"body":"edited","chatId":"c1","editedAt":"2026-01-01T00:00:00.000Z","messageId":"m1","seq":3}"#
+        );
+    }
+
+    #[test]
+    fn message_deleted() {
+        let (name, payload) = event(Event::MessageDeleted(pb::MessageDeleted { message_id: "m1".into(), seq: 3 }));
+        assert_eq!(name, "message:deleted");
+        assert_eq!(payload, json!({ "chatId": "c1", "messageId": "m1", "seq": 3 }));
+    }
+
+    #[test]
+    fn reaction_update_counts_the_holders_after_the_change() {
+        let added = pb::ReactionUpdate {
+            message_id: "m1".into(),
+            emoji: "👍".into(),
+            user_id: "bob".into(),
+            add: true,
+            reactions: vec![reaction("👍", &["alice", "bob"]), reaction("🎉", &["carol"])],
+        };
+        let (name, payload) = event(Event::ReactionUpdate(added.clone()));
+        assert_eq!(name, "reaction:update");
+        assert_eq!(
+            payload,
+            json!({
+                "chatId": "c1", "messageId": "m1", "emoji": "👍", "userId": "bob", "action": "add",
+                "counts": { "👍": 2, "🎉": 1 },
+            })
+        );
+        // The last holder gone: the emoji leaves the counts.
+        let removed = pb::ReactionUpdate { add: false, reactions: vec![], ..added };
+        let (_, payload) = event(Event::ReactionUpdate(removed));
+        assert_eq!(payload["action"], "remove");
+        assert_eq!(payload["counts"], json!({}));
+    }
+
+    #[test]
+    fn typing_update() {
+        let (name, payload) = event(Event::TypingUpdate(pb::TypingUpdate { user_id: "bob".into(), start: true }));
+        assert_eq!(name, "typing:update");
+        assert_eq!(payload, json!({ "chatId": "c1", "userId": "bob", "state": "start" }));
+        let (_, payload) = event(Event::TypingUpdate(pb::TypingUpdate { user_id: "bob".into(), start: false }));
+        assert_eq!(payload["state"], "stop");
+    }
+
+    #[test]
+    fn receipt_update() {
+        let r = pb::ReceiptUpdate { user_id: "bob".into(), message_id: "m1".into(), seq: 3, read_at_ms: NEW_YEAR_MS };
+        let (name, payload) = event(Event::ReceiptUpdate(r));
+        assert_eq!(name, "receipt:update");
+        assert_eq!(
+            payload,
+            json!({ "chatId": "c1", "userId": "bob", "messageId": "m1", "seq": 3, "readAt": "2026-01-01T00:00:00.000Z" })
+        );
+    }
+
+    #[test]
+    fn chat_update() {
+        let c = pb::Chat {
+            id: "c1".into(),
+            kind: "group".into(),
+            title: Some("team".into()),
+            members: vec![
+                pb::Member { user_id: "alice".into(), role: "admin".into(), joined_at_ms: NEW_YEAR_MS },
+                pb::Member { user_id: "bob".into(), role: "member".into(), joined_at_ms: NEW_YEAR_MS },
+            ],
+            created_by: "alice".into(),
+            created_at_ms: NEW_YEAR_MS,
+            updated_at_ms: NEW_YEAR_MS + 1,
+        };
+        assert_eq!(
+            super::chat_update(&c),
+            json!({ "chat": {
+                "id": "c1", "type": "group", "title": "team", "memberIds": ["alice", "bob"], "adminIds": ["alice"],
+                "createdBy": "alice", "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": "2026-01-01T00:00:00.001Z",
+            } })
+        );
+        assert_eq!(chat_event("c1", &Event::ChatUpdate(pb::ChatUpdate::default())), None);
+    }
+
+    #[test]
+    fn acks() {
+        let m = pb::Message {
+            id: "m1".into(),
+            seq: 3,
+            client_id: "k1".into(),
+            created_at_ms: NEW_YEAR_MS,
+            ..Default::default()
+        };
+        assert_eq!(
+            send_ack(&m),
+            json!({ "clientId": "k1", "serverId": "m1", "seq": 3, "createdAt": "2026-01-01T00:00:00.000Z" })
+        );
+        let joined = pb::JoinResult { last_seq: 4, last_read_seq: 2, missed: vec![m.clone()], has_more: false };
+        assert_eq!(
+            join_ack("c1", &joined),
+            json!({ "chatId": "c1", "lastSeq": 4, "lastReadSeq": 2, "missed": [message(&m)], "hasMore": false })
+        );
+        let edited = pb::EditResult { message_id: "m1".into(), edited_at_ms: NEW_YEAR_MS };
+        assert_eq!(edit_ack(&edited), json!({ "messageId": "m1", "editedAt": "2026-01-01T00:00:00.000Z" }));
+        assert_eq!(delete_ack(&pb::DeleteResult { message_id: "m1".into() }), json!({ "messageId": "m1" }));
+        assert_eq!(reaction_ack(), json!({}));
+        let read = pb::ReadResult { last_read_seq: 3, read_at_ms: NEW_YEAR_MS };
+        assert_eq!(read_ack(&read), json!({ "lastReadSeq": 3, "readAt": "2026-01-01T00:00:00.000Z" }));
+    }
 }

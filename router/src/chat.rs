@@ -136,19 +136,9 @@ fn not_found(message: &str) -> ReplyResult {
     error(pb::ErrorCode::NotFound, message)
 }
 
-fn json(v: serde_json::Value) -> ReplyResult {
-    ReplyResult::Json(v.to_string())
-}
-
+/// The client's error for a store failure (see [`StoreError::client_error`]).
 fn store_error(e: &StoreError) -> ReplyResult {
-    match e {
-        StoreError::NotFound => not_found("no such chat"),
-        StoreError::Invalid(m) => error(pb::ErrorCode::Validation, m.clone()),
-        StoreError::SeqConflict { .. } | StoreError::Unavailable(_) | StoreError::Fenced => {
-            error(pb::ErrorCode::Unavailable, "storage unavailable, retry with the same ids")
-        }
-        StoreError::Internal(_) => error(pb::ErrorCode::Internal, "storage error"),
-    }
+    ReplyResult::Error(e.client_error())
 }
 
 /// A failed write (or a writer that could not start, so the commands
@@ -344,14 +334,7 @@ impl ChatState {
         Ok(ReplyResult::Join(pb::JoinResult { last_seq: self.last_seq, last_read_seq, missed, has_more }))
     }
 
-    fn broadcast(&mut self, (name, payload): (&'static str, serde_json::Value), except_user: Option<&str>) {
-        self.send_all(pb::delivery::Event::ChatEvent(pb::Event {
-            name: name.to_string(),
-            json: payload.to_string(),
-            except_user: except_user.map(str::to_string),
-        }));
-    }
-
+    /// Sends one event of this chat to every subscribed edge.
     fn send_all(&mut self, event: pb::delivery::Event) {
         let frame = Kind::Delivery(pb::Delivery { chat_id: self.chat_id.clone(), event: Some(event) });
         self.subscribers.retain(|_, edge| edge.send(frame.clone()));
@@ -472,7 +455,7 @@ mod tests {
         }
         let edit = pb::EditOp { message_id: ids[1].clone(), body: "edited".into() };
         let cmd = Cmd { req_id: 10, user: "alice".into(), edge: edge.clone(), op: Op::Edit(edit) };
-        assert!(matches!(reply(cmd).await, ReplyResult::Json(_)));
+        assert!(matches!(reply(cmd).await, ReplyResult::Edit(_)));
         let join = pb::JoinOp { since_seq: Some(1), limit: 100 };
         let cmd = Cmd { req_id: 11, user: "bob".into(), edge: edge.clone(), op: Op::Join(join) };
         let ReplyResult::Join(joined) = reply(cmd).await else { panic!("join failed") };

@@ -1,7 +1,9 @@
 //! router: owns chats. Each chat is placed on one router by consistent hash
 //! (confab-api's `placement::Ring`, which edges build too); for the chats it owns, a router runs the single writer that
 //! checks membership and idempotency, assigns gap-free seqs, appends through
-//! store-svc and fans each message out once per subscribed edge.
+//! store-svc and fans each message out once per subscribed edge. What it
+//! sends edges is typed protobuf (events, replies, errors with their code);
+//! it writes no client JSON.
 //!
 //! Edges talk to a router over one long-lived bidirectional gRPC stream
 //! (`confab.v1.Router/EdgeStream`). The router keeps nothing that the store
@@ -12,7 +14,6 @@
 
 mod chat;
 mod edges;
-mod events;
 mod tail;
 
 use chat::{ChatSettings, Cmd, Op};

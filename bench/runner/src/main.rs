@@ -167,13 +167,14 @@ impl Bench {
             Target::ConfabDev | Target::ConfabCluster => Some(probe_disk(&self.env.work, DISK_PROBE)?),
             _ => None,
         };
-        // A port picked free can be taken by the time a server binds it:
-        // try again with fresh ports.
+        // A port picked free can be taken by the time a server binds it,
+        // and the server exits: try again with fresh ports (a server that
+        // cannot start at all fails the same way each time).
         let mut attempt = 0;
         let running = loop {
             match self.env.start(target, connections, self.runs * 10 + attempt) {
                 Ok(r) => break r,
-                Err(e) if attempt < 2 && format!("{e:#}").contains("in use") => attempt += 1,
+                Err(e) if attempt < 2 && exited_early(&e) => attempt += 1,
                 Err(e) => return Err(e),
             }
         };
@@ -209,6 +210,11 @@ impl Bench {
         }
         Ok(report)
     }
+}
+
+/// A start that failed because a server exited before it was ready.
+fn exited_early(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<targets::ExitedEarly>().is_some()
 }
 
 /// The disk probe's figure for confab's targets, "–" for the others.
@@ -628,5 +634,16 @@ mod tests {
         // A debug build here does about 120 million a second; a million is
         // a floor any machine clears.
         assert!(speed.is_finite() && speed > 1.0, "{speed}");
+    }
+
+    /// A start is retried when a server exited early, however much
+    /// context the error gathered on the way; not for other failures.
+    #[test]
+    fn a_server_that_exited_early_is_started_again() {
+        use std::os::unix::process::ExitStatusExt;
+        let early = anyhow::Error::from(targets::ExitedEarly(std::process::ExitStatus::from_raw(1 << 8)));
+        let early = early.context("server logs: [1-edge.log: address in use]");
+        assert!(exited_early(&early), "{early:#}");
+        assert!(!exited_early(&anyhow::anyhow!("server on port 1 not ready within 30s")));
     }
 }

@@ -78,10 +78,23 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Fails when the child has exited (its log is in the work directory).
+/// A server that exited before it was ready (its log is in the work
+/// directory).
+#[derive(Debug)]
+pub struct ExitedEarly(pub std::process::ExitStatus);
+
+impl std::fmt::Display for ExitedEarly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server exited before it was ready ({})", self.0)
+    }
+}
+
+impl std::error::Error for ExitedEarly {}
+
+/// Fails with [`ExitedEarly`] when the child has exited.
 fn exited(child: &mut Child) -> anyhow::Result<()> {
     match child.try_wait()? {
-        Some(status) => anyhow::bail!("server exited before it was ready ({status})"),
+        Some(status) => Err(ExitedEarly(status).into()),
         None => Ok(()),
     }
 }

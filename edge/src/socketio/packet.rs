@@ -214,18 +214,6 @@ fn utf8(buf: Vec<u8>) -> String {
     String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// `2["name",<json>]` from a payload that is already JSON text.
-pub fn raw_event(name: &str, json: &str) -> String {
-    let name = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
-    let mut s = String::with_capacity(4 + name.len() + json.len());
-    s.push_str("2[");
-    s.push_str(&name);
-    s.push(',');
-    s.push_str(json);
-    s.push(']');
-    s
-}
-
 /// `3<id>[payload]` on the default namespace.
 pub fn ack(id: u64, payload: &Value) -> String {
     use std::io::Write as _;
@@ -323,7 +311,6 @@ mod tests {
         );
         assert_eq!(connect_error("/x", "Invalid namespace", None), r#"4/x,{"message":"Invalid namespace"}"#);
         assert_eq!(event("a", &json!({"b":1})), r#"2["a",{"b":1}]"#);
-        assert_eq!(raw_event("a\"b", r#"{"b":1}"#), r#"2["a\"b",{"b":1}]"#);
         assert_eq!(ack(7, &json!({"ok":true})), r#"37[{"ok":true}]"#);
     }
 }

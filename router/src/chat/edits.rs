@@ -1,9 +1,9 @@
 //! Changes to a stored message: edit, delete and reactions.
 
-use super::{forbidden, json, not_found, store_error, write_error, ChatState, OpResult, Store};
-use crate::events;
+use super::{forbidden, not_found, store_error, write_error, ChatState, OpResult, Store};
 use confab_common::time::now_ms;
 use confab_proto::v1 as pb;
+use confab_proto::v1::delivery::Event;
 use confab_proto::v1::reply::Result as ReplyResult;
 use std::sync::Arc;
 
@@ -30,12 +30,18 @@ impl ChatState {
         if m.sender_id != user {
             return Err(forbidden("only the sender may edit a message"));
         }
+        let edited_at_ms = now_ms();
         m.body = op.body;
-        m.edited_at_ms = Some(now_ms());
+        m.edited_at_ms = Some(edited_at_ms);
         store.put_message(m.clone(), Some(self.epoch)).await.map_err(|e| self.fenced_by(e)).map_err(write_error)?;
         self.tail.update(&m);
-        self.broadcast(events::message_updated(&m), None);
-        Ok(json(events::edit_ack(&m)))
+        self.send_all(Event::MessageUpdated(pb::MessageUpdated {
+            message_id: m.id.clone(),
+            seq: m.seq,
+            body: m.body,
+            edited_at_ms,
+        }));
+        Ok(ReplyResult::Edit(pb::EditResult { message_id: m.id, edited_at_ms }))
     }
 
     pub(super) async fn delete(&mut self, store: &Arc<dyn Store>, user: &str, op: pb::DeleteOp) -> OpResult {
@@ -57,9 +63,9 @@ impl ChatState {
             m.reactions.clear();
             store.put_message(m.clone(), Some(self.epoch)).await.map_err(|e| self.fenced_by(e)).map_err(write_error)?;
             self.tail.update(&m);
-            self.broadcast(events::message_deleted(&m), None);
+            self.send_all(Event::MessageDeleted(pb::MessageDeleted { message_id: m.id.clone(), seq: m.seq }));
         }
-        Ok(json(serde_json::json!({ "messageId": m.id })))
+        Ok(ReplyResult::Delete(pb::DeleteResult { message_id: m.id }))
     }
 
     pub(super) async fn react(&mut self, store: &Arc<dyn Store>, user: &str, op: pb::ReactOp) -> OpResult {
@@ -89,8 +95,14 @@ impl ChatState {
         if changed {
             store.put_message(m.clone(), Some(self.epoch)).await.map_err(|e| self.fenced_by(e)).map_err(write_error)?;
             self.tail.update(&m);
-            self.broadcast(events::reaction_update(&m, &op.emoji, user, op.add), None);
+            self.send_all(Event::ReactionUpdate(pb::ReactionUpdate {
+                message_id: m.id,
+                emoji: op.emoji,
+                user_id: user.to_string(),
+                add: op.add,
+                reactions: m.reactions,
+            }));
         }
-        Ok(json(serde_json::json!({})))
+        Ok(ReplyResult::Ok(pb::Empty {}))
     }
 }

@@ -1,9 +1,9 @@
 //! Read receipts: each member's read cursor, cached by the writer.
 
-use super::{error, forbidden, json, not_found, store_error, write_error, ChatState, OpResult, Store};
-use crate::events;
+use super::{error, forbidden, not_found, store_error, write_error, ChatState, OpResult, Store};
 use confab_common::time::now_ms;
 use confab_proto::v1 as pb;
+use confab_proto::v1::delivery::Event;
 use confab_proto::v1::reply::Result as ReplyResult;
 use std::sync::Arc;
 
@@ -39,13 +39,18 @@ impl ChatState {
             }
         };
         let current = self.cursor(store, user).await?;
-        let read_at = now_ms();
+        let read_at_ms = now_ms();
         if target.seq <= current {
-            return Ok(json(events::read_ack(current, read_at)));
+            return Ok(ReplyResult::Read(pb::ReadResult { last_read_seq: current, read_at_ms }));
         }
         let now_at = store.set_cursor(&self.chat_id, user, target.seq).await.map_err(write_error)?;
         self.cursors.insert(user.to_string(), now_at);
-        self.broadcast(events::receipt_update(&self.chat_id, user, &target, read_at), None);
-        Ok(json(events::read_ack(now_at, read_at)))
+        self.send_all(Event::ReceiptUpdate(pb::ReceiptUpdate {
+            user_id: user.to_string(),
+            message_id: target.id,
+            seq: target.seq,
+            read_at_ms,
+        }));
+        Ok(ReplyResult::Read(pb::ReadResult { last_read_seq: now_at, read_at_ms }))
     }
 }

@@ -1,7 +1,8 @@
 //! Typing indicators: debounced starts, explicit stops and expiry.
 
 use super::{ChatSettings, ChatState};
-use crate::events;
+use confab_proto::v1 as pb;
+use confab_proto::v1::delivery::Event;
 use tokio::time::Instant;
 
 pub(super) struct Typing {
@@ -18,7 +19,7 @@ impl ChatState {
         }
         if !start {
             if self.typing.remove(user).is_some() {
-                self.broadcast(events::typing(&self.chat_id, user, false), Some(user));
+                self.send_all(typing_update(user, false));
             }
             return;
         }
@@ -27,7 +28,7 @@ impl ChatState {
             Some(t) if now < t.last_broadcast + settings.typing_debounce => t.expires = expires,
             _ => {
                 self.typing.insert(user.to_string(), Typing { last_broadcast: now, expires });
-                self.broadcast(events::typing(&self.chat_id, user, true), Some(user));
+                self.send_all(typing_update(user, true));
             }
         }
     }
@@ -37,7 +38,12 @@ impl ChatState {
             self.typing.iter().filter(|(_, t)| t.expires <= now).map(|(u, _)| u.clone()).collect();
         for user in expired {
             self.typing.remove(&user);
-            self.broadcast(events::typing(&self.chat_id, &user, false), Some(&user));
+            self.send_all(typing_update(&user, false));
         }
     }
+}
+
+/// A start or stop of `user`, which the edge shows to everyone but `user`.
+fn typing_update(user: &str, start: bool) -> Event {
+    Event::TypingUpdate(pb::TypingUpdate { user_id: user.to_string(), start })
 }
