@@ -17,15 +17,14 @@
 //! A cap of 0 means no cap. A slot is held by a permit and given back when
 //! the permit is dropped, whatever ends the connection.
 
-use crate::conn::Conn;
 use crate::error::ApiError;
-use crate::listener::Peer;
+use crate::transport::listener::Peer;
+use crate::transport::{DisconnectReason, Sid};
 use crate::Edge;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use confab_common::ErrorCode;
-use engineioxide::DisconnectReason;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -160,9 +159,28 @@ impl Admission {
 
     /// Closes `conn` if it has no Socket.IO session when its CONNECT
     /// deadline passes.
-    pub fn watch_connect(&self, conn: &Arc<Conn>) {
+    pub fn watch_connect(&self, conn: &Arc<dyn AwaitingConnect>) {
         self.deadlines.watch(conn);
     }
+}
+
+/// A connection as its CONNECT deadline sees it (a socket of the session
+/// layer, which implements this).
+pub trait AwaitingConnect: Send + Sync {
+    fn sid(&self) -> Sid;
+    fn connect_state(&self) -> ConnectState;
+    fn close(&self, reason: DisconnectReason);
+}
+
+/// Where a connection's CONNECT stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectState {
+    /// None came yet: the deadline closes the connection.
+    Waiting,
+    /// One is being checked: it gets another deadline's time to finish.
+    Checking,
+    /// It has a session, or has closed: the deadline is moot.
+    Settled,
 }
 
 /// IPv6 clients count per /64; IPv4 (mapped or not) per address.
@@ -254,7 +272,7 @@ pub fn connect_refusal(refused: &Refused) -> Value {
 /// per edge closes the late ones ([`run_connect_deadlines`]).
 struct ConnectDeadlines {
     after: Duration,
-    queue: Mutex<VecDeque<(Instant, Weak<Conn>)>>,
+    queue: Mutex<VecDeque<(Instant, Weak<dyn AwaitingConnect>)>>,
     wake: Notify,
 }
 
@@ -263,11 +281,11 @@ impl ConnectDeadlines {
         Self { after, queue: Mutex::default(), wake: Notify::new() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Weak<Conn>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Weak<dyn AwaitingConnect>)>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn watch(&self, conn: &Arc<Conn>) {
+    fn watch(&self, conn: &Arc<dyn AwaitingConnect>) {
         let mut queue = self.lock();
         queue.push_back((Instant::now() + self.after, Arc::downgrade(conn)));
         if queue.len() == 1 {
@@ -276,7 +294,7 @@ impl ConnectDeadlines {
     }
 
     /// The entries due at `now`, and when the next one is.
-    fn take_due(&self, now: Instant) -> (Vec<Weak<Conn>>, Option<Instant>) {
+    fn take_due(&self, now: Instant) -> (Vec<Weak<dyn AwaitingConnect>>, Option<Instant>) {
         let mut queue = self.lock();
         let mut due = Vec::new();
         while let Some((at, _)) = queue.front() {
@@ -299,14 +317,15 @@ pub async fn run_connect_deadlines(edge: Arc<Edge>) {
     loop {
         let (due, next) = deadlines.take_due(Instant::now());
         for conn in due.iter().filter_map(Weak::upgrade) {
-            if conn.data.is_disconnected() || conn.data.session.get().is_some() {
-                continue;
+            match conn.connect_state() {
+                ConnectState::Settled => continue,
+                ConnectState::Checking => {
+                    deadlines.watch(&conn);
+                    continue;
+                }
+                ConnectState::Waiting => {}
             }
-            if conn.data.is_connecting() {
-                deadlines.watch(&conn);
-                continue;
-            }
-            tracing::info!(sid = %conn.id, "no CONNECT before the deadline: closing connection");
+            tracing::info!(sid = %conn.sid(), "no CONNECT before the deadline: closing connection");
             edge.admission.counts.connect_deadline.fetch_add(1, Ordering::Relaxed);
             conn.close(DisconnectReason::TransportClose);
         }

@@ -17,7 +17,7 @@
 //! Until the signal the edge keeps a registry of its connections (every
 //! transport, with or without a session) so step 3 can reach them all.
 
-use crate::conn::Conn;
+use crate::transport::Conn;
 use crate::Edge;
 use confab_common::Shutdown;
 use engineioxide::{socket::Sid, DisconnectReason};

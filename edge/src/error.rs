@@ -3,7 +3,6 @@
 //! body `{ error, message, correlationId }`. The correlation id is logged
 //! with the failure.
 
-use crate::link::ReplyResult;
 use confab_common::ErrorCode;
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -108,9 +107,9 @@ impl From<pb::Error> for ApiError {
 }
 
 /// A router reply, or its error as the client's.
-pub fn from_reply(r: ReplyResult) -> Result<ReplyResult, ApiError> {
+pub fn from_reply(r: pb::reply::Result) -> Result<pb::reply::Result, ApiError> {
     match r {
-        ReplyResult::Error(e) => Err(e.into()),
+        pb::reply::Result::Error(e) => Err(e.into()),
         other => Ok(other),
     }
 }
@@ -159,7 +158,7 @@ mod tests {
             StoreError::Internal("disk".into()),
         ] {
             let here = ApiError::from(e.clone());
-            let routed = from_reply(ReplyResult::Error(e.client_error())).unwrap_err();
+            let routed = from_reply(pb::reply::Result::Error(e.client_error())).unwrap_err();
             assert_eq!((here.code, &here.message), (routed.code, &routed.message), "{e:?}");
         }
         assert_eq!(ApiError::from(StoreError::SeqConflict { last_seq: 3, first_seq: 5 }).code, ErrorCode::Unavailable);

@@ -10,9 +10,11 @@
 use crate::error::{self, ApiError};
 use crate::limits::{self, RateClass};
 use crate::link::ReplyResult;
-use crate::socket::{self, EioSocket};
+use crate::session::{self, EioSocket};
+use crate::socketio::packet as sio;
+use crate::transport::WriteBatch;
 use crate::validate::{self, Obj};
-use crate::{sio, wire, Edge};
+use crate::{wire, Edge};
 use confab_common::{ChatId, UserId};
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -58,8 +60,8 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
     };
     let event = name.to_string();
     match queued {
-        Ok(Pending::Now(data)) => socket::send(socket, sio::ack(ack_id, &error::ok(data))),
-        Err(e) => socket::send(socket, sio::ack(ack_id, &e.ack(&event))),
+        Ok(Pending::Now(data)) => socket.send(sio::ack(ack_id, &error::ok(data))),
+        Err(e) => socket.send(sio::ack(ack_id, &e.ack(&event))),
         Ok(Pending::Later(fut)) => {
             let socket = socket.clone();
             edge.shutdown.spawn(async move {
@@ -67,14 +69,14 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
                     Ok(data) => error::ok(data),
                     Err(e) => e.ack(&event),
                 };
-                socket::send(&socket, sio::ack(ack_id, &payload));
+                socket.send(sio::ack(ack_id, &payload));
             });
         }
         Ok(Pending::Sent(fut)) => {
             let socket = socket.clone();
             edge.shutdown.spawn(async move {
                 if let Err(e) = fut.await {
-                    socket::send(&socket, sio::ack(ack_id, &e.ack(&event)));
+                    socket.send(sio::ack(ack_id, &e.ack(&event)));
                 }
             });
         }
@@ -113,9 +115,9 @@ fn room_join(
     // The socket enters the local room in the link's reader, right where the
     // router subscribed the edge: no message falls between the two.
     let (edge2, socket2, room) = (edge.clone(), socket.clone(), chat_id.clone());
-    let on_reply: crate::link::OnReply = Arc::new(move |r: &ReplyResult| {
+    let on_reply: crate::link::OnReply = Arc::new(move |r: &ReplyResult, _: &mut WriteBatch| {
         if let ReplyResult::Join(j) = r {
-            socket::join_chat(&edge2, &socket2, &room, j.last_seq);
+            session::join_chat(&edge2, &socket2, &room, j.last_seq);
         }
     });
     let fut = edge.links.request(&chat_id, user, pb::request::Op::Join(op), Some(on_reply));
@@ -134,7 +136,7 @@ fn room_leave(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Value>
         Some(_) => return Err(ApiError::validation("chatId must be a string")),
         None => return Err(ApiError::validation("chatId is required")),
     };
-    socket::leave_chat(edge, socket, &chat_id);
+    session::leave_chat(edge, socket, &chat_id);
     Ok(Pending::Now(json!({})))
 }
 
@@ -218,10 +220,10 @@ fn message_send(
     // (a reply racing the request's deadline must not be acked twice).
     let acked = Arc::new(AtomicBool::new(false));
     let (sender, claimed) = (socket.clone(), acked.clone());
-    let ack_now: crate::link::OnReply = Arc::new(move |r: &ReplyResult| {
+    let ack_now: crate::link::OnReply = Arc::new(move |r: &ReplyResult, batch: &mut WriteBatch| {
         if let ReplyResult::Send(pb::SendResult { message: Some(m), .. }) = r {
             if !claimed.swap(true, Ordering::AcqRel) {
-                socket::send(&sender, sio::ack(ack_id, &error::ok(wire::send_ack(m))));
+                sender.send_in(sio::ack(ack_id, &error::ok(wire::send_ack(m))), batch);
             }
         }
     });
@@ -398,7 +400,7 @@ fn typing(
 ) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
-    socket::note_typing(socket, &chat_id, start);
+    session::note_typing(socket, &chat_id, start);
     edge.links.send_only(&chat_id, user, pb::request::Op::Typing(pb::TypingOp { start }));
     Ok(Pending::Now(json!({})))
 }

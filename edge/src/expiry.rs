@@ -6,8 +6,8 @@
 //! socket. `auth:refresh` adds a later entry; a stale entry is skipped
 //! because the session's current expiry is checked when it comes due.
 
-use crate::sio;
-use crate::socket::{self, EioSocket};
+use crate::session::EioSocket;
+use crate::socketio::packet as sio;
 use confab_common::Shutdown;
 use engineioxide::{socket::Sid, DisconnectReason};
 use std::collections::BTreeMap;
@@ -52,7 +52,7 @@ impl Expiry {
                     continue;
                 }
                 tracing::info!(sid = %s.id, user.id = %session.user_id, "token expired: closing session");
-                socket::send(&s, sio::event("session:expired", &serde_json::json!({})));
+                s.send(sio::event("session:expired", &serde_json::json!({})));
                 // Give the event a moment to leave before the close.
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::limits::{self, RateClass};
+use crate::transport::server::Rejection;
 use crate::{events, validate, wire, Edge};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -33,6 +34,21 @@ impl IntoResponse for ApiError {
         }
         res
     }
+}
+
+/// The answer to a request the server refused before the app saw it.
+pub fn reject(r: Rejection) -> Response {
+    let e = match r {
+        Rejection::TooLarge => ApiError::too_large(),
+        Rejection::BodyTimeout(after) => {
+            let ms = after.as_millis();
+            ApiError {
+                http_status: Some(408),
+                ..ApiError::validation(format!("the request body did not arrive within {ms} ms"))
+            }
+        }
+    };
+    e.into_response()
 }
 
 type ApiResult = Result<Response, ApiError>;

@@ -1,15 +1,30 @@
-//! edge: where clients connect. It terminates Socket.IO (Engine.IO v4:
-//! direct WebSockets on a lean path of its own, see `ws`, long-polling and
-//! upgraded sessions by engineioxide; over both, our own thin Socket.IO v5
-//! packet layer, see [`sio`]) and the HTTP API (axum),
-//! checks JWTs and payloads, forwards ordered work to the owning router on a
-//! long-lived gRPC stream per router, reads history and chat lists from
-//! store-svc directly, reports sessions to presence-svc, and fans deliveries
-//! out to its own sockets. It reaches those services only through the
-//! traits of confab-api (`Store`, `Presence`, `Routers`), built here over
-//! their gRPC clients. Routers and the store answer in typed protobuf;
-//! `wire` alone renders the contract's JSON from it, and `error` maps every
-//! failure to the client's error code once.
+//! edge: where clients connect. It terminates Socket.IO and the HTTP API
+//! (axum), checks JWTs and payloads, forwards ordered work to the owning
+//! router on a long-lived gRPC stream per router, reads history and chat
+//! lists from store-svc directly, reports sessions to presence-svc, and fans
+//! deliveries out to its own sockets. It reaches those services only through
+//! the traits of confab-api (`Store`, `Presence`, `Routers`), built here over
+//! their gRPC clients. Routers and the store answer in typed
+//! protobuf; `wire` alone renders the contract's JSON from it, and `error`
+//! maps every failure to the client's error code once.
+//!
+//! Its modules form three layers, each importing only from the ones below
+//! it (`scripts/check-layers.mjs` fails otherwise, and on any import
+//! circle):
+//! - `transport/`: the HTTP server and its accepted sockets, Engine.IO v4
+//!   on a lean WebSocket path of its own (direct WebSockets) and through
+//!   engineioxide (long-polling and the WebSockets upgraded from it), the
+//!   sockets' outboxes, and the `WriteBatch` that gives each socket one
+//!   write per fan-out. It hands each connection up through its `Handler`
+//!   trait.
+//! - `socketio/`: our own thin Socket.IO v5 packet layer and its sockets;
+//!   it hands CONNECT and events up through its `App` trait.
+//! - the domain, the other modules: `app` (the edge's `App`), `session`
+//!   (CONNECT and a socket's life), `events`, `rooms`, `presence`, `link`
+//!   (the router streams), `recovery`, `expiry`, `http`, and what they
+//!   share (`error`, `validate`, `wire`, `limits`, `admission`, `drain`,
+//!   `batch`). This file holds the edge's state and wires the layers
+//!   together.
 //!
 //! An edge keeps nothing that outlives a connection: kill it and its clients
 //! reconnect elsewhere and recover with `room:join { sinceSeq }`. Stopped
@@ -19,9 +34,9 @@
 //! `server`.
 
 mod admission;
+mod app;
 pub mod auth;
 mod batch;
-mod conn;
 mod drain;
 mod error;
 mod events;
@@ -29,16 +44,14 @@ mod expiry;
 mod http;
 mod limits;
 mod link;
-mod listener;
 mod presence;
 mod recovery;
 mod rooms;
-mod server;
-pub mod sio;
-mod socket;
+mod session;
+mod socketio;
+mod transport;
 mod validate;
 mod wire;
-mod ws;
 
 pub use limits::RateLimits;
 
@@ -364,20 +377,29 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     background.spawn(admission::run_connect_deadlines(edge.clone()));
     let check = Duration::from_millis(edge.config.expiry_check_ms.max(10));
     background.spawn(edge.expiry.clone().run(check, work.clone()));
-    let handler = Arc::new(socket::Handler { edge: edge.clone() });
+    // The layers, bottom up: the transport hands connections to the
+    // Socket.IO layer, which hands packets to the edge (`app`).
+    let sockets = Arc::new(socketio::Layer::new(edge.clone()));
+    let lean = transport::ws::Settings {
+        ping_interval: Duration::from_millis(edge.config.ping_interval_ms),
+        ping_timeout: Duration::from_millis(edge.config.ping_timeout_ms),
+        queue: edge.config.socket_queue,
+        max_payload: edge.config.max_payload,
+    };
     let app = http::router(edge.clone())
-        .layer(EngineIoLayer::from_config(handler.clone(), engine_config))
-        .layer(axum::middleware::from_fn_with_state(handler, ws::intercept))
+        .layer(EngineIoLayer::from_config(Arc::new(transport::engine::Engine(sockets.clone())), engine_config))
+        .layer(axum::middleware::from_fn_with_state((sockets, lean), transport::ws::intercept))
         .layer(axum::middleware::from_fn_with_state(edge.clone(), admission::admit));
-    let settings = server::Settings {
+    let settings = transport::server::Settings {
         header_timeout: Duration::from_millis(edge.config.header_timeout_ms),
         body_timeout: Duration::from_millis(edge.config.body_timeout_ms),
         max_payload: edge.config.max_payload,
         drain: Duration::from_millis(edge.config.drain_ms),
+        reject: http::reject,
     };
     tracing::info!(edge.id = %edge_id, addr = ?listener.local_addr().ok(), "edge serving");
     let http_conns = tokio_util::task::TaskTracker::new();
-    server::serve(listener, app, settings, shutdown.token().clone(), http_conns.clone()).await;
+    transport::server::serve(listener, app, settings, shutdown.token().clone(), http_conns.clone()).await;
     drain::drain(&edge, &http_conns, &background).await;
     Ok(())
 }

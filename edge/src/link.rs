@@ -18,8 +18,9 @@
 //! at the end of the window those still waiting are answered UNAVAILABLE.
 
 use crate::rooms::Rooms;
+use crate::transport::WriteBatch;
 use confab_api::placement::{Detection, Discovery, Ring};
-use confab_api::router::Routers;
+use confab_api::router::{RouterError, RouterFrames, Routers};
 use confab_common::backoff::Backoff;
 use confab_common::{ChatId, Shutdown};
 use confab_proto::v1 as pb;
@@ -35,11 +36,12 @@ use tokio::time::Instant;
 pub type ReplyResult = pb::reply::Result;
 
 /// Runs in the link's reader, before any later frame is handled: used to
-/// add a socket to a local room exactly at the point of its join. It may
-/// run again when the request is retried.
-pub type OnReply = Arc<dyn Fn(&ReplyResult) + Send + Sync>;
+/// add a socket to a local room exactly at the point of its join, or to
+/// ack a send in the same write as its delivery (packets go out when the
+/// reader's batch ends). It may run again when the request is retried.
+pub type OnReply = Arc<dyn Fn(&ReplyResult, &mut WriteBatch) + Send + Sync>;
 
-/// Router frames fanned out as one batch at most (see [`crate::ws::batched`]).
+/// Router frames fanned out as one batch at most (see [`WriteBatch`]).
 const BATCH_FRAMES: usize = 64;
 /// Why a router stream ended.
 type StreamEnd = Box<dyn std::error::Error + Send + Sync>;
@@ -316,7 +318,7 @@ impl Links {
     /// the owner's last seq.
     fn resubscribe(self: &Arc<Self>, chat_id: &str) {
         let (rooms, chat) = (self.rooms.clone(), chat_id.to_string());
-        let on_reply: OnReply = Arc::new(move |r: &ReplyResult| {
+        let on_reply: OnReply = Arc::new(move |r: &ReplyResult, _: &mut WriteBatch| {
             if let ReplyResult::Join(j) = r {
                 rooms.note_head(&chat, j.last_seq);
             }
@@ -417,7 +419,7 @@ async fn connect_once(
     // catches up to the owner's last seq.
     for chat_id in rooms.chats() {
         let (rooms2, chat) = (rooms.clone(), chat_id.clone());
-        let on_reply: OnReply = Arc::new(move |r: &ReplyResult| {
+        let on_reply: OnReply = Arc::new(move |r: &ReplyResult, _: &mut WriteBatch| {
             if let ReplyResult::Join(j) = r {
                 rooms2.note_head(&chat, j.last_seq);
             }
@@ -431,24 +433,7 @@ async fn connect_once(
                 stream_tx.send(frame).await?;
             }
             msg = inbound.next() => {
-                // This frame and whatever else has already arrived are fanned
-                // out as one batch: one socket write per client for all.
-                let ended: Option<StreamEnd> = crate::ws::batched(|| {
-                    let (mut msg, mut handled) = (msg, 0);
-                    loop {
-                        match msg {
-                            Some(Ok(frame)) => handle_frame(link, rooms, frame),
-                            Some(Err(e)) => return Some(e.into()),
-                            None => return Some("router closed the stream".into()),
-                        }
-                        handled += 1;
-                        if handled == BATCH_FRAMES {
-                            return None;
-                        }
-                        msg = inbound.next().now_or_never()?;
-                    }
-                });
-                if let Some(e) = ended {
+                if let Some(e) = fan_out(link, rooms, msg, &mut inbound) {
                     return Err(e);
                 }
             }
@@ -457,13 +442,43 @@ async fn connect_once(
     }
 }
 
-fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
+/// Handles `msg` and whatever else has already arrived (up to
+/// [`BATCH_FRAMES`]) as one batch: one socket write per client for all of
+/// them. Why the stream ended, if it did.
+fn fan_out(
+    link: &Link,
+    rooms: &Rooms,
+    mut msg: Option<Result<pb::RouterFrame, RouterError>>,
+    inbound: &mut RouterFrames,
+) -> Option<StreamEnd> {
+    let mut batch = WriteBatch::new();
+    let mut handled = 0;
+    loop {
+        match msg {
+            Some(Ok(frame)) => handle_frame(link, rooms, frame, &mut batch),
+            Some(Err(e)) => return Some(e.into()),
+            None => return Some("router closed the stream".into()),
+        }
+        handled += 1;
+        if handled == BATCH_FRAMES {
+            break;
+        }
+        match inbound.next().now_or_never() {
+            Some(next) => msg = next,
+            None => break,
+        }
+    }
+    batch.flush();
+    None
+}
+
+fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame, batch: &mut WriteBatch) {
     match frame.kind {
         Some(pb::router_frame::Kind::Reply(reply)) => {
             let Some(pending) = lock(&link.pending).remove(&reply.id) else { return };
             let result = reply.result.unwrap_or_else(|| unavailable("empty reply"));
             if let Some(f) = &pending.on_reply {
-                f(&result);
+                f(&result, batch);
             }
             let _ = pending.tx.send(result);
         }
@@ -472,7 +487,7 @@ fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
         Some(pb::router_frame::Kind::Delivery(pb::Delivery {
             chat_id,
             event: Some(pb::delivery::Event::ChatUpdate(update)),
-        })) if !rooms.apply_chat_update(&update) => {
+        })) if !rooms.apply_chat_update(&update, batch) => {
             let op = pb::request::Op::Unsubscribe(pb::UnsubscribeOp {});
             let frame = pb::Request { id: 0, chat_id, user_id: String::new(), op: Some(op) };
             let frame = pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(frame)) };
@@ -480,7 +495,7 @@ fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame) {
                 tracing::warn!("router queue full: unsubscribe dropped");
             }
         }
-        Some(pb::router_frame::Kind::Delivery(d)) => rooms.deliver(d),
+        Some(pb::router_frame::Kind::Delivery(d)) => rooms.deliver(d, batch),
         None => {}
     }
 }

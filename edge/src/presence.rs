@@ -6,8 +6,9 @@
 //! watchers hear what changed while it was away.
 
 use crate::error::ApiError;
-use crate::socket::{self, EioSocket};
-use crate::{sio, Edge};
+use crate::session::{self, EioSocket};
+use crate::socketio::packet as sio;
+use crate::Edge;
 use confab_api::presence::Watching;
 use confab_common::time::{iso8601, now_ms};
 use confab_common::UserId;
@@ -125,7 +126,7 @@ impl Watchers {
         });
         let packet = sio::event("presence:update", &payload);
         for socket in sockets {
-            socket::send(&socket, packet.clone());
+            socket.send(packet.clone());
         }
     }
 }
@@ -248,7 +249,7 @@ async fn reannounce(edge: &Arc<Edge>) {
     let mut announced = 0;
     for chunk in sockets.chunks(REANNOUNCE_BATCH) {
         let live: Vec<(&Arc<EioSocket>, pb::SessionRequest)> =
-            chunk.iter().filter_map(|s| socket::live_session(edge, s).map(|r| (s, r))).collect();
+            chunk.iter().filter_map(|s| session::live_session(edge, s).map(|r| (s, r))).collect();
         let opens = live.iter().map(|(_, r)| change(edge, r.clone(), true));
         if let Err(why) = futures::future::join_all(opens).await.into_iter().collect::<Result<Vec<()>, String>>() {
             tracing::warn!(error = %why, announced, "re-announcing sessions to presence stopped");
@@ -256,7 +257,7 @@ async fn reannounce(edge: &Arc<Edge>) {
         }
         announced += live.len();
         for (s, r) in live {
-            if socket::live_session(edge, s).is_none() {
+            if session::live_session(edge, s).is_none() {
                 let _ = change(edge, r, false).await;
             }
         }

@@ -3,6 +3,7 @@
 //! when their edge was cut off from a router or a chat changed owner.
 
 use crate::rooms::Recovery;
+use crate::transport::WriteBatch;
 use crate::Edge;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ pub async fn run(edge: Arc<Edge>, mut gaps: tokio::sync::mpsc::Receiver<Recovery
         if !filled {
             tracing::warn!(chat.id = %chat_id, upto, "could not fill a gap from the store: skipping it");
         }
-        edge.rooms.recovery_done(&chat_id, filled);
+        edge.rooms.recovery_done(&chat_id, filled, &mut WriteBatch::new());
     }
 }
 
@@ -39,9 +40,11 @@ async fn catch_up(edge: &Edge, chat_id: &str, upto: u64) -> bool {
         let read = edge.store.history(&id, Some(from), Some(upto + 1), PAGE);
         match tokio::time::timeout(edge.config.request_timeout(), read).await {
             Ok(Ok(page)) if !page.messages.is_empty() => {
+                let mut batch = WriteBatch::new();
                 for m in &page.messages {
-                    edge.rooms.deliver_message(chat_id, m);
+                    edge.rooms.deliver_message(chat_id, m, &mut batch);
                 }
+                batch.flush();
             }
             Ok(Ok(_)) => return false,
             _ => {

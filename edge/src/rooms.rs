@@ -1,9 +1,11 @@
 //! Local fan-out: which sockets of this edge receive which chat.
 //!
 //! A delivery from a router is encoded once into a Socket.IO packet and the
-//! same bytes are queued on every local socket of the chat. A socket whose
-//! queue is full is disconnected (slow-consumer policy): it reconnects and
-//! recovers with `sinceSeq`, and no one else waits for it.
+//! same bytes are queued on every local socket of the chat, in the batch of
+//! writes the caller passes ([`WriteBatch`]: the link's reader makes one for
+//! the frames that arrived together). A socket whose queue is full is
+//! disconnected (slow-consumer policy): it reconnects and recovers with
+//! `sinceSeq`, and no one else waits for it.
 //!
 //! Each room delivers `message:new` strictly in seq order. A message that
 //! arrives after a gap (the edge was cut off from a router, or the chat
@@ -11,10 +13,9 @@
 //! ones from the store ([`Rooms::recover`]); held messages follow once the
 //! gap is filled.
 
-use crate::conn::Packet;
-use crate::sio;
-use crate::socket::emit;
-use crate::socket::EioSocket;
+use crate::session::EioSocket;
+use crate::socketio::packet as sio;
+use crate::transport::{Packet, WriteBatch};
 use confab_proto::v1 as pb;
 use engineioxide::socket::Sid;
 use std::collections::{BTreeMap, HashMap};
@@ -116,7 +117,7 @@ impl Rooms {
     /// the router link's reader, before any later delivery of the chat.
     /// False when no local socket is left in the chat (nothing to do with a
     /// malformed update, which counts as true).
-    pub fn apply_chat_update(&self, update: &pb::ChatUpdate) -> bool {
+    pub fn apply_chat_update(&self, update: &pb::ChatUpdate, batch: &mut WriteBatch) -> bool {
         let Some(chat) = &update.chat else { return true };
         let packet = Packet::new(&sio::event("chat:update", &crate::wire::chat_update(chat)));
         for user in &update.added_user_ids {
@@ -127,7 +128,7 @@ impl Rooms {
         let current = chat.members.iter().map(|m| &m.user_id);
         for user in current.chain(update.removed_user_ids.iter()) {
             for socket in self.user_sockets(user) {
-                emit(&socket, &packet);
+                socket.emit_in(&packet, batch);
             }
         }
         for user in &update.removed_user_ids {
@@ -180,10 +181,12 @@ impl Rooms {
         self.rooms.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
-    pub fn deliver(&self, d: pb::Delivery) {
+    /// Fans a delivery out to the chat's local sockets, written when
+    /// `batch` ends.
+    pub fn deliver(&self, d: pb::Delivery, batch: &mut WriteBatch) {
         use pb::delivery::Event;
         match &d.event {
-            Some(Event::MessageNew(m)) => self.deliver_message(&d.chat_id, m),
+            Some(Event::MessageNew(m)) => self.deliver_message(&d.chat_id, m, batch),
             Some(Event::ChatUpdate(_)) | None => {}
             Some(event) => {
                 // Typing is not shown to the typing user's own sockets.
@@ -192,14 +195,14 @@ impl Rooms {
                     _ => None,
                 };
                 if let Some((name, payload)) = crate::wire::chat_event(&d.chat_id, event) {
-                    self.deliver_event(&d.chat_id, &sio::event(name, &payload), except_user);
+                    self.deliver_event(&d.chat_id, &sio::event(name, &payload), except_user, batch);
                 }
             }
         }
     }
 
     /// Delivers in seq order: repeats are dropped, messages after a gap held.
-    pub fn deliver_message(&self, chat_id: &str, m: &pb::Message) {
+    pub fn deliver_message(&self, chat_id: &str, m: &pb::Message, batch: &mut WriteBatch) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
         let mut order = room.order.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,18 +219,18 @@ impl Rooms {
                 self.ask_recovery(chat_id, &mut order, m.seq - 1);
             }
         } else {
-            Self::emit_all(room, m);
+            Self::emit_all(room, m, batch);
             order.last_seq = m.seq;
         }
-        Self::release_held(room, &mut order);
+        Self::release_held(room, &mut order, batch);
     }
 
     /// Delivers held messages that now follow the last one delivered.
-    fn release_held(room: &Room, order: &mut Order) {
+    fn release_held(room: &Room, order: &mut Order, batch: &mut WriteBatch) {
         loop {
             let next = order.last_seq + 1;
             let Some(m) = order.held.remove(&next) else { break };
-            Self::emit_all(room, &m);
+            Self::emit_all(room, &m, batch);
             order.last_seq = m.seq;
         }
         // Anything at or below the last delivered seq is a repeat.
@@ -235,10 +238,10 @@ impl Rooms {
         order.held.retain(|seq, _| *seq > last);
     }
 
-    fn emit_all(room: &Room, m: &pb::Message) {
+    fn emit_all(room: &Room, m: &pb::Message, batch: &mut WriteBatch) {
         let packet = Packet::new(&sio::event("message:new", &crate::wire::message(m)));
         for socket in room.sockets.values() {
-            emit(socket, &packet);
+            socket.emit_in(&packet, batch);
         }
     }
 
@@ -273,7 +276,7 @@ impl Rooms {
 
     /// A recovery ended: if a gap is left that the store could not fill,
     /// skip it so held messages flow again.
-    pub fn recovery_done(&self, chat_id: &str, filled: bool) {
+    pub fn recovery_done(&self, chat_id: &str, filled: bool, batch: &mut WriteBatch) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
         let mut order = room.order.lock().unwrap_or_else(|p| p.into_inner());
@@ -283,7 +286,7 @@ impl Rooms {
                 order.last_seq = first - 1;
             }
         }
-        Self::release_held(room, &mut order);
+        Self::release_held(room, &mut order, batch);
         // Something arrived past a new gap while recovering: go again.
         if let Some(first) = order.held.keys().next().copied() {
             self.ask_recovery(chat_id, &mut order, first - 1);
@@ -292,7 +295,7 @@ impl Rooms {
 
     /// Any other event of the chat, encoded once, to every local socket of
     /// the chat but those of `except_user`.
-    fn deliver_event(&self, chat_id: &str, encoded: &str, except_user: Option<&str>) {
+    fn deliver_event(&self, chat_id: &str, encoded: &str, except_user: Option<&str>, batch: &mut WriteBatch) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(room) = rooms.get(chat_id) else { return };
         let packet = Packet::new(encoded);
@@ -302,7 +305,7 @@ impl Rooms {
                 _ => false,
             };
             if !skip {
-                emit(socket, &packet);
+                socket.emit_in(&packet, batch);
             }
         }
     }

@@ -10,10 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Wall-clock microseconds: send times travel in message bodies.
-pub fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
+/// Wall-clock microseconds (send times travel in message bodies); the
+/// socket stamps its reads with the same clock.
+pub use crate::ws::now_micros;
 
 /// An HS256 token for `user`, valid for an hour.
 pub fn token(secret: &str, user: &str) -> String {

@@ -10,6 +10,7 @@
 //! Node's `ws` all send them so); anything else ends the socket with an error.
 
 use std::io::{self, Cursor};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -17,6 +18,12 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+/// Wall-clock microseconds: what a read is stamped with, and the send
+/// times in message bodies.
+pub fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
 
 /// Each socket's receive buffer to begin with (a worker holds up to 15,000).
 const INITIAL_BUFFER: usize = 4096;
@@ -217,7 +224,7 @@ impl Reader {
             self.buf.resize(grown, 0);
         }
         let n = self.tcp.read(&mut self.buf[self.end..]).await?;
-        self.read_at = crate::client::now_micros();
+        self.read_at = now_micros();
         self.end += n;
         Ok(n > 0)
     }

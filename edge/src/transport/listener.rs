@@ -1,8 +1,8 @@
 //! The edge's accepted sockets: each is shared (`Arc`), so the lean
-//! WebSocket path ([`crate::ws`]) can write to it directly once hyper has
+//! WebSocket path ([`super::ws`]) can write to it directly once hyper has
 //! upgraded the connection. Requests carry the socket as a
 //! [`ConnectInfo`](axum::extract::ConnectInfo) of [`Socket`] and the
-//! peer's address as [`Peer`] (see [`crate::server`]).
+//! peer's address as [`Peer`] (see [`super::server`]).
 
 use std::io;
 use std::net::SocketAddr;

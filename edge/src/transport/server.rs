@@ -5,21 +5,22 @@
 //!   of the connection starting to wait for them (an idle keep-alive
 //!   connection too), or the connection is closed: no request, no answer.
 //! - **Body**: a request's whole body must arrive within `body_timeout_ms`
-//!   of its headers, or it gets 408 with the contract's JSON error and the
-//!   connection is closed. A byte a second does not keep it alive.
+//!   of its headers, or it gets 408 and the connection is closed. A byte a
+//!   second does not keep it alive.
 //! - **Declared size**: a `Content-Length` over `max_payload` gets 413 at
 //!   once, without reading the body.
 //!
-//! Requests carry the shared socket ([`ConnectInfo`] of [`Socket`], for
-//! the lean WebSocket path) and the peer's address ([`Peer`]).
-//! At the shutdown signal the server stops accepting and asks every
-//! connection to finish its request and close (see [`crate::drain`]).
+//! The answer to both is the app's ([`Settings::reject`] renders a
+//! [`Rejection`]). Requests carry the shared socket ([`ConnectInfo`] of
+//! [`Socket`], for the lean WebSocket path) and the peer's address
+//! ([`Peer`]). At the shutdown signal the server stops accepting and asks
+//! every connection to finish its request and close, within
+//! [`Settings::drain`].
 
-use crate::error::ApiError;
-use crate::listener::{Peer, Socket};
+use super::listener::{Peer, Socket};
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use http::{header, HeaderValue, Request};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -49,6 +50,17 @@ pub struct Settings {
     pub max_payload: usize,
     /// How long a connection may take to finish once asked to close.
     pub drain: Duration,
+    /// The answer to a request the server refuses itself.
+    pub reject: fn(Rejection) -> Response,
+}
+
+/// Why the server answered a request without the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Its `Content-Length` is over `max_payload` (413).
+    TooLarge,
+    /// Its body did not arrive within this (408).
+    BodyTimeout(Duration),
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled; the connections
@@ -117,7 +129,7 @@ pub async fn serve(
 async fn handle(app: Router, socket: Socket, peer: SocketAddr, settings: Settings, req: Request<Incoming>) -> Response {
     let close = req.version() <= http::Version::HTTP_11;
     if declared_length(req.headers()).is_some_and(|n| n > settings.max_payload as u64) {
-        return closing(ApiError::too_large().into_response(), close);
+        return closing((settings.reject)(Rejection::TooLarge), close);
     }
     let unbounded = !req.body().is_end_stream();
     let received = Arc::new(AtomicBool::new(!unbounded));
@@ -137,9 +149,7 @@ async fn handle(app: Router, socket: Socket, peer: SocketAddr, settings: Setting
                 return answer.await.unwrap_or_else(|e| match e {});
             }
             tracing::info!(client.addr = %peer, "request body not received in time");
-            let ms = settings.body_timeout.as_millis();
-            let e = ApiError { http_status: Some(408), ..ApiError::validation(format!("the request body did not arrive within {ms} ms")) };
-            closing(e.into_response(), close)
+            closing((settings.reject)(Rejection::BodyTimeout(settings.body_timeout)), close)
         }
     }
 }

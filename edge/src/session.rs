@@ -1,17 +1,16 @@
-//! The life of one client connection: Engine.IO underneath (engineioxide,
-//! or the lean WebSocket path of [`crate::ws`]; see [`crate::conn`]),
-//! Socket.IO packets on top (see [`crate::sio`]), the CONNECT handshake with
-//! its JWT, `session:ready`, and clean-up on disconnect.
+//! The session of one client socket, above the Socket.IO layer
+//! ([`crate::socketio`]): the CONNECT handshake with its JWT, the auto-join
+//! and `session:ready`, what the socket holds while it lives (rooms, typing,
+//! watches, its user's slot), and clean-up on disconnect.
 
+use crate::admission::{AwaitingConnect, ConnectState, Permit};
 use crate::auth::{pick_token, AuthError};
-use crate::conn::{Conn, EmitError, EngineData, EngineSocket, Packet};
 use crate::error::ApiError;
-use crate::sio::{self, Incoming};
-use crate::{events, Edge};
-use confab_common::log_limit::{self, LogLimit};
+use crate::socketio::packet as sio;
+use crate::socketio::Socket;
+use crate::transport::{DisconnectReason, Sid, WriteBatch};
+use crate::Edge;
 use confab_proto::v1 as pb;
-use engineioxide::handler::EngineIoHandler;
-use engineioxide::{DisconnectReason, Str};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -46,8 +45,8 @@ pub struct SocketData {
     pub chats: Mutex<HashSet<String>>,
     disconnected: AtomicBool,
     released: AtomicBool,
-    /// Its queue overflowed: it is being closed (logged once).
-    overflowed: AtomicBool,
+    /// The user's session slot (see [`crate::admission`]), while held.
+    user_slot: Mutex<Option<Permit>>,
     /// Chats this socket has sent `typing:start` in (stopped on disconnect).
     typing: Mutex<HashSet<String>>,
     /// Resolves when this socket's latest rate-limited write has been
@@ -75,6 +74,39 @@ impl SocketData {
     /// A CONNECT is being checked or its session started.
     pub fn is_connecting(&self) -> bool {
         self.connecting.load(Ordering::Acquire)
+    }
+
+    /// Keeps the user's session slot until [`SocketData::release_user_slot`]
+    /// or the socket is dropped.
+    fn hold_user_slot(&self, permit: Permit) {
+        *self.user_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+    }
+
+    fn release_user_slot(&self) {
+        drop(self.user_slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+}
+
+/// A socket of this edge, with its session's data.
+pub type EioSocket = Socket<SocketData>;
+
+impl AwaitingConnect for EioSocket {
+    fn sid(&self) -> Sid {
+        self.id
+    }
+
+    fn connect_state(&self) -> ConnectState {
+        if self.data.is_disconnected() || self.data.session.get().is_some() {
+            ConnectState::Settled
+        } else if self.data.is_connecting() {
+            ConnectState::Checking
+        } else {
+            ConnectState::Waiting
+        }
+    }
+
+    fn close(&self, reason: DisconnectReason) {
+        Socket::close(self, reason);
     }
 }
 
@@ -127,192 +159,74 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
     edge.shutdown.spawn(async move { session_change(&edge2, req, false).await });
 }
 
-pub type EioSocket = Conn;
-
-/// Queues a packet on a socket; a full queue disconnects it (slow consumer).
-pub fn send(socket: &EioSocket, packet: String) {
-    emit(socket, &Packet::new(&packet));
+/// A transport connection opened (before any Socket.IO CONNECT).
+pub fn opened(edge: &Edge, socket: &Arc<EioSocket>) {
+    edge.metrics.engine_connections.fetch_add(1, Ordering::Relaxed);
+    let awaiting: Arc<dyn AwaitingConnect> = socket.clone();
+    edge.admission.watch_connect(&awaiting);
+    edge.drain.register(socket.conn());
 }
 
-/// Queues a packet encoded once for many sockets; a full queue disconnects
-/// the socket (slow consumer): it reconnects and recovers with `sinceSeq`.
-pub fn emit(socket: &EioSocket, packet: &Packet) {
-    if socket.emit(packet) == Err(EmitError::Full) {
-        // Packets keep coming until the close takes effect: one line per
-        // socket, and at most one per interval for all sockets together.
-        static QUEUE_FULL: LogLimit = LogLimit::new(log_limit::DEFAULT_INTERVAL);
-        if !socket.data.overflowed.swap(true, Ordering::AcqRel) {
-            if let Some(suppressed) = QUEUE_FULL.allow() {
-                tracing::warn!(sid = %socket.id, suppressed, "socket queue full: disconnecting slow consumer");
-            }
-        }
-        socket.close(DisconnectReason::TransportError);
-    }
+/// A transport connection ended: leave every room, close the session.
+pub fn closed(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
+    edge.metrics.engine_connections.fetch_sub(1, Ordering::Relaxed);
+    socket.data.disconnected.store(true, Ordering::Release);
+    socket.data.release_user_slot();
+    edge.drain.unregister(socket.id);
+    release(edge, socket);
 }
 
-/// The Socket.IO layer over both transports: every socket of this edge goes
-/// through it.
-#[derive(Debug, Clone)]
-pub struct Handler {
-    pub(crate) edge: Arc<Edge>,
-}
-
-impl std::fmt::Debug for Edge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Edge").field("id", &self.edge_id).finish()
+/// A CONNECT to the default namespace: checks its token and the user's
+/// slot, then starts the session in a task.
+pub fn connect(edge: &Arc<Edge>, socket: &Arc<EioSocket>, auth: Option<&Value>) {
+    if socket.data.session.get().is_some() || socket.data.connecting.swap(true, Ordering::AcqRel) {
+        return; // a repeated CONNECT is ignored
     }
-}
-
-impl EngineIoHandler for Handler {
-    type Data = EngineData;
-
-    fn on_connect(self: Arc<Self>, socket: Arc<EngineSocket>) {
-        let conn = Arc::new(Conn::engine(&socket));
-        let _ = socket.data.0.set(conn.clone());
-        self.opened(&conn);
-    }
-
-    fn on_disconnect(&self, socket: Arc<EngineSocket>, reason: DisconnectReason) {
-        if let Some(conn) = socket.data.0.get() {
-            self.closed(conn, reason);
-        }
-    }
-
-    fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<EngineSocket>) {
-        if let Some(conn) = socket.data.0.get() {
-            self.message(conn, &msg);
-        }
-    }
-
-    fn on_binary(self: &Arc<Self>, _data: bytes::Bytes, _socket: Arc<EngineSocket>) {
-        // Attachments of refused binary packets: dropped.
-    }
-}
-
-impl Handler {
-    /// A transport connection opened (before any Socket.IO CONNECT).
-    pub fn opened(&self, conn: &Arc<Conn>) {
-        self.edge.metrics.engine_connections.fetch_add(1, Ordering::Relaxed);
-        self.edge.admission.watch_connect(conn);
-        self.edge.drain.register(conn);
-    }
-
-    /// A transport connection ended: leave every room, close the session.
-    pub fn closed(&self, socket: &Arc<EioSocket>, reason: DisconnectReason) {
-        self.edge.metrics.engine_connections.fetch_sub(1, Ordering::Relaxed);
-        socket.data.disconnected.store(true, Ordering::Release);
-        socket.release_user_slot();
-        self.edge.drain.unregister(socket.id);
-        tracing::debug!(sid = %socket.id, ?reason, "socket closed");
-        release(&self.edge, socket);
-    }
-
-    /// One Engine.IO message: a Socket.IO packet.
-    pub fn message(self: &Arc<Self>, socket: &Arc<EioSocket>, msg: &str) {
-        let socket = socket.clone();
-        match sio::parse(msg) {
-            Ok(Incoming::Connect { nsp, auth }) => self.connect(socket, &nsp, auth.as_ref()),
-            Ok(Incoming::Disconnect { .. }) => socket.close(DisconnectReason::TransportClose),
-            Ok(Incoming::Event { nsp, name, args, ack }) => {
-                if nsp != "/" {
-                    return; // never connected to another namespace
-                }
-                if socket.data.session.get().is_none() {
-                    if let Some(id) = ack {
-                        let e = ApiError::new(confab_common::ErrorCode::Unauthorized, "connect first");
-                        send(&socket, sio::ack(id, &e.ack(&name)));
-                    }
-                    return;
-                }
-                if self.edge.drain.is_draining() {
-                    if let Some(id) = ack {
-                        let e = ApiError::unavailable("the edge is shutting down; retry on another");
-                        send(&socket, sio::ack(id, &e.ack(&name)));
-                    }
-                    return;
-                }
-                self.edge.metrics.events.fetch_add(1, Ordering::Relaxed);
-                events::dispatch(&self.edge, &socket, &name, args.into_iter().next(), ack);
-            }
-            Ok(Incoming::Ack) => {}
-            Ok(Incoming::LoneSurrogate { nsp, name, ack }) => {
-                if let (Some(id), "/") = (ack, nsp.as_str()) {
-                    let e = ApiError::validation(
-                        "payload holds a lone UTF-16 surrogate escape (a cut emoji?): send well-formed Unicode",
-                    );
-                    send(&socket, sio::ack(id, &e.ack(&name)));
-                }
-            }
-            Ok(Incoming::Binary { ack }) => {
-                if let Some(id) = ack {
-                    let e = ApiError::validation("binary payloads are not supported");
-                    send(&socket, sio::ack(id, &e.ack("binary")));
-                }
-            }
-            Err(e) => {
-                // Like the reference server: a packet that cannot be decoded
-                // ends this connection, and only this one.
-                let correlation_id = uuid::Uuid::new_v4().to_string();
-                tracing::info!(sid = %socket.id, correlation_id, error = %e, "malformed packet: closing connection");
-                socket.close(DisconnectReason::PacketParsingError);
-            }
-        }
-    }
-
-    fn connect(self: &Arc<Self>, socket: Arc<EioSocket>, nsp: &str, auth: Option<&Value>) {
-        if nsp != "/" {
-            send(&socket, sio::connect_error(nsp, "Invalid namespace", None));
+    let handshake = socket.take_handshake();
+    let identity = pick_token(auth, handshake.authorization.as_deref(), handshake.query.as_deref())
+        .and_then(|t| edge.verifier.verify(&t));
+    let identity = match identity {
+        Ok(i) => i,
+        Err(e) => {
+            refuse(socket, e);
             return;
         }
-        if socket.data.session.get().is_some() || socket.data.connecting.swap(true, Ordering::AcqRel) {
-            return; // a repeated CONNECT is ignored
-        }
-        let handshake = socket.take_handshake();
-        let identity = pick_token(auth, handshake.authorization.as_deref(), handshake.query.as_deref())
-            .and_then(|t| self.edge.verifier.verify(&t));
-        let identity = match identity {
-            Ok(i) => i,
-            Err(e) => {
-                refuse(&socket, e);
-                return;
-            }
-        };
-        if self.edge.drain.is_draining() {
-            socket.close(DisconnectReason::ClosingServer);
+    };
+    if edge.drain.is_draining() {
+        socket.close(DisconnectReason::ClosingServer);
+        return;
+    }
+    match edge.admission.admit_user(&identity.user_id) {
+        Ok(slot) => socket.data.hold_user_slot(slot),
+        Err(refused) => {
+            let data = crate::admission::connect_refusal(&refused);
+            socket.send(sio::connect_error("/", confab_common::ErrorCode::RateLimited.as_str(), Some(&data)));
+            socket.data.connecting.store(false, Ordering::Release);
             return;
         }
-        match self.edge.admission.admit_user(&identity.user_id) {
-            Ok(slot) => socket.hold_user_slot(slot),
-            Err(refused) => {
-                let data = crate::admission::connect_refusal(&refused);
-                send(&socket, sio::connect_error("/", confab_common::ErrorCode::RateLimited.as_str(), Some(&data)));
-                socket.data.connecting.store(false, Ordering::Release);
-                return;
-            }
-        }
-        let edge = self.edge.clone();
-        self.edge.shutdown.spawn(async move {
-            if let Err(e) = start_session(&edge, &socket, identity).await {
-                socket.release_user_slot();
-                // The message (a transport error, an address) goes to the
-                // log with the correlation id; the client gets neither.
-                let body = e.body("connect");
-                let data = json!({
-                    "code": e.code.as_str(),
-                    "reason": UNAVAILABLE_REASON,
-                    "correlationId": body["correlationId"],
-                });
-                send(&socket, sio::connect_error("/", e.code.as_str(), Some(&data)));
-                socket.data.connecting.store(false, Ordering::Release);
-            }
-        });
     }
+    let (edge2, socket) = (edge.clone(), socket.clone());
+    edge.shutdown.spawn(async move {
+        if let Err(e) = start_session(&edge2, &socket, identity).await {
+            socket.data.release_user_slot();
+            // The message (a transport error, an address) goes to the
+            // log with the correlation id; the client gets neither.
+            let body = e.body("connect");
+            let data = json!({
+                "code": e.code.as_str(),
+                "reason": UNAVAILABLE_REASON,
+                "correlationId": body["correlationId"],
+            });
+            socket.send(sio::connect_error("/", e.code.as_str(), Some(&data)));
+            socket.data.connecting.store(false, Ordering::Release);
+        }
+    });
 }
 
 fn refuse(socket: &EioSocket, e: AuthError) {
     tracing::info!(sid = %socket.id, reason = e.reason(), "handshake refused");
     let data = json!({ "code": "UNAUTHORIZED", "reason": e.reason() });
-    send(socket, sio::connect_error("/", "UNAUTHORIZED", Some(&data)));
+    socket.send(sio::connect_error("/", "UNAUTHORIZED", Some(&data)));
     socket.data.connecting.store(false, Ordering::Release);
 }
 
@@ -356,10 +270,11 @@ async fn start_session(
             "serverTime": confab_common::time::iso8601(confab_common::time::now_ms()),
             "chats": listed,
         });
-        send(socket, sio::event("session:ready", &ready));
+        sio::event("session:ready", &ready)
     };
-    let sent = crate::ws::batched(|| {
-        send(socket, sio::connect_ok("/", &socket.id.to_string()));
+    let sent = {
+        let mut batch = WriteBatch::new();
+        socket.send_in(sio::connect_ok("/", &socket.id.to_string()), &mut batch);
         for s in &chats {
             let Some(chat) = &s.chat else { continue };
             if join_chat(edge, socket, &chat.id, s.last_seq) {
@@ -370,19 +285,20 @@ async fn start_session(
                 json!({ "chatId": chat.id, "lastSeq": s.last_seq, "lastReadSeq": s.last_read_seq, "unread": s.unread }),
             );
         }
-        if !waits.is_empty() {
-            return false;
+        let sent = waits.is_empty();
+        if sent {
+            socket.send_in(ready(&listed), &mut batch);
         }
-        ready(&listed);
-        true
-    });
+        batch.flush();
+        sent
+    };
     if !sent {
         for r in futures::future::join_all(waits).await {
             if let Err(e) = crate::error::from_reply(r) {
                 tracing::warn!(user.id = %user_id, error = %e.message, "auto-join subscribe failed");
             }
         }
-        ready(&listed);
+        socket.send(ready(&listed));
     }
 
     let req = pb::SessionRequest { user_id, edge_id: edge.edge_id.to_string(), session_id };
