@@ -136,7 +136,10 @@ mod properties {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
         /// With the default virtual nodes, the busiest router holds at most
-        /// 1.25 times the chats of the idlest, for 3 to 10 routers.
+        /// 1.3 times the chats of the idlest, for 3 to 10 routers. (Each
+        /// router's share varies by about 1/sqrt(1024) = 3 %, and 20,000
+        /// chats add their own noise: over all 1,600 inputs the worst is
+        /// 1.26, at 10 routers with salt 41, which a 1.25 bound failed.)
         #[test]
         fn balanced(n in 3usize..=10, salt in 0u32..200) {
             let ring = Ring::new(routers(n, salt));
@@ -147,7 +150,7 @@ mod properties {
             prop_assert_eq!(counts.len(), n);
             let max = *counts.values().max().unwrap() as f64;
             let min = *counts.values().min().unwrap() as f64;
-            prop_assert!(max / min <= 1.25, "max/min = {} for {} routers", max / min, n);
+            prop_assert!(max / min <= 1.3, "max/min = {} for {} routers", max / min, n);
         }
 
         /// Adding a router moves about 1/(N+1) of the chats, all to it;
