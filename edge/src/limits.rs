@@ -146,6 +146,17 @@ impl Leases {
         Some(lease.slot_ms)
     }
 
+    /// How many slots to ask presence-svc for: a whole lease only for a user
+    /// who took slots within the last hold (a fast writer); one slot for a
+    /// user who writes rarely, so that nothing is left to give back. (Giving
+    /// back costs a call of its own, and the sweep sends them in bursts.)
+    fn wanted(&self, key: &LeaseKey, size: u32, now: Instant) -> u32 {
+        match self.lock().get(key) {
+            Some(lease) if now < lease.until => size,
+            _ => 1,
+        }
+    }
+
     /// Keeps the unspent part of a new lease; returns what an older one of
     /// the user still had (to give back).
     fn keep(&self, key: LeaseKey, slot_ms: i64, left: u32, until: Instant) -> Option<(i64, u32)> {
@@ -170,24 +181,29 @@ impl Leases {
 }
 
 /// A slot for one write of `user`: from the user's lease of the class on
-/// this edge, or from presence-svc (taking a new lease).
+/// this edge, or from presence-svc (a new lease for a user who took a slot
+/// within the last hold, one slot for anyone else).
 pub async fn acquire(edge: &Arc<Edge>, user: &str, class: RateClass) -> Slot {
     let (limit, window_ms) = limit_of(class, &edge.config.rate_limits);
     let (size, hold) = lease_shape(limit, window_ms);
     let key = (user.to_string(), class);
+    let now = Instant::now();
     if size > 1 {
-        if let Some(slot_ms) = edge.leases.take(&key, Instant::now()) {
+        if let Some(slot_ms) = edge.leases.take(&key, now) {
             return Slot::Allowed(slot_ms);
         }
     }
+    let wanted = if size > 1 { edge.leases.wanted(&key, size, now) } else { 1 };
     let user_id = UserId::from(user);
-    let acquire = edge.presence.acquire(&user_id, class, Limit { limit, window_ms }, size);
+    let acquire = edge.presence.acquire(&user_id, class, Limit { limit, window_ms }, wanted);
     match tokio::time::timeout(edge.config.request_timeout(), acquire).await {
         Ok(Ok(Acquired::Refused { retry_after_ms })) => Slot::Refused(retry_after_ms),
         Ok(Ok(Acquired::Granted { slot_ms, granted })) => {
             let left = granted.saturating_sub(1);
-            if left > 0 {
-                if let Some((slot_ms, unspent)) = edge.leases.keep(key, slot_ms, left, Instant::now() + hold) {
+            // Kept even when empty: it marks the user as writing fast until
+            // `hold` passes, so the next slot comes with a whole lease.
+            if size > 1 {
+                if let Some((slot_ms, unspent)) = edge.leases.keep(key, slot_ms, left, now + hold) {
                     give_back(edge, user, class, slot_ms, unspent);
                 }
             }
@@ -279,5 +295,22 @@ mod tests {
         assert_eq!(leases.expired(until), vec![(u, 9, 3)]);
         assert_eq!(leases.expired(until), vec![]);
         assert_eq!(leases.take(&v, until), Some(10));
+    }
+
+    #[test]
+    fn a_user_who_writes_rarely_takes_one_slot_and_a_fast_writer_a_whole_lease() {
+        let leases = Leases::default();
+        let now = Instant::now();
+        let hold = Duration::from_millis(250);
+        let u = ("u".to_string(), RateClass::Messages);
+        assert_eq!(leases.wanted(&u, 64, now), 1, "no slot taken lately");
+        // The single slot was spent at once: an empty lease marks the user.
+        assert_eq!(leases.keep(u.clone(), 7, 0, now + hold), None);
+        assert_eq!(leases.take(&u, now), None);
+        assert_eq!(leases.wanted(&u, 64, now + hold / 2), 64, "wrote again within the hold");
+        assert_eq!(leases.wanted(&u, 64, now + hold), 1, "the hold has passed");
+        // An empty lease has nothing to give back when it expires.
+        assert_eq!(leases.expired(now + hold), vec![]);
+        assert_eq!(leases.wanted(&u, 64, now), 1, "swept");
     }
 }
