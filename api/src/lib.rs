@@ -22,4 +22,5 @@
 pub mod placement;
 pub mod presence;
 pub mod router;
+mod status;
 pub mod store;

@@ -12,6 +12,7 @@ mod remote;
 
 pub use remote::RemotePresence;
 
+use crate::status::Outcome;
 use confab_common::{EdgeId, UserId};
 use confab_proto::v1 as pb;
 use futures::stream::BoxStream;
@@ -39,27 +40,11 @@ pub enum PresenceError {
 /// unknown; a refused argument is `Invalid`; the rest is `Internal`.
 impl From<tonic::Status> for PresenceError {
     fn from(s: tonic::Status) -> Self {
-        use tonic::Code;
         let message = s.message().to_string();
-        if std::error::Error::source(&s).is_some() {
-            return PresenceError::Unavailable(message);
-        }
-        match s.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => PresenceError::Invalid(message),
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::Unknown
-            | Code::ResourceExhausted => PresenceError::Unavailable(message),
-            Code::Ok
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::DataLoss => PresenceError::Internal(message),
+        match crate::status::outcome(&s) {
+            Outcome::Refused => PresenceError::Invalid(message),
+            Outcome::Unknown => PresenceError::Unavailable(message),
+            Outcome::Failed => PresenceError::Internal(message),
         }
     }
 }

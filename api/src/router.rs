@@ -11,6 +11,7 @@ mod remote;
 
 pub use remote::RemoteRouters;
 
+use crate::status::Outcome;
 use confab_proto::v1 as pb;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -37,27 +38,11 @@ pub enum RouterError {
 /// argument is `Invalid`; the rest is `Internal`.
 impl From<tonic::Status> for RouterError {
     fn from(s: tonic::Status) -> Self {
-        use tonic::Code;
         let message = s.message().to_string();
-        if std::error::Error::source(&s).is_some() {
-            return RouterError::Unavailable(message);
-        }
-        match s.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => RouterError::Invalid(message),
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::Unknown
-            | Code::ResourceExhausted => RouterError::Unavailable(message),
-            Code::Ok
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::DataLoss => RouterError::Internal(message),
+        match crate::status::outcome(&s) {
+            Outcome::Refused => RouterError::Invalid(message),
+            Outcome::Unknown => RouterError::Unavailable(message),
+            Outcome::Failed => RouterError::Internal(message),
         }
     }
 }

@@ -10,6 +10,7 @@ mod remote;
 
 pub use remote::RemoteStore;
 
+use crate::status::{outcome, Outcome};
 use confab_common::{ChatId, UserId};
 use confab_proto::v1 as pb;
 use confab_proto::v1::{Chat, ChatSummary, Message};
@@ -78,23 +79,18 @@ impl From<tonic::Status> for StoreError {
         if let Some(e) = StoreError::from_details(s.details()) {
             return e;
         }
+        let message = s.message().to_string();
         match s.code() {
             Code::NotFound => StoreError::NotFound,
             Code::Aborted => StoreError::Fenced,
-            Code::InvalidArgument | Code::OutOfRange => StoreError::Invalid(s.message().to_string()),
             // A seq conflict without its numbers: nothing was written, and
             // the client retries as after an outage.
-            Code::FailedPrecondition => StoreError::Unavailable(s.message().to_string()),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
-                StoreError::Unavailable(s.message().to_string())
-            }
-            Code::Ok
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::DataLoss => StoreError::Internal(s.message().to_string()),
+            Code::FailedPrecondition => StoreError::Unavailable(message),
+            _ => match outcome(&s) {
+                Outcome::Refused => StoreError::Invalid(message),
+                Outcome::Unknown => StoreError::Unavailable(message),
+                Outcome::Failed => StoreError::Internal(message),
+            },
         }
     }
 }
