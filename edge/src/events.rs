@@ -7,6 +7,7 @@
 //! slot of their rate limit first ([`crate::limits`]): they queue one after
 //! another per socket, so they keep the emitted order among themselves.
 
+use crate::attachments;
 use crate::error::{self, ApiError};
 use crate::limits::{self, RateClass};
 use crate::link::ReplyResult;
@@ -170,7 +171,8 @@ pub fn queue_send(
     order: Option<&EioSocket>,
     on_reply: Option<crate::link::OnReply>,
 ) -> Result<impl Future<Output = Result<(pb::Message, bool), ApiError>> + Send + 'static, ApiError> {
-    let body = validate::body(o, edge.config.max_body_chars)?;
+    let attachments = attachments::parse(o)?;
+    let body = validate::body(o, edge.config.max_body_chars, !attachments.is_empty())?;
     let client_id = validate::string(o, "clientId", 1, 64)?;
     let reply_to = validate::optional_string(o, "replyTo", 1, MAX_ID)?;
     let (previous, done) = chain(order);
@@ -184,7 +186,7 @@ pub fn queue_send(
             limits::Slot::Refused(ms) => Some(ms),
             _ => None,
         };
-        let op = pb::SendOp { body, client_id, reply_to, rate_limited_retry_ms };
+        let op = pb::SendOp { body, client_id, reply_to, rate_limited_retry_ms, attachments };
         let fut = edge.links.request(&chat_id, &user, pb::request::Op::Send(op), on_reply);
         drop(done);
         match error::from_reply(fut.await)? {
@@ -324,7 +326,7 @@ fn message_edit(
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
     let message_id = message_id(o)?;
-    let body = validate::body(o, edge.config.max_body_chars)?;
+    let body = validate::body(o, edge.config.max_body_chars, true)?;
     let op = pb::request::Op::Edit(pb::EditOp { message_id, body });
     limited_op(edge, socket, chat_id, user, RateClass::Edits, op, |r| match r {
         ReplyResult::Edit(e) => Some(wire::edit_ack(&e)),

@@ -35,6 +35,7 @@
 
 mod admission;
 mod app;
+mod attachments;
 pub mod auth;
 mod batch;
 mod drain;

@@ -69,14 +69,20 @@ pub fn user_id(id: &str, field: &str) -> Result<(), ApiError> {
     UserId::check(id).map_err(|why| ApiError::validation(format!("{field} is not a valid user id: it {why}")))
 }
 
-/// A message body: 1..=max characters with at least one non-whitespace one.
-pub fn body(o: Obj<'_>, max: usize) -> Result<String, ApiError> {
-    let body = string(o, "body", 1, max)?;
-    if body.chars().all(char::is_whitespace) {
-        return Err(ApiError::validation("body must contain a non-whitespace character"));
+/// A message body of at most `max` characters. Without attachments it
+/// needs a non-whitespace character; beside them it may be `""` or blank
+/// (CONTRACT §10.1). An edit passes `blank_ok` and its router checks the
+/// rule against the message's attachments.
+pub fn body(o: Obj<'_>, max: usize, blank_ok: bool) -> Result<String, ApiError> {
+    let body = string(o, "body", 0, max)?;
+    if !blank_ok && body.chars().all(char::is_whitespace) {
+        return Err(ApiError::validation(BLANK_BODY));
     }
     Ok(body)
 }
+
+/// Why a body without attachments was refused.
+const BLANK_BODY: &str = "body must contain a non-whitespace character, or the message an attachment";
 
 /// A history page limit, 1..=100 (default 50).
 pub fn limit(o: Obj<'_>, default: u64, max: u64) -> Result<u64, ApiError> {
@@ -106,10 +112,15 @@ mod tests {
         assert!(optional_u64(o(&v), "s").is_err());
         assert!(optional_u64(o(&v), "neg").is_err());
         assert!(optional_u64(o(&v), "f").is_err());
-        assert!(body(o(&json!({"body": " \u{2003}\n"})), 8000).is_err());
+        assert!(body(o(&json!({"body": " \u{2003}\n"})), 8000, false).is_err());
+        // Beside attachments a blank or empty body is kept as sent.
+        assert_eq!(body(o(&json!({"body": " \u{2003}\n"})), 8000, true).unwrap(), " \u{2003}\n");
+        assert_eq!(body(o(&json!({"body": ""})), 8000, true).unwrap(), "");
+        assert!(body(o(&json!({"body": ""})), 8000, false).is_err());
+        assert!(body(o(&json!({})), 8000, true).is_err(), "body stays required");
         assert_eq!(string(o(&v), "emoji", 2, 2).unwrap(), "👍🏽");
-        assert!(body(o(&json!({"body": "x".repeat(8001)})), 8000).is_err());
-        assert!(body(o(&json!({"body": "é".repeat(8000)})), 8000).is_ok());
+        assert!(body(o(&json!({"body": "x".repeat(8001)})), 8000, true).is_err());
+        assert!(body(o(&json!({"body": "é".repeat(8000)})), 8000, false).is_ok());
         assert!(object(Some(&json!([1]))).is_err());
         assert!(object(None).is_err());
     }

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 /// `Message` (CONTRACT §6).
 pub fn message(m: &pb::Message) -> Value {
-    let mut o = Map::with_capacity(8);
+    let mut o = Map::with_capacity(9);
     o.insert("chatId".into(), Value::String(m.chat_id.clone()));
     o.insert("id".into(), Value::String(m.id.clone()));
     o.insert("seq".into(), json!(m.seq));
@@ -27,6 +27,27 @@ pub fn message(m: &pb::Message) -> Value {
     }
     if !m.reactions.is_empty() {
         o.insert("reactions".into(), counts(&m.reactions));
+    }
+    // Always present, empty when none (CONTRACT §10.2).
+    o.insert("attachments".into(), Value::Array(m.attachments.iter().map(attachment).collect()));
+    Value::Object(o)
+}
+
+/// An attachment (CONTRACT §10.1), its optional fields only when sent.
+fn attachment(a: &pb::Attachment) -> Value {
+    let mut o = Map::with_capacity(7);
+    o.insert("url".into(), Value::String(a.url.clone()));
+    o.insert("type".into(), Value::String(a.r#type.clone()));
+    if let Some(name) = &a.name {
+        o.insert("name".into(), Value::String(name.clone()));
+    }
+    for (key, n) in [("size", a.size), ("width", a.width), ("height", a.height)] {
+        if let Some(n) = n {
+            o.insert(key.into(), json!(n));
+        }
+    }
+    if let Some(url) = &a.thumbnail_url {
+        o.insert("thumbnailUrl".into(), Value::String(url.clone()));
     }
     Value::Object(o)
 }
@@ -189,8 +210,28 @@ mod tests {
             message(&m),
             json!({
                 "chatId": "c1", "id": "m1", "seq": 3, "senderId": "alice", "body": "hi",
-                "createdAt": "2026-01-01T00:00:00.000Z", "clientId": "k1",
+                "createdAt": "2026-01-01T00:00:00.000Z", "clientId": "k1", "attachments": [],
             })
+        );
+        m.attachments = vec![
+            pb::Attachment {
+                url: "https://cdn.example/a.png".into(),
+                r#type: "image/png".into(),
+                name: Some("a.png".into()),
+                size: Some(1234),
+                width: Some(640),
+                height: Some(480),
+                thumbnail_url: Some("https://cdn.example/a-small.png".into()),
+            },
+            pb::Attachment { url: "https://cdn.example/b".into(), r#type: "text/plain".into(), ..Default::default() },
+        ];
+        assert_eq!(
+            message(&m)["attachments"],
+            json!([
+                { "url": "https://cdn.example/a.png", "type": "image/png", "name": "a.png", "size": 1234,
+                  "width": 640, "height": 480, "thumbnailUrl": "https://cdn.example/a-small.png" },
+                { "url": "https://cdn.example/b", "type": "text/plain" },
+            ])
         );
         m.reply_to = Some("m0".into());
         m.edited_at_ms = Some(NEW_YEAR_MS + 1500);

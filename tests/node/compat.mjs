@@ -96,6 +96,21 @@ await step("a refused handshake is a connect_error with code and reason", async 
   socket.close();
 });
 
+await step("an attachment round-trips, and a bad one is refused by field", async () => {
+  const attachment = { url: "https://cdn.example/cat.png", type: "image/png", name: "cat.png", size: 48213, width: 640, height: 480 };
+  const received = once(bobSocket, "message:new");
+  const sent = await ack(alice.socket, "message:send", { chatId: chat.id, body: "", clientId: "att1", attachments: [attachment] });
+  assert.equal(sent.ok, true);
+  const msg = await received;
+  assert.deepEqual(msg.attachments, [attachment]);
+  assert.equal(msg.body, "");
+  const bad = await ack(alice.socket, "message:send", {
+    chatId: chat.id, body: "x", clientId: "att2", attachments: [{ url: "javascript:alert(1)", type: "image/png" }],
+  });
+  assert.equal(bad.error, "VALIDATION_ERROR");
+  assert.match(bad.message, /^attachments\[0\]\.url /);
+});
+
 await step("edit, react and delete reach the other member", async () => {
   const sent = await ack(alice.socket, "message:send", { chatId: chat.id, body: "draft", clientId: "e1" });
   const id = sent.data.serverId;

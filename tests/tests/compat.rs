@@ -35,5 +35,5 @@ async fn official_socket_io_client_chats_through_the_cluster() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(out.status.success(), "compat.mjs failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("compat: 10 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("compat: 11 passed, 0 failed"), "{stdout}");
 }

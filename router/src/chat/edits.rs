@@ -30,6 +30,14 @@ impl ChatState {
         if m.sender_id != user {
             return Err(forbidden("only the sender may edit a message"));
         }
+        // The edge let a blank body through: only a message with
+        // attachments may have one (CONTRACT §10.1).
+        if op.body.chars().all(char::is_whitespace) && m.attachments.is_empty() {
+            return Err(super::error(
+                pb::ErrorCode::Validation,
+                "body must contain a non-whitespace character, or the message an attachment",
+            ));
+        }
         let edited_at_ms = now_ms();
         m.body = op.body;
         m.edited_at_ms = Some(edited_at_ms);
@@ -61,6 +69,7 @@ impl ChatState {
             m.deleted = true;
             m.body.clear();
             m.reactions.clear();
+            m.attachments.clear();
             store.put_message(m.clone(), Some(self.epoch)).await.map_err(|e| self.fenced_by(e)).map_err(write_error)?;
             self.tail.update(&m);
             self.send_all(Event::MessageDeleted(pb::MessageDeleted { message_id: m.id.clone(), seq: m.seq }));

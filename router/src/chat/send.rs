@@ -30,7 +30,7 @@ enum Check {
     /// Repeats the batch's send at this index.
     InBatch(usize),
     /// Repeats a send this writer appended before.
-    Repeat(pb::Message),
+    Repeat(Box<pb::Message>),
 }
 
 fn answer_send(edge: &EdgeConn, req_id: u64, message: pb::Message, duplicate: bool) {
@@ -80,13 +80,13 @@ impl ChatState {
             return Ok(Check::InBatch(i));
         }
         if let Some(m) = self.recently_sent(user, &op.client_id) {
-            return Ok(Check::Repeat(m.clone()));
+            return Ok(Check::Repeat(Box::new(m.clone())));
         }
         if let Some(retry_after_ms) = op.rate_limited_retry_ms {
             // A repeat is answered even while rate limited (CONTRACT rule 22).
             let not_before = now_ms() - IDEMPOTENCY_WINDOW_MS;
             match store.find_by_client_id(&self.chat_id, &UserId::from(user), &op.client_id, not_before).await {
-                Ok(Some(m)) => return Ok(Check::Repeat(m)),
+                Ok(Some(m)) => return Ok(Check::Repeat(Box::new(m))),
                 Ok(None) => {}
                 Err(e) => return Err(store_error(&e)),
             }
@@ -118,7 +118,7 @@ impl ChatState {
             match self.check_send(store, &fresh, &cmd.user, &op).await {
                 Err(e) => reply(&cmd.edge, cmd.req_id, e),
                 Ok(Check::InBatch(i)) => fresh[i].repeats.push((cmd.edge, cmd.req_id)),
-                Ok(Check::Repeat(m)) => answer_send(&cmd.edge, cmd.req_id, m, true),
+                Ok(Check::Repeat(m)) => answer_send(&cmd.edge, cmd.req_id, *m, true),
                 Ok(Check::New) => {
                     let message = pb::Message {
                         chat_id: self.chat_id.to_string(),
@@ -128,6 +128,7 @@ impl ChatState {
                         created_at_ms: now_ms(),
                         client_id: op.client_id,
                         reply_to: op.reply_to,
+                        attachments: op.attachments,
                         ..Default::default()
                     };
                     fresh.push(NewMessage { message, sender: (cmd.edge, cmd.req_id), repeats: Vec::new() });

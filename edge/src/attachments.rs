@@ -1,0 +1,207 @@
+//! A message's `attachments` (CONTRACT §10.1): metadata of files the
+//! application stored elsewhere, checked field by field before anything
+//! reaches a router. Each refusal is VALIDATION_ERROR naming the field, as
+//! `attachments[2].url`.
+
+use crate::error::ApiError;
+use confab_proto::v1 as pb;
+use serde_json::{Map, Value};
+
+/// At most this many attachments per message.
+pub const MAX_ATTACHMENTS: usize = 10;
+const MAX_URL: usize = 2048;
+const MAX_TYPE: usize = 255;
+const MAX_NAME: usize = 255;
+/// The largest integer a JavaScript client reads exactly (2^53 − 1).
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+const KEYS: [&str; 7] = ["url", "type", "name", "size", "width", "height", "thumbnailUrl"];
+
+/// The payload's `attachments`: none when the key is absent.
+pub fn parse(o: &Map<String, Value>) -> Result<Vec<pb::Attachment>, ApiError> {
+    let list = match o.get("attachments") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(invalid("attachments", "must be an array")),
+    };
+    if list.len() > MAX_ATTACHMENTS {
+        return Err(invalid("attachments", &format!("must hold at most {MAX_ATTACHMENTS} items")));
+    }
+    list.iter().enumerate().map(|(i, a)| attachment(a, &format!("attachments[{i}]"))).collect()
+}
+
+fn attachment(v: &Value, at: &str) -> Result<pb::Attachment, ApiError> {
+    let Value::Object(o) = v else { return Err(invalid(at, "must be an object")) };
+    if let Some(key) = o.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(invalid(&format!("{at}.{key}"), "is not a known attachment field"));
+    }
+    let field = |name: &str| format!("{at}.{name}");
+    let url = match o.get("url") {
+        None => return Err(invalid(&field("url"), "is required")),
+        Some(v) => web_url(v, &field("url"))?,
+    };
+    let kind = match o.get("type") {
+        None => return Err(invalid(&field("type"), "is required")),
+        Some(v) => mime(v, &field("type"))?,
+    };
+    Ok(pb::Attachment {
+        url,
+        r#type: kind,
+        name: optional(o, "name", &field("name"), |v, f| text(v, f, MAX_NAME))?,
+        size: optional(o, "size", &field("size"), integer)?,
+        width: optional(o, "width", &field("width"), integer)?,
+        height: optional(o, "height", &field("height"), integer)?,
+        thumbnail_url: optional(o, "thumbnailUrl", &field("thumbnailUrl"), web_url)?,
+    })
+}
+
+/// An optional field may be left out, but not sent as `null`.
+fn optional<T>(
+    o: &Map<String, Value>,
+    key: &str,
+    field: &str,
+    check: impl Fn(&Value, &str) -> Result<T, ApiError>,
+) -> Result<Option<T>, ApiError> {
+    match o.get(key) {
+        None => Ok(None),
+        Some(Value::Null) => Err(invalid(field, "may be left out but not null")),
+        Some(v) => check(v, field).map(Some),
+    }
+}
+
+fn text(v: &Value, field: &str, max: usize) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) if s.chars().count() <= max => Ok(s.clone()),
+        Value::String(_) => Err(invalid(field, &format!("must be at most {max} characters"))),
+        _ => Err(invalid(field, "must be a string")),
+    }
+}
+
+/// An absolute `https:` or `http:` URL with a host.
+fn web_url(v: &Value, field: &str) -> Result<String, ApiError> {
+    let s = text(v, field, MAX_URL)?;
+    match url::Url::parse(&s) {
+        Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(s),
+        Ok(_) => Err(invalid(field, "must be an https: or http: URL")),
+        Err(_) => Err(invalid(field, "must be an absolute https: or http: URL")),
+    }
+}
+
+/// `type/subtype`, each a token of RFC 6838's restricted name characters.
+fn mime(v: &Value, field: &str) -> Result<String, ApiError> {
+    let s = text(v, field, MAX_TYPE)?;
+    let token = |t: &str| {
+        t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+    };
+    match s.split_once('/') {
+        Some((kind, sub)) if token(kind) && token(sub) => Ok(s),
+        _ => Err(invalid(field, "must be a MIME type such as image/png")),
+    }
+}
+
+/// A non-negative integer a JavaScript client reads exactly.
+fn integer(v: &Value, field: &str) -> Result<u64, ApiError> {
+    match v.as_u64() {
+        Some(n) if n <= MAX_SAFE_INTEGER => Ok(n),
+        _ => Err(invalid(field, "must be a non-negative integer of at most 2^53 - 1")),
+    }
+}
+
+fn invalid(field: &str, why: &str) -> ApiError {
+    ApiError::validation(format!("{field} {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(attachments: Value) -> Result<Vec<pb::Attachment>, String> {
+        let payload = json!({ "attachments": attachments });
+        parse(payload.as_object().unwrap()).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn a_full_and_a_minimal_attachment_are_kept_as_sent() {
+        let got = check(json!([
+            { "url": "https://cdn.example/a.png", "type": "image/png", "name": "a.png", "size": 1234,
+              "width": 640, "height": 480, "thumbnailUrl": "http://cdn.example/a-small.png" },
+            { "url": "https://cdn.example/b", "type": "application/vnd.api+json" },
+        ]))
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].name.as_deref(), Some("a.png"));
+        assert_eq!((got[0].size, got[0].width, got[0].height), (Some(1234), Some(640), Some(480)));
+        assert_eq!(got[0].thumbnail_url.as_deref(), Some("http://cdn.example/a-small.png"));
+        assert_eq!(got[1].r#type, "application/vnd.api+json");
+        assert_eq!(got[1].name, None);
+        assert_eq!(check(json!([])).unwrap(), vec![]);
+        let absent = json!({});
+        assert_eq!(parse(absent.as_object().unwrap()).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn each_rule_names_the_field_it_refuses() {
+        let ok = |extra: Value| {
+            let mut a = json!({ "url": "https://x.example/f", "type": "image/png" });
+            a.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            a
+        };
+        let long_url = format!("https://x.example/{}", "a".repeat(MAX_URL));
+        let cases = [
+            (json!("x"), "attachments must be an array"),
+            (json!(vec![ok(json!({})); 11]), "attachments must hold at most 10 items"),
+            (json!(["x"]), "attachments[0] must be an object"),
+            (json!([{ "type": "image/png" }]), "attachments[0].url is required"),
+            (json!([{ "url": "https://x.example/f" }]), "attachments[0].type is required"),
+            (json!([ok(json!({ "url": "javascript:alert(1)" }))]), "attachments[0].url must be an https: or http: URL"),
+            (json!([ok(json!({ "url": "data:text/plain,hi" }))]), "attachments[0].url must be an https: or http: URL"),
+            (json!([ok(json!({ "url": "file:///etc/passwd" }))]), "attachments[0].url must be an https: or http: URL"),
+            (
+                json!([ok(json!({ "url": "/relative/path" }))]),
+                "attachments[0].url must be an absolute https: or http: URL",
+            ),
+            (json!([ok(json!({ "url": long_url }))]), "attachments[0].url must be at most 2048 characters"),
+            (json!([ok(json!({ "url": 7 }))]), "attachments[0].url must be a string"),
+            (json!([ok(json!({ "type": "image" }))]), "attachments[0].type must be a MIME type such as image/png"),
+            (
+                json!([ok(json!({ "type": "image/png; q=1" }))]),
+                "attachments[0].type must be a MIME type such as image/png",
+            ),
+            (
+                json!([ok(json!({ "type": format!("image/{}", "a".repeat(250)) }))]),
+                "attachments[0].type must be at most 255 characters",
+            ),
+            (json!([ok(json!({ "name": "n".repeat(256) }))]), "attachments[0].name must be at most 255 characters"),
+            (json!([ok(json!({ "name": null }))]), "attachments[0].name may be left out but not null"),
+            (
+                json!([ok(json!({ "size": -1 }))]),
+                "attachments[0].size must be a non-negative integer of at most 2^53 - 1",
+            ),
+            (
+                json!([ok(json!({ "size": 9_007_199_254_740_992u64 }))]),
+                "attachments[0].size must be a non-negative integer of at most 2^53 - 1",
+            ),
+            (
+                json!([ok(json!({ "width": 1.5 }))]),
+                "attachments[0].width must be a non-negative integer of at most 2^53 - 1",
+            ),
+            (
+                json!([ok(json!({ "height": "3" }))]),
+                "attachments[0].height must be a non-negative integer of at most 2^53 - 1",
+            ),
+            (
+                json!([ok(json!({ "thumbnailUrl": "ftp://x.example/t" }))]),
+                "attachments[0].thumbnailUrl must be an https: or http: URL",
+            ),
+            (
+                json!([ok(json!({})), ok(json!({ "colour": "red" }))]),
+                "attachments[1].colour is not a known attachment field",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(check(input.clone()).unwrap_err(), want, "{input}");
+        }
+        assert!(check(json!([ok(json!({ "size": 9_007_199_254_740_991u64 }))])).is_ok());
+    }
+}
