@@ -100,6 +100,9 @@ struct TokenArgs {
     /// Display name (`name`).
     #[arg(long)]
     name: Option<String>,
+    /// Avatar URL (`picture`), shown as the sender's `avatarUrl`.
+    #[arg(long)]
+    picture: Option<String>,
     /// Lifetime: 90s, 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: i64,
@@ -140,7 +143,16 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Token(t) = &cli.command {
-        println!("{}", confab_edge::auth::mint_hs256(t.jwt_secret.as_bytes(), &t.user, t.name.as_deref(), t.ttl));
+        println!(
+            "{}",
+            confab_edge::auth::mint_hs256(
+                t.jwt_secret.as_bytes(),
+                &t.user,
+                t.name.as_deref(),
+                t.picture.as_deref(),
+                t.ttl
+            )
+        );
         return Ok(());
     }
     confab_common::telemetry::init("info", cli.log_json);
@@ -223,7 +235,7 @@ async fn dev(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         ended
     };
 
-    let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), 24 * 3600);
+    let token = confab_edge::auth::mint_hs256(secret.as_bytes(), "alice", Some("Alice"), None, 24 * 3600);
     println!("confab dev is up");
     println!("  socket.io + http: http://{edge_addr}");
     println!("  data directory:   {}", args.store.data_dir.display());

@@ -4,6 +4,7 @@
 //! `attachments[2].url`.
 
 use crate::error::ApiError;
+use crate::validate::is_web_url;
 use confab_proto::v1 as pb;
 use serde_json::{Map, Value};
 
@@ -79,10 +80,12 @@ fn text(v: &Value, field: &str, max: usize) -> Result<String, ApiError> {
 /// An absolute `https:` or `http:` URL with a host.
 fn web_url(v: &Value, field: &str) -> Result<String, ApiError> {
     let s = text(v, field, MAX_URL)?;
-    match url::Url::parse(&s) {
-        Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(s),
-        Ok(_) => Err(invalid(field, "must be an https: or http: URL")),
-        Err(_) => Err(invalid(field, "must be an absolute https: or http: URL")),
+    if is_web_url(&s) {
+        Ok(s)
+    } else if url::Url::parse(&s).is_ok() {
+        Err(invalid(field, "must be an https: or http: URL"))
+    } else {
+        Err(invalid(field, "must be an absolute https: or http: URL"))
     }
 }
 

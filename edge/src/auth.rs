@@ -33,8 +33,18 @@ impl AuthError {
 pub struct Identity {
     pub user_id: String,
     pub name: Option<String>,
+    /// The `picture` claim, kept only when it is an http(s) URL (CONTRACT
+    /// §10.2).
+    pub picture: Option<String>,
     /// `exp`, seconds since the epoch.
     pub expires_at: i64,
+}
+
+impl Identity {
+    /// What messages this token sends carry as their sender's profile.
+    pub fn profile(&self) -> confab_proto::v1::Profile {
+        confab_proto::v1::Profile { name: self.name.clone(), avatar_url: self.picture.clone() }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -45,6 +55,8 @@ struct Claims {
     user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    picture: Option<Value>,
     exp: i64,
 }
 
@@ -144,16 +156,21 @@ impl Verifier {
         let user_id =
             c.sub.filter(|s| !s.is_empty()).or(c.user_id.filter(|s| !s.is_empty())).ok_or(AuthError::Invalid)?;
         UserId::check(&user_id).map_err(|_| AuthError::Invalid)?;
-        Ok(Identity { user_id, name: c.name, expires_at: c.exp })
+        let picture = match c.picture {
+            Some(Value::String(url)) if crate::validate::is_web_url(&url) => Some(url),
+            _ => None,
+        };
+        Ok(Identity { user_id, name: c.name, picture, expires_at: c.exp })
     }
 }
 
 /// Mints an HS256 token (for `confab token` and tests).
-pub fn mint_hs256(secret: &[u8], user_id: &str, name: Option<&str>, ttl_secs: i64) -> String {
+pub fn mint_hs256(secret: &[u8], user_id: &str, name: Option<&str>, picture: Option<&str>, ttl_secs: i64) -> String {
     let claims = Claims {
         sub: Some(user_id.to_string()),
         user_id: None,
         name: name.map(str::to_string),
+        picture: picture.map(|p| Value::String(p.to_string())),
         exp: confab_common::time::now_ms() / 1000 + ttl_secs,
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap_or_default()
@@ -240,11 +257,23 @@ mod tests {
     fn verifies_good_tokens_and_names_the_reason_for_bad_ones() {
         let settings = AuthSettings { secret: Some("test-secret".into()), ..AuthSettings::default() };
         let v = Verifier::new(&settings).unwrap();
-        let good = mint_hs256(SECRET, "alice", Some("Alice"), 60);
+        let good = mint_hs256(SECRET, "alice", Some("Alice"), None, 60);
         let id = v.verify(&good).unwrap();
         assert_eq!((id.user_id.as_str(), id.name.as_deref()), ("alice", Some("Alice")));
-        assert_eq!(v.verify(&mint_hs256(SECRET, "alice", None, -10)), Err(AuthError::Expired));
-        assert_eq!(v.verify(&mint_hs256(b"other", "alice", None, 60)), Err(AuthError::Invalid));
+        assert_eq!(id.picture, None);
+        // The picture claim is kept only as an http(s) URL (CONTRACT §10.2).
+        let pictured = mint_hs256(SECRET, "alice", None, Some("https://cdn.example/a.png"), 60);
+        assert_eq!(v.verify(&pictured).unwrap().picture.as_deref(), Some("https://cdn.example/a.png"));
+        for bad in ["javascript:alert(1)", "data:image/png;base64,AAAA", "a.png"] {
+            assert_eq!(v.verify(&mint_hs256(SECRET, "alice", None, Some(bad), 60)).unwrap().picture, None, "{bad}");
+        }
+        let numeric = hs256(
+            &Header::new(Algorithm::HS256),
+            &json!({ "sub": "alice", "picture": 7, "exp": confab_common::time::now_ms() / 1000 + 60 }),
+        );
+        assert_eq!(v.verify(&numeric).unwrap().picture, None, "a picture that is not a string is ignored");
+        assert_eq!(v.verify(&mint_hs256(SECRET, "alice", None, None, -10)), Err(AuthError::Expired));
+        assert_eq!(v.verify(&mint_hs256(b"other", "alice", None, None, 60)), Err(AuthError::Invalid));
         assert_eq!(v.verify("garbage"), Err(AuthError::Invalid));
         // alg: none, unsigned.
         let none = format!(

@@ -166,6 +166,7 @@ fn chain(order: Option<&EioSocket>) -> (Option<oneshot::Receiver<()>>, Option<on
 pub fn queue_send(
     edge: &Arc<Edge>,
     user: &str,
+    sender: pb::Profile,
     o: Obj<'_>,
     chat_id: String,
     order: Option<&EioSocket>,
@@ -186,7 +187,7 @@ pub fn queue_send(
             limits::Slot::Refused(ms) => Some(ms),
             _ => None,
         };
-        let op = pb::SendOp { body, client_id, reply_to, rate_limited_retry_ms, attachments };
+        let op = pb::SendOp { body, client_id, reply_to, rate_limited_retry_ms, attachments, sender: Some(sender) };
         let fut = edge.links.request(&chat_id, &user, pb::request::Op::Send(op), on_reply);
         drop(done);
         match error::from_reply(fut.await)? {
@@ -214,8 +215,9 @@ fn message_send(
 ) -> Result<Pending, ApiError> {
     let o = validate::object(payload)?;
     let chat_id = chat_id(o)?;
+    let profile = socket.data.session.get().map(|s| s.profile()).unwrap_or_default();
     let Some(ack_id) = ack else {
-        let fut = queue_send(edge, user, o, chat_id, Some(socket), None)?;
+        let fut = queue_send(edge, user, profile, o, chat_id, Some(socket), None)?;
         return later(async move { fut.await.map(|(m, _)| wire::send_ack(&m)) });
     };
     // Whoever claims it acks: the reader on success, the task on failure
@@ -229,7 +231,7 @@ fn message_send(
             }
         }
     });
-    let fut = queue_send(edge, user, o, chat_id, Some(socket), Some(ack_now))?;
+    let fut = queue_send(edge, user, profile, o, chat_id, Some(socket), Some(ack_now))?;
     Ok(Pending::Sent(Box::pin(async move {
         match fut.await {
             Err(e) if !acked.swap(true, Ordering::AcqRel) => Err(e),
@@ -284,6 +286,7 @@ fn auth_refresh(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Valu
         return Err(unauthorized("the token names another user"));
     }
     session.set_expires_at(identity.expires_at);
+    session.set_profile(identity.profile());
     edge.expiry.watch(identity.expires_at, socket);
     Ok(Pending::Now(json!({ "expiresAt": confab_common::time::iso8601(identity.expires_at * 1000) })))
 }

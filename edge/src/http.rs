@@ -59,7 +59,7 @@ fn json_response(status: StatusCode, v: Value) -> Response {
 
 /// The caller, from `Authorization: Bearer`; a missing or bad token is 401.
 /// Extracted before the body, so a request failing both gets the 401.
-struct Caller(String);
+struct Caller(String, pb::Profile);
 
 impl FromRequestParts<Arc<Edge>> for Caller {
     type Rejection = ApiError;
@@ -68,7 +68,7 @@ impl FromRequestParts<Arc<Edge>> for Caller {
         let h = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
         crate::auth::pick_token(None, h, None)
             .and_then(|t| edge.verifier.verify(&t))
-            .map(|i| Caller(i.user_id))
+            .map(|i| Caller(i.user_id.clone(), i.profile()))
             .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("token refused: {}", e.reason())))
     }
 }
@@ -105,7 +105,11 @@ async fn timed<T>(
         .map_err(ApiError::from)
 }
 
-async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonObject(ref o): JsonObject) -> ApiResult {
+async fn create_chat(
+    State(edge): State<Arc<Edge>>,
+    Caller(user, _): Caller,
+    JsonObject(ref o): JsonObject,
+) -> ApiResult {
     let kind = validate::string(o, "type", 1, 16)?;
     if kind != "dm" && kind != "group" {
         return Err(ApiError::validation("type must be \"dm\" or \"group\""));
@@ -136,13 +140,13 @@ async fn create_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, JsonOb
     Ok(json_response(status, wire::chat(&chat)))
 }
 
-async fn list_chats(State(edge): State<Arc<Edge>>, Caller(user): Caller) -> ApiResult {
+async fn list_chats(State(edge): State<Arc<Edge>>, Caller(user, _): Caller) -> ApiResult {
     let chats = timed(&edge, edge.store.list_user_chats(&user.into(), usize::MAX)).await?;
     let chats: Vec<Value> = chats.iter().map(wire::chat_summary).collect();
     Ok(json_response(StatusCode::OK, json!({ "chats": chats })))
 }
 
-async fn get_chat(State(edge): State<Arc<Edge>>, Caller(user): Caller, Path(chat_id): Path<String>) -> ApiResult {
+async fn get_chat(State(edge): State<Arc<Edge>>, Caller(user, _): Caller, Path(chat_id): Path<String>) -> ApiResult {
     let (chat, _) = timed(&edge, edge.store.get_chat(&chat_id.into())).await?;
     if !chat.members.iter().any(|m| m.user_id == user) {
         return Err(ApiError::forbidden("not a member of this chat"));
@@ -162,7 +166,7 @@ fn query_u64(q: &HashMap<String, String>, field: &str) -> Result<Option<u64>, Ap
 
 async fn get_messages(
     State(edge): State<Arc<Edge>>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(chat_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
@@ -179,18 +183,18 @@ async fn get_messages(
 
 async fn post_message(
     State(edge): State<Arc<Edge>>,
-    Caller(user): Caller,
+    Caller(user, sender): Caller,
     Path(chat_id): Path<String>,
     JsonObject(ref o): JsonObject,
 ) -> ApiResult {
-    let (m, duplicate) = events::queue_send(&edge, &user, o, chat_id, None, None)?.await?;
+    let (m, duplicate) = events::queue_send(&edge, &user, sender, o, chat_id, None, None)?.await?;
     let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok(json_response(status, wire::send_ack(&m)))
 }
 
 async fn user_presence(
     State(edge): State<Arc<Edge>>,
-    Caller(viewer): Caller,
+    Caller(viewer, _): Caller,
     Path(user_id): Path<String>,
 ) -> ApiResult {
     validate::user_id(&user_id, "userId")?;
@@ -211,7 +215,7 @@ async fn manage(edge: &Arc<Edge>, user: &str, chat_id: &str, change: pb::manage_
 
 async fn patch_chat(
     State(edge): State<Arc<Edge>>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(chat_id): Path<String>,
     JsonObject(ref o): JsonObject,
 ) -> ApiResult {
@@ -221,7 +225,7 @@ async fn patch_chat(
 
 async fn add_members(
     State(edge): State<Arc<Edge>>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path(chat_id): Path<String>,
     JsonObject(ref o): JsonObject,
 ) -> ApiResult {
@@ -234,7 +238,7 @@ async fn add_members(
 
 async fn remove_member(
     State(edge): State<Arc<Edge>>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path((chat_id, member)): Path<(String, String)>,
 ) -> ApiResult {
     validate::user_id(&member, "userId")?;
@@ -243,7 +247,7 @@ async fn remove_member(
 
 async fn set_role(
     State(edge): State<Arc<Edge>>,
-    Caller(user): Caller,
+    Caller(user, _): Caller,
     Path((chat_id, member)): Path<(String, String)>,
     JsonObject(ref o): JsonObject,
 ) -> ApiResult {

@@ -23,6 +23,9 @@ pub struct Session {
     pub session_id: String,
     /// The token's `exp` (seconds); moved on by `auth:refresh`.
     expires_at: AtomicI64,
+    /// The token's name and picture, carried by the messages this socket
+    /// sends; replaced by `auth:refresh` (CONTRACT §10.2).
+    profile: Mutex<pb::Profile>,
 }
 
 impl Session {
@@ -32,6 +35,14 @@ impl Session {
 
     pub fn set_expires_at(&self, exp: i64) {
         self.expires_at.store(exp, Ordering::Release);
+    }
+
+    pub fn profile(&self) -> pb::Profile {
+        self.profile.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_profile(&self, profile: pb::Profile) {
+        *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = profile;
     }
 }
 
@@ -254,6 +265,7 @@ async fn start_session(
         user_id: user_id.clone(),
         session_id: session_id.clone(),
         expires_at: AtomicI64::new(identity.expires_at),
+        profile: Mutex::new(identity.profile()),
     });
     edge.metrics.sessions.fetch_add(1, Ordering::Relaxed);
     edge.rooms.join_user(&user_id, socket);

@@ -84,6 +84,12 @@ pub fn body(o: Obj<'_>, max: usize, blank_ok: bool) -> Result<String, ApiError> 
 /// Why a body without attachments was refused.
 const BLANK_BODY: &str = "body must contain a non-whitespace character, or the message an attachment";
 
+/// An absolute `https:` or `http:` URL with a host.
+pub fn is_web_url(s: &str) -> bool {
+    url::Url::parse(s)
+        .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some_and(|h| !h.is_empty()))
+}
+
 /// A history page limit, 1..=100 (default 50).
 pub fn limit(o: Obj<'_>, default: u64, max: u64) -> Result<u64, ApiError> {
     match optional_u64(o, "limit")? {

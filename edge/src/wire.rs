@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 /// `Message` (CONTRACT §6).
 pub fn message(m: &pb::Message) -> Value {
-    let mut o = Map::with_capacity(9);
+    let mut o = Map::with_capacity(10);
     o.insert("chatId".into(), Value::String(m.chat_id.clone()));
     o.insert("id".into(), Value::String(m.id.clone()));
     o.insert("seq".into(), json!(m.seq));
@@ -28,6 +28,8 @@ pub fn message(m: &pb::Message) -> Value {
     if !m.reactions.is_empty() {
         o.insert("reactions".into(), counts(&m.reactions));
     }
+    let profile = m.sender.clone().unwrap_or_default();
+    o.insert("sender".into(), json!({ "id": m.sender_id, "name": profile.name, "avatarUrl": profile.avatar_url }));
     // Always present, empty when none (CONTRACT §10.2).
     o.insert("attachments".into(), Value::Array(m.attachments.iter().map(attachment).collect()));
     Value::Object(o)
@@ -211,7 +213,14 @@ mod tests {
             json!({
                 "chatId": "c1", "id": "m1", "seq": 3, "senderId": "alice", "body": "hi",
                 "createdAt": "2026-01-01T00:00:00.000Z", "clientId": "k1", "attachments": [],
+                "sender": { "id": "alice", "name": null, "avatarUrl": null },
             })
+        );
+        m.sender =
+            Some(pb::Profile { name: Some("Alice".into()), avatar_url: Some("https://cdn.example/a.png".into()) });
+        assert_eq!(
+            message(&m)["sender"],
+            json!({ "id": "alice", "name": "Alice", "avatarUrl": "https://cdn.example/a.png" })
         );
         m.attachments = vec![
             pb::Attachment {

@@ -96,7 +96,7 @@ await step("a refused handshake is a connect_error with code and reason", async 
   socket.close();
 });
 
-await step("an attachment round-trips, and a bad one is refused by field", async () => {
+await step("an attachment and the sender's profile round-trip, and a bad attachment is refused by field", async () => {
   const attachment = { url: "https://cdn.example/cat.png", type: "image/png", name: "cat.png", size: 48213, width: 640, height: 480 };
   const received = once(bobSocket, "message:new");
   const sent = await ack(alice.socket, "message:send", { chatId: chat.id, body: "", clientId: "att1", attachments: [attachment] });
@@ -104,6 +104,7 @@ await step("an attachment round-trips, and a bad one is refused by field", async
   const msg = await received;
   assert.deepEqual(msg.attachments, [attachment]);
   assert.equal(msg.body, "");
+  assert.deepEqual(msg.sender, { id: "alice", name: "Alice", avatarUrl: "https://cdn.example/alice.png" });
   const bad = await ack(alice.socket, "message:send", {
     chatId: chat.id, body: "x", clientId: "att2", attachments: [{ url: "javascript:alert(1)", type: "image/png" }],
   });

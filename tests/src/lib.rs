@@ -286,7 +286,12 @@ impl Drop for Cluster {
 }
 
 pub fn token(user: &str) -> String {
-    confab_edge::auth::mint_hs256(SECRET.as_bytes(), user, None, 3600)
+    confab_edge::auth::mint_hs256(SECRET.as_bytes(), user, None, None, 3600)
+}
+
+/// A token with the `name` and `picture` claims (the sender profile).
+pub fn token_with_profile(user: &str, name: &str, picture: &str) -> String {
+    confab_edge::auth::mint_hs256(SECRET.as_bytes(), user, Some(name), Some(picture), 3600)
 }
 
 /// One HTTP call; returns the status and the JSON body (Null when empty).

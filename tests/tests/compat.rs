@@ -19,7 +19,8 @@ async fn official_socket_io_client_chats_through_the_cluster() {
         .arg("compat.mjs")
         .current_dir(&node_dir)
         .env("CONFAB_URL", cluster.edge(0))
-        .env("ALICE", cluster.token("alice"))
+        // Alice's token carries a profile (CONTRACT §10.2).
+        .env("ALICE", confab_tests::token_with_profile("alice", "Alice", "https://cdn.example/alice.png"))
         .env("BOB", cluster.token("bob"))
         .env("CAROL", cluster.token("carol"))
         .stdout(Stdio::piped())

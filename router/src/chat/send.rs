@@ -129,6 +129,7 @@ impl ChatState {
                         client_id: op.client_id,
                         reply_to: op.reply_to,
                         attachments: op.attachments,
+                        sender: op.sender,
                         ..Default::default()
                     };
                     fresh.push(NewMessage { message, sender: (cmd.edge, cmd.req_id), repeats: Vec::new() });
