@@ -75,6 +75,10 @@ pub struct Config {
     /// ...and reconnect after this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub outage_ms: u64,
+    /// Attachments on each sent message (CONTRACT §10.1), 0 to 10: an image
+    /// with every field and a file reference, alternating.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub attachments: u32,
     /// Connections each worker opens at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
@@ -306,6 +310,7 @@ fn split(config: &Config, chats: Vec<PlanChat>, idle: Vec<String>) -> Vec<Plan> 
             send_secs,
             drop_after_secs: config.drop_after_seconds,
             outage_ms: config.outage_ms,
+            attachments: config.attachments,
         })
         .collect();
     for (i, chat) in chats.into_iter().enumerate() {

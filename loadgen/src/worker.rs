@@ -9,7 +9,7 @@ use crate::ws::Socket;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,19 @@ pub struct Plan {
     pub drop_after_secs: f64,
     /// ...stay away this long, then reconnect.
     pub outage_ms: u64,
+    /// Attachments on each sent message.
+    pub attachments: u32,
+}
+
+/// `n` attachments as a photo app sends them: an image with every field,
+/// then a file reference, alternating.
+fn attachments(n: u32) -> Value {
+    let image = json!({ "url": "https://cdn.example.com/u/7f3a/photo-2048.jpg", "type": "image/jpeg",
+        "name": "photo.jpg", "size": 482_113, "width": 2048, "height": 1536,
+        "thumbnailUrl": "https://cdn.example.com/u/7f3a/photo-256.jpg" });
+    let file = json!({ "url": "https://files.example.com/d/91c2/report.pdf", "type": "application/pdf",
+        "name": "report.pdf", "size": 90_412 });
+    Value::Array((0..n).map(|i| if i % 2 == 0 { image.clone() } else { file.clone() }).collect())
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -425,7 +438,10 @@ async fn send_loop(
                 }
                 id += 1;
                 let t = client::now_micros();
-                let body = json!({ "chatId": chat_id, "body": format!("t={t}"), "clientId": format!("c{id}") });
+                let mut body = json!({ "chatId": chat_id, "body": format!("t={t}"), "clientId": format!("c{id}") });
+                if plan.attachments > 0 {
+                    body["attachments"] = attachments(plan.attachments);
+                }
                 if writer.text(&client::event_frame(id, "message:send", &body)).await.is_err() {
                     break;
                 }

@@ -20,6 +20,8 @@ fn config(cluster: &Cluster, scenario: Scenario, tag: &str) -> Config {
         hold_seconds: 0.2,
         drop_after_seconds: 0.5,
         outage_ms: 200,
+        // Sends carry attachments, so the cluster checks and relays them under load.
+        attachments: 2,
         connect_concurrency: 10,
         workers: 1,
         server_pids: vec![std::process::id()],
