@@ -13,7 +13,7 @@ pub use remote::RemoteStore;
 use crate::status::{outcome, Outcome};
 use confab_common::{ChatId, UserId};
 use confab_proto::v1 as pb;
-use confab_proto::v1::{Chat, ChatSummary, Message};
+use confab_proto::v1::{Chat, ChatSummary, Message, Profile};
 use prost::Message as _;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,6 +235,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get_cursor(&self, chat_id: &ChatId, user_id: &UserId) -> Result<u64, StoreError>;
     /// Moves a read cursor forward (never back); returns it after the call.
     async fn set_cursor(&self, chat_id: &ChatId, user_id: &UserId, seq: u64) -> Result<u64, StoreError>;
+    /// Keeps each user's profile from their most recent token (CONTRACT
+    /// §10.3), replacing the one before.
+    async fn put_profiles(&self, profiles: Vec<(UserId, Profile)>) -> Result<(), StoreError>;
+    /// The stored profiles of `users`; users without one are left out.
+    async fn profiles(&self, users: &[UserId]) -> Result<Vec<(UserId, Profile)>, StoreError>;
     /// A page of history (CONTRACT §8.2).
     async fn history(
         &self,

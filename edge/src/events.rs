@@ -287,6 +287,7 @@ fn auth_refresh(edge: &Arc<Edge>, socket: &Arc<EioSocket>, payload: Option<&Valu
     }
     session.set_expires_at(identity.expires_at);
     session.set_profile(identity.profile());
+    session::save_profile(edge, &identity);
     edge.expiry.watch(identity.expires_at, socket);
     Ok(Pending::Now(json!({ "expiresAt": confab_common::time::iso8601(identity.expires_at * 1000) })))
 }
@@ -475,6 +476,12 @@ fn room_members(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
         }
         let ids: Vec<String> = chat.members.iter().map(|m| m.user_id.clone()).collect();
         let states = crate::presence::states(&edge, &user, &ids).await?;
+        let users: Vec<UserId> = ids.iter().map(UserId::from).collect();
+        let profiles = tokio::time::timeout(edge.config.request_timeout(), edge.store.profiles(&users))
+            .await
+            .map_err(|_| ApiError::unavailable("store did not answer in time"))??;
+        let profiles: std::collections::HashMap<String, pb::Profile> =
+            profiles.into_iter().map(|(user, p)| (user.to_string(), p)).collect();
         let members: Vec<Value> = chat
             .members
             .iter()
@@ -482,6 +489,9 @@ fn room_members(edge: &Arc<Edge>, user: &str, payload: Option<&Value>) -> Result
             .map(|(m, s)| {
                 let mut v = crate::presence::snapshot(s);
                 v["role"] = json!(m.role);
+                let profile = profiles.get(&m.user_id);
+                v["name"] = json!(profile.and_then(|p| p.name.as_deref()));
+                v["avatarUrl"] = json!(profile.and_then(|p| p.avatar_url.as_deref()));
                 v
             })
             .collect();

@@ -257,6 +257,9 @@ pub(crate) struct Edge {
     /// Chat lists for CONNECT's auto-join, batched into a few store calls
     /// at a time.
     pub chat_lists: batch::Batcher<String, ChatList>,
+    /// Profiles from CONNECT and `auth:refresh` tokens, saved through the
+    /// store in batches (CONTRACT §10.3: `room:members` shows them).
+    pub profile_puts: batch::Batcher<(String, pb::Profile), ()>,
     /// Rate-limit slots leased from presence, spent locally.
     pub leases: limits::Leases,
     /// Per-IP and per-user caps, the CONNECT deadline.
@@ -352,6 +355,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
             }
         })
     };
+    let profile_puts = {
+        let store = store.clone();
+        batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, 1, &background, move |puts: Vec<(String, pb::Profile)>| {
+            let store = store.clone();
+            async move {
+                let n = puts.len();
+                // The latest token's profile wins: a batch's later put of a
+                // user replaces its earlier one.
+                let puts = puts.into_iter().map(|(user, p)| (UserId::from(user), p)).collect();
+                match tokio::time::timeout(timeout, store.put_profiles(puts)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "profiles not saved"),
+                    Err(_) => tracing::warn!("profiles not saved: the store did not answer in time"),
+                }
+                vec![(); n]
+            }
+        })
+    };
     let edge = Arc::new(Edge {
         verifier,
         expiry: Arc::default(),
@@ -363,6 +384,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         presence,
         sessions,
         chat_lists,
+        profile_puts,
         leases: limits::Leases::default(),
         admission: admission::Admission::new(&config),
         drain: drain::Drain::new(shutdown.token().clone(), Duration::from_millis(config.drain_ms)),

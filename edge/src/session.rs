@@ -246,6 +246,16 @@ fn refuse(socket: &EioSocket, e: AuthError) {
 /// the cluster is wired.
 const UNAVAILABLE_REASON: &str = "service_unavailable";
 
+/// Saves the profile of a token the edge accepted, in the background: the
+/// session does not wait for it.
+pub fn save_profile(edge: &Arc<Edge>, identity: &crate::auth::Identity) {
+    let (edge, put) = (edge.clone(), (identity.user_id.clone(), identity.profile()));
+    let shutdown = edge.shutdown.clone();
+    shutdown.spawn(async move {
+        let _ = edge.profile_puts.call(put).await;
+    });
+}
+
 /// Accepts the CONNECT: auto-joins the user's chats, then `session:ready`.
 async fn start_session(
     edge: &Arc<Edge>,
@@ -267,6 +277,7 @@ async fn start_session(
         expires_at: AtomicI64::new(identity.expires_at),
         profile: Mutex::new(identity.profile()),
     });
+    save_profile(edge, &identity);
     edge.metrics.sessions.fetch_add(1, Ordering::Relaxed);
     edge.rooms.join_user(&user_id, socket);
     edge.expiry.watch(identity.expires_at, socket);

@@ -21,7 +21,7 @@
 use crate::store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
 use crate::Config;
 use confab_common::{ChatId, UserId};
-use confab_proto::v1::{Chat, ChatSummary, Message};
+use confab_proto::v1::{Chat, ChatSummary, Message, Profile};
 use redb::Database;
 use std::path::Path;
 use std::sync::Arc;
@@ -266,6 +266,17 @@ impl Store for EmbeddedStore {
     async fn set_cursor(&self, chat_id: &ChatId, user_id: &UserId, seq: u64) -> Result<u64, StoreError> {
         let (chat_id, user_id) = (chat_id.to_string(), user_id.to_string());
         self.write(|reply| Write::SetCursor(chat_id, user_id, seq, reply)).await
+    }
+
+    async fn put_profiles(&self, profiles: Vec<(UserId, Profile)>) -> Result<(), StoreError> {
+        let profiles = profiles.into_iter().map(|(user, p)| (user.to_string(), p)).collect();
+        self.write(|reply| Write::PutProfiles(profiles, reply)).await.map(|_| ())
+    }
+
+    async fn profiles(&self, users: &[UserId]) -> Result<Vec<(UserId, Profile)>, StoreError> {
+        let users: Vec<String> = users.iter().map(ToString::to_string).collect();
+        let found = self.read(move |tx| reads::profiles(tx, &users)).await?;
+        Ok(found.into_iter().map(|(user, p)| (UserId::from(user), p)).collect())
     }
 
     async fn history(

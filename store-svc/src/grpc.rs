@@ -139,6 +139,30 @@ impl StoreRpc for StoreService {
         Ok(Response::new(pb::CursorResponse { seq }))
     }
 
+    async fn put_profiles(&self, req: Request<pb::PutProfilesRequest>) -> Result<Response<pb::Empty>, Status> {
+        let profiles = req
+            .into_inner()
+            .profiles
+            .into_iter()
+            .map(|p| (UserId::from(p.user_id), p.profile.unwrap_or_default()))
+            .collect();
+        self.store.put_profiles(profiles).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_profiles(
+        &self,
+        req: Request<pb::GetProfilesRequest>,
+    ) -> Result<Response<pb::GetProfilesResponse>, Status> {
+        let users: Vec<UserId> = req.into_inner().user_ids.into_iter().map(UserId::from).collect();
+        let found = self.store.profiles(&users).await?;
+        let profiles = found
+            .into_iter()
+            .map(|(user, p)| pb::UserProfile { user_id: user.to_string(), profile: Some(p) })
+            .collect();
+        Ok(Response::new(pb::GetProfilesResponse { profiles }))
+    }
+
     async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let r = req.into_inner();
         let h = self.store.history(&r.chat_id.into(), r.after_seq, r.before_seq, r.limit as usize).await?;

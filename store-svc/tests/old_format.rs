@@ -6,8 +6,8 @@
 //! and a kill, so the third lives only in the write-ahead log.
 
 use confab_api::store::{AppendBatch, Store};
-use confab_common::ChatId;
-use confab_proto::v1::{Attachment, Message};
+use confab_common::{ChatId, UserId};
+use confab_proto::v1::{Attachment, Message, Profile};
 use confab_store::EmbeddedStore;
 use std::path::Path;
 use std::process::Command;
@@ -63,4 +63,11 @@ async fn a_data_directory_of_the_previous_format_opens_and_takes_new_messages() 
     let page = store.history(&chat, Some(3), None, 10).await.unwrap().messages;
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].attachments, vec![attachment]);
+
+    // It has no profiles table yet: none are found, then one is kept.
+    let alice = UserId::from("alice");
+    assert_eq!(store.profiles(std::slice::from_ref(&alice)).await.unwrap(), vec![]);
+    let profile = Profile { name: Some("Alice".into()), avatar_url: None };
+    store.put_profiles(vec![(alice.clone(), profile.clone())]).await.unwrap();
+    assert_eq!(store.profiles(&[alice.clone(), UserId::from("bob")]).await.unwrap(), vec![(alice, profile)]);
 }

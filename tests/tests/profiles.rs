@@ -6,7 +6,7 @@
 use confab_tests::client::Client;
 use confab_tests::{data, token_with_profile, Cluster};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(5);
@@ -82,4 +82,47 @@ async fn a_message_carries_the_profile_of_the_token_it_was_sent_with() {
         page["messages"][0]["sender"],
         json!({ "id": "bob", "name": "Bob", "avatarUrl": "https://cdn.example/bob.png" })
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_members_show_each_members_latest_profile_seen_by_any_edge() {
+    let cluster = Cluster::builder().edges(2).build().await;
+    let chat = cluster.create_chat("alice", "group", &["bob", "carol"]).await;
+    // Bob connects on edge 1 with a profile; carol never connects.
+    let bob_token = token_with_profile("bob", "Bob", "https://cdn.example/bob.png");
+    let mut bob = Client::connect(cluster.edge(1), json!({ "token": bob_token })).await.unwrap();
+    bob.expect_event("session:ready", T).await;
+    let mut alice = cluster.connect(0, "alice").await;
+
+    // Saved in the background: wait until edge 0 reads what edge 1 saved.
+    let members = members_until(&mut alice, &chat, |m| member(m, "bob")["name"] == "Bob").await;
+    assert_eq!(member(&members, "bob")["avatarUrl"], "https://cdn.example/bob.png");
+    assert_eq!(member(&members, "bob")["role"], "member");
+    assert_eq!(member(&members, "carol")["name"], json!(null), "carol never connected");
+    assert_eq!(member(&members, "carol")["avatarUrl"], json!(null));
+    assert_eq!(member(&members, "alice")["name"], json!(null), "alice's token has no name");
+
+    // A refreshed token replaces the profile.
+    let refreshed = token_with_profile("bob", "Robert", "https://cdn.example/robert.png");
+    data(&bob.call("auth:refresh", json!({ "token": refreshed })).await);
+    let members = members_until(&mut alice, &chat, |m| member(m, "bob")["name"] == "Robert").await;
+    assert_eq!(member(&members, "bob")["avatarUrl"], "https://cdn.example/robert.png");
+}
+
+fn member(members: &Value, id: &str) -> Value {
+    members.as_array().and_then(|all| all.iter().find(|m| m["userId"] == id)).cloned().unwrap_or_default()
+}
+
+/// Asks `room:members` until `done` holds (profiles are saved in the
+/// background), within [`T`].
+async fn members_until(client: &mut Client, chat: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let members = data(&client.call("room:members", json!({ "chatId": chat })).await)["members"].clone();
+        if done(&members) {
+            return members;
+        }
+        assert!(std::time::Instant::now() < deadline, "room:members never showed it: {members}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

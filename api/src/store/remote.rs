@@ -157,6 +157,21 @@ impl Store for RemoteStore {
         Ok(self.client.clone().set_cursor(req).await?.into_inner().seq)
     }
 
+    async fn put_profiles(&self, profiles: Vec<(UserId, pb::Profile)>) -> Result<(), StoreError> {
+        let profiles = profiles
+            .into_iter()
+            .map(|(user, p)| pb::UserProfile { user_id: user.to_string(), profile: Some(p) })
+            .collect();
+        self.client.clone().put_profiles(pb::PutProfilesRequest { profiles }).await?;
+        Ok(())
+    }
+
+    async fn profiles(&self, users: &[UserId]) -> Result<Vec<(UserId, pb::Profile)>, StoreError> {
+        let req = pb::GetProfilesRequest { user_ids: users.iter().map(ToString::to_string).collect() };
+        let found = self.client.clone().get_profiles(req).await?.into_inner().profiles;
+        Ok(found.into_iter().map(|p| (UserId::from(p.user_id), p.profile.unwrap_or_default())).collect())
+    }
+
     async fn history(
         &self,
         chat_id: &ChatId,

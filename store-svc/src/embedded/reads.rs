@@ -1,10 +1,11 @@
 //! The read queries, each within one read transaction.
 
 use super::open::SKIPPED;
+use super::schema::PROFILES;
 use super::schema::{decode_chat, read_message};
 use super::schema::{CHATS, CLIENT_IDS, CURSORS, DELETED, LAST_SEQ, MESSAGES, MESSAGE_IDS, SENT, USER_CHATS};
 use super::{internal, History, StoreError};
-use confab_proto::v1::{Chat, ChatSummary, Message};
+use confab_proto::v1::{Chat, ChatSummary, Message, Profile};
 use prost::Message as _;
 
 /// A user's chats, most recently active first, at most `limit`.
@@ -120,6 +121,23 @@ pub(super) fn get_message(
 pub(super) fn get_cursor(tx: &redb::ReadTransaction, chat_id: &str, user_id: &str) -> Result<u64, StoreError> {
     let cursors = tx.open_table(CURSORS).map_err(internal)?;
     Ok(cursors.get((chat_id, user_id)).map_err(internal)?.map_or(0, |v| v.value()))
+}
+
+/// The stored profiles of `users`; a data directory from before profiles
+/// has none.
+pub(super) fn profiles(tx: &redb::ReadTransaction, users: &[String]) -> Result<Vec<(String, Profile)>, StoreError> {
+    let table = match tx.open_table(PROFILES) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(internal(e)),
+    };
+    let mut out = Vec::new();
+    for user in users {
+        if let Some(v) = table.get(user.as_str()).map_err(internal)? {
+            out.push((user.clone(), Profile::decode(v.value()).map_err(internal)?));
+        }
+    }
+    Ok(out)
 }
 
 /// A page of at most `limit` of a chat's messages between `after_seq` and

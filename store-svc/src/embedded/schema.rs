@@ -28,6 +28,9 @@ pub(super) const SENT: TableDefinition<(&str, &str, u64), ()> = TableDefinition:
 /// (chat, seq) → sender of each deleted message.
 pub(super) const DELETED: TableDefinition<(&str, u64), &str> = TableDefinition::new("deleted");
 
+/// user → `Profile` (protobuf) from the user's most recent token.
+pub(super) const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+
 /// Applies one log record's changes again.
 pub(super) fn redo(tx: &WriteTransaction, record: &[u8]) -> Result<(), StoreError> {
     for change in wal::decode(record).map_err(|e| internal(format!("store log: {e}")))? {
@@ -44,6 +47,7 @@ pub(super) fn redo(tx: &WriteTransaction, record: &[u8]) -> Result<(), StoreErro
             "sent" => redo_change(tx, SENT, &change)?,
             "deleted" => redo_change(tx, DELETED, &change)?,
             "skipped" => redo_change(tx, SKIPPED, &change)?,
+            "profiles" => redo_change(tx, PROFILES, &change)?,
             other => return Err(internal(format!("store log names an unknown table {other:?}"))),
         }
     }

@@ -3,11 +3,11 @@
 
 use super::schema::{decode_chat, read_message};
 use super::schema::{
-    CHATS, CLIENT_IDS, CURSORS, DELETED, DM_PAIRS, LAST_SEQ, MESSAGES, MESSAGE_IDS, OWNERS, SENT, USER_CHATS,
+    CHATS, CLIENT_IDS, CURSORS, DELETED, DM_PAIRS, LAST_SEQ, MESSAGES, MESSAGE_IDS, OWNERS, PROFILES, SENT, USER_CHATS,
 };
 use super::writer::{Logged, Wtx};
 use super::{dm_pairs, internal, AppendBatch, Appended, NewChat, StoreError};
-use confab_proto::v1::{Chat, Member, Message};
+use confab_proto::v1::{Chat, Member, Message, Profile};
 use prost::Message as _;
 use redb::{ReadableTable, ReadableTableMetadata};
 use tokio::sync::oneshot;
@@ -19,6 +19,7 @@ pub(super) enum Write {
     Claim(String, String, oneshot::Sender<Result<u64, StoreError>>),
     SetCursor(String, String, u64, oneshot::Sender<Result<u64, StoreError>>),
     SaveChat(Chat, Vec<String>, bool, Option<u64>, oneshot::Sender<Result<u64, StoreError>>),
+    PutProfiles(Vec<(String, Profile)>, oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// A write's reply and what it would answer if its batch is logged.
@@ -37,7 +38,8 @@ impl Outcome {
             Write::Put(_, _, reply)
             | Write::Claim(_, _, reply)
             | Write::SetCursor(_, _, _, reply)
-            | Write::SaveChat(_, _, _, _, reply) => Outcome::Seq(reply, Err(err)),
+            | Write::SaveChat(_, _, _, _, reply)
+            | Write::PutProfiles(_, reply) => Outcome::Seq(reply, Err(err)),
         }
     }
 
@@ -69,7 +71,16 @@ pub(super) fn apply(tx: &Wtx, write: Write) -> Outcome {
             let r = check_epoch(tx, &chat.id, epoch).and_then(|()| apply_save_chat(tx, &chat, &removed, delete));
             Outcome::Seq(reply, r.map(|()| 0))
         }
+        Write::PutProfiles(profiles, reply) => Outcome::Seq(reply, apply_profiles(tx, &profiles).map(|()| 0)),
     }
+}
+
+fn apply_profiles(tx: &Wtx, profiles: &[(String, Profile)]) -> Result<(), StoreError> {
+    let mut table = tx.open(PROFILES)?;
+    for (user, profile) in profiles {
+        table.insert(user.as_str(), profile.encode_to_vec().as_slice())?;
+    }
+    Ok(())
 }
 
 /// Fills the unread indexes (`SENT`, `DELETED`) from the messages of a
