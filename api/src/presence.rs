@@ -12,42 +12,14 @@ mod remote;
 
 pub use remote::RemotePresence;
 
-use crate::status::Outcome;
 use confab_common::{EdgeId, UserId};
 use confab_proto::v1 as pb;
 use futures::stream::BoxStream;
 
-/// Why a presence call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PresenceError {
-    /// The call was refused as malformed: nothing was done.
-    #[error("invalid: {0}")]
-    Invalid(String),
-    /// presence-svc could not be reached or did not answer: the call may or
-    /// may not have been applied.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// presence-svc failed in a way no retry mends.
-    #[error("internal: {0}")]
-    Internal(String),
-}
-
-/// A call's status as the client saw it, mapped once: a status this side
-/// made from a failure of the call itself (it carries that error as its
-/// source: the connection broke, the deadline passed) or one that says the
-/// service could not serve it now (unavailable, deadline, cancelled,
-/// aborted, unknown, overloaded) is `Unavailable`, since the outcome is
-/// unknown; a refused argument is `Invalid`; the rest is `Internal`.
-impl From<tonic::Status> for PresenceError {
-    fn from(s: tonic::Status) -> Self {
-        let message = s.message().to_string();
-        match crate::status::outcome(&s) {
-            Outcome::Refused => PresenceError::Invalid(message),
-            Outcome::Unknown => PresenceError::Unavailable(message),
-            Outcome::Failed => PresenceError::Internal(message),
-        }
-    }
-}
+/// Why a presence call failed: invalid (refused, nothing done),
+/// unavailable (presence-svc could not be reached or did not answer; the
+/// call may or may not have been applied) or internal.
+pub type PresenceError = crate::status::CallError;
 
 /// The kinds of writes, each limited in a window of its own per user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,41 +11,15 @@ mod remote;
 
 pub use remote::RemoteRouters;
 
-use crate::status::Outcome;
 use confab_proto::v1 as pb;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
-/// Why a router stream could not be opened, or ended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouterError {
-    /// The address is not one a router can be dialed at, or the router
-    /// refused the stream as malformed.
-    #[error("invalid: {0}")]
-    Invalid(String),
-    /// The router could not be reached, or the stream broke: what was in
-    /// flight on it may or may not have been applied.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// The router failed in a way no retry mends.
-    #[error("internal: {0}")]
-    Internal(String),
-}
-
-/// A status on a router stream, mapped once: one this side made from a
-/// failure of the call itself (it carries that error as its source) or one
-/// that says the router could not serve now is `Unavailable`; a refused
-/// argument is `Invalid`; the rest is `Internal`.
-impl From<tonic::Status> for RouterError {
-    fn from(s: tonic::Status) -> Self {
-        let message = s.message().to_string();
-        match crate::status::outcome(&s) {
-            Outcome::Refused => RouterError::Invalid(message),
-            Outcome::Unknown => RouterError::Unavailable(message),
-            Outcome::Failed => RouterError::Internal(message),
-        }
-    }
-}
+/// Why a router stream could not be opened, or ended: invalid (a bad
+/// address, or a stream the router refused), unavailable (unreachable, or
+/// the stream broke: what was in flight may or may not have been applied)
+/// or internal.
+pub type RouterError = crate::status::CallError;
 
 /// What a router sends on an edge's stream, in the order its chats'
 /// writers produced it; it ends, or yields an error, when the stream breaks.

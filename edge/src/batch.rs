@@ -39,6 +39,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         Self { tx }
     }
 
+    /// Queues `req` without waiting for its answer; false (and `req` not
+    /// queued) when the queue is full or the task stopped.
+    pub fn try_queue(&self, req: Req) -> bool {
+        let (reply, _) = oneshot::channel();
+        self.tx.try_send((req, reply)).is_ok()
+    }
+
     /// Queues `req` and waits for its answer; `None` once the task stopped.
     pub async fn call(&self, req: Req) -> Option<Resp> {
         let (reply, answer) = oneshot::channel();
@@ -146,6 +153,30 @@ mod tests {
             assert_eq!(c.await.unwrap(), Some(i as u32));
         }
         assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn try_queue_goes_out_in_the_next_batch_and_refuses_when_full() {
+        let shutdown = Shutdown::new();
+        let (seen_tx, mut seen) = mpsc::channel(8);
+        let (release_tx, release) = tokio::sync::watch::channel(false);
+        let batcher = Batcher::start(2, 8, 1, &shutdown, move |reqs: Vec<u32>| {
+            let (seen_tx, mut release) = (seen_tx.clone(), release.clone());
+            async move {
+                let n = reqs.len();
+                let _ = seen_tx.send(reqs).await;
+                let _ = release.wait_for(|go| *go).await;
+                vec![(); n]
+            }
+        });
+        assert!(batcher.try_queue(1));
+        // The first batch is in its call: two more fill the queue of two.
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap(), Some(vec![1]));
+        assert!(batcher.try_queue(2));
+        assert!(batcher.try_queue(3));
+        assert!(!batcher.try_queue(4), "a full queue refuses");
+        release_tx.send_replace(true);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap(), Some(vec![2, 3]));
     }
 
     #[tokio::test]

@@ -246,14 +246,13 @@ fn refuse(socket: &EioSocket, e: AuthError) {
 /// the cluster is wired.
 const UNAVAILABLE_REASON: &str = "service_unavailable";
 
-/// Saves the profile of a token the edge accepted, in the background: the
-/// session does not wait for it.
-pub fn save_profile(edge: &Arc<Edge>, identity: &crate::auth::Identity) {
-    let (edge, put) = (edge.clone(), (identity.user_id.clone(), identity.profile()));
-    let shutdown = edge.shutdown.clone();
-    shutdown.spawn(async move {
-        let _ = edge.profile_puts.call(put).await;
-    });
+/// Queues the profile of a token the edge accepted for saving: the session
+/// does not wait for it. A full queue (the store far behind) drops it with
+/// a warning; the user's next token saves it again.
+pub fn save_profile(edge: &Edge, identity: &crate::auth::Identity) {
+    if !edge.profile_puts.try_queue((identity.user_id.clone(), identity.profile())) {
+        tracing::warn!(user.id = %identity.user_id, "profile not saved: the queue of profiles to save is full");
+    }
 }
 
 /// Accepts the CONNECT: auto-joins the user's chats, then `session:ready`.

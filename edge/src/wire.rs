@@ -28,8 +28,8 @@ pub fn message(m: &pb::Message) -> Value {
     if !m.reactions.is_empty() {
         o.insert("reactions".into(), counts(&m.reactions));
     }
-    let profile = m.sender.clone().unwrap_or_default();
-    o.insert("sender".into(), json!({ "id": m.sender_id, "name": profile.name, "avatarUrl": profile.avatar_url }));
+    let (name, avatar_url) = m.sender.as_ref().map_or((None, None), |p| (p.name.as_deref(), p.avatar_url.as_deref()));
+    o.insert("sender".into(), json!({ "id": m.sender_id, "name": name, "avatarUrl": avatar_url }));
     // Always present, empty when none (CONTRACT §10.2).
     o.insert("attachments".into(), Value::Array(m.attachments.iter().map(attachment).collect()));
     Value::Object(o)
