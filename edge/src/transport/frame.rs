@@ -11,7 +11,7 @@ use engineioxide::Str;
 #[derive(Clone, Debug)]
 pub struct Packet {
     /// The whole WebSocket text frame (header, `4`, the packet): what the
-    /// lean path copies into a socket's outbox.
+    /// lean path queues on a socket's outbox.
     ws: Bytes,
     /// The Socket.IO packet alone (engineioxide adds the `4` itself).
     sio: Str,
@@ -29,9 +29,10 @@ impl Packet {
         Self { ws: ws_text_frame(&[&eio]), sio: Str::from("") }
     }
 
-    /// The WebSocket frame, header included.
-    pub fn ws_frame(&self) -> &[u8] {
-        &self.ws
+    /// The WebSocket frame, header included, shared: what a socket's
+    /// queue holds.
+    pub fn ws_frame(&self) -> Bytes {
+        self.ws.clone()
     }
 
     /// The Socket.IO packet alone, for engineioxide.
@@ -79,7 +80,7 @@ mod tests {
         assert_eq!(&frame[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
         assert_eq!(&frame[10..12], b"4b");
         let p = Packet::new("0");
-        assert_eq!(p.ws_frame(), &[0x81, 2, b'4', b'0']);
+        assert_eq!(p.ws_frame(), &[0x81, 2, b'4', b'0'][..]);
         assert_eq!(&*p.sio, "0");
     }
 }

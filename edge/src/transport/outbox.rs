@@ -1,23 +1,26 @@
-//! A direct WebSocket's outbox: its TCP socket and the bytes waiting to go
+//! A direct WebSocket's outbox: its TCP socket and the frames waiting to go
 //! out on it, written by whoever emits, and the [`WriteBatch`] that groups
 //! those writes.
 //!
 //! A packet's WebSocket frame is encoded once per edge ([`Packet`]) and
-//! copied into the socket's outbox, which writes it at once with a
-//! non-blocking `write`. Queued with a [`WriteBatch`] (the fan-out of what
-//! the router sent together), a socket gets one `write` for all its packets
-//! when the batch ends. Only when the socket would block does the
-//! connection's task take over ([`Outbox::drain`]), waiting for the socket
-//! to drain, with a deadline.
+//! shared: a socket's outbox queues a reference to it, not a copy, and
+//! writes its queued frames at once with one non-blocking vectored `write`.
+//! Queued with a [`WriteBatch`] (the fan-out of what the router sent
+//! together), a socket gets one `write` for all its packets when the batch
+//! ends. Only when the socket would block does the connection's task take
+//! over ([`Outbox::drain`]), waiting for the socket to drain, with a
+//! deadline.
 //!
-//! An idle connection holds no write buffer: a buffer emptied by a write
-//! goes to a per-thread spare pool for the next socket that queues a packet.
+//! Delivering a packet to a socket therefore costs the same whatever the
+//! packet's size: no per-socket copy and no buffer that grows with it. The
+//! kernel's copy into the socket is the only one.
 
 use super::frame::Packet;
 use super::listener::Socket;
+use bytes::Bytes;
 use engineioxide::DisconnectReason;
-use std::cell::RefCell;
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +31,14 @@ use tokio::time::Instant;
 /// the runtime has several workers.
 const BATCH_CHUNK: usize = 256;
 
-/// A direct WebSocket's socket and the bytes waiting to go out on it.
+/// Frames handed to one vectored `write` (Linux's `IOV_MAX` is 1024).
+const WRITE_SLICES: usize = 64;
+
+/// A queue that grew past this many frames (a client that fell behind) gives
+/// its memory back once it has been written out.
+const KEPT_FRAMES: usize = 16;
+
+/// A direct WebSocket's socket and the frames waiting to go out on it.
 pub struct Outbox {
     pub(super) tcp: Socket,
     state: Mutex<OutState>,
@@ -41,10 +51,11 @@ pub struct Outbox {
 
 #[derive(Default)]
 struct OutState {
-    /// Encoded frames not yet written; `buf[sent..]` is what is left.
-    buf: Vec<u8>,
-    sent: usize,
-    /// Packets in `buf` since it was last empty.
+    /// Frames not yet written, oldest first; `front_sent` bytes of the first
+    /// have been.
+    frames: VecDeque<Bytes>,
+    front_sent: usize,
+    /// Packets queued since the queue was last empty.
     packets: usize,
     closing: Option<DisconnectReason>,
     broken: bool,
@@ -55,12 +66,19 @@ struct OutState {
 }
 
 impl OutState {
-    /// Adds bytes to write, in a spare buffer if the socket holds none.
-    fn queue(&mut self, bytes: &[u8]) {
-        if self.buf.capacity() == 0 {
-            self.buf = spare_buffer();
+    /// Marks `n` written bytes off the front of the queue.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.frames.front() else { return };
+            let left = front.len() - self.front_sent;
+            if n < left {
+                self.front_sent += n;
+                return;
+            }
+            n -= left;
+            self.frames.pop_front();
+            self.front_sent = 0;
         }
-        self.buf.extend_from_slice(bytes);
     }
 }
 
@@ -84,7 +102,7 @@ impl Outbox {
         if state.packets >= self.capacity {
             return Err(EmitError::Full);
         }
-        state.queue(packet.ws_frame());
+        state.frames.push_back(packet.ws_frame());
         state.packets += 1;
         if state.waiting || state.batched {
             return Ok(());
@@ -106,7 +124,7 @@ impl Outbox {
         if state.broken {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        state.queue(bytes);
+        state.frames.push_back(Bytes::copy_from_slice(bytes));
         if !state.waiting && !state.batched {
             self.write_locked(&mut state);
         }
@@ -124,10 +142,17 @@ impl Outbox {
     /// Writes what is queued until done or the socket would block (then the
     /// connection's task is woken to finish it).
     fn write_locked(&self, state: &mut OutState) {
-        while state.sent < state.buf.len() {
-            match self.tcp.0.try_write(&state.buf[state.sent..]) {
+        while !state.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (i, frame) in state.frames.iter().take(WRITE_SLICES).enumerate() {
+                let skip = if i == 0 { state.front_sent } else { 0 };
+                slices[i] = IoSlice::new(&frame[skip..]);
+                count += 1;
+            }
+            match self.tcp.0.try_write_vectored(&slices[..count]) {
                 Ok(0) => return self.broke(state),
-                Ok(n) => state.sent += n,
+                Ok(n) => state.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !state.waiting {
                         state.waiting = true;
@@ -139,16 +164,16 @@ impl Outbox {
                 Err(_) => return self.broke(state),
             }
         }
-        // Nothing kept: an idle connection holds no write buffer.
-        give_back(std::mem::take(&mut state.buf));
-        state.sent = 0;
         state.packets = 0;
+        if state.frames.capacity() > KEPT_FRAMES {
+            state.frames = VecDeque::new();
+        }
     }
 
     fn broke(&self, state: &mut OutState) {
         state.broken = true;
-        state.buf = Vec::new();
-        state.sent = 0;
+        state.frames = VecDeque::new();
+        state.front_sent = 0;
         self.wake.notify_one();
     }
 
@@ -190,41 +215,6 @@ impl Outbox {
         let state = self.lock();
         (state.waiting, state.broken, state.closing.clone())
     }
-}
-
-thread_local! {
-    /// Emptied write buffers, for the next socket that queues a packet: a
-    /// busy edge neither allocates nor grows a buffer per socket and batch.
-    /// Per thread, because a buffer is taken and given back by whichever
-    /// thread writes (under the socket's own lock only): a shared pool
-    /// would put one more lock on every write of every socket.
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The capacity of a new write buffer: a batch's worth of packets for one
-/// socket, without growing.
-const SPARE_CAPACITY: usize = 4096;
-/// Spare buffers kept per thread, each at most 2 × [`SPARE_CAPACITY`]
-/// (8 MiB in all): enough for a fan-out to a thousand sockets.
-const SPARE_BUFFERS: usize = 1024;
-
-fn spare_buffer() -> Vec<u8> {
-    SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(SPARE_CAPACITY))
-}
-
-/// Keeps an emptied buffer for reuse unless the thread has enough or it
-/// grew large.
-fn give_back(mut buf: Vec<u8>) {
-    if !(SPARE_CAPACITY..=2 * SPARE_CAPACITY).contains(&buf.capacity()) {
-        return;
-    }
-    buf.clear();
-    SPARE.with(|s| {
-        let mut spare = s.borrow_mut();
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buf);
-        }
-    });
 }
 
 /// Why an emit did not queue its packet.
@@ -308,18 +298,18 @@ mod tests {
         {
             // Held until the batch ends: nothing on the wire yet.
             let state = outbox.lock();
-            assert!(state.batched && state.sent == 0 && state.packets == 2);
+            assert!(state.batched && state.front_sent == 0 && state.frames.len() == 2 && state.packets == 2);
         }
         batch.flush();
         let mut want = a.ws_frame().to_vec();
-        want.extend_from_slice(b.ws_frame());
+        want.extend_from_slice(&b.ws_frame());
         assert_eq!(read_n(&mut client, want.len()).await, want);
         assert_eq!(&want[..2], &[0x81, 7]);
         assert_eq!(&want[2..9], b"42[\"a\"]");
         // Outside a batch a packet goes out at once, and nothing is kept.
         outbox.push(&a, None).unwrap();
         assert_eq!(read_n(&mut client, a.ws_frame().len()).await, a.ws_frame());
-        assert_eq!(outbox.lock().buf.capacity(), 0);
+        assert!(outbox.lock().frames.is_empty());
     }
 
     #[tokio::test]
@@ -334,41 +324,49 @@ mod tests {
         second.flush();
         {
             let state = outbox.lock();
-            assert!(state.batched && state.sent == 0 && state.packets == 2);
+            assert!(state.batched && state.front_sent == 0 && state.frames.len() == 2 && state.packets == 2);
         }
         // Dropped without a flush (a panic, an early return): still written,
         // both packets in one go and in order.
         drop(first);
         let mut want = a.ws_frame().to_vec();
-        want.extend_from_slice(b.ws_frame());
+        want.extend_from_slice(&b.ws_frame());
         assert_eq!(read_n(&mut client, want.len()).await, want);
         let state = outbox.lock();
         assert!(!state.batched && state.packets == 0);
     }
 
     #[tokio::test]
-    async fn an_emptied_buffer_is_reused_by_the_next_socket() {
-        let (first, mut client) = pair(8).await;
-        let (second, _client) = pair(8).await;
-        let p = Packet::new("2[\"a\"]");
-        first.push(&p, None).unwrap();
-        assert_eq!(read_n(&mut client, p.ws_frame().len()).await, p.ws_frame());
-        let kept = SPARE.with(|s| s.borrow().last().map(|b| (b.as_ptr(), b.capacity(), b.len())));
-        assert_eq!(kept.map(|k| (k.1, k.2)), Some((SPARE_CAPACITY, 0)));
+    async fn sockets_queue_the_shared_frame_not_a_copy() {
+        let (first, mut c1) = pair(8).await;
+        let (second, mut c2) = pair(8).await;
+        let p = Packet::new(&"y".repeat(3000));
         let mut batch = WriteBatch::new();
+        first.push(&p, Some(&mut batch)).unwrap();
         second.push(&p, Some(&mut batch)).unwrap();
-        assert_eq!(Some(second.lock().buf.as_ptr()), kept.map(|k| k.0));
+        // Both queues point at the packet's one encoding.
+        let at = |o: &Arc<Outbox>| o.lock().frames.front().map(|f| f.as_ptr());
+        assert_eq!(at(&first), Some(p.ws_frame().as_ptr()));
+        assert_eq!(at(&second), Some(p.ws_frame().as_ptr()));
         batch.flush();
-        // Bounded: no more than SPARE_BUFFERS kept, and no large ones.
-        for _ in 0..SPARE_BUFFERS + 10 {
-            give_back(Vec::with_capacity(SPARE_CAPACITY));
+        assert_eq!(read_n(&mut c1, p.ws_frame().len()).await, p.ws_frame());
+        assert_eq!(read_n(&mut c2, p.ws_frame().len()).await, p.ws_frame());
+    }
+
+    #[test]
+    fn written_bytes_come_off_the_front_across_frames() {
+        let mut state = OutState::default();
+        for f in [&b"abc"[..], b"de", b"fghi"] {
+            state.frames.push_back(Bytes::from_static(f));
         }
-        give_back(Vec::with_capacity(4 * SPARE_CAPACITY));
-        SPARE.with(|s| {
-            let spare = s.borrow();
-            assert_eq!(spare.len(), SPARE_BUFFERS);
-            assert!(spare.iter().all(|b| b.capacity() == SPARE_CAPACITY));
-        });
+        state.advance(2);
+        assert_eq!((state.frames.len(), state.front_sent), (3, 2));
+        // The rest of the first, all of the second, one of the third.
+        state.advance(1 + 2 + 1);
+        assert_eq!((state.frames.len(), state.front_sent), (1, 1));
+        assert_eq!(&state.frames[0][state.front_sent..], b"ghi");
+        state.advance(3);
+        assert!(state.frames.is_empty() && state.front_sent == 0);
     }
 
     #[tokio::test]
@@ -406,7 +404,7 @@ mod tests {
         let reader = tokio::spawn(async move { read_n(&mut client, total).await });
         assert!(outbox.drain(Duration::from_secs(5)).await);
         let got = reader.await.unwrap();
-        assert!(got.ends_with(last.ws_frame()));
+        assert!(got.ends_with(&last.ws_frame()));
         assert!(!outbox.status().0);
     }
 }
