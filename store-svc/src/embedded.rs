@@ -268,8 +268,25 @@ impl Store for EmbeddedStore {
         self.write(|reply| Write::SetCursor(chat_id, user_id, seq, reply)).await
     }
 
+    /// Most saves repeat the stored profile (a user reconnecting with the
+    /// same token claims): those are read, not written, and a batch of
+    /// nothing but repeats costs no write transaction.
     async fn put_profiles(&self, profiles: Vec<(UserId, Profile)>) -> Result<(), StoreError> {
-        let profiles = profiles.into_iter().map(|(user, p)| (user.to_string(), p)).collect();
+        let mut latest: std::collections::HashMap<String, Profile> = std::collections::HashMap::new();
+        for (user, p) in profiles {
+            latest.insert(user.to_string(), p);
+        }
+        let users: Vec<String> = latest.keys().cloned().collect();
+        let stored = self.read(move |tx| reads::profiles(tx, &users)).await?;
+        for (user, p) in stored {
+            if latest.get(&user) == Some(&p) {
+                latest.remove(&user);
+            }
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let profiles = latest.into_iter().collect();
         self.write(|reply| Write::PutProfiles(profiles, reply)).await.map(|_| ())
     }
 
@@ -633,6 +650,29 @@ mod tests {
             })
             .await;
         assert!(matches!(unknown, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn saving_the_stored_profile_again_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let (alice, bob) = (UserId::from("alice"), UserId::from("bob"));
+        let profile = |name: &str| Profile { name: Some(name.into()), avatar_url: None };
+        store.put_profiles(vec![(alice.clone(), profile("Alice")), (bob.clone(), profile("Bob"))]).await.unwrap();
+        // The log's bytes: a write changes them (the file grows in steps).
+        let log = || std::fs::read(dir.path().join("confab.wal")).unwrap();
+        let written = log();
+        for _ in 0..5 {
+            store.put_profiles(vec![(alice.clone(), profile("Alice")), (bob.clone(), profile("Bob"))]).await.unwrap();
+        }
+        assert!(log() == written, "repeats reached the log");
+        // A batch's later save of a user wins; only the changed one is written.
+        let changed = vec![(alice.clone(), profile("Al")), (alice.clone(), profile("Alice B.")), (bob.clone(), profile("Bob"))];
+        store.put_profiles(changed).await.unwrap();
+        assert!(log() != written, "the change did not reach the log");
+        let mut got = store.profiles(&[alice.clone(), bob.clone()]).await.unwrap();
+        got.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+        assert_eq!(got, vec![(alice, profile("Alice B.")), (bob, profile("Bob"))]);
     }
 
     #[tokio::test]
