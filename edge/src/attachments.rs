@@ -27,90 +27,108 @@ pub fn parse(o: &Map<String, Value>) -> Result<Vec<pb::Attachment>, ApiError> {
     if list.len() > MAX_ATTACHMENTS {
         return Err(invalid("attachments", &format!("must hold at most {MAX_ATTACHMENTS} items")));
     }
-    list.iter().enumerate().map(|(i, a)| attachment(a, &format!("attachments[{i}]"))).collect()
+    list.iter().enumerate().map(|(i, a)| attachment(a, i)).collect()
 }
 
-fn attachment(v: &Value, at: &str) -> Result<pb::Attachment, ApiError> {
-    let Value::Object(o) = v else { return Err(invalid(at, "must be an object")) };
-    if let Some(key) = o.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        return Err(invalid(&format!("{at}.{key}"), "is not a known attachment field"));
+/// Where a refusal points, `attachments[2]` or `attachments[2].url`: named
+/// only when something is refused, so an accepted attachment costs no
+/// formatting.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    item: usize,
+    field: Option<&'a str>,
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "attachments[{}]", self.item)?;
+        match self.field {
+            Some(field) => write!(f, ".{field}"),
+            None => Ok(()),
+        }
     }
-    let field = |name: &str| format!("{at}.{name}");
+}
+
+fn attachment(v: &Value, item: usize) -> Result<pb::Attachment, ApiError> {
+    let at = |field| At { item, field: Some(field) };
+    let Value::Object(o) = v else { return Err(invalid(At { item, field: None }, "must be an object")) };
+    if let Some(key) = o.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(invalid(at(key), "is not a known attachment field"));
+    }
     let url = match o.get("url") {
-        None => return Err(invalid(&field("url"), "is required")),
-        Some(v) => web_url(v, &field("url"))?,
+        None => return Err(invalid(at("url"), "is required")),
+        Some(v) => web_url(v, at("url"))?,
     };
     let kind = match o.get("type") {
-        None => return Err(invalid(&field("type"), "is required")),
-        Some(v) => mime(v, &field("type"))?,
+        None => return Err(invalid(at("type"), "is required")),
+        Some(v) => mime(v, at("type"))?,
     };
     Ok(pb::Attachment {
         url,
         r#type: kind,
-        name: optional(o, "name", &field("name"), |v, f| text(v, f, MAX_NAME))?,
-        size: optional(o, "size", &field("size"), integer)?,
-        width: optional(o, "width", &field("width"), integer)?,
-        height: optional(o, "height", &field("height"), integer)?,
-        thumbnail_url: optional(o, "thumbnailUrl", &field("thumbnailUrl"), web_url)?,
+        name: optional(o, at("name"), |v, f| text(v, f, MAX_NAME))?,
+        size: optional(o, at("size"), integer)?,
+        width: optional(o, at("width"), integer)?,
+        height: optional(o, at("height"), integer)?,
+        thumbnail_url: optional(o, at("thumbnailUrl"), web_url)?,
     })
 }
 
 /// An optional field may be left out, but not sent as `null`.
 fn optional<T>(
     o: &Map<String, Value>,
-    key: &str,
-    field: &str,
-    check: impl Fn(&Value, &str) -> Result<T, ApiError>,
+    at: At<'_>,
+    check: impl Fn(&Value, At<'_>) -> Result<T, ApiError>,
 ) -> Result<Option<T>, ApiError> {
-    match o.get(key) {
+    match o.get(at.field.unwrap_or_default()) {
         None => Ok(None),
-        Some(Value::Null) => Err(invalid(field, "may be left out but not null")),
-        Some(v) => check(v, field).map(Some),
+        Some(Value::Null) => Err(invalid(at, "may be left out but not null")),
+        Some(v) => check(v, at).map(Some),
     }
 }
 
-fn text(v: &Value, field: &str, max: usize) -> Result<String, ApiError> {
+fn text(v: &Value, at: At<'_>, max: usize) -> Result<String, ApiError> {
     match v {
         Value::String(s) if s.chars().count() <= max => Ok(s.clone()),
-        Value::String(_) => Err(invalid(field, &format!("must be at most {max} characters"))),
-        _ => Err(invalid(field, "must be a string")),
+        Value::String(_) => Err(invalid(at, &format!("must be at most {max} characters"))),
+        _ => Err(invalid(at, "must be a string")),
     }
 }
 
 /// An absolute `https:` or `http:` URL with a host.
-fn web_url(v: &Value, field: &str) -> Result<String, ApiError> {
-    let s = text(v, field, MAX_URL)?;
+fn web_url(v: &Value, at: At<'_>) -> Result<String, ApiError> {
+    let s = text(v, at, MAX_URL)?;
     if is_web_url(&s) {
         Ok(s)
     } else if url::Url::parse(&s).is_ok() {
-        Err(invalid(field, "must be an https: or http: URL"))
+        Err(invalid(at, "must be an https: or http: URL"))
     } else {
-        Err(invalid(field, "must be an absolute https: or http: URL"))
+        Err(invalid(at, "must be an absolute https: or http: URL"))
     }
 }
 
 /// `type/subtype`, each a token of RFC 6838's restricted name characters.
-fn mime(v: &Value, field: &str) -> Result<String, ApiError> {
-    let s = text(v, field, MAX_TYPE)?;
+fn mime(v: &Value, at: At<'_>) -> Result<String, ApiError> {
+    let s = text(v, at, MAX_TYPE)?;
     let token = |t: &str| {
         t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && t.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
     };
     match s.split_once('/') {
         Some((kind, sub)) if token(kind) && token(sub) => Ok(s),
-        _ => Err(invalid(field, "must be a MIME type such as image/png")),
+        _ => Err(invalid(at, "must be a MIME type such as image/png")),
     }
 }
 
 /// A non-negative integer a JavaScript client reads exactly.
-fn integer(v: &Value, field: &str) -> Result<u64, ApiError> {
+fn integer(v: &Value, at: At<'_>) -> Result<u64, ApiError> {
     match v.as_u64() {
         Some(n) if n <= MAX_SAFE_INTEGER => Ok(n),
-        _ => Err(invalid(field, "must be a non-negative integer of at most 2^53 - 1")),
+        _ => Err(invalid(at, "must be a non-negative integer of at most 2^53 - 1")),
     }
 }
 
-fn invalid(field: &str, why: &str) -> ApiError {
+fn invalid(field: impl std::fmt::Display, why: &str) -> ApiError {
     ApiError::validation(format!("{field} {why}"))
 }
 
