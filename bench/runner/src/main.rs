@@ -51,6 +51,36 @@ struct Cli {
 
 /// The p99 a fan-out rate must stay under to count.
 const P99_MS: f64 = 100.0;
+/// S2 and S3 with every message carrying two attachments (Contract 1.1):
+/// confab only, in the same run as the plain points.
+const ATTACHED_FANOUT: &str = "fanout+2att";
+const ATTACHED_DM: &str = "dm+2att";
+
+/// What a scenario's name adds to loadgen's arguments.
+fn attachment_args(scenario: &str) -> Vec<String> {
+    if scenario == ATTACHED_FANOUT || scenario == ATTACHED_DM {
+        vec!["--attachments".into(), "2".into()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The loadgen scenario a record's name stands for.
+fn loadgen_scenario(scenario: &str) -> &str {
+    scenario.split('+').next().unwrap_or(scenario)
+}
+
+/// The knee of `scenario` for `t`: the highest rate that passed, with the
+/// deliveries per second there and the generator's busiest core.
+fn knee(records: &[Record], scenario: &str, t: Target) -> Option<(f64, f64, Option<f64>)> {
+    let mut rates: Vec<f64> =
+        records.iter().filter(|r| r.scenario == scenario && r.target == t).map(|r| r.param).collect();
+    rates.dedup();
+    rates.into_iter().filter(|&rate| passes(records, scenario, t, rate, P99_MS)).last().map(|rate| {
+        let f = |p: &str| field(records, scenario, t, rate, p).map(|s| s.median);
+        (rate, f("/delivered_per_sec").unwrap_or(0.0), f("/loadgen_cpu/max_core_percent"))
+    })
+}
 /// Above this share of its core the generator calls itself saturated (as
 /// `loadgen` prints): a rate passed there is a lower bound on the knee.
 const GENERATOR_SATURATED_PERCENT: f64 = 90.0;
@@ -183,7 +213,7 @@ impl Bench {
             .arg("-c")
             .arg(&self.cli.load_cores)
             .arg(self.env.bin.join("loadgen"))
-            .arg(scenario)
+            .arg(loadgen_scenario(scenario))
             .args(["--url", &running.urls.join(","), "--server-pids", &pids.join(",")])
             .args(["--tag", &format!("r{}", self.runs), "--json"])
             .args(args)
@@ -370,11 +400,18 @@ fn main() -> anyhow::Result<()> {
         };
         let seconds = "2";
         for &t in &targets {
-            for &rate in rates {
-                bench.run("fanout", t, rate, 1000, &[s("--rate"), s(rate), s("--seconds"), s(seconds)]);
-                // Past the first point, stop at the first rate that misses.
-                if rate > 100.0 && !passes(&bench.records, "fanout", t, rate, P99_MS) {
-                    break;
+            // confab's ladder again with Contract 1.1 payloads, right after
+            // the plain one: their knees are compared within one run.
+            let payloads: &[&'static str] = if t.is_confab() { &["fanout", ATTACHED_FANOUT] } else { &["fanout"] };
+            for &scenario in payloads {
+                for &rate in rates {
+                    let mut args = vec![s("--rate"), s(rate), s("--seconds"), s(seconds)];
+                    args.extend(attachment_args(scenario));
+                    bench.run(scenario, t, rate, 1000, &args);
+                    // Past the first point, stop at the first rate that misses.
+                    if rate > 100.0 && !passes(&bench.records, scenario, t, rate, P99_MS) {
+                        break;
+                    }
                 }
             }
         }
@@ -382,10 +419,14 @@ fn main() -> anyhow::Result<()> {
     if bench.wants("dm") {
         let (pairs, rate) = if quick { (500, 200) } else { (5000, 1000) };
         for &t in &targets {
-            let args = [s("--pairs"), s(pairs), s("--rate"), s(rate), s("--seconds"), s(5)];
-            // confab's three times like S2: its figure rides on the disk's
-            // fsync tail, which one run samples too thinly.
-            bench.run_n(bench.absolute_repeats(t), "dm", t, rate as f64, pairs * 2, &args);
+            let payloads: &[&'static str] = if t.is_confab() { &["dm", ATTACHED_DM] } else { &["dm"] };
+            for &scenario in payloads {
+                let mut args = vec![s("--pairs"), s(pairs), s("--rate"), s(rate), s("--seconds"), s(5)];
+                args.extend(attachment_args(scenario));
+                // confab's three times like S2: its figure rides on the disk's
+                // fsync tail, which one run samples too thinly.
+                bench.run_n(bench.absolute_repeats(t), scenario, t, rate as f64, pairs * 2, &args);
+            }
         }
     }
     if bench.wants("reconnect") {
@@ -485,7 +526,6 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
         let (mut p99_series, mut best) = (Vec::new(), Vec::new());
         for &t in targets {
             let mut points = Vec::new();
-            let mut top: Option<(f64, f64, Option<f64>)> = None;
             for rate in params("fanout", t) {
                 let f = |p: &str| field(records, "fanout", t, rate, p);
                 md.push_str(&format!(
@@ -502,13 +542,9 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
                 if let Some(p) = f("/delivery_ms/p99") {
                     points.push((rate, p.median));
                 }
-                if passes(records, "fanout", t, rate, P99_MS) {
-                    let cpu = f("/loadgen_cpu/max_core_percent").map(|s| s.median);
-                    top = Some((rate, f("/delivered_per_sec").map_or(0.0, |s| s.median), cpu));
-                }
             }
             p99_series.push(plot::Series { name: t.name().into(), points });
-            best.push((t, top));
+            best.push((t, knee(records, "fanout", t)));
         }
         let best_of = |t: Target| best.iter().find(|(b, _)| *b == t).and_then(|(_, v)| v.map(|v| v.1));
         let p99_at = |t: Target| field(records, "fanout", t, 1000.0, "/delivery_ms/p99").map(|s| s.median);
@@ -596,6 +632,9 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
         }
         md.push('\n');
     }
+    if has(ATTACHED_FANOUT) || has(ATTACHED_DM) {
+        md.push_str(&attachments_section(records, targets));
+    }
     let failed: Vec<&Record> = records.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         md.push_str("## Failed runs\n\n");
@@ -613,9 +652,68 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
     Ok(md)
 }
 
+/// Contract 1.1's cost: confab's S2 knee and S3 latency with two
+/// attachments per message beside the plain ones of the same run.
+fn attachments_section(records: &[Record], targets: &[Target]) -> String {
+    let mut md = String::from(
+        "## Contract 1.1 payloads: S2 and S3 with two attachments per message\n\n\
+         | target | S2 knee plain (sent/s) | S2 knee 2 attachments | knee moved | S3 p99 plain ms | S3 p99 2 attachments ms |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for &t in targets.iter().filter(|t| t.is_confab()) {
+        let (plain, attached) = (knee(records, "fanout", t), knee(records, ATTACHED_FANOUT, t));
+        let rate = |k: Option<(f64, f64, Option<f64>)>| k.map_or("none".to_string(), |k| format!("{:.0}", k.0));
+        let moved = match (plain, attached) {
+            (Some(p), Some(a)) => format!("{:+.0} %", 100.0 * (a.0 - p.0) / p.0),
+            _ => "–".into(),
+        };
+        let dm = |scenario: &str| {
+            let rates: Vec<f64> = records.iter().filter(|r| r.scenario == scenario && r.target == t).map(|r| r.param).collect();
+            fmt(rates.first().and_then(|&r| field(records, scenario, t, r, "/delivery_ms/p99")), 1)
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {moved} | {} | {} |\n",
+            t.name(),
+            rate(plain),
+            rate(attached),
+            dm("dm"),
+            dm(ATTACHED_DM)
+        ));
+    }
+    md.push_str(
+        "\nThe knee is the highest rate of S2's schedule with median p99 under 100 ms and no loss; the rates \
+         are the schedule's steps, so a move of one step is the finest this table shows.\n\n",
+    );
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn point(scenario: &'static str, rate: f64, p99: f64) -> Record {
+        let report = serde_json::json!({ "delivery_ms": { "p99": p99 }, "lost": 0, "delivered_per_sec": rate * 100.0 });
+        Record { scenario, target: Target::ConfabDev, param: rate, repeat: 0, report: Some(report), error: None }
+    }
+
+    #[test]
+    fn attachment_points_run_loadgens_scenario_and_have_their_own_knee() {
+        assert_eq!((loadgen_scenario(ATTACHED_FANOUT), loadgen_scenario("dm")), ("fanout", "dm"));
+        assert_eq!(attachment_args(ATTACHED_DM), ["--attachments", "2"]);
+        assert!(attachment_args("fanout").is_empty());
+        let t = Target::ConfabDev;
+        let records = vec![
+            point("fanout", 1000.0, 10.0),
+            point("fanout", 2000.0, 40.0),
+            point("fanout", 3000.0, 300.0),
+            point(ATTACHED_FANOUT, 1000.0, 20.0),
+            point(ATTACHED_FANOUT, 2000.0, 120.0),
+        ];
+        assert_eq!(knee(&records, "fanout", t).map(|k| (k.0, k.1)), Some((2000.0, 200_000.0)));
+        assert_eq!(knee(&records, ATTACHED_FANOUT, t).map(|k| k.0), Some(1000.0));
+        let md = attachments_section(&records, &[t]);
+        assert!(md.contains("| confab-dev | 2000 | 1000 | -50 % |"), "{md}");
+    }
 
     #[test]
     fn steal_is_the_stolen_share_of_each_cores_time() {
