@@ -667,7 +667,8 @@ mod tests {
         }
         assert!(log() == written, "repeats reached the log");
         // A batch's later save of a user wins; only the changed one is written.
-        let changed = vec![(alice.clone(), profile("Al")), (alice.clone(), profile("Alice B.")), (bob.clone(), profile("Bob"))];
+        let changed =
+            vec![(alice.clone(), profile("Al")), (alice.clone(), profile("Alice B.")), (bob.clone(), profile("Bob"))];
         store.put_profiles(changed).await.unwrap();
         assert!(log() != written, "the change did not reach the log");
         let mut got = store.profiles(&[alice.clone(), bob.clone()]).await.unwrap();

@@ -668,7 +668,8 @@ fn attachments_section(records: &[Record], targets: &[Target]) -> String {
             _ => "–".into(),
         };
         let dm = |scenario: &str| {
-            let rates: Vec<f64> = records.iter().filter(|r| r.scenario == scenario && r.target == t).map(|r| r.param).collect();
+            let rates: Vec<f64> =
+                records.iter().filter(|r| r.scenario == scenario && r.target == t).map(|r| r.param).collect();
             fmt(rates.first().and_then(|&r| field(records, scenario, t, r, "/delivery_ms/p99")), 1)
         };
         md.push_str(&format!(
