@@ -672,7 +672,7 @@ mod tests {
         store.put_profiles(changed).await.unwrap();
         assert!(log() != written, "the change did not reach the log");
         let mut got = store.profiles(&[alice.clone(), bob.clone()]).await.unwrap();
-        got.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+        got.sort_by_key(|p| p.0.to_string());
         assert_eq!(got, vec![(alice, profile("Alice B.")), (bob, profile("Bob"))]);
     }
 

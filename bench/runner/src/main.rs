@@ -76,7 +76,7 @@ fn knee(records: &[Record], scenario: &str, t: Target) -> Option<(f64, f64, Opti
     let mut rates: Vec<f64> =
         records.iter().filter(|r| r.scenario == scenario && r.target == t).map(|r| r.param).collect();
     rates.dedup();
-    rates.into_iter().filter(|&rate| passes(records, scenario, t, rate, P99_MS)).last().map(|rate| {
+    rates.into_iter().rev().find(|&rate| passes(records, scenario, t, rate, P99_MS)).map(|rate| {
         let f = |p: &str| field(records, scenario, t, rate, p).map(|s| s.median);
         (rate, f("/delivered_per_sec").unwrap_or(0.0), f("/loadgen_cpu/max_core_percent"))
     })
