@@ -9,17 +9,19 @@
 //! pure logic. It also keeps the per-user rate limits of every class of write
 //! ([`limits`]).
 //!
-//! State is in memory (the `confab dev` default). A Redis backend is the
-//! production swap; it is not built yet.
+//! Sessions and statuses are in memory. The rate-limit windows are in memory
+//! too (the `confab dev` default), or in Redis with `--redis-url`
+//! ([`redis_limits`]), where every replica and edge shares them.
 
 pub mod hub;
 pub mod limits;
+pub mod redis_limits;
 
 use confab_common::{time::now_ms, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_server::{Presence as PresenceRpc, PresenceServer};
 use hub::{Hub, Seen, Windows};
-use limits::{Acquired, MemoryLimiter};
+use limits::{Acquired, Limiter, MemoryLimiter};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +45,14 @@ pub struct Config {
     /// How often the clocks above are checked.
     #[arg(long = "presence-tick-ms", env = "CONFAB_PRESENCE_TICK_MS", default_value_t = 100)]
     pub tick_ms: u64,
+    /// Keeps the rate-limit windows in this Redis
+    /// (`redis://[:password@]host:port/db`), shared by every replica;
+    /// without it, in memory. Sessions and statuses stay in memory.
+    #[arg(long = "redis-url", env = "CONFAB_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// How long one Redis call may take before it fails as UNAVAILABLE.
+    #[arg(long = "redis-timeout-ms", env = "CONFAB_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -53,6 +63,8 @@ impl Default for Config {
             update_interval_ms: w.update_interval_ms,
             lease_ms: w.lease_ms,
             tick_ms: 100,
+            redis_url: None,
+            redis_timeout_ms: 1000,
         }
     }
 }
@@ -74,7 +86,7 @@ struct Watches {
 pub struct PresenceService {
     hub: Arc<Mutex<Hub>>,
     watches: Arc<Mutex<Watches>>,
-    limiter: Arc<MemoryLimiter>,
+    limiter: Arc<dyn Limiter>,
     /// Set at shutdown: no new Watch stream is opened.
     closing: Arc<AtomicBool>,
 }
@@ -93,13 +105,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PresenceService {
-    pub fn new(windows: Windows) -> Self {
-        Self {
-            hub: Arc::new(Mutex::new(Hub::new(windows))),
-            watches: Arc::default(),
-            limiter: Arc::default(),
-            closing: Arc::default(),
-        }
+    /// A service with its rate-limit windows in `limiter`.
+    pub fn new(windows: Windows, limiter: Arc<dyn Limiter>) -> Self {
+        Self { hub: Arc::new(Mutex::new(Hub::new(windows))), watches: Arc::default(), limiter, closing: Arc::default() }
     }
 
     /// Sends updates to the edges watching their users.
@@ -276,7 +284,8 @@ impl PresenceRpc for PresenceService {
             return Err(Status::invalid_argument("key, limit and window_ms are required"));
         }
         let key = window_key(r.class, &r.key)?;
-        let answer = match self.limiter.acquire(&key, r.limit, r.window_ms, r.count, now_ms()) {
+        let acquired = self.limiter.acquire(&key, r.limit, r.window_ms, r.count).await;
+        let answer = match acquired.map_err(|e| Status::unavailable(e.to_string()))? {
             Acquired::Allowed { slot_ms, granted } => {
                 pb::AcquireResponse { allowed: true, retry_after_ms: 0, slot_ms, granted }
             }
@@ -289,14 +298,19 @@ impl PresenceRpc for PresenceService {
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
-        self.limiter.release(&window_key(r.class, &r.key)?, r.slot_ms, r.count);
+        let released = self.limiter.release(&window_key(r.class, &r.key)?, r.slot_ms, r.count).await;
+        released.map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::Empty {}))
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("presence-svc failed: {0}")]
-pub struct Error(#[from] tonic::transport::Error);
+pub enum Error {
+    #[error("presence-svc failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("presence-svc: bad --redis-url: {0}")]
+    Redis(#[from] redis::RedisError),
+}
 
 /// Runs presence's clocks and serves it over gRPC on `listener` until
 /// `shutdown` fires.
@@ -306,7 +320,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         update_interval_ms: config.update_interval_ms,
         lease_ms: config.lease_ms,
     };
-    let service = PresenceService::new(windows);
+    let limiter: Arc<dyn Limiter> = match &config.redis_url {
+        Some(url) => {
+            let deadline = Duration::from_millis(config.redis_timeout_ms.max(1));
+            Arc::new(redis_limits::RedisLimiter::new(url, deadline)?)
+        }
+        None => Arc::new(MemoryLimiter::default()),
+    };
+    let service = PresenceService::new(windows, limiter);
     let tick = Duration::from_millis(config.tick_ms.max(10));
     shutdown.spawn(service.clone().run_clock(tick, shutdown.clone()));
     let incoming = confab_common::grpc::incoming(listener);
@@ -336,7 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_class_of_write_has_a_window_of_its_own() {
-        let service = PresenceService::new(Windows::default());
+        let service = PresenceService::new(Windows::default(), Arc::new(MemoryLimiter::default()));
         let allowed = |r: Result<Response<pb::AcquireResponse>, Status>| r.unwrap().into_inner().allowed;
         assert!(allowed(service.acquire(Request::new(acquire(pb::RateClass::Messages))).await));
         assert!(!allowed(service.acquire(Request::new(acquire(pb::RateClass::Messages))).await));

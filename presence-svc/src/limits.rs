@@ -1,6 +1,8 @@
-//! Sliding-window rate limits shared by every edge: a key (a user) may take
-//! at most `limit` slots in any `window`. In memory here; the Redis backend
-//! keeps the same shape (a sorted set of slot times per key).
+//! Sliding-window rate limits shared by every edge: a key (one user's
+//! window of one class of write) may take at most `limit` slots in any
+//! `window`. [`Limiter`] is what presence-svc calls; [`MemoryLimiter`] keeps
+//! the windows in this process (the `confab dev` default),
+//! [`crate::redis_limits::RedisLimiter`] in Redis, shared by every replica.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -15,6 +17,34 @@ pub enum Acquired {
     Refused { retry_after_ms: u64 },
 }
 
+/// A backend that did not answer: the outcome is unknown, so the caller
+/// gets UNAVAILABLE.
+#[derive(Debug, thiserror::Error)]
+#[error("rate-limit backend unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+/// Where the windows are kept. Both backends follow the same rules, proved
+/// by one suite (`tests/limiter.rs`).
+#[tonic::async_trait]
+pub trait Limiter: Send + Sync {
+    /// Takes up to `count` slots (at least one, or none and a refusal).
+    async fn acquire(&self, key: &str, limit: u32, window_ms: u64, count: u32) -> Result<Acquired, Unavailable>;
+    /// Gives back up to `count` slots taken at `slot_ms`.
+    async fn release(&self, key: &str, slot_ms: i64, count: u32) -> Result<(), Unavailable>;
+}
+
+#[tonic::async_trait]
+impl Limiter for MemoryLimiter {
+    async fn acquire(&self, key: &str, limit: u32, window_ms: u64, count: u32) -> Result<Acquired, Unavailable> {
+        Ok(self.acquire_at(key, limit, window_ms, count, confab_common::time::now_ms()))
+    }
+
+    async fn release(&self, key: &str, slot_ms: i64, count: u32) -> Result<(), Unavailable> {
+        self.release_slots(key, slot_ms, count);
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 pub struct MemoryLimiter {
     keys: Mutex<HashMap<String, VecDeque<i64>>>,
@@ -22,7 +52,7 @@ pub struct MemoryLimiter {
 
 impl MemoryLimiter {
     /// Takes up to `count` slots (at least one, or none and a refusal).
-    pub fn acquire(&self, key: &str, limit: u32, window_ms: u64, count: u32, now_ms: i64) -> Acquired {
+    pub fn acquire_at(&self, key: &str, limit: u32, window_ms: u64, count: u32, now_ms: i64) -> Acquired {
         let window = i64::try_from(window_ms).unwrap_or(i64::MAX);
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         // Forget idle keys now and then so memory follows active users only.
@@ -44,7 +74,7 @@ impl MemoryLimiter {
     }
 
     /// Gives back up to `count` slots taken at `slot_ms`.
-    pub fn release(&self, key: &str, slot_ms: i64, count: u32) {
+    pub fn release_slots(&self, key: &str, slot_ms: i64, count: u32) {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slots) = keys.get_mut(key) {
             for _ in 0..count.max(1) {
@@ -67,31 +97,31 @@ mod tests {
     fn a_sliding_window() {
         let l = MemoryLimiter::default();
         for t in 0..3 {
-            assert!(matches!(l.acquire("u", 3, 1000, 1, t * 100), Acquired::Allowed { granted: 1, .. }));
+            assert!(matches!(l.acquire_at("u", 3, 1000, 1, t * 100), Acquired::Allowed { granted: 1, .. }));
         }
-        assert_eq!(l.acquire("u", 3, 1000, 1, 500), Acquired::Refused { retry_after_ms: 500 });
+        assert_eq!(l.acquire_at("u", 3, 1000, 1, 500), Acquired::Refused { retry_after_ms: 500 });
         // Another key is not affected.
-        assert!(matches!(l.acquire("v", 3, 1000, 1, 500), Acquired::Allowed { .. }));
+        assert!(matches!(l.acquire_at("v", 3, 1000, 1, 500), Acquired::Allowed { .. }));
         // The first slot leaves the window at 1000.
-        assert!(matches!(l.acquire("u", 3, 1000, 1, 1000), Acquired::Allowed { .. }));
-        assert_eq!(l.acquire("u", 3, 1000, 1, 1001), Acquired::Refused { retry_after_ms: 99 });
+        assert!(matches!(l.acquire_at("u", 3, 1000, 1, 1000), Acquired::Allowed { .. }));
+        assert_eq!(l.acquire_at("u", 3, 1000, 1, 1001), Acquired::Refused { retry_after_ms: 99 });
         // A released slot is free again.
-        l.release("u", 1000, 1);
-        assert!(matches!(l.acquire("u", 3, 1000, 1, 1001), Acquired::Allowed { slot_ms: 1001, granted: 1 }));
+        l.release_slots("u", 1000, 1);
+        assert!(matches!(l.acquire_at("u", 3, 1000, 1, 1001), Acquired::Allowed { slot_ms: 1001, granted: 1 }));
     }
 
     #[test]
     fn a_lease_takes_what_is_free_and_gives_back_what_is_left() {
         let l = MemoryLimiter::default();
-        assert_eq!(l.acquire("u", 10, 1000, 4, 0), Acquired::Allowed { slot_ms: 0, granted: 4 });
-        assert_eq!(l.acquire("u", 10, 1000, 8, 10), Acquired::Allowed { slot_ms: 10, granted: 6 });
-        assert_eq!(l.acquire("u", 10, 1000, 8, 20), Acquired::Refused { retry_after_ms: 980 });
+        assert_eq!(l.acquire_at("u", 10, 1000, 4, 0), Acquired::Allowed { slot_ms: 0, granted: 4 });
+        assert_eq!(l.acquire_at("u", 10, 1000, 8, 10), Acquired::Allowed { slot_ms: 10, granted: 6 });
+        assert_eq!(l.acquire_at("u", 10, 1000, 8, 20), Acquired::Refused { retry_after_ms: 980 });
         // Three of the second lease were not used: they are free again.
-        l.release("u", 10, 3);
-        assert_eq!(l.acquire("u", 10, 1000, 0, 30), Acquired::Allowed { slot_ms: 30, granted: 1 });
-        assert_eq!(l.acquire("u", 10, 1000, 5, 40), Acquired::Allowed { slot_ms: 40, granted: 2 });
+        l.release_slots("u", 10, 3);
+        assert_eq!(l.acquire_at("u", 10, 1000, 0, 30), Acquired::Allowed { slot_ms: 30, granted: 1 });
+        assert_eq!(l.acquire_at("u", 10, 1000, 5, 40), Acquired::Allowed { slot_ms: 40, granted: 2 });
         // Giving back more than was taken at a time frees only those.
-        l.release("u", 40, 9);
-        assert_eq!(l.acquire("u", 10, 1000, 5, 50), Acquired::Allowed { slot_ms: 50, granted: 2 });
+        l.release_slots("u", 40, 9);
+        assert_eq!(l.acquire_at("u", 10, 1000, 5, 50), Acquired::Allowed { slot_ms: 50, granted: 2 });
     }
 }
