@@ -24,7 +24,7 @@ pub enum Acquired {
 pub struct Unavailable(pub String);
 
 /// Where the windows are kept. Both backends follow the same rules, proved
-/// by one suite (`tests/limiter.rs`).
+/// by one suite (`tests/tests/limiter.rs` of the workspace).
 #[tonic::async_trait]
 pub trait Limiter: Send + Sync {
     /// Takes up to `count` slots (at least one, or none and a refusal).

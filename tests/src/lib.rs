@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod process;
+pub mod redis;
 
 use anyhow::{bail, Context};
 use confab_common::Shutdown;
@@ -50,6 +51,7 @@ pub struct ClusterBuilder {
     edge_tweak: Option<EdgeTweak>,
     router_tweak: Option<RouterTweak>,
     presence_tweak: Option<PresenceTweak>,
+    presence_replicas: usize,
     store_url: Option<String>,
 }
 
@@ -103,6 +105,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs `n` presence-svc processes with the same configuration (give
+    /// them one `redis_url` to share what they keep in Redis); edge `i`
+    /// talks to replica `i % n`. [`Cluster::stop_presence`] and
+    /// [`Cluster::start_presence`] act on the first.
+    pub fn presence_replicas(mut self, n: usize) -> Self {
+        self.presence_replicas = n;
+        self
+    }
+
     pub async fn build(self) -> Cluster {
         let shutdown = Shutdown::new();
         let (tmp, data_dir) = match self.data_dir {
@@ -122,12 +133,19 @@ impl ClusterBuilder {
                 store_url
             }
         };
-        let (presence_l, presence_url) = loopback().await;
         let mut presence_config = confab_presence::Config::default();
         if let Some(f) = &self.presence_tweak {
             f(&mut presence_config);
         }
+        let (presence_l, presence_url) = loopback().await;
         let presence = start_presence(&presence_config, presence_l, &shutdown);
+        let mut presence_urls = vec![presence_url.clone()];
+        for _ in 1..self.presence_replicas.max(1) {
+            let (l, url) = loopback().await;
+            let (_, task) = start_presence(&presence_config, l, &shutdown);
+            drop(task);
+            presence_urls.push(url);
+        }
 
         let mut router_ls = Vec::new();
         for _ in 0..self.routers.max(1) {
@@ -149,10 +167,11 @@ impl ClusterBuilder {
             shutdown.spawn(async move { router.await.expect("router") });
         }
         let (mut edges, mut edge_runs) = (Vec::new(), Vec::new());
-        for _ in 0..self.edges.max(1) {
+        for i in 0..self.edges.max(1) {
             let (l, url) = loopback().await;
+            let presence_url = presence_urls[i % presence_urls.len()].clone();
             let mut config =
-                confab_edge::Config::for_test(routers.clone(), store_url.clone(), presence_url.clone(), SECRET.into());
+                confab_edge::Config::for_test(routers.clone(), store_url.clone(), presence_url, SECRET.into());
             // Tests write in bursts; the limiter's own tests set the limits.
             let limits = &mut config.rate_limits;
             (limits.messages, limits.edits, limits.chats, limits.receipts) = (100_000, 100_000, 100_000, 100_000);

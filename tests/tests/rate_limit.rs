@@ -247,3 +247,64 @@ async fn read_receipts_are_limited() {
     let h = alice.call("message:history", json!({ "chatId": chat })).await;
     assert_eq!(confab_tests::data(&h)["messages"].as_array().map(Vec::len), Some(3));
 }
+
+/// Two presence-svc replicas on one Redis, each edge on its own replica:
+/// the limit holds across them; with Redis gone writes are let through
+/// (messaging goes on), and the limit is back once an empty Redis is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_replicas_on_redis_share_the_limit_and_fail_open_without_it() {
+    let redis = confab_tests::redis::RedisServer::start().await;
+    let url = redis.url();
+    let cluster = Cluster::builder()
+        .edges(2)
+        .presence_replicas(2)
+        .presence_config(move |c| {
+            c.redis_url = Some(url.clone());
+            c.redis_timeout_ms = 300;
+        })
+        .edge_config(|c| {
+            c.rate_limits.messages = 3;
+            c.rate_limits.window_ms = 60_000;
+        })
+        .build()
+        .await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    let mut a0 = cluster.connect(0, "alice").await;
+    let mut a1 = cluster.connect(1, "alice").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    let mut n = 0;
+    for i in 0..3 {
+        let ack = if i % 2 == 0 { send(&mut a0, &chat, &mut n).await } else { send(&mut a1, &chat, &mut n).await };
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+    for ack in [send(&mut a0, &chat, &mut n).await, send(&mut a1, &chat, &mut n).await] {
+        assert_eq!(ack["error"], "RATE_LIMITED", "{ack}");
+    }
+    let ack = send(&mut bob, &chat, &mut n).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    let port = redis.kill();
+    for _ in 0..4 {
+        let ack = send(&mut a1, &chat, &mut n).await;
+        assert_eq!(ack["ok"], true, "without Redis a write is let through: {ack}");
+    }
+
+    let _back = confab_tests::redis::RedisServer::start_on(port).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut allowed = 0;
+    loop {
+        let ack = send(&mut a0, &chat, &mut n).await;
+        if ack["error"] == "RATE_LIMITED" {
+            break;
+        }
+        assert_eq!(ack["ok"], true, "{ack}");
+        allowed += 1;
+        assert!(std::time::Instant::now() < deadline, "no limit 15 s after Redis came back ({allowed} let through)");
+    }
+}
+
+/// Sends a new message (a fresh clientId each time).
+async fn send(c: &mut confab_tests::client::Client, chat: &str, n: &mut u32) -> serde_json::Value {
+    *n += 1;
+    c.call("message:send", json!({ "chatId": chat, "body": "x", "clientId": format!("m{n}") })).await
+}

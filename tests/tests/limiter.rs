@@ -1,7 +1,6 @@
-//! One suite of rate-limit rules over both backends: the in-memory one and
-//! Redis, a real `redis-server` each test starts on a free loopback port
-//! with a directory of its own (scripts/test makes sure it is installed; a
-//! missing one fails the test).
+//! One suite of rate-limit rules over presence-svc's two backends: the
+//! in-memory one and Redis, a real `redis-server` each test starts on a free
+//! loopback port with a directory of its own.
 
 use confab_presence::hub::Windows;
 use confab_presence::limits::{Acquired, Limiter, MemoryLimiter};
@@ -9,66 +8,13 @@ use confab_presence::redis_limits::RedisLimiter;
 use confab_presence::PresenceService;
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_server::Presence as _;
-use std::process::{Child, Command, Stdio};
+use confab_tests::redis::RedisServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A `redis-server` of this test's own, stopped when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(port).await
-    }
-
-    async fn start_on(port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is required for these tests (scripts/test installs it)");
-        let server = Self { child, port, _dir: dir };
-        let client = redis::Client::open(server.url()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
-                    return server;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer within 10 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn limiter(&self) -> RedisLimiter {
-        RedisLimiter::new(&self.url(), Duration::from_millis(500)).unwrap()
-    }
-
-    fn kill(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A presence-svc replica's limiter on `redis`.
+fn limiter(redis: &RedisServer) -> RedisLimiter {
+    RedisLimiter::new(&redis.url(), Duration::from_millis(500)).unwrap()
 }
 
 fn granted(a: Acquired) -> u32 {
@@ -140,13 +86,13 @@ async fn the_in_memory_backend_follows_the_rules() {
 #[tokio::test]
 async fn the_redis_backend_follows_the_rules_across_replicas() {
     let redis = RedisServer::start().await;
-    conformance(&redis.limiter(), &redis.limiter()).await;
+    conformance(&limiter(&redis), &limiter(&redis)).await;
 }
 
 #[tokio::test]
 async fn without_redis_calls_fail_fast_as_unavailable_and_recover_when_it_is_back() {
     let redis = RedisServer::start().await;
-    let limiter = Arc::new(redis.limiter());
+    let limiter = Arc::new(limiter(&redis));
     let service = PresenceService::new(Windows::default(), limiter.clone());
     let request = || {
         tonic::Request::new(pb::AcquireRequest {
