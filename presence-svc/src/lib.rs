@@ -9,19 +9,26 @@
 //! pure logic. It also keeps the per-user rate limits of every class of write
 //! ([`limits`]).
 //!
-//! Sessions and statuses are in memory. The rate-limit windows are in memory
-//! too (the `confab dev` default), or in Redis with `--redis-url`
-//! ([`redis_limits`]), where every replica and edge shares them.
+//! State is in memory (the `confab dev` default: [`state::MemoryState`],
+//! [`limits::MemoryLimiter`]), or with `--redis-url` in Redis
+//! ([`redis_state`], [`redis_limits`]), where any number of replicas share
+//! it. Which edges watch whom is each replica's own: an edge keeps its
+//! watch stream and its watch list on one replica.
 
 pub mod hub;
 pub mod limits;
 pub mod redis_limits;
+pub mod redis_link;
+pub mod redis_state;
+pub mod state;
+pub mod unavailable;
 
 use confab_common::{time::now_ms, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_server::{Presence as PresenceRpc, PresenceServer};
-use hub::{Hub, Seen, Windows};
+use hub::{Seen, Windows};
 use limits::{Acquired, Limiter, MemoryLimiter};
+use state::{MemoryState, SessionChange, State};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,9 +52,9 @@ pub struct Config {
     /// How often the clocks above are checked.
     #[arg(long = "presence-tick-ms", env = "CONFAB_PRESENCE_TICK_MS", default_value_t = 100)]
     pub tick_ms: u64,
-    /// Keeps the rate-limit windows in this Redis
+    /// Keeps presence state and the rate-limit windows in this Redis
     /// (`redis://[:password@]host:port/db`), shared by every replica;
-    /// without it, in memory. Sessions and statuses stay in memory.
+    /// without it, in memory.
     #[arg(long = "redis-url", env = "CONFAB_REDIS_URL")]
     pub redis_url: Option<String>,
     /// How long one Redis call may take before it fails as UNAVAILABLE.
@@ -84,7 +91,7 @@ struct Watches {
 /// The `confab.v1.Presence` service.
 #[derive(Clone)]
 pub struct PresenceService {
-    hub: Arc<Mutex<Hub>>,
+    state: Arc<dyn State>,
     watches: Arc<Mutex<Watches>>,
     limiter: Arc<dyn Limiter>,
     /// Set at shutdown: no new Watch stream is opened.
@@ -105,9 +112,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PresenceService {
-    /// A service with its rate-limit windows in `limiter`.
-    pub fn new(windows: Windows, limiter: Arc<dyn Limiter>) -> Self {
-        Self { hub: Arc::new(Mutex::new(Hub::new(windows))), watches: Arc::default(), limiter, closing: Arc::default() }
+    /// A service on `state`, with its rate-limit windows in `limiter`.
+    pub fn new(state: Arc<dyn State>, limiter: Arc<dyn Limiter>) -> Self {
+        Self { state, watches: Arc::default(), limiter, closing: Arc::default() }
     }
 
     /// Sends updates to the edges watching their users.
@@ -131,17 +138,12 @@ impl PresenceService {
         }
     }
 
-    /// Applies a change to `user` under the lock, publishes what it caused,
-    /// and answers the user's own state after it.
-    fn change(&self, user: &str, f: impl FnOnce(&mut Hub, i64) -> Vec<Seen>) -> Response<pb::PresenceState> {
-        let now = now_ms();
-        let (updates, seen) = {
-            let mut hub = lock(&self.hub);
-            let updates = f(&mut hub, now);
-            (updates, hub.seen_by(user, user, now))
-        };
-        self.publish(updates);
-        Response::new(state(seen))
+    /// Delivers what a change caused, unless the backend delivers it to
+    /// every replica itself.
+    fn caused(&self, updates: Vec<Seen>) {
+        if !self.state.delivers_updates() {
+            self.publish(updates);
+        }
     }
 
     /// Ends every edge's Watch stream (at shutdown).
@@ -151,7 +153,8 @@ impl PresenceService {
         watches.streams.clear();
     }
 
-    /// Runs the hub's clocks until shutdown.
+    /// Runs the clocks until shutdown (every replica does: a tick is
+    /// atomic, and one replica's tick leaves nothing for the next).
     pub async fn run_clock(self, every: Duration, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,8 +163,18 @@ impl PresenceService {
                 _ = tick.tick() => {}
                 () = shutdown.triggered() => return,
             }
-            let updates = lock(&self.hub).tick(now_ms());
-            self.publish(updates);
+            match self.state.tick(now_ms()).await {
+                Ok(updates) => self.caused(updates),
+                Err(e) => tracing::warn!(error = %e, "presence clock: tick failed"),
+            }
+        }
+    }
+
+    /// Hands updates other replicas (or this one) published to the edges
+    /// watching on this replica.
+    pub async fn deliver(self, mut updates: mpsc::Receiver<Seen>) {
+        while let Some(update) = updates.recv().await {
+            self.publish(vec![update]);
         }
     }
 }
@@ -191,47 +204,36 @@ impl PresenceRpc for PresenceService {
         for c in changes {
             let s = c.session.ok_or_else(|| Status::invalid_argument("a session change without its session"))?;
             check_session(&s)?;
-            sessions.push((s, c.open));
+            sessions.push(SessionChange { user: s.user_id, edge: s.edge_id, session: s.session_id, open: c.open });
         }
-        let now = now_ms();
-        let updates = {
-            let mut hub = lock(&self.hub);
-            let mut updates = Vec::new();
-            for (s, open) in &sessions {
-                updates.extend(if *open {
-                    hub.open(&s.user_id, &s.edge_id, &s.session_id, now)
-                } else {
-                    hub.close(&s.user_id, &s.edge_id, &s.session_id, now)
-                });
-            }
-            updates
-        };
-        self.publish(updates);
+        let updates = self.state.sessions(&sessions, now_ms()).await?;
+        self.caused(updates);
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::Empty>, Status> {
-        lock(&self.hub).heartbeat(&req.into_inner().edge_id, now_ms());
+        self.state.heartbeat(&req.into_inner().edge_id, now_ms()).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn set_status(&self, req: Request<pb::SetStatusRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let r = req.into_inner();
         let status = hub::parse_status(&r.status).ok_or_else(|| Status::invalid_argument("unknown status"))?;
-        Ok(self.change(&r.user_id, |hub, now| hub.set_status(&r.user_id, status, now)))
+        let (updates, own) = self.state.set_status(&r.user_id, status, now_ms()).await?;
+        self.caused(updates);
+        Ok(Response::new(state(own)))
     }
 
     async fn get_many(&self, req: Request<pb::GetManyRequest>) -> Result<Response<pb::GetManyResponse>, Status> {
         let r = req.into_inner();
-        let now = now_ms();
-        let hub = lock(&self.hub);
-        let states = r.user_ids.iter().map(|u| state(hub.seen_by(u, &r.viewer, now))).collect();
-        Ok(Response::new(pb::GetManyResponse { states }))
+        let seen = self.state.seen_by(&r.user_ids, &r.viewer, now_ms()).await?;
+        Ok(Response::new(pb::GetManyResponse { states: seen.into_iter().map(state).collect() }))
     }
 
     async fn get(&self, req: Request<pb::GetPresenceRequest>) -> Result<Response<pb::PresenceState>, Status> {
         let user = req.into_inner().user_id;
-        let seen = lock(&self.hub).seen_by(&user, "", now_ms());
+        let seen = self.state.seen_by(std::slice::from_ref(&user), "", now_ms()).await?;
+        let seen = seen.into_iter().next().ok_or_else(|| Status::unavailable("presence backend answered nothing"))?;
         Ok(Response::new(state(seen)))
     }
 
@@ -284,8 +286,7 @@ impl PresenceRpc for PresenceService {
             return Err(Status::invalid_argument("key, limit and window_ms are required"));
         }
         let key = window_key(r.class, &r.key)?;
-        let acquired = self.limiter.acquire(&key, r.limit, r.window_ms, r.count).await;
-        let answer = match acquired.map_err(|e| Status::unavailable(e.to_string()))? {
+        let answer = match self.limiter.acquire(&key, r.limit, r.window_ms, r.count).await? {
             Acquired::Allowed { slot_ms, granted } => {
                 pb::AcquireResponse { allowed: true, retry_after_ms: 0, slot_ms, granted }
             }
@@ -298,8 +299,7 @@ impl PresenceRpc for PresenceService {
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
-        let released = self.limiter.release(&window_key(r.class, &r.key)?, r.slot_ms, r.count).await;
-        released.map_err(|e| Status::unavailable(e.to_string()))?;
+        self.limiter.release(&window_key(r.class, &r.key)?, r.slot_ms, r.count).await?;
         Ok(Response::new(pb::Empty {}))
     }
 }
@@ -320,14 +320,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         update_interval_ms: config.update_interval_ms,
         lease_ms: config.lease_ms,
     };
-    let limiter: Arc<dyn Limiter> = match &config.redis_url {
+    let service = match &config.redis_url {
         Some(url) => {
             let deadline = Duration::from_millis(config.redis_timeout_ms.max(1));
-            Arc::new(redis_limits::RedisLimiter::new(url, deadline)?)
+            let (client, redis) = redis_link::connect(url, deadline)?;
+            let state = redis_state::RedisState::new(client, redis.clone(), windows);
+            let service =
+                PresenceService::new(Arc::new(state.clone()), Arc::new(redis_limits::RedisLimiter::new(redis)));
+            let (tx, rx) = mpsc::channel(EDGE_QUEUE);
+            shutdown.spawn(state.updates(tx, deadline, shutdown.clone()));
+            shutdown.spawn(service.clone().deliver(rx));
+            service
         }
-        None => Arc::new(MemoryLimiter::default()),
+        None => PresenceService::new(Arc::new(MemoryState::new(windows)), Arc::new(MemoryLimiter::default())),
     };
-    let service = PresenceService::new(windows, limiter);
     let tick = Duration::from_millis(config.tick_ms.max(10));
     shutdown.spawn(service.clone().run_clock(tick, shutdown.clone()));
     let incoming = confab_common::grpc::incoming(listener);
@@ -357,7 +363,8 @@ mod tests {
 
     #[tokio::test]
     async fn each_class_of_write_has_a_window_of_its_own() {
-        let service = PresenceService::new(Windows::default(), Arc::new(MemoryLimiter::default()));
+        let state = Arc::new(MemoryState::new(Windows::default()));
+        let service = PresenceService::new(state, Arc::new(MemoryLimiter::default()));
         let allowed = |r: Result<Response<pb::AcquireResponse>, Status>| r.unwrap().into_inner().allowed;
         assert!(allowed(service.acquire(Request::new(acquire(pb::RateClass::Messages))).await));
         assert!(!allowed(service.acquire(Request::new(acquire(pb::RateClass::Messages))).await));

@@ -4,6 +4,7 @@
 //! the windows in this process (the `confab dev` default),
 //! [`crate::redis_limits::RedisLimiter`] in Redis, shared by every replica.
 
+pub use crate::unavailable::Unavailable;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -16,12 +17,6 @@ pub enum Acquired {
     /// Full: a slot frees in this many milliseconds.
     Refused { retry_after_ms: u64 },
 }
-
-/// A backend that did not answer: the outcome is unknown, so the caller
-/// gets UNAVAILABLE.
-#[derive(Debug, thiserror::Error)]
-#[error("rate-limit backend unavailable: {0}")]
-pub struct Unavailable(pub String);
 
 /// Where the windows are kept. Both backends follow the same rules, proved
 /// by one suite (`tests/tests/limiter.rs` of the workspace).

@@ -8,8 +8,7 @@
 //! after its last slot: memory follows active users only.
 
 use crate::limits::{Acquired, Limiter, Unavailable};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::time::Duration;
+use redis::aio::ConnectionManager;
 
 /// Takes up to ARGV[3] slots of at most ARGV[1] in ARGV[2] ms.
 /// KEYS[1]: the slot times (members `time:n`, unique by the counter
@@ -57,18 +56,9 @@ pub struct RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// A limiter on the Redis at `url` (`redis://[:password@]host:port/db`).
-    /// It connects lazily and reconnects by itself: a Redis that is down
-    /// makes calls fail within `deadline`, not the process.
-    pub fn new(url: &str, deadline: Duration) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(deadline))
-            .set_response_timeout(Some(deadline))
-            .set_number_of_retries(1)
-            .set_max_delay(deadline);
-        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { redis, acquire: redis::Script::new(ACQUIRE), release: redis::Script::new(RELEASE) })
+    /// A limiter on `redis` ([`crate::redis_link::connect`]).
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self { redis, acquire: redis::Script::new(ACQUIRE), release: redis::Script::new(RELEASE) }
     }
 }
 
@@ -76,10 +66,6 @@ impl RedisLimiter {
 /// on one node of a Redis cluster.
 fn keys(key: &str) -> (String, String) {
     (format!("confab:rl:{{{key}}}"), format!("confab:rl:{{{key}}}:n"))
-}
-
-fn unavailable(e: redis::RedisError) -> Unavailable {
-    Unavailable(e.to_string())
 }
 
 #[tonic::async_trait]
@@ -96,7 +82,7 @@ impl Limiter for RedisLimiter {
             .arg(count.min(MAX_COUNT))
             .invoke_async(&mut redis)
             .await
-            .map_err(unavailable)?;
+            .map_err(Unavailable::from)?;
         Ok(if allowed == 1 {
             Acquired::Allowed { slot_ms: value, granted }
         } else {
@@ -114,7 +100,7 @@ impl Limiter for RedisLimiter {
             .arg(count.clamp(1, MAX_COUNT))
             .invoke_async(&mut redis)
             .await
-            .map_err(unavailable)?;
+            .map_err(Unavailable::from)?;
         Ok(())
     }
 }

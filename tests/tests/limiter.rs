@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 /// A presence-svc replica's limiter on `redis`.
 fn limiter(redis: &RedisServer) -> RedisLimiter {
-    RedisLimiter::new(&redis.url(), Duration::from_millis(500)).unwrap()
+    let (_, connection) = confab_presence::redis_link::connect(&redis.url(), Duration::from_millis(500)).unwrap();
+    RedisLimiter::new(connection)
 }
 
 fn granted(a: Acquired) -> u32 {
@@ -93,7 +94,8 @@ async fn the_redis_backend_follows_the_rules_across_replicas() {
 async fn without_redis_calls_fail_fast_as_unavailable_and_recover_when_it_is_back() {
     let redis = RedisServer::start().await;
     let limiter = Arc::new(limiter(&redis));
-    let service = PresenceService::new(Windows::default(), limiter.clone());
+    let state = Arc::new(confab_presence::state::MemoryState::new(Windows::default()));
+    let service = PresenceService::new(state, limiter.clone());
     let request = || {
         tonic::Request::new(pb::AcquireRequest {
             key: "u".into(),

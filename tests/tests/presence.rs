@@ -6,6 +6,7 @@ use confab_proto::v1::{
     presence_client::PresenceClient, GetPresenceRequest, HeartbeatRequest, SessionBatch, SessionChange, SessionRequest,
 };
 use confab_tests::data;
+use confab_tests::redis::RedisServer;
 use confab_tests::Cluster;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -15,22 +16,56 @@ const GRACE_MS: i64 = 400;
 const INTERVAL_MS: i64 = 300;
 
 async fn cluster() -> Cluster {
-    Cluster::builder()
+    cluster_on(None).await
+}
+
+/// Two edges; with `redis`, two presence-svc replicas on it (edge `i` on
+/// replica `i`), subscribed to each other's updates before it returns.
+async fn cluster_on(redis: Option<&RedisServer>) -> Cluster {
+    let url = redis.map(RedisServer::url);
+    let cluster = Cluster::builder()
         .edges(2)
-        .presence_config(|c| {
+        .presence_replicas(if redis.is_some() { 2 } else { 1 })
+        .presence_config(move |c| {
             c.offline_grace_ms = GRACE_MS;
             c.update_interval_ms = INTERVAL_MS;
             c.lease_ms = 600;
             c.tick_ms = 20;
+            c.redis_url = url.clone();
         })
         .edge_config(|c| c.presence_heartbeat_ms = 100)
         .build()
+        .await;
+    if let Some(redis) = redis {
+        let client = ::redis::Client::open(redis.url()).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        confab_tests::wait_until(T, || {
+            let mut conn = conn.clone();
+            async move {
+                let numsub: Result<(String, u32), _> =
+                    ::redis::cmd("PUBSUB").arg("NUMSUB").arg("confab:p:updates").query_async(&mut conn).await;
+                numsub.is_ok_and(|(_, n)| n >= 2)
+            }
+        })
         .await
+        .expect("both replicas subscribe to Redis's updates");
+    }
+    cluster
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_on_any_edge_and_offline_after_the_grace_window() {
-    let cluster = cluster().await;
+    online_and_offline(cluster().await).await;
+}
+
+/// The same with two presence-svc replicas on Redis, each edge on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_and_offline_with_presence_replicas_on_redis() {
+    let redis = RedisServer::start().await;
+    online_and_offline(cluster_on(Some(&redis)).await).await;
+}
+
+async fn online_and_offline(cluster: Cluster) {
     cluster.create_chat("alice", "group", &["bob"]).await;
     let mut bob = cluster.connect(0, "bob").await;
     let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
@@ -64,7 +99,17 @@ async fn online_on_any_edge_and_offline_after_the_grace_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_invisible_and_throttling() {
-    let cluster = cluster().await;
+    statuses(cluster().await).await;
+}
+
+/// The same with two presence-svc replicas on Redis, each edge on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_with_presence_replicas_on_redis() {
+    let redis = RedisServer::start().await;
+    statuses(cluster_on(Some(&redis)).await).await;
+}
+
+async fn statuses(cluster: Cluster) {
     cluster.create_chat("alice", "group", &["bob"]).await;
     let mut alice = cluster.connect(0, "alice").await;
     let mut bob = cluster.connect(1, "bob").await;
