@@ -88,7 +88,8 @@ pub struct Config {
     /// store-svc address (history and chat reads).
     #[arg(long = "store-url", env = "CONFAB_STORE_URL", default_value = "http://127.0.0.1:7003")]
     pub store_url: String,
-    /// presence-svc address.
+    /// presence-svc address; replicas on one Redis comma separated, used in
+    /// order, moving on when one cannot be reached.
     #[arg(long = "presence-url", env = "CONFAB_PRESENCE_URL", default_value = "http://127.0.0.1:7004")]
     pub presence_url: String,
     /// HS256 secret that client tokens are signed with.

@@ -146,6 +146,12 @@ impl PresenceService {
         }
     }
 
+    /// Ends every edge's Watch stream so that each edge watches again and
+    /// re-announces its sessions (after Redis was lost: it may be empty).
+    fn restart_streams(&self) {
+        lock(&self.watches).streams.clear();
+    }
+
     /// Ends every edge's Watch stream (at shutdown).
     fn end_streams(&self) {
         let mut watches = lock(&self.watches);
@@ -328,7 +334,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
             let service =
                 PresenceService::new(Arc::new(state.clone()), Arc::new(redis_limits::RedisLimiter::new(redis)));
             let (tx, rx) = mpsc::channel(EDGE_QUEUE);
-            shutdown.spawn(state.updates(tx, deadline, shutdown.clone()));
+            let streams = service.clone();
+            let resubscribed = move || streams.restart_streams();
+            shutdown.spawn(state.updates(tx, deadline, resubscribed, shutdown.clone()));
             shutdown.spawn(service.clone().deliver(rx));
             service
         }

@@ -59,9 +59,17 @@ impl RedisState {
     }
 
     /// Every update any replica publishes, in order, until `shutdown`;
-    /// resubscribes after Redis comes back (updates published meanwhile
-    /// are lost to this replica: the edges re-read what they show).
-    pub async fn updates(self, out: mpsc::Sender<Seen>, retry: Duration, shutdown: confab_common::Shutdown) {
+    /// subscribes again after losing Redis, and then calls `resubscribed`:
+    /// Redis may have come back empty, or updates were lost meanwhile, so
+    /// the edges are to announce their sessions again.
+    pub async fn updates(
+        self,
+        out: mpsc::Sender<Seen>,
+        retry: Duration,
+        resubscribed: impl Fn() + Send + 'static,
+        shutdown: confab_common::Shutdown,
+    ) {
+        let mut first = true;
         loop {
             let subscribed = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
@@ -74,6 +82,10 @@ impl RedisState {
             };
             match pubsub {
                 Ok(Ok(pubsub)) => {
+                    if !std::mem::take(&mut first) {
+                        tracing::info!("presence: subscribed to Redis updates again; edges re-announce");
+                        resubscribed();
+                    }
                     let mut messages = pubsub.into_on_message();
                     loop {
                         let msg = tokio::select! {

@@ -107,8 +107,9 @@ impl ClusterBuilder {
 
     /// Runs `n` presence-svc processes with the same configuration (give
     /// them one `redis_url` to share what they keep in Redis); edge `i`
-    /// talks to replica `i % n`. [`Cluster::stop_presence`] and
-    /// [`Cluster::start_presence`] act on the first.
+    /// talks to replica `i % n` first and moves to the next when it cannot
+    /// reach it. [`Cluster::stop_presence`] and [`Cluster::start_presence`]
+    /// act on the first.
     pub fn presence_replicas(mut self, n: usize) -> Self {
         self.presence_replicas = n;
         self
@@ -169,7 +170,10 @@ impl ClusterBuilder {
         let (mut edges, mut edge_runs) = (Vec::new(), Vec::new());
         for i in 0..self.edges.max(1) {
             let (l, url) = loopback().await;
-            let presence_url = presence_urls[i % presence_urls.len()].clone();
+            // Every replica, starting with replica `i % n`: the edge moves
+            // on along the list when one cannot be reached.
+            let n = presence_urls.len();
+            let presence_url = (0..n).map(|k| presence_urls[(i + k) % n].as_str()).collect::<Vec<_>>().join(",");
             let mut config =
                 confab_edge::Config::for_test(routers.clone(), store_url.clone(), presence_url, SECRET.into());
             // Tests write in bursts; the limiter's own tests set the limits.

@@ -309,3 +309,80 @@ async fn live_sessions_are_announced_again_after_presence_svc_restarts() {
         assert_eq!(update["status"], "online", "only repeats of what bob was shown may come first: {update}");
     }
 }
+
+/// Two replicas on Redis, each edge listing both: when the replica an edge
+/// uses dies, the edge moves to the other, re-announces its sessions, and
+/// presence goes on whole (no one shown offline, changes still delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_moves_to_another_replica_when_its_own_dies() {
+    let redis = RedisServer::start().await;
+    let cluster = cluster_on(Some(&redis)).await;
+    cluster.create_chat("alice", "group", &["bob"]).await;
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+    assert_eq!(data(&snap)["presence"][0]["status"], "online");
+
+    // Edge 0's replica goes away (edge 1 was on the other one all along).
+    cluster.stop_presence().await;
+    // Alice's change reaches bob once edge 0 uses the other replica; a call
+    // that went to the dead one first fails as UNAVAILABLE.
+    let deadline = Instant::now() + T;
+    loop {
+        let ack = alice.call("presence:set", json!({ "status": "away" })).await;
+        if ack["ok"] == true {
+            break;
+        }
+        assert_eq!(ack["error"], "UNAVAILABLE", "{ack}");
+        assert!(Instant::now() < deadline, "presence:set never succeeded after the replica died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut last = None;
+    while let Some(update) = bob.next_event("presence:update", T).await {
+        assert_ne!(update["status"], "offline", "alice shown offline: {update}");
+        if update["status"] == "away" {
+            last = Some(update);
+            break;
+        }
+    }
+    assert!(last.is_some(), "bob never saw alice away");
+    // Past the grace window and the edge lease: still away, not offline.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+    assert_eq!(data(&snap)["presence"][0]["status"], "away", "{snap}");
+}
+
+/// Redis dies under the cluster: presence calls fail as UNAVAILABLE at
+/// once while messages still flow; an empty Redis comes back and the edges
+/// re-announce their sessions, so presence is whole again within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_whole_again_after_redis_comes_back_empty() {
+    let redis = RedisServer::start().await;
+    let cluster = cluster_on(Some(&redis)).await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+    assert_eq!(data(&snap)["presence"][0]["status"], "online");
+
+    let port = redis.kill();
+    let started = Instant::now();
+    let ack = alice.call("presence:set", json!({ "status": "busy" })).await;
+    assert_eq!(ack["error"], "UNAVAILABLE", "{ack}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let sent = alice.call("message:send", json!({ "chatId": chat, "body": "still here", "clientId": "r1" })).await;
+    assert_eq!(sent["ok"], true, "messaging goes on without Redis: {sent}");
+
+    let _back = RedisServer::start_on(port).await;
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    loop {
+        let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
+        if snap["ok"] == true && data(&snap)["presence"][0]["status"] == "online" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice not online 10 s after Redis came back: {snap}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("presence whole again {:?} after Redis came back", back.elapsed());
+}

@@ -5,25 +5,85 @@ use confab_common::{EdgeId, UserId};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_client::PresenceClient;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
 
-/// A [`Presence`] reached over gRPC. Every call has a deadline (for
-/// [`Presence::watch`], until the stream is open).
+/// A [`Presence`] reached over gRPC, on one of several replicas (presence
+/// on Redis: any replica answers alike). Calls go to one replica; when a
+/// call cannot reach it (a transport failure or a timeout, not an error the
+/// replica answered), the next call goes to the next one, and a
+/// [`Presence::watch`] stream on the old one ends, so that the edge watches
+/// and re-announces its sessions on the new one. Every call has a deadline
+/// (for [`Presence::watch`], until the stream is open).
 #[derive(Clone)]
 pub struct RemotePresence {
-    client: PresenceClient<Channel>,
+    replicas: Arc<[PresenceClient<Channel>]>,
+    /// The replica calls go to now.
+    current: Arc<watch::Sender<usize>>,
 }
 
 impl RemotePresence {
-    /// Connects lazily to `url` (`http://host:port`); calls fail with
-    /// `Unavailable` while presence-svc is unreachable.
-    pub fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, PresenceError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| PresenceError::Invalid(format!("bad presence url {url}: {e}")))?
-            .connect_timeout(timeout)
-            .timeout(timeout);
-        Ok(Self { client: PresenceClient::new(endpoint.connect_lazy()) })
+    /// Connects lazily to `urls` (`http://host:port`, comma separated: the
+    /// replicas, tried in this order); calls fail with `Unavailable` while
+    /// the replica in use is unreachable.
+    pub fn connect_lazy(urls: &str, timeout: Duration) -> Result<Self, PresenceError> {
+        let mut replicas = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let endpoint = Endpoint::from_shared(url.to_string())
+                .map_err(|e| PresenceError::Invalid(format!("bad presence url {url}: {e}")))?
+                .connect_timeout(timeout)
+                .timeout(timeout);
+            replicas.push(PresenceClient::new(endpoint.connect_lazy()));
+        }
+        if replicas.is_empty() {
+            return Err(PresenceError::Invalid("no presence url".into()));
+        }
+        Ok(Self { replicas: replicas.into(), current: Arc::new(watch::channel(0).0) })
+    }
+
+    /// The replica in use, and its index.
+    fn client(&self) -> (usize, PresenceClient<Channel>) {
+        let i = *self.current.borrow();
+        (i, self.replicas[i].clone())
+    }
+
+    /// Moves on from replica `i` if `status` says it could not be reached
+    /// (the status came from the transport, not from the replica).
+    fn failed(&self, i: usize, status: &tonic::Status) {
+        let unreached = std::error::Error::source(status).is_some()
+            && matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown);
+        if unreached && self.replicas.len() > 1 {
+            let next = (i + 1) % self.replicas.len();
+            let moved = self.current.send_if_modified(|c| {
+                let mine = *c == i;
+                if mine {
+                    *c = next;
+                }
+                mine
+            });
+            if moved {
+                tracing::warn!(replica = i, next, error = %status, "presence replica unreachable: moving to the next");
+            }
+        }
+    }
+
+    /// One unary call on the replica in use.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, PresenceError>
+    where
+        F: FnOnce(PresenceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let (i, client) = self.client();
+        match f(client).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => {
+                self.failed(i, &e);
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -34,18 +94,19 @@ fn strings(ids: &[UserId]) -> Vec<String> {
 #[async_trait::async_trait]
 impl Presence for RemotePresence {
     async fn sessions(&self, changes: Vec<pb::SessionChange>) -> Result<(), PresenceError> {
-        self.client.clone().sessions(pb::SessionBatch { changes }).await?;
+        self.call(|mut c| async move { c.sessions(pb::SessionBatch { changes }).await }).await?;
         Ok(())
     }
 
     async fn heartbeat(&self, edge: &EdgeId) -> Result<(), PresenceError> {
-        self.client.clone().heartbeat(pb::HeartbeatRequest { edge_id: edge.to_string() }).await?;
+        let req = pb::HeartbeatRequest { edge_id: edge.to_string() };
+        self.call(|mut c| async move { c.heartbeat(req).await }).await?;
         Ok(())
     }
 
     async fn set_status(&self, user: &UserId, status: &str) -> Result<pb::PresenceState, PresenceError> {
         let req = pb::SetStatusRequest { user_id: user.to_string(), status: status.to_string() };
-        Ok(self.client.clone().set_status(req).await?.into_inner())
+        self.call(|mut c| async move { c.set_status(req).await }).await
     }
 
     async fn get_many(
@@ -55,7 +116,7 @@ impl Presence for RemotePresence {
     ) -> Result<Vec<pb::PresenceState>, PresenceError> {
         let viewer = viewer.map(|v| v.to_string()).unwrap_or_default();
         let req = pb::GetManyRequest { user_ids: strings(users), viewer };
-        let states = self.client.clone().get_many(req).await?.into_inner().states;
+        let states = self.call(|mut c| async move { c.get_many(req).await }).await?.states;
         if states.len() != users.len() {
             return Err(PresenceError::Internal("presence returned a state per user of another request".into()));
         }
@@ -69,13 +130,32 @@ impl Presence for RemotePresence {
             remove: strings(&change.remove),
             reset: change.reset,
         };
-        self.client.clone().watching(req).await?;
+        self.call(|mut c| async move { c.watching(req).await }).await?;
         Ok(())
     }
 
     async fn watch(&self, edge: &EdgeId) -> Result<Updates, PresenceError> {
-        let stream = self.client.clone().watch(pb::WatchRequest { edge_id: edge.to_string() }).await?.into_inner();
-        Ok(stream.map(|update| update.map_err(PresenceError::from)).boxed())
+        let (i, mut client) = self.client();
+        let stream = match client.watch(pb::WatchRequest { edge_id: edge.to_string() }).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                self.failed(i, &e);
+                return Err(e.into());
+            }
+        };
+        // Ends once calls have moved to another replica, or this one broke.
+        let mut moved = self.current.subscribe();
+        let moved = async move {
+            let _ = moved.wait_for(|c| *c != i).await;
+        };
+        let this = self.clone();
+        let updates = stream.map(move |update| {
+            update.map_err(|e| {
+                this.failed(i, &e);
+                PresenceError::from(e)
+            })
+        });
+        Ok(updates.take_until(moved).boxed())
     }
 
     async fn acquire(
@@ -92,13 +172,13 @@ impl Presence for RemotePresence {
             count,
             class: pb::RateClass::from(class) as i32,
         };
-        Ok(self.client.clone().acquire(req).await?.into_inner().into())
+        Ok(self.call(|mut c| async move { c.acquire(req).await }).await?.into())
     }
 
     async fn release(&self, user: &UserId, class: RateClass, slot_ms: i64, count: u32) -> Result<(), PresenceError> {
         let req =
             pb::ReleaseRequest { key: user.to_string(), slot_ms, count, class: pb::RateClass::from(class) as i32 };
-        self.client.clone().release(req).await?;
+        self.call(|mut c| async move { c.release(req).await }).await?;
         Ok(())
     }
 }
