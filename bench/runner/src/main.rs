@@ -52,7 +52,7 @@ struct Cli {
 /// The p99 a fan-out rate must stay under to count.
 const P99_MS: f64 = 100.0;
 /// S2 and S3 with every message carrying two attachments (Contract 1.1):
-/// confab only, in the same run as the plain points.
+/// `confab dev` only, in the same run as the plain points.
 const ATTACHED_FANOUT: &str = "fanout+2att";
 const ATTACHED_DM: &str = "dm+2att";
 
@@ -194,7 +194,9 @@ impl Bench {
         // confab's store fsyncs every commit: note what the disk gave just
         // before the run, so a reader can tell the disk's stalls from ours.
         let disk = match target {
-            Target::ConfabDev | Target::ConfabCluster => Some(probe_disk(&self.env.work, DISK_PROBE)?),
+            Target::ConfabDev | Target::ConfabCluster | Target::ConfabClusterRedis => {
+                Some(probe_disk(&self.env.work, DISK_PROBE)?)
+            }
             _ => None,
         };
         // A port picked free can be taken by the time a server binds it,
@@ -250,7 +252,7 @@ fn exited_early(e: &anyhow::Error) -> bool {
 /// The disk probe's figure for confab's targets, "–" for the others.
 fn disk(t: Target, probe: Option<stats::Spread>) -> String {
     match t {
-        Target::ConfabDev | Target::ConfabCluster => fmt(probe, 1),
+        Target::ConfabDev | Target::ConfabCluster | Target::ConfabClusterRedis => fmt(probe, 1),
         _ => "–".into(),
     }
 }
@@ -402,7 +404,8 @@ fn main() -> anyhow::Result<()> {
         for &t in &targets {
             // confab's ladder again with Contract 1.1 payloads, right after
             // the plain one: their knees are compared within one run.
-            let payloads: &[&'static str] = if t.is_confab() { &["fanout", ATTACHED_FANOUT] } else { &["fanout"] };
+            let payloads: &[&'static str] =
+                if t == Target::ConfabDev { &["fanout", ATTACHED_FANOUT] } else { &["fanout"] };
             for &scenario in payloads {
                 for &rate in rates {
                     let mut args = vec![s("--rate"), s(rate), s("--seconds"), s(seconds)];
@@ -419,7 +422,7 @@ fn main() -> anyhow::Result<()> {
     if bench.wants("dm") {
         let (pairs, rate) = if quick { (500, 200) } else { (5000, 1000) };
         for &t in &targets {
-            let payloads: &[&'static str] = if t.is_confab() { &["dm", ATTACHED_DM] } else { &["dm"] };
+            let payloads: &[&'static str] = if t == Target::ConfabDev { &["dm", ATTACHED_DM] } else { &["dm"] };
             for &scenario in payloads {
                 let mut args = vec![s("--pairs"), s(pairs), s("--rate"), s(rate), s("--seconds"), s(5)];
                 args.extend(attachment_args(scenario));
@@ -660,7 +663,8 @@ fn attachments_section(records: &[Record], targets: &[Target]) -> String {
          | target | S2 knee plain (sent/s) | S2 knee 2 attachments | knee moved | S3 p99 plain ms | S3 p99 2 attachments ms |\n\
          |---|---|---|---|---|---|\n",
     );
-    for &t in targets.iter().filter(|t| t.is_confab()) {
+    let has_attached = |t: Target| records.iter().any(|r| r.target == t && !attachment_args(r.scenario).is_empty());
+    for &t in targets.iter().filter(|&&t| has_attached(t)) {
         let (plain, attached) = (knee(records, "fanout", t), knee(records, ATTACHED_FANOUT, t));
         let rate = |k: Option<(f64, f64, Option<f64>)>| k.map_or("none".to_string(), |k| format!("{:.0}", k.0));
         let moved = match (plain, attached) {

@@ -18,6 +18,8 @@ pub enum Target {
     ConfabDev,
     /// confab as separate processes: store, presence, router and edges.
     ConfabCluster,
+    /// The same with presence-svc on a redis-server (pinned with them).
+    ConfabClusterRedis,
     /// The seed stack: one Node socket.io process.
     SeedNode,
     /// The seed stack: two Node processes behind the Redis adapter.
@@ -27,18 +29,25 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 5] =
-        [Target::ConfabDev, Target::ConfabCluster, Target::SeedNode, Target::SeedNodeRedis, Target::Ceiling];
+    pub const ALL: [Target; 6] = [
+        Target::ConfabDev,
+        Target::ConfabCluster,
+        Target::ConfabClusterRedis,
+        Target::SeedNode,
+        Target::SeedNodeRedis,
+        Target::Ceiling,
+    ];
 
     /// confab itself, as opposed to a peer it is compared with.
     pub fn is_confab(self) -> bool {
-        matches!(self, Target::ConfabDev | Target::ConfabCluster)
+        matches!(self, Target::ConfabDev | Target::ConfabCluster | Target::ConfabClusterRedis)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Target::ConfabDev => "confab-dev",
             Target::ConfabCluster => "confab-cluster",
+            Target::ConfabClusterRedis => "confab-cluster-redis",
             Target::SeedNode => "seed-node",
             Target::SeedNodeRedis => "seed-node-redis",
             Target::Ceiling => "ceiling",
@@ -147,6 +156,18 @@ impl Env {
             .with_context(|| format!("starting {}", program.display()))
     }
 
+    /// A pinned redis-server that keeps nothing on disk, owned by
+    /// `running`; its URL.
+    fn redis(&self, run: usize, running: &mut Running, ready: Duration) -> anyhow::Result<String> {
+        let port = free_port()?;
+        let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut redis = self.spawn(Path::new("redis-server"), &args, &[], &format!("{run}-redis.log"))?;
+        wait_listening(port, &mut redis, ready)?;
+        running.children.push(redis);
+        Ok(format!("redis://127.0.0.1:{port}"))
+    }
+
     fn confab(&self, role: &str, args: &[String], log: &str) -> anyhow::Result<Child> {
         let mut all = vec![role.to_string()];
         all.extend_from_slice(args);
@@ -190,14 +211,18 @@ impl Env {
                 running.children.push(child);
                 running.urls.push(format!("http://127.0.0.1:{port}"));
             }
-            Target::ConfabCluster => {
+            Target::ConfabCluster | Target::ConfabClusterRedis => {
                 let (store, presence, router) = (free_port()?, free_port()?, free_port()?);
                 let dir = self.work.join(format!("cluster-{run}"));
                 let listen = |p: u16| vec![s("--listen"), format!("127.0.0.1:{p}")];
                 let mut args = listen(store);
                 args.extend([s("--data-dir"), dir.display().to_string()]);
                 running.children.push(self.confab("store", &args, &format!("{run}-store.log"))?);
-                running.children.push(self.confab("presence", &listen(presence), &format!("{run}-presence.log"))?);
+                let mut args = listen(presence);
+                if target == Target::ConfabClusterRedis {
+                    args.extend([s("--redis-url"), self.redis(run, &mut running, ready)?]);
+                }
+                running.children.push(self.confab("presence", &args, &format!("{run}-presence.log"))?);
                 let mut args = listen(router);
                 let router_url = format!("http://127.0.0.1:{router}");
                 args.extend([s("--advertise"), router_url.clone(), s("--routers"), router_url.clone()]);
@@ -221,21 +246,7 @@ impl Env {
                 let script = self.root.join("bench/seed-node/server.mjs");
                 let mut envs = Vec::new();
                 let processes = if target == Target::SeedNodeRedis {
-                    let port = free_port()?;
-                    let args = [
-                        s("--port"),
-                        port.to_string(),
-                        s("--bind"),
-                        s("127.0.0.1"),
-                        s("--save"),
-                        s(""),
-                        s("--appendonly"),
-                        s("no"),
-                    ];
-                    let mut redis = self.spawn(Path::new("redis-server"), &args, &[], &format!("{run}-redis.log"))?;
-                    wait_listening(port, &mut redis, ready)?;
-                    running.children.push(redis);
-                    envs.push(("REDIS_URL", format!("redis://127.0.0.1:{port}")));
+                    envs.push(("REDIS_URL", self.redis(run, &mut running, ready)?));
                     2
                 } else {
                     1
