@@ -15,6 +15,23 @@ const T: Duration = Duration::from_secs(5);
 const GRACE_MS: i64 = 400;
 const INTERVAL_MS: i64 = 300;
 
+/// A test on the in-memory presence-svc, and the same on two replicas over
+/// one Redis (each edge on its own replica).
+macro_rules! on_both {
+    ($memory:ident, $redis:ident, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $memory() {
+            $body(cluster().await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            let redis = RedisServer::start().await;
+            $body(cluster_on(Some(&redis)).await).await;
+        }
+    };
+}
+
 async fn cluster() -> Cluster {
     cluster_on(None).await
 }
@@ -53,17 +70,7 @@ async fn cluster_on(redis: Option<&RedisServer>) -> Cluster {
     cluster
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn online_on_any_edge_and_offline_after_the_grace_window() {
-    online_and_offline(cluster().await).await;
-}
-
-/// The same with two presence-svc replicas on Redis, each edge on its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn online_and_offline_with_presence_replicas_on_redis() {
-    let redis = RedisServer::start().await;
-    online_and_offline(cluster_on(Some(&redis)).await).await;
-}
+on_both!(online_on_any_edge_and_offline_after_the_grace_window, online_and_offline_on_redis, online_and_offline);
 
 async fn online_and_offline(cluster: Cluster) {
     cluster.create_chat("alice", "group", &["bob"]).await;
@@ -97,17 +104,7 @@ async fn online_and_offline(cluster: Cluster) {
     assert_eq!(data(&snap)["presence"][0]["lastSeenAt"], off["lastSeenAt"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statuses_invisible_and_throttling() {
-    statuses(cluster().await).await;
-}
-
-/// The same with two presence-svc replicas on Redis, each edge on its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statuses_with_presence_replicas_on_redis() {
-    let redis = RedisServer::start().await;
-    statuses(cluster_on(Some(&redis)).await).await;
-}
+on_both!(statuses_invisible_and_throttling, statuses_invisible_and_throttling_on_redis, statuses);
 
 async fn statuses(cluster: Cluster) {
     cluster.create_chat("alice", "group", &["bob"]).await;
@@ -141,9 +138,13 @@ async fn statuses(cluster: Cluster) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_users_sharing_a_chat_are_visible() {
-    let cluster = cluster().await;
+on_both!(
+    only_users_sharing_a_chat_are_visible,
+    only_users_sharing_a_chat_are_visible_on_redis,
+    only_users_sharing_a_chat_are_visible_in
+);
+
+async fn only_users_sharing_a_chat_are_visible_in(cluster: Cluster) {
     let chat = cluster.create_chat("alice", "group", &["bob"]).await;
     let _alice = cluster.connect(0, "alice").await;
     let mut mallory = cluster.connect(1, "mallory").await;
@@ -175,9 +176,13 @@ async fn only_users_sharing_a_chat_are_visible() {
     assert!(data(&ping)["serverTime"].as_str().is_some_and(|t| t.ends_with('Z')));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edge_that_stops_reporting_takes_its_users_offline() {
-    let cluster = cluster().await;
+on_both!(
+    an_edge_that_stops_reporting_takes_its_users_offline,
+    an_edge_that_stops_reporting_takes_its_users_offline_on_redis,
+    an_edge_that_stops_reporting_takes_its_users_offline_in
+);
+
+async fn an_edge_that_stops_reporting_takes_its_users_offline_in(cluster: Cluster) {
     cluster.create_chat("ghost", "group", &["bob"]).await;
     let mut bob = cluster.connect(0, "bob").await;
     data(&bob.call("presence:subscribe", json!({ "userIds": ["ghost"] })).await);
@@ -192,9 +197,13 @@ async fn an_edge_that_stops_reporting_takes_its_users_offline() {
     assert!(silent.elapsed() >= Duration::from_millis(500), "offline before the lease lapsed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leaving_the_last_shared_chat_ends_the_subscription() {
-    let cluster = cluster().await;
+on_both!(
+    leaving_the_last_shared_chat_ends_the_subscription,
+    leaving_the_last_shared_chat_ends_the_subscription_on_redis,
+    leaving_the_last_shared_chat_ends_the_subscription_in
+);
+
+async fn leaving_the_last_shared_chat_ends_the_subscription_in(cluster: Cluster) {
     let first = cluster.create_chat("alice", "group", &["bob", "carol"]).await;
     let second = cluster.create_chat("alice", "group", &["carol"]).await;
     let mut alice = cluster.connect(0, "alice").await;
@@ -217,9 +226,13 @@ async fn leaving_the_last_shared_chat_ends_the_subscription() {
     let _ = second;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing() {
-    let cluster = cluster().await;
+on_both!(
+    batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing,
+    batched_session_changes_apply_in_order_on_redis,
+    batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing_in
+);
+
+async fn batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing_in(cluster: Cluster) {
     let mut p = PresenceClient::connect(cluster.presence_url.clone()).await.unwrap();
     let change = |user: &str, session: &str, open: bool| SessionChange {
         session: Some(SessionRequest { user_id: user.into(), edge_id: "edge-b".into(), session_id: session.into() }),
