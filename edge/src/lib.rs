@@ -88,8 +88,8 @@ pub struct Config {
     /// store-svc address (history and chat reads).
     #[arg(long = "store-url", env = "CONFAB_STORE_URL", default_value = "http://127.0.0.1:7003")]
     pub store_url: String,
-    /// presence-svc address; replicas on one Redis comma separated, used in
-    /// order, moving on when one cannot be reached.
+    /// presence-svc address; replicas on one Redis comma separated (or
+    /// `dns:NAME:PORT`), used in order, moving on when one cannot be reached.
     #[arg(long = "presence-url", env = "CONFAB_PRESENCE_URL", default_value = "http://127.0.0.1:7004")]
     pub presence_url: String,
     /// HS256 secret that client tokens are signed with.
@@ -301,9 +301,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     }
     let edge_id = EdgeId::generate();
     let timeout = config.request_timeout();
-    let presence: Arc<dyn Presence> = Arc::new(
-        RemotePresence::connect_lazy(&config.presence_url, timeout).map_err(|e| Error::Config(e.to_string()))?,
-    );
+    let remote_presence =
+        RemotePresence::connect_lazy(&config.presence_url, timeout).map_err(|e| Error::Config(e.to_string()))?;
+    let presence: Arc<dyn Presence> = Arc::new(remote_presence.clone());
     // The signal (`shutdown`) starts draining; the edge's own tasks run
     // until draining is over: `work` for requests and sessions, and
     // `background` for router streams, batchers and loops.
@@ -394,6 +394,21 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         config,
     });
     let heartbeat = Duration::from_millis(edge.config.presence_heartbeat_ms.max(10));
+    if remote_presence.discovers() {
+        // Replicas by DNS: resolved before the first call, then as often
+        // as the routers' list.
+        remote_presence.refresh().await;
+        let every = detection.probe;
+        let stop = background.clone();
+        background.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => remote_presence.refresh().await,
+                    () = stop.triggered() => return,
+                }
+            }
+        });
+    }
     background.spawn(presence::run(edge.clone(), heartbeat));
     background.spawn(presence::run_rechecks(edge.clone(), removals_rx));
     background.spawn(recovery::run(edge.clone(), gaps_rx));

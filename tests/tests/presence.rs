@@ -399,3 +399,23 @@ async fn presence_is_whole_again_after_redis_comes_back_empty() {
     }
     eprintln!("presence whole again {:?} after Redis came back", back.elapsed());
 }
+
+/// Edges find presence-svc by DNS (`dns:NAME:PORT`, as with a headless
+/// Service): `localhost` names the replica, and presence works as listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_find_presence_replicas_by_dns() {
+    let cluster = Cluster::builder()
+        .edges(2)
+        .edge_config(|c| {
+            let port = c.presence_url.rsplit(':').next().unwrap_or_default().to_string();
+            c.presence_url = format!("dns:localhost:{port}");
+        })
+        .build()
+        .await;
+    cluster.create_chat("alice", "group", &["bob"]).await;
+    let mut bob = cluster.connect(0, "bob").await;
+    data(&bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await);
+    let _alice = cluster.connect(1, "alice").await;
+    let up = bob.expect_event("presence:update", T).await;
+    assert_eq!((up["userId"].as_str(), up["status"].as_str()), (Some("alice"), Some("online")));
+}

@@ -55,7 +55,7 @@ impl Discovery {
                     out
                 }
                 Err(e) => {
-                    tracing::warn!(name, error = %e, "router DNS lookup failed");
+                    tracing::warn!(name, error = %e, "DNS lookup failed");
                     Vec::new()
                 }
             },

@@ -1,53 +1,102 @@
 //! The gRPC client of presence-svc, itself a [`Presence`].
 
 use super::{Acquired, Limit, Presence, PresenceError, RateClass, Updates, Watching};
+use crate::placement::Discovery;
 use confab_common::{EdgeId, UserId};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_client::PresenceClient;
 use futures::StreamExt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 /// A [`Presence`] reached over gRPC, on one of several replicas (presence
-/// on Redis: any replica answers alike). Calls go to one replica; when a
-/// call cannot reach it (a transport failure or a timeout, not an error the
-/// replica answered), the next call goes to the next one, and a
-/// [`Presence::watch`] stream on the old one ends, so that the edge watches
-/// and re-announces its sessions on the new one. Every call has a deadline
-/// (for [`Presence::watch`], until the stream is open).
+/// on Redis: any replica answers alike), listed or found by DNS. Calls go
+/// to one replica; when a call cannot reach it (a transport failure or a
+/// timeout, not an error the replica answered), the next call goes to the
+/// next one, and a [`Presence::watch`] stream on the old one ends, so that
+/// the edge watches and re-announces its sessions on the new one. Every
+/// call has a deadline (for [`Presence::watch`], until the stream is open).
 #[derive(Clone)]
 pub struct RemotePresence {
-    replicas: Arc<[PresenceClient<Channel>]>,
+    discovery: Discovery,
+    timeout: Duration,
+    replicas: Arc<RwLock<Arc<[Replica]>>>,
     /// The replica calls go to now.
     current: Arc<watch::Sender<usize>>,
 }
 
+struct Replica {
+    url: String,
+    client: PresenceClient<Channel>,
+}
+
+fn replica(url: &str, timeout: Duration) -> Result<Replica, PresenceError> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| PresenceError::Invalid(format!("bad presence url {url}: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    Ok(Replica { url: url.to_string(), client: PresenceClient::new(endpoint.connect_lazy()) })
+}
+
 impl RemotePresence {
-    /// Connects lazily to `urls` (`http://host:port`, comma separated: the
-    /// replicas, tried in this order); calls fail with `Unavailable` while
-    /// the replica in use is unreachable.
+    /// Connects lazily to `urls`: `http://host:port` replicas comma
+    /// separated, tried in this order, or `dns:NAME:PORT` (every address the
+    /// name resolves to, after [`RemotePresence::refresh`]). Calls fail with
+    /// `Unavailable` while the replica in use is unreachable.
     pub fn connect_lazy(urls: &str, timeout: Duration) -> Result<Self, PresenceError> {
-        let mut replicas = Vec::new();
-        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            let endpoint = Endpoint::from_shared(url.to_string())
-                .map_err(|e| PresenceError::Invalid(format!("bad presence url {url}: {e}")))?
-                .connect_timeout(timeout)
-                .timeout(timeout);
-            replicas.push(PresenceClient::new(endpoint.connect_lazy()));
-        }
-        if replicas.is_empty() {
-            return Err(PresenceError::Invalid("no presence url".into()));
-        }
-        Ok(Self { replicas: replicas.into(), current: Arc::new(watch::channel(0).0) })
+        let list: Vec<String> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+        let discovery = Discovery::parse(&list);
+        let replicas = match &discovery {
+            Discovery::Static(urls) if urls.is_empty() => return Err(PresenceError::Invalid("no presence url".into())),
+            Discovery::Static(urls) => urls.iter().map(|u| replica(u, timeout)).collect::<Result<Vec<_>, _>>()?,
+            Discovery::Dns { .. } => Vec::new(),
+        };
+        Ok(Self {
+            discovery,
+            timeout,
+            replicas: Arc::new(RwLock::new(replicas.into())),
+            current: Arc::new(watch::channel(0).0),
+        })
     }
 
-    /// The replica in use, and its index.
-    fn client(&self) -> (usize, PresenceClient<Channel>) {
+    /// Whether the replicas come from DNS (and so want [`Self::refresh`]).
+    pub fn discovers(&self) -> bool {
+        matches!(self.discovery, Discovery::Dns { .. })
+    }
+
+    /// Resolves the DNS name again and takes the replicas it names, staying
+    /// on the one in use if it is still there.
+    pub async fn refresh(&self) {
+        let urls = self.discovery.resolve().await;
+        let same = self.list().iter().map(|r| r.url.as_str()).eq(urls.iter().map(String::as_str));
+        if urls.is_empty() || same {
+            return;
+        }
+        let in_use = self.client().map(|(i, _)| self.list()[i].url.clone());
+        let Ok(fresh) = urls.iter().map(|u| replica(u, self.timeout)).collect::<Result<Vec<_>, _>>() else { return };
+        let at = in_use.and_then(|u| fresh.iter().position(|r| r.url == u)).unwrap_or(0);
+        *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = fresh.into();
+        self.current.send_if_modified(|c| std::mem::replace(c, at) != at);
+        tracing::info!(replicas = urls.len(), "presence replicas resolved");
+    }
+
+    fn list(&self) -> Arc<[Replica]> {
+        self.replicas.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The replica in use, and its index; none before DNS named any.
+    fn client(&self) -> Option<(usize, PresenceClient<Channel>)> {
+        let list = self.list();
         let i = *self.current.borrow();
-        (i, self.replicas[i].clone())
+        list.get(i).map(|r| (i, r.client.clone()))
+    }
+
+    /// The replica in use, or UNAVAILABLE.
+    fn using(&self) -> Result<(usize, PresenceClient<Channel>), PresenceError> {
+        self.client().ok_or_else(|| PresenceError::Unavailable("no presence replica resolved yet".into()))
     }
 
     /// Moves on from replica `i` if `status` says it could not be reached
@@ -55,8 +104,9 @@ impl RemotePresence {
     fn failed(&self, i: usize, status: &tonic::Status) {
         let unreached = std::error::Error::source(status).is_some()
             && matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown);
-        if unreached && self.replicas.len() > 1 {
-            let next = (i + 1) % self.replicas.len();
+        let n = self.list().len();
+        if unreached && n > 1 {
+            let next = (i + 1) % n;
             let moved = self.current.send_if_modified(|c| {
                 let mine = *c == i;
                 if mine {
@@ -76,7 +126,7 @@ impl RemotePresence {
         F: FnOnce(PresenceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let (i, client) = self.client();
+        let (i, client) = self.using()?;
         match f(client).await {
             Ok(r) => Ok(r.into_inner()),
             Err(e) => {
@@ -135,7 +185,7 @@ impl Presence for RemotePresence {
     }
 
     async fn watch(&self, edge: &EdgeId) -> Result<Updates, PresenceError> {
-        let (i, mut client) = self.client();
+        let (i, mut client) = self.using()?;
         let stream = match client.watch(pb::WatchRequest { edge_id: edge.to_string() }).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
