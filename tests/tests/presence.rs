@@ -419,3 +419,45 @@ async fn edges_find_presence_replicas_by_dns() {
     let up = bob.expect_event("presence:update", T).await;
     assert_eq!((up["userId"].as_str(), up["status"].as_str()), (Some("alice"), Some("online")));
 }
+
+/// A replica dies while an edge holds 50 users and one of them sends
+/// without pause: every send is answered, and once the edge has moved to the
+/// other replica all 50 are still online to a watcher on the other edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_dies_under_load_and_no_presence_is_lost() {
+    let redis = RedisServer::start().await;
+    let cluster = cluster_on(Some(&redis)).await;
+    let users: Vec<String> = (0..50).map(|i| format!("user{i}")).collect();
+    let members: Vec<&str> = users.iter().map(String::as_str).chain(["bob"]).collect();
+    let chat = cluster.create_chat("owner", "group", &members).await;
+    let mut sockets = Vec::new();
+    for u in &users {
+        sockets.push(cluster.connect(0, u).await);
+    }
+    let mut bob = cluster.connect(1, "bob").await;
+    let online = |snap: &serde_json::Value| {
+        data(snap)["presence"].as_array().unwrap().iter().filter(|p| p["status"] == "online").count()
+    };
+    let snap = bob.call("presence:subscribe", json!({ "userIds": users })).await;
+    assert_eq!(online(&snap), 50, "{snap}");
+
+    let mut sender = sockets.pop().unwrap();
+    let chat_id = chat.clone();
+    let sends = tokio::spawn(async move {
+        let mut acked = 0;
+        for i in 0..100 {
+            let ack = sender
+                .call("message:send", json!({ "chatId": chat_id, "body": "x", "clientId": format!("l{i}") }))
+                .await;
+            assert_eq!(ack["ok"], true, "send {i} during the failover: {ack}");
+            acked += 1;
+        }
+        acked
+    });
+    cluster.stop_presence().await;
+    assert_eq!(sends.await.unwrap(), 100);
+    // Past a grace window and an edge lease on the surviving replica.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let snap = bob.call("presence:subscribe", json!({ "userIds": users })).await;
+    assert_eq!(online(&snap), 50, "{snap}");
+}
