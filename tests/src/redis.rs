@@ -46,6 +46,22 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Waits, at most 10 s, until `n` clients subscribe to `channel`.
+    pub async fn wait_for_subscribers(&self, channel: &str, n: u32) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        crate::wait_until(Duration::from_secs(10), || {
+            let mut conn = conn.clone();
+            async move {
+                let numsub: Result<(String, u32), _> =
+                    redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await;
+                numsub.is_ok_and(|(_, subscribers)| subscribers >= n)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("fewer than {n} subscribers to {channel} within 10 s: {e}"));
+    }
+
     /// Stops it; returns its port, to start an empty one there again.
     pub fn kill(mut self) -> u16 {
         let _ = self.child.kill();

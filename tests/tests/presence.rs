@@ -54,18 +54,7 @@ async fn cluster_on(redis: Option<&RedisServer>) -> Cluster {
         .build()
         .await;
     if let Some(redis) = redis {
-        let client = ::redis::Client::open(redis.url()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
-        confab_tests::wait_until(T, || {
-            let mut conn = conn.clone();
-            async move {
-                let numsub: Result<(String, u32), _> =
-                    ::redis::cmd("PUBSUB").arg("NUMSUB").arg("confab:p:updates").query_async(&mut conn).await;
-                numsub.is_ok_and(|(_, n)| n >= 2)
-            }
-        })
-        .await
-        .expect("both replicas subscribe to Redis's updates");
+        redis.wait_for_subscribers("confab:p:updates", 2).await;
     }
     cluster
 }

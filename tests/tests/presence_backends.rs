@@ -152,18 +152,7 @@ async fn an_update_made_on_one_replica_reaches_an_edge_watching_on_the_other_onc
     b.watching(add).await.unwrap();
     let mut stream = b.watch(pb::WatchRequest { edge_id: "edge-b".into() }).await.unwrap().into_inner();
     // Both replicas have subscribed to Redis's updates.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, subscribers): (String, u32) =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg("confab:p:updates").query_async(&mut conn).await.unwrap();
-        if subscribers >= 2 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the replicas never subscribed ({subscribers})");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    redis.wait_for_subscribers("confab:p:updates", 2).await;
     // Replica A takes the change.
     let open = pb::SessionChange {
         open: true,

@@ -1,24 +1,14 @@
 //! The per-user message rate limit (CONTRACT §5, §8.14, §8.22, §8.26): a
 //! sliding window over all of a user's sockets, edges and HTTP sends.
 
-use confab_tests::Cluster;
+use confab_tests::client::Client;
+use confab_tests::{Cluster, ClusterBuilder};
 use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sliding_window_across_sockets_edges_and_http() {
-    let cluster = Cluster::builder()
-        .edges(2)
-        .edge_config(|c| {
-            c.rate_limits.messages = 3;
-            c.rate_limits.window_ms = 1500;
-        })
-        .build()
-        .await;
-    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
-    let mut a0 = cluster.connect(0, "alice").await;
-    let mut a1 = cluster.connect(1, "alice").await;
-    let mut bob = cluster.connect(1, "bob").await;
+    let (cluster, chat, mut a0, mut a1, mut bob) = alice_on_both_edges(Cluster::builder(), 1500).await;
     let send = |id: &str| json!({ "chatId": chat, "body": "x", "clientId": id });
     for i in 0..3 {
         let c = if i == 1 { &mut a1 } else { &mut a0 };
@@ -255,23 +245,11 @@ async fn read_receipts_are_limited() {
 async fn presence_replicas_on_redis_share_the_limit_and_fail_open_without_it() {
     let redis = confab_tests::redis::RedisServer::start().await;
     let url = redis.url();
-    let cluster = Cluster::builder()
-        .edges(2)
-        .presence_replicas(2)
-        .presence_config(move |c| {
-            c.redis_url = Some(url.clone());
-            c.redis_timeout_ms = 300;
-        })
-        .edge_config(|c| {
-            c.rate_limits.messages = 3;
-            c.rate_limits.window_ms = 60_000;
-        })
-        .build()
-        .await;
-    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
-    let mut a0 = cluster.connect(0, "alice").await;
-    let mut a1 = cluster.connect(1, "alice").await;
-    let mut bob = cluster.connect(1, "bob").await;
+    let builder = Cluster::builder().presence_replicas(2).presence_config(move |c| {
+        c.redis_url = Some(url.clone());
+        c.redis_timeout_ms = 300;
+    });
+    let (_cluster, chat, mut a0, mut a1, mut bob) = alice_on_both_edges(builder, 60_000).await;
     let mut n = 0;
     for i in 0..3 {
         let ack = if i % 2 == 0 { send(&mut a0, &chat, &mut n).await } else { send(&mut a1, &chat, &mut n).await };
@@ -303,8 +281,26 @@ async fn presence_replicas_on_redis_share_the_limit_and_fail_open_without_it() {
     }
 }
 
+/// Two edges with a limit of 3 messages per `window_ms`, a chat of alice's
+/// with bob, alice on both edges and bob on the second.
+async fn alice_on_both_edges(builder: ClusterBuilder, window_ms: u64) -> (Cluster, String, Client, Client, Client) {
+    let cluster = builder
+        .edges(2)
+        .edge_config(move |c| {
+            c.rate_limits.messages = 3;
+            c.rate_limits.window_ms = window_ms;
+        })
+        .build()
+        .await;
+    let chat = cluster.create_chat("alice", "group", &["bob"]).await;
+    let a0 = cluster.connect(0, "alice").await;
+    let a1 = cluster.connect(1, "alice").await;
+    let bob = cluster.connect(1, "bob").await;
+    (cluster, chat, a0, a1, bob)
+}
+
 /// Sends a new message (a fresh clientId each time).
-async fn send(c: &mut confab_tests::client::Client, chat: &str, n: &mut u32) -> serde_json::Value {
+async fn send(c: &mut Client, chat: &str, n: &mut u32) -> serde_json::Value {
     *n += 1;
     c.call("message:send", json!({ "chatId": chat, "body": "x", "clientId": format!("m{n}") })).await
 }

@@ -71,11 +71,11 @@ impl RemotePresence {
     /// on the one in use if it is still there.
     pub async fn refresh(&self) {
         let urls = self.discovery.resolve().await;
-        let same = self.list().iter().map(|r| r.url.as_str()).eq(urls.iter().map(String::as_str));
-        if urls.is_empty() || same {
+        let old = self.list();
+        if urls.is_empty() || old.iter().map(|r| r.url.as_str()).eq(urls.iter().map(String::as_str)) {
             return;
         }
-        let in_use = self.client().map(|(i, _)| self.list()[i].url.clone());
+        let in_use = old.get(*self.current.borrow()).map(|r| r.url.clone());
         let Ok(fresh) = urls.iter().map(|u| replica(u, self.timeout)).collect::<Result<Vec<_>, _>>() else { return };
         let at = in_use.and_then(|u| fresh.iter().position(|r| r.url == u)).unwrap_or(0);
         *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = fresh.into();
