@@ -53,10 +53,14 @@ pub struct Config {
     #[arg(long = "presence-tick-ms", env = "CONFAB_PRESENCE_TICK_MS", default_value_t = 100)]
     pub tick_ms: u64,
     /// Keeps presence state and the rate-limit windows in this Redis
-    /// (`redis://[:password@]host:port/db`), shared by every replica;
-    /// without it, in memory.
+    /// (`redis://[:password@]host:port/db`, `rediss://` for TLS), shared by
+    /// every replica; without it, in memory.
     #[arg(long = "redis-url", env = "CONFAB_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// With `rediss://`, trust only the CA certificate (PEM) in this file
+    /// instead of the system's roots.
+    #[arg(long = "redis-ca-file", env = "CONFAB_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// How long one Redis call may take before it fails as UNAVAILABLE.
     #[arg(long = "redis-timeout-ms", env = "CONFAB_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
@@ -71,6 +75,7 @@ impl Default for Config {
             lease_ms: w.lease_ms,
             tick_ms: 100,
             redis_url: None,
+            redis_ca_file: None,
             redis_timeout_ms: 1000,
         }
     }
@@ -314,8 +319,8 @@ impl PresenceRpc for PresenceService {
 pub enum Error {
     #[error("presence-svc failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("presence-svc: bad --redis-url: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error("presence-svc: {0}")]
+    Redis(#[from] redis_link::LinkError),
 }
 
 /// Runs presence's clocks and serves it over gRPC on `listener` until
@@ -329,7 +334,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let service = match &config.redis_url {
         Some(url) => {
             let deadline = Duration::from_millis(config.redis_timeout_ms.max(1));
-            let (client, redis) = redis_link::connect(url, deadline)?;
+            let (client, redis) = redis_link::connect(url, config.redis_ca_file.as_deref(), deadline)?;
             let state = redis_state::RedisState::new(client, redis.clone(), windows);
             let service =
                 PresenceService::new(Arc::new(state.clone()), Arc::new(redis_limits::RedisLimiter::new(redis)));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// A presence-svc replica's limiter on `redis`.
 fn limiter(redis: &RedisServer) -> RedisLimiter {
-    let (_, connection) = confab_presence::redis_link::connect(&redis.url(), Duration::from_millis(500)).unwrap();
+    let (_, connection) = confab_presence::redis_link::connect(&redis.url(), None, Duration::from_millis(500)).unwrap();
     RedisLimiter::new(connection)
 }
 

@@ -1,6 +1,6 @@
 //! One suite of presence rules (CONTRACT §8: grace window, throttle,
 //! invisible, lastSeenAt, edge leases) over both backends of presence-svc:
-//! memory and Redis (a real `redis-server` per test). Times are passed in,
+//! memory and Redis (a real `redis-server` per test, one over TLS). Times are passed in,
 //! so nothing sleeps. Then presence-svc itself with two replicas on one
 //! Redis: updates reach an edge watching on either replica, once.
 
@@ -94,7 +94,11 @@ async fn racing_closes(a: &dyn State, b: &dyn State) {
 }
 
 async fn redis_state(redis: &RedisServer) -> RedisState {
-    let (client, connection) = confab_presence::redis_link::connect(&redis.url(), Duration::from_secs(2)).unwrap();
+    redis_state_at(&redis.url(), redis.ca_file().as_deref())
+}
+
+fn redis_state_at(url: &str, ca_file: Option<&std::path::Path>) -> RedisState {
+    let (client, connection) = confab_presence::redis_link::connect(url, ca_file, Duration::from_secs(2)).unwrap();
     RedisState::new(client, connection, WINDOWS)
 }
 
@@ -120,6 +124,22 @@ async fn redis_follows_the_rules() {
     }
     let redis = RedisServer::start().await;
     racing_closes(&redis_state(&redis).await, &redis_state(&redis).await).await;
+}
+
+/// `rediss://` with a password, trusting the server's own CA: the rules
+/// hold as over plain TCP. An untrusted certificate or a wrong password
+/// fails each call within its deadline.
+#[tokio::test]
+async fn redis_over_tls_with_a_password_follows_the_rules() {
+    let redis = RedisServer::start_secured().await;
+    grace_window(&redis_state(&redis).await).await;
+    let untrusted = redis_state_at(&redis.url(), None);
+    let err = untrusted.tick(0).await.expect_err("a certificate from an unknown CA was trusted");
+    eprintln!("untrusted: {err}");
+    let wrong = redis.url().replace(confab_tests::redis::PASSWORD, "wrong");
+    let refused = redis_state_at(&wrong, redis.ca_file().as_deref());
+    let err = refused.tick(0).await.expect_err("a wrong password was let in");
+    eprintln!("wrong password: {err}");
 }
 
 /// presence-svc as the edges see it: two replicas on one Redis.
