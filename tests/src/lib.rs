@@ -99,10 +99,29 @@ impl ClusterBuilder {
         self
     }
 
-    /// Changes presence-svc's configuration (windows, lease) before start.
+    /// Changes presence-svc's configuration (windows, lease) before start,
+    /// after any change given before.
     pub fn presence_config(mut self, f: impl Fn(&mut confab_presence::Config) + 'static) -> Self {
-        self.presence_tweak = Some(Box::new(f));
+        let before = self.presence_tweak.take();
+        self.presence_tweak = Some(Box::new(move |c| {
+            if let Some(before) = &before {
+                before(c);
+            }
+            f(c);
+        }));
         self
+    }
+
+    /// With `Some(redis)`, two presence-svc replicas keeping their state in
+    /// that Redis (see [`ClusterBuilder::presence_replicas`]); with `None`,
+    /// the one in-memory presence-svc as without it.
+    pub fn presence_on(self, redis: Option<&redis::RedisServer>) -> Self {
+        let Some(redis) = redis else { return self };
+        let (url, ca_file) = (redis.url(), redis.ca_file());
+        self.presence_replicas(2).presence_config(move |c| {
+            c.redis_url = Some(url.clone());
+            c.redis_ca_file = ca_file.clone();
+        })
     }
 
     /// Runs `n` presence-svc processes with the same configuration (give

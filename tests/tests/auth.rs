@@ -3,7 +3,8 @@
 
 use base64::Engine as _;
 use confab_tests::client::{Client, ConnectError};
-use confab_tests::{Cluster, SECRET};
+use confab_tests::redis::RedisServer;
+use confab_tests::{on_both_backends, Cluster, SECRET};
 use serde_json::{json, Value};
 
 fn b64(v: &Value) -> String {
@@ -177,10 +178,23 @@ async fn issuer_and_audience_are_checked_when_configured() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expiring_session_is_told_and_closed_unless_refreshed() {
+on_both_backends!(
+    an_expiring_session_is_told_and_closed_unless_refreshed,
+    an_expiring_session_is_told_and_closed_unless_refreshed_on_redis,
+    expiring_session
+);
+/// The session's close reaches presence like any other: a watcher sees the
+/// expired user go offline after the grace window, the refreshed one not.
+async fn expiring_session(redis: Option<&RedisServer>) {
     use std::time::{Duration, Instant};
-    let cluster = Cluster::builder().edge_config(|c| c.expiry_check_ms = 200).build().await;
+    let cluster = Cluster::builder()
+        .presence_on(redis)
+        .presence_config(|c| c.offline_grace_ms = 300)
+        .edge_config(|c| c.expiry_check_ms = 200)
+        .build()
+        .await;
+    cluster.create_chat("carol", "group", &["alice", "bob"]).await;
+    let mut carol = cluster.connect(0, "carol").await;
     let url = cluster.edge(0);
     let short = |user: &str, secs: i64| hs256(&json!({ "sub": user, "exp": now() + secs }));
     let mut expiring = Client::connect(url, json!({ "token": short("alice", 2) })).await.unwrap();
@@ -202,11 +216,21 @@ async fn an_expiring_session_is_told_and_closed_unless_refreshed() {
     let exp = confab_common::time::parse_iso8601(ack["data"]["expiresAt"].as_str().unwrap()).unwrap();
     assert!((exp / 1000 - (now() + 3600)).abs() <= 2);
 
+    let snap = carol.call("presence:subscribe", json!({ "userIds": ["alice", "bob"] })).await;
+    let statuses = |snap: &Value| {
+        snap["data"]["presence"].as_array().map(|all| all.iter().map(|p| p["status"].clone()).collect::<Vec<_>>())
+    };
+    assert_eq!(statuses(&snap), Some(vec![json!("online"), json!("online")]), "{snap}");
+
     expiring.expect_event("session:expired", Duration::from_secs(6)).await;
     assert!(expiring.closed_within(Duration::from_secs(3)).await);
     assert!(started.elapsed() < Duration::from_secs(2 + 5 + 1), "closed within 5 s of expiry");
+    let offline = carol.expect_event("presence:update", Duration::from_secs(3)).await;
+    assert_eq!((offline["userId"].as_str(), offline["status"].as_str()), (Some("alice"), Some("offline")), "{offline}");
     // The refreshed session lives on.
     assert!(refreshed.next_event("session:expired", Duration::from_millis(1500)).await.is_none());
     let ack = refreshed.call("room:leave", json!({ "chatId": "x" })).await;
     assert_eq!(ack["ok"], true);
+    let snap = carol.call("presence:subscribe", json!({ "userIds": ["alice", "bob"] })).await;
+    assert_eq!(statuses(&snap), Some(vec![json!("offline"), json!("online")]), "{snap}");
 }

@@ -7,30 +7,13 @@ use confab_proto::v1::{
 };
 use confab_tests::data;
 use confab_tests::redis::RedisServer;
-use confab_tests::Cluster;
+use confab_tests::{on_both_backends, Cluster};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(5);
 const GRACE_MS: i64 = 400;
 const INTERVAL_MS: i64 = 300;
-
-/// A test on the in-memory presence-svc, and the same on two replicas over
-/// one Redis (each edge on its own replica).
-macro_rules! on_both {
-    ($memory:ident, $redis:ident, $body:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $memory() {
-            $body(cluster().await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $redis() {
-            let redis = RedisServer::start().await;
-            $body(cluster_on(Some(&redis)).await).await;
-        }
-    };
-}
 
 async fn cluster() -> Cluster {
     cluster_on(None).await
@@ -39,16 +22,14 @@ async fn cluster() -> Cluster {
 /// Two edges; with `redis`, two presence-svc replicas on it (edge `i` on
 /// replica `i`), subscribed to each other's updates before it returns.
 async fn cluster_on(redis: Option<&RedisServer>) -> Cluster {
-    let url = redis.map(RedisServer::url);
     let cluster = Cluster::builder()
         .edges(2)
-        .presence_replicas(if redis.is_some() { 2 } else { 1 })
+        .presence_on(redis)
         .presence_config(move |c| {
             c.offline_grace_ms = GRACE_MS;
             c.update_interval_ms = INTERVAL_MS;
             c.lease_ms = 600;
             c.tick_ms = 20;
-            c.redis_url = url.clone();
         })
         .edge_config(|c| c.presence_heartbeat_ms = 100)
         .build()
@@ -59,9 +40,14 @@ async fn cluster_on(redis: Option<&RedisServer>) -> Cluster {
     cluster
 }
 
-on_both!(online_on_any_edge_and_offline_after_the_grace_window, online_and_offline_on_redis, online_and_offline);
+on_both_backends!(
+    online_on_any_edge_and_offline_after_the_grace_window,
+    online_and_offline_on_redis,
+    online_and_offline
+);
 
-async fn online_and_offline(cluster: Cluster) {
+async fn online_and_offline(redis: Option<&RedisServer>) {
+    let cluster = cluster_on(redis).await;
     cluster.create_chat("alice", "group", &["bob"]).await;
     let mut bob = cluster.connect(0, "bob").await;
     let snap = bob.call("presence:subscribe", json!({ "userIds": ["alice"] })).await;
@@ -93,9 +79,17 @@ async fn online_and_offline(cluster: Cluster) {
     assert_eq!(data(&snap)["presence"][0]["lastSeenAt"], off["lastSeenAt"]);
 }
 
-on_both!(statuses_invisible_and_throttling, statuses_invisible_and_throttling_on_redis, statuses);
+/// The same on two replicas over TLS to a Redis that wants a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_and_offline_on_redis_over_tls() {
+    let redis = RedisServer::start_secured().await;
+    online_and_offline(Some(&redis)).await;
+}
 
-async fn statuses(cluster: Cluster) {
+on_both_backends!(statuses_invisible_and_throttling, statuses_invisible_and_throttling_on_redis, statuses);
+
+async fn statuses(redis: Option<&RedisServer>) {
+    let cluster = cluster_on(redis).await;
     cluster.create_chat("alice", "group", &["bob"]).await;
     let mut alice = cluster.connect(0, "alice").await;
     let mut bob = cluster.connect(1, "bob").await;
@@ -127,13 +121,14 @@ async fn statuses(cluster: Cluster) {
     }
 }
 
-on_both!(
+on_both_backends!(
     only_users_sharing_a_chat_are_visible,
     only_users_sharing_a_chat_are_visible_on_redis,
     only_users_sharing_a_chat_are_visible_in
 );
 
-async fn only_users_sharing_a_chat_are_visible_in(cluster: Cluster) {
+async fn only_users_sharing_a_chat_are_visible_in(redis: Option<&RedisServer>) {
+    let cluster = cluster_on(redis).await;
     let chat = cluster.create_chat("alice", "group", &["bob"]).await;
     let _alice = cluster.connect(0, "alice").await;
     let mut mallory = cluster.connect(1, "mallory").await;
@@ -165,13 +160,14 @@ async fn only_users_sharing_a_chat_are_visible_in(cluster: Cluster) {
     assert!(data(&ping)["serverTime"].as_str().is_some_and(|t| t.ends_with('Z')));
 }
 
-on_both!(
+on_both_backends!(
     an_edge_that_stops_reporting_takes_its_users_offline,
     an_edge_that_stops_reporting_takes_its_users_offline_on_redis,
     an_edge_that_stops_reporting_takes_its_users_offline_in
 );
 
-async fn an_edge_that_stops_reporting_takes_its_users_offline_in(cluster: Cluster) {
+async fn an_edge_that_stops_reporting_takes_its_users_offline_in(redis: Option<&RedisServer>) {
+    let cluster = cluster_on(redis).await;
     cluster.create_chat("ghost", "group", &["bob"]).await;
     let mut bob = cluster.connect(0, "bob").await;
     data(&bob.call("presence:subscribe", json!({ "userIds": ["ghost"] })).await);
@@ -186,13 +182,14 @@ async fn an_edge_that_stops_reporting_takes_its_users_offline_in(cluster: Cluste
     assert!(silent.elapsed() >= Duration::from_millis(500), "offline before the lease lapsed");
 }
 
-on_both!(
+on_both_backends!(
     leaving_the_last_shared_chat_ends_the_subscription,
     leaving_the_last_shared_chat_ends_the_subscription_on_redis,
     leaving_the_last_shared_chat_ends_the_subscription_in
 );
 
-async fn leaving_the_last_shared_chat_ends_the_subscription_in(cluster: Cluster) {
+async fn leaving_the_last_shared_chat_ends_the_subscription_in(redis: Option<&RedisServer>) {
+    let cluster = cluster_on(redis).await;
     let first = cluster.create_chat("alice", "group", &["bob", "carol"]).await;
     let second = cluster.create_chat("alice", "group", &["carol"]).await;
     let mut alice = cluster.connect(0, "alice").await;
@@ -215,13 +212,14 @@ async fn leaving_the_last_shared_chat_ends_the_subscription_in(cluster: Cluster)
     let _ = second;
 }
 
-on_both!(
+on_both_backends!(
     batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing,
     batched_session_changes_apply_in_order_on_redis,
     batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing_in
 );
 
-async fn batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing_in(cluster: Cluster) {
+async fn batched_session_changes_apply_in_order_and_a_bad_batch_changes_nothing_in(redis: Option<&RedisServer>) {
+    let cluster = cluster_on(redis).await;
     let mut p = PresenceClient::connect(cluster.presence_url.clone()).await.unwrap();
     let change = |user: &str, session: &str, open: bool| SessionChange {
         session: Some(SessionRequest { user_id: user.into(), edge_id: "edge-b".into(), session_id: session.into() }),
@@ -409,11 +407,14 @@ async fn edges_find_presence_replicas_by_dns() {
     assert_eq!((up["userId"].as_str(), up["status"].as_str()), (Some("alice"), Some("online")));
 }
 
-/// A replica dies while an edge holds 50 users and one of them sends
-/// without pause: every send is answered, and once the edge has moved to the
-/// other replica all 50 are still online to a watcher on the other edge.
+/// Under load (an edge holds 50 users and one of them sends without pause)
+/// a replica dies, then Redis: every send is answered throughout; once the
+/// edge has moved to the other replica all 50 are still online to a
+/// watcher on the other edge; without Redis presence fails fast as
+/// UNAVAILABLE; and once an empty Redis is back the 50 are online again
+/// within 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_dies_under_load_and_no_presence_is_lost() {
+async fn a_replica_then_redis_die_under_load_and_presence_comes_back_whole() {
     let redis = RedisServer::start().await;
     let cluster = cluster_on(Some(&redis)).await;
     let users: Vec<String> = (0..50).map(|i| format!("user{i}")).collect();
@@ -431,22 +432,45 @@ async fn a_replica_dies_under_load_and_no_presence_is_lost() {
     assert_eq!(online(&snap), 50, "{snap}");
 
     let mut sender = sockets.pop().unwrap();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let chat_id = chat.clone();
     let sends = tokio::spawn(async move {
         let mut acked = 0;
-        for i in 0..100 {
+        while !*stopped.borrow_and_update() {
             let ack = sender
-                .call("message:send", json!({ "chatId": chat_id, "body": "x", "clientId": format!("l{i}") }))
+                .call("message:send", json!({ "chatId": chat_id, "body": "x", "clientId": format!("l{acked}") }))
                 .await;
-            assert_eq!(ack["ok"], true, "send {i} during the failover: {ack}");
+            assert_eq!(ack["ok"], true, "send {acked} during the failures: {ack}");
             acked += 1;
         }
         acked
     });
+
     cluster.stop_presence().await;
-    assert_eq!(sends.await.unwrap(), 100);
     // Past a grace window and an edge lease on the surviving replica.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let snap = bob.call("presence:subscribe", json!({ "userIds": users })).await;
     assert_eq!(online(&snap), 50, "{snap}");
+
+    let port = redis.kill();
+    let started = Instant::now();
+    let snap = bob.call("presence:subscribe", json!({ "userIds": users })).await;
+    assert_eq!(snap["error"], "UNAVAILABLE", "{snap}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+
+    let _back = RedisServer::start_on(port).await;
+    let back = Instant::now();
+    loop {
+        let snap = bob.call("presence:subscribe", json!({ "userIds": users })).await;
+        if snap["ok"] == true && online(&snap) == 50 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "not all 50 online 10 s after Redis came back: {snap}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("50 users online again {:?} after Redis came back", back.elapsed());
+    stop.send(true).unwrap();
+    let acked = sends.await.unwrap();
+    assert!(acked > 0, "no send was answered");
+    eprintln!("{acked} sends answered through both failures");
 }

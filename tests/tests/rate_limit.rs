@@ -1,14 +1,21 @@
 //! The per-user message rate limit (CONTRACT §5, §8.14, §8.22, §8.26): a
-//! sliding window over all of a user's sockets, edges and HTTP sends.
+//! sliding window over all of a user's sockets, edges and HTTP sends. Each
+//! test runs on the in-memory presence-svc and on two replicas over Redis.
 
 use confab_tests::client::Client;
-use confab_tests::{Cluster, ClusterBuilder};
+use confab_tests::redis::RedisServer;
+use confab_tests::{on_both_backends, Cluster, ClusterBuilder};
 use serde_json::json;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sliding_window_across_sockets_edges_and_http() {
-    let (cluster, chat, mut a0, mut a1, mut bob) = alice_on_both_edges(Cluster::builder(), 1500).await;
+on_both_backends!(
+    a_sliding_window_across_sockets_edges_and_http,
+    a_sliding_window_across_sockets_edges_and_http_on_redis,
+    sliding_window
+);
+async fn sliding_window(redis: Option<&RedisServer>) {
+    let (cluster, chat, mut a0, mut a1, mut bob) =
+        alice_on_both_edges(Cluster::builder().presence_on(redis), 1500).await;
     let send = |id: &str| json!({ "chatId": chat, "body": "x", "clientId": id });
     for i in 0..3 {
         let c = if i == 1 { &mut a1 } else { &mut a0 };
@@ -57,9 +64,13 @@ async fn a_sliding_window_across_sockets_edges_and_http() {
     assert_eq!(ack["error"], "RATE_LIMITED", "{ack}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_of_one_socket_keep_their_order_through_the_limiter() {
-    let cluster = Cluster::builder().edge_config(|c| c.rate_limits.messages = 1000).build().await;
+on_both_backends!(
+    sends_of_one_socket_keep_their_order_through_the_limiter,
+    sends_of_one_socket_keep_their_order_through_the_limiter_on_redis,
+    order_kept
+);
+async fn order_kept(redis: Option<&RedisServer>) {
+    let cluster = Cluster::builder().presence_on(redis).edge_config(|c| c.rate_limits.messages = 1000).build().await;
     let chat = cluster.create_chat("alice", "group", &[]).await;
     let mut alice = cluster.connect(0, "alice").await;
     // Fire 50 sends without waiting, then collect the acks.
@@ -77,12 +88,17 @@ async fn sends_of_one_socket_keep_their_order_through_the_limiter() {
     assert_eq!(bodies, (0..50).collect::<Vec<_>>(), "seqs follow the order the socket sent in");
 }
 
+on_both_backends!(
+    leased_slots_left_unspent_go_back_to_the_window,
+    leased_slots_left_unspent_go_back_to_the_window_on_redis,
+    unspent_slots
+);
 /// With a larger limit an edge leases several slots at once and spends
 /// them itself; what a lease leaves unspent goes back to presence, so the
 /// user's other edges get the whole limit, and no more.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leased_slots_left_unspent_go_back_to_the_window() {
+async fn unspent_slots(redis: Option<&RedisServer>) {
     let cluster = Cluster::builder()
+        .presence_on(redis)
         .edges(2)
         .edge_config(|c| {
             // Leases of 2 slots, spent within 250 ms.
@@ -116,12 +132,17 @@ fn rate_limited(ack: &serde_json::Value, window_ms: u64) {
     assert!(retry > 0 && retry <= window_ms, "retryAfterMs out of the window: {ack}");
 }
 
+on_both_backends!(
+    edits_deletes_and_reactions_share_a_limit_of_their_own,
+    edits_deletes_and_reactions_share_a_limit_of_their_own_on_redis,
+    edits_class
+);
 /// Edits, deletes and reactions share one window per user over every edge;
 /// a refused one broadcasts nothing, and neither sends nor other users
 /// spend it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edits_deletes_and_reactions_share_a_limit_of_their_own() {
+async fn edits_class(redis: Option<&RedisServer>) {
     let cluster = Cluster::builder()
+        .presence_on(redis)
         .edges(2)
         .edge_config(|c| {
             c.rate_limits.edits = 3;
@@ -161,12 +182,17 @@ async fn edits_deletes_and_reactions_share_a_limit_of_their_own() {
     assert_eq!(first["reactions"], json!({ "👍": 1 }));
 }
 
+on_both_backends!(
+    chat_creation_and_changes_are_limited_with_429,
+    chat_creation_and_changes_are_limited_with_429_on_redis,
+    chats_class
+);
 /// Chat creation and changes to a chat share a window per user: over HTTP
 /// 429 with `Retry-After` and `data.retryAfterMs`; another user is not
 /// affected.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_creation_and_changes_are_limited_with_429() {
+async fn chats_class(redis: Option<&RedisServer>) {
     let cluster = Cluster::builder()
+        .presence_on(redis)
         .edge_config(|c| {
             c.rate_limits.chats = 2;
             c.rate_limits.chats_window_ms = 60_000;
@@ -212,10 +238,11 @@ async fn chat_creation_and_changes_are_limited_with_429() {
     assert_eq!(status, 201, "{body}");
 }
 
+on_both_backends!(read_receipts_are_limited, read_receipts_are_limited_on_redis, receipts_class);
 /// Read receipts (each one broadcast to the chat) have a window too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_receipts_are_limited() {
+async fn receipts_class(redis: Option<&RedisServer>) {
     let cluster = Cluster::builder()
+        .presence_on(redis)
         .edge_config(|c| {
             c.rate_limits.receipts = 2;
             c.rate_limits.receipts_window_ms = 60_000;
@@ -243,12 +270,8 @@ async fn read_receipts_are_limited() {
 /// (messaging goes on), and the limit is back once an empty Redis is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_replicas_on_redis_share_the_limit_and_fail_open_without_it() {
-    let redis = confab_tests::redis::RedisServer::start().await;
-    let url = redis.url();
-    let builder = Cluster::builder().presence_replicas(2).presence_config(move |c| {
-        c.redis_url = Some(url.clone());
-        c.redis_timeout_ms = 300;
-    });
+    let redis = RedisServer::start().await;
+    let builder = Cluster::builder().presence_on(Some(&redis)).presence_config(|c| c.redis_timeout_ms = 300);
     let (_cluster, chat, mut a0, mut a1, mut bob) = alice_on_both_edges(builder, 60_000).await;
     let mut n = 0;
     for i in 0..3 {
@@ -267,7 +290,7 @@ async fn presence_replicas_on_redis_share_the_limit_and_fail_open_without_it() {
         assert_eq!(ack["ok"], true, "without Redis a write is let through: {ack}");
     }
 
-    let _back = confab_tests::redis::RedisServer::start_on(port).await;
+    let _back = RedisServer::start_on(port).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let mut allowed = 0;
     loop {
