@@ -57,6 +57,19 @@ const DUPLICATES = {
   // 2 by prost-derive, tonic-build, tracing-attributes, pin-project; 3 by
   // serde_derive, thiserror, clap_derive, tokio-macros.
   syn: "the proc-macro ecosystem is midway from syn 2 to syn 3",
+  // Windows-only crates, in 0.52 for ring alone: rustls-webpki's weak
+  // feature `ring?/alloc` puts ring into Cargo.lock though nothing enables
+  // it (a known Cargo behaviour; `cargo tree -i ring` finds no path), and in
+  // 0.48/0.61 for loom (under socketioxide) and tokio.
+  "windows-sys": "ring, listed but never built (rustls-webpki's weak feature)",
+  "windows-targets": "ring's windows-sys 0.52 vs loom's windows 0.48",
+  windows_aarch64_gnullvm: "as windows-targets",
+  windows_aarch64_msvc: "as windows-targets",
+  windows_i686_gnu: "as windows-targets",
+  windows_i686_msvc: "as windows-targets",
+  windows_x86_64_gnu: "as windows-targets",
+  windows_x86_64_gnullvm: "as windows-targets",
+  windows_x86_64_msvc: "as windows-targets",
 };
 
 const meta = JSON.parse(
