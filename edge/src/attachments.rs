@@ -1,11 +1,15 @@
 //! A message's `attachments` (CONTRACT §10.1): metadata of files the
 //! application stored elsewhere, checked field by field before anything
 //! reaches a router. Each refusal is VALIDATION_ERROR naming the field, as
-//! `attachments[2].url`.
+//! `attachments[2].url`. What passes is rendered here, once, as the JSON
+//! array routers and stores carry untouched (`attachments_json`) and
+//! [`crate::wire`] splices into every `Message`.
 
 use crate::error::ApiError;
 use crate::validate::is_web_url;
+use bytes::Bytes;
 use confab_proto::v1 as pb;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// At most this many attachments per message.
@@ -17,17 +21,59 @@ const MAX_NAME: usize = 255;
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 const KEYS: [&str; 7] = ["url", "type", "name", "size", "width", "height", "thumbnailUrl"];
 
-/// The payload's `attachments`: none when the key is absent.
-pub fn parse(o: &Map<String, Value>) -> Result<Vec<pb::Attachment>, ApiError> {
+/// The payload's `attachments` as the JSON array clients will read, its
+/// optional fields only where sent; no bytes when the key is absent or the
+/// array empty.
+pub fn parse(o: &Map<String, Value>) -> Result<Bytes, ApiError> {
     let list = match o.get("attachments") {
-        None => return Ok(Vec::new()),
+        None => return Ok(Bytes::new()),
         Some(Value::Array(list)) => list,
         Some(_) => return Err(invalid("attachments", "must be an array")),
     };
     if list.len() > MAX_ATTACHMENTS {
         return Err(invalid("attachments", &format!("must hold at most {MAX_ATTACHMENTS} items")));
     }
-    list.iter().enumerate().map(|(i, a)| attachment(a, i)).collect()
+    if list.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let checked = list.iter().enumerate().map(|(i, a)| attachment(a, i)).collect::<Result<Vec<_>, _>>()?;
+    // Strings and integers into a Vec: nothing here can fail, and should it,
+    // nothing was sent.
+    let json = serde_json::to_vec(&checked).map_err(|e| ApiError::unavailable(format!("attachments: {e}")))?;
+    Ok(Bytes::from(json))
+}
+
+/// One attachment as clients read it: one that passed, borrowing the
+/// payload's strings, or one stored by the first 1.1 builds.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Attachment<'a> {
+    url: &'a str,
+    r#type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    height: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thumbnail_url: Option<&'a str>,
+}
+
+impl<'a> Attachment<'a> {
+    pub(crate) fn stored(a: &'a pb::Attachment) -> Self {
+        Attachment {
+            url: &a.url,
+            r#type: &a.r#type,
+            name: a.name.as_deref(),
+            size: a.size,
+            width: a.width,
+            height: a.height,
+            thumbnail_url: a.thumbnail_url.as_deref(),
+        }
+    }
 }
 
 /// Where a refusal points, `attachments[2]` or `attachments[2].url`: named
@@ -49,7 +95,7 @@ impl std::fmt::Display for At<'_> {
     }
 }
 
-fn attachment(v: &Value, item: usize) -> Result<pb::Attachment, ApiError> {
+fn attachment(v: &Value, item: usize) -> Result<Attachment<'_>, ApiError> {
     let at = |field| At { item, field: Some(field) };
     let Value::Object(o) = v else { return Err(invalid(At { item, field: None }, "must be an object")) };
     if let Some(key) = o.keys().find(|k| !KEYS.contains(&k.as_str())) {
@@ -63,7 +109,7 @@ fn attachment(v: &Value, item: usize) -> Result<pb::Attachment, ApiError> {
         None => return Err(invalid(at("type"), "is required")),
         Some(v) => mime(v, at("type"))?,
     };
-    Ok(pb::Attachment {
+    Ok(Attachment {
         url,
         r#type: kind,
         name: optional(o, at("name"), |v, f| text(v, f, MAX_NAME))?,
@@ -75,10 +121,10 @@ fn attachment(v: &Value, item: usize) -> Result<pb::Attachment, ApiError> {
 }
 
 /// An optional field may be left out, but not sent as `null`.
-fn optional<T>(
-    o: &Map<String, Value>,
+fn optional<'v, T>(
+    o: &'v Map<String, Value>,
     at: At<'_>,
-    check: impl Fn(&Value, At<'_>) -> Result<T, ApiError>,
+    check: impl Fn(&'v Value, At<'_>) -> Result<T, ApiError>,
 ) -> Result<Option<T>, ApiError> {
     match o.get(at.field.unwrap_or_default()) {
         None => Ok(None),
@@ -87,20 +133,20 @@ fn optional<T>(
     }
 }
 
-fn text(v: &Value, at: At<'_>, max: usize) -> Result<String, ApiError> {
+fn text<'v>(v: &'v Value, at: At<'_>, max: usize) -> Result<&'v str, ApiError> {
     match v {
-        Value::String(s) if s.chars().count() <= max => Ok(s.clone()),
+        Value::String(s) if s.chars().count() <= max => Ok(s),
         Value::String(_) => Err(invalid(at, &format!("must be at most {max} characters"))),
         _ => Err(invalid(at, "must be a string")),
     }
 }
 
 /// An absolute `https:` or `http:` URL with a host.
-fn web_url(v: &Value, at: At<'_>) -> Result<String, ApiError> {
+fn web_url<'v>(v: &'v Value, at: At<'_>) -> Result<&'v str, ApiError> {
     let s = text(v, at, MAX_URL)?;
-    if is_web_url(&s) {
+    if is_web_url(s) {
         Ok(s)
-    } else if url::Url::parse(&s).is_ok() {
+    } else if url::Url::parse(s).is_ok() {
         Err(invalid(at, "must be an https: or http: URL"))
     } else {
         Err(invalid(at, "must be an absolute https: or http: URL"))
@@ -108,7 +154,7 @@ fn web_url(v: &Value, at: At<'_>) -> Result<String, ApiError> {
 }
 
 /// `type/subtype`, each a token of RFC 6838's restricted name characters.
-fn mime(v: &Value, at: At<'_>) -> Result<String, ApiError> {
+fn mime<'v>(v: &'v Value, at: At<'_>) -> Result<&'v str, ApiError> {
     let s = text(v, at, MAX_TYPE)?;
     let token = |t: &str| {
         t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -137,28 +183,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn check(attachments: Value) -> Result<Vec<pb::Attachment>, String> {
+    fn check(attachments: Value) -> Result<Value, String> {
         let payload = json!({ "attachments": attachments });
-        parse(payload.as_object().unwrap()).map_err(|e| e.message)
+        let json = parse(payload.as_object().unwrap()).map_err(|e| e.message)?;
+        Ok(if json.is_empty() { Value::Null } else { serde_json::from_slice(&json).unwrap() })
     }
 
     #[test]
     fn a_full_and_a_minimal_attachment_are_kept_as_sent() {
-        let got = check(json!([
+        let sent = json!([
             { "url": "https://cdn.example/a.png", "type": "image/png", "name": "a.png", "size": 1234,
               "width": 640, "height": 480, "thumbnailUrl": "http://cdn.example/a-small.png" },
             { "url": "https://cdn.example/b", "type": "application/vnd.api+json" },
-        ]))
-        .unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].name.as_deref(), Some("a.png"));
-        assert_eq!((got[0].size, got[0].width, got[0].height), (Some(1234), Some(640), Some(480)));
-        assert_eq!(got[0].thumbnail_url.as_deref(), Some("http://cdn.example/a-small.png"));
-        assert_eq!(got[1].r#type, "application/vnd.api+json");
-        assert_eq!(got[1].name, None);
-        assert_eq!(check(json!([])).unwrap(), vec![]);
+        ]);
+        assert_eq!(check(sent.clone()).unwrap(), sent, "rendered with exactly the fields sent");
+        assert_eq!(check(json!([])).unwrap(), Value::Null, "an empty list is carried as none");
         let absent = json!({});
-        assert_eq!(parse(absent.as_object().unwrap()).unwrap(), vec![]);
+        assert!(parse(absent.as_object().unwrap()).unwrap().is_empty());
     }
 
     #[test]

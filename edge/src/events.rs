@@ -172,8 +172,8 @@ pub fn queue_send(
     order: Option<&EioSocket>,
     on_reply: Option<crate::link::OnReply>,
 ) -> Result<impl Future<Output = Result<(pb::Message, bool), ApiError>> + Send + 'static, ApiError> {
-    let attachments = attachments::parse(o)?;
-    let body = validate::body(o, edge.config.max_body_chars, !attachments.is_empty())?;
+    let attachments_json = attachments::parse(o)?;
+    let body = validate::body(o, edge.config.max_body_chars, !attachments_json.is_empty())?;
     let client_id = validate::string(o, "clientId", 1, 64)?;
     let reply_to = validate::optional_string(o, "replyTo", 1, MAX_ID)?;
     let (previous, done) = chain(order);
@@ -187,7 +187,15 @@ pub fn queue_send(
             limits::Slot::Refused(ms) => Some(ms),
             _ => None,
         };
-        let op = pb::SendOp { body, client_id, reply_to, rate_limited_retry_ms, attachments, sender: Some(sender) };
+        let op = pb::SendOp {
+            body,
+            client_id,
+            reply_to,
+            rate_limited_retry_ms,
+            attachments_json,
+            sender: Some(sender),
+            ..Default::default()
+        };
         let fut = edge.links.request(&chat_id, &user, pb::request::Op::Send(op), on_reply);
         drop(done);
         match error::from_reply(fut.await)? {

@@ -2,65 +2,106 @@
 //! that renders them. Routers and stores answer in typed protobuf; what a
 //! client reads is written here, from those types.
 
+use crate::attachments;
 use confab_common::time::iso8601;
 use confab_proto::v1 as pb;
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
-/// `Message` (CONTRACT §6).
-pub fn message(m: &pb::Message) -> Value {
-    let mut o = Map::with_capacity(10);
-    o.insert("chatId".into(), Value::String(m.chat_id.clone()));
-    o.insert("id".into(), Value::String(m.id.clone()));
-    o.insert("seq".into(), json!(m.seq));
-    o.insert("senderId".into(), Value::String(m.sender_id.clone()));
-    o.insert("body".into(), Value::String(m.body.clone()));
-    o.insert("createdAt".into(), Value::String(iso8601(m.created_at_ms)));
-    o.insert("clientId".into(), Value::String(m.client_id.clone()));
-    if let Some(r) = &m.reply_to {
-        o.insert("replyTo".into(), Value::String(r.clone()));
-    }
-    if let Some(at) = m.edited_at_ms {
-        o.insert("editedAt".into(), Value::String(iso8601(at)));
-    }
-    if m.deleted {
-        o.insert("deleted".into(), Value::Bool(true));
-    }
-    if !m.reactions.is_empty() {
-        o.insert("reactions".into(), counts(&m.reactions));
-    }
-    let (name, avatar_url) = m.sender.as_ref().map_or((None, None), |p| (p.name.as_deref(), p.avatar_url.as_deref()));
-    o.insert("sender".into(), json!({ "id": m.sender_id, "name": name, "avatarUrl": avatar_url }));
-    // Always present, empty when none (CONTRACT §10.2).
-    o.insert("attachments".into(), Value::Array(m.attachments.iter().map(attachment).collect()));
-    Value::Object(o)
+/// `Message` (CONTRACT §6), written straight from the router's protobuf.
+/// Its attachments are the JSON the sender's edge rendered when it checked
+/// them, copied in as they are; only messages stored by the first 1.1
+/// builds carry them as typed fields instead.
+pub struct Message<'a>(&'a pb::Message);
+
+pub fn message(m: &pb::Message) -> Message<'_> {
+    Message(m)
 }
 
-/// An attachment (CONTRACT §10.1), its optional fields only when sent.
-fn attachment(a: &pb::Attachment) -> Value {
-    let mut o = Map::with_capacity(7);
-    o.insert("url".into(), Value::String(a.url.clone()));
-    o.insert("type".into(), Value::String(a.r#type.clone()));
-    if let Some(name) = &a.name {
-        o.insert("name".into(), Value::String(name.clone()));
+impl Serialize for Message<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let m = self.0;
+        let mut o = s.serialize_map(None)?;
+        o.serialize_entry("chatId", &m.chat_id)?;
+        o.serialize_entry("id", &m.id)?;
+        o.serialize_entry("seq", &m.seq)?;
+        o.serialize_entry("senderId", &m.sender_id)?;
+        o.serialize_entry("body", &m.body)?;
+        o.serialize_entry("createdAt", &iso8601(m.created_at_ms))?;
+        o.serialize_entry("clientId", &m.client_id)?;
+        if let Some(r) = &m.reply_to {
+            o.serialize_entry("replyTo", r)?;
+        }
+        if let Some(at) = m.edited_at_ms {
+            o.serialize_entry("editedAt", &iso8601(at))?;
+        }
+        if m.deleted {
+            o.serialize_entry("deleted", &true)?;
+        }
+        if !m.reactions.is_empty() {
+            o.serialize_entry("reactions", &Counts(&m.reactions))?;
+        }
+        let profile = m.sender.as_ref();
+        o.serialize_entry(
+            "sender",
+            &Sender {
+                id: &m.sender_id,
+                name: profile.and_then(|p| p.name.as_deref()),
+                avatar_url: profile.and_then(|p| p.avatar_url.as_deref()),
+            },
+        )?;
+        // Always present, empty when none (CONTRACT §10.2).
+        o.serialize_entry("attachments", &Attachments(m))?;
+        o.end()
     }
-    for (key, n) in [("size", a.size), ("width", a.width), ("height", a.height)] {
-        if let Some(n) = n {
-            o.insert(key.into(), json!(n));
+}
+
+/// `sender { id, name, avatarUrl }` (CONTRACT §10.2), `null` where the
+/// token had no claim.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Sender<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    avatar_url: Option<&'a str>,
+}
+
+struct Attachments<'a>(&'a pb::Message);
+
+impl Serialize for Attachments<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let m = self.0;
+        if m.attachments_json.is_empty() {
+            return s.collect_seq(m.attachments.iter().map(attachments::Attachment::stored));
+        }
+        match serde_json::from_slice::<&RawValue>(&m.attachments_json) {
+            Ok(raw) => raw.serialize(s),
+            Err(e) => {
+                // Only a damaged record could hold this; its text is kept.
+                tracing::warn!(chat = %m.chat_id, seq = m.seq, "stored attachments are not JSON: {e}");
+                s.collect_seq(std::iter::empty::<()>())
+            }
         }
     }
-    if let Some(url) = &a.thumbnail_url {
-        o.insert("thumbnailUrl".into(), Value::String(url.clone()));
-    }
-    Value::Object(o)
 }
 
 /// `{ [emoji]: number }` (CONTRACT rule 6): how many users hold each emoji.
-fn counts(reactions: &[pb::Reaction]) -> Value {
-    Value::Object(reactions.iter().map(|r| (r.emoji.clone(), json!(r.user_ids.len()))).collect())
+struct Counts<'a>(&'a [pb::Reaction]);
+
+impl Serialize for Counts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|r| (&r.emoji, r.user_ids.len())))
+    }
 }
 
-pub fn messages(ms: &[pb::Message]) -> Value {
-    Value::Array(ms.iter().map(message).collect())
+fn counts(reactions: &[pb::Reaction]) -> Value {
+    json!(Counts(reactions))
+}
+
+pub fn messages(ms: &[pb::Message]) -> Vec<Message<'_>> {
+    ms.iter().map(message).collect()
 }
 
 /// The ack data of `message:send` and the body of `POST …/messages`.
@@ -209,7 +250,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            message(&m),
+            json!(message(&m)),
             json!({
                 "chatId": "c1", "id": "m1", "seq": 3, "senderId": "alice", "body": "hi",
                 "createdAt": "2026-01-01T00:00:00.000Z", "clientId": "k1", "attachments": [],
@@ -219,7 +260,7 @@ mod tests {
         m.sender =
             Some(pb::Profile { name: Some("Alice".into()), avatar_url: Some("https://cdn.example/a.png".into()) });
         assert_eq!(
-            message(&m)["sender"],
+            json!(message(&m))["sender"],
             json!({ "id": "alice", "name": "Alice", "avatarUrl": "https://cdn.example/a.png" })
         );
         m.attachments = vec![
@@ -235,23 +276,35 @@ mod tests {
             pb::Attachment { url: "https://cdn.example/b".into(), r#type: "text/plain".into(), ..Default::default() },
         ];
         assert_eq!(
-            message(&m)["attachments"],
+            json!(message(&m))["attachments"],
             json!([
                 { "url": "https://cdn.example/a.png", "type": "image/png", "name": "a.png", "size": 1234,
                   "width": 640, "height": 480, "thumbnailUrl": "https://cdn.example/a-small.png" },
                 { "url": "https://cdn.example/b", "type": "text/plain" },
             ])
         );
+        // What today's edges send: the JSON they rendered, copied in as it
+        // is, ahead of typed ones a router of the first 1.1 builds kept.
+        let rendered = r#"[{"url":"https://cdn.example/c.pdf","type":"application/pdf","size":5}]"#;
+        m.attachments_json = rendered.as_bytes().to_vec().into();
+        assert_eq!(
+            json!(message(&m))["attachments"],
+            json!([{ "url": "https://cdn.example/c.pdf", "type": "application/pdf", "size": 5 }])
+        );
+        let text = crate::socketio::packet::event("message:new", &message(&m));
+        assert!(text.contains(&format!(r#""attachments":{rendered}"#)), "{text}");
+        m.attachments_json = "[{broken".as_bytes().to_vec().into();
+        assert_eq!(json!(message(&m))["attachments"], json!([]), "a damaged record reads as none");
         m.reply_to = Some("m0".into());
         m.edited_at_ms = Some(NEW_YEAR_MS + 1500);
         m.reactions = vec![reaction("👍", &["alice", "bob"]), reaction("🎉", &["bob"])];
-        let v = message(&m);
+        let v = json!(message(&m));
         assert_eq!(v["replyTo"], "m0");
         assert_eq!(v["editedAt"], "2026-01-01T00:00:01.500Z");
         assert_eq!(v["reactions"], json!({ "👍": 2, "🎉": 1 }));
         assert_eq!(v.get("deleted"), None);
         let tombstone = pb::Message { deleted: true, body: String::new(), reactions: vec![], ..m };
-        assert_eq!(message(&tombstone)["deleted"], true);
+        assert_eq!(json!(message(&tombstone))["deleted"], true);
         assert_eq!(chat_event("c1", &Event::MessageNew(tombstone)), None);
     }
 

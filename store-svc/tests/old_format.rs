@@ -42,9 +42,12 @@ async fn a_data_directory_of_the_previous_format_opens_and_takes_new_messages() 
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(page.iter().all(|m| m.attachments.is_empty()), "old records read without attachments");
 
-    // A 1.1 message with an attachment lands after them and reads back whole.
+    // 1.1 messages land after them and read back whole: one with the
+    // typed attachment the first 1.1 builds wrote, one with the rendered
+    // JSON today's edges send.
     let attachment =
         Attachment { url: "https://cdn.example/a.png".into(), r#type: "image/png".into(), ..Default::default() };
+    let rendered = br#"[{"url":"https://cdn.example/b.png","type":"image/png"}]"#;
     let new = Message {
         chat_id: CHAT.into(),
         id: "m4".into(),
@@ -56,13 +59,22 @@ async fn a_data_directory_of_the_previous_format_opens_and_takes_new_messages() 
         attachments: vec![attachment.clone()],
         ..Default::default()
     };
+    let newer = Message {
+        id: "m5".into(),
+        seq: 5,
+        client_id: "c5".into(),
+        attachments: vec![],
+        attachments_json: rendered.to_vec().into(),
+        ..new.clone()
+    };
     store
-        .append(AppendBatch { chat_id: chat.clone(), messages: vec![new], epoch: None, repeats_since_ms: None })
+        .append(AppendBatch { chat_id: chat.clone(), messages: vec![new, newer], epoch: None, repeats_since_ms: None })
         .await
         .unwrap();
     let page = store.history(&chat, Some(3), None, 10).await.unwrap().messages;
-    assert_eq!(page.len(), 1);
+    assert_eq!(page.len(), 2);
     assert_eq!(page[0].attachments, vec![attachment]);
+    assert_eq!(&page[1].attachments_json[..], rendered);
 
     // It has no profiles table yet: none are found, then one is kept.
     let alice = UserId::from("alice");

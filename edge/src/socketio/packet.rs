@@ -199,7 +199,7 @@ pub fn connect_error(nsp: &str, message: &str, data: Option<&Value>) -> String {
 }
 
 /// `2["name",payload]` on the default namespace.
-pub fn event(name: &str, payload: &Value) -> String {
+pub fn event(name: &str, payload: &(impl serde::Serialize + ?Sized)) -> String {
     let mut buf = Vec::with_capacity(128);
     buf.push(b'2');
     if serde_json::to_writer(&mut buf, &(name, payload)).is_err() {

@@ -32,7 +32,7 @@ impl ChatState {
         }
         // The edge let a blank body through: only a message with
         // attachments may have one (CONTRACT §10.1).
-        if op.body.chars().all(char::is_whitespace) && m.attachments.is_empty() {
+        if op.body.chars().all(char::is_whitespace) && m.attachments.is_empty() && m.attachments_json.is_empty() {
             return Err(super::error(
                 pb::ErrorCode::Validation,
                 "body must contain a non-whitespace character, or the message an attachment",
@@ -70,6 +70,7 @@ impl ChatState {
             m.body.clear();
             m.reactions.clear();
             m.attachments.clear();
+            m.attachments_json.clear();
             store.put_message(m.clone(), Some(self.epoch)).await.map_err(|e| self.fenced_by(e)).map_err(write_error)?;
             self.tail.update(&m);
             self.send_all(Event::MessageDeleted(pb::MessageDeleted { message_id: m.id.clone(), seq: m.seq }));

@@ -129,6 +129,7 @@ impl ChatState {
                         client_id: op.client_id,
                         reply_to: op.reply_to,
                         attachments: op.attachments,
+                        attachments_json: op.attachments_json,
                         sender: op.sender,
                         ..Default::default()
                     };
