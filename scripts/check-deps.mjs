@@ -47,7 +47,27 @@ const DUPLICATES = {
   getrandom: "jsonwebtoken and rsa still use rand 0.8 / getrandom 0.2",
   // 0.8 by jsonwebtoken and rsa (num-bigint-dig); 0.10 by us, engineioxide,
   // tungstenite and proptest.
-  rand: "jsonwebtoken and rsa still use rand 0.8",
+  rand: "jsonwebtoken and rsa still use rand 0.8, the scylla driver rand 0.9",
+  // 0.3 by rand 0.8 (jsonwebtoken), 0.9 by rand 0.9 (the scylla driver);
+  // rand 0.10 has none.
+  rand_chacha: "rand 0.8 and 0.9 each bring their own",
+  // Older generations brought by kassandra-tester (an in-memory CQL server,
+  // a dev-dependency of store-svc for its driver wiring test only; its
+  // kassandra crate has had no release on thiserror 2 or nom 8).
+  thiserror: "kassandra-tester (dev) is on thiserror 1",
+  "thiserror-impl": "kassandra-tester (dev) is on thiserror 1",
+  nom: "kassandra-tester (dev) on nom 7, hdrhistogram on nom 8",
+  heck: "strum_macros under kassandra-tester (dev) on heck 0.4",
+  "proc-macro-crate": "num_enum under kassandra-tester (dev) vs borsh-derive",
+  toml_edit: "proc-macro-crate 1 under kassandra-tester (dev) vs 3",
+  toml_datetime: "follows the two toml_edit versions",
+  winnow: "follows the two toml_edit versions",
+  // 0.14 by prost-build and prost-derive; 0.15 by the scylla driver.
+  itertools: "prost's code generators and the scylla driver",
+  // 0.1 by hashbrown 0.15 (petgraph, under prost-build); 0.2 by hashbrown 0.16.
+  foldhash: "follows the two hashbrown versions",
+  // UEFI-only, never built here: getrandom 0.3 (rand 0.9) and 0.4 differ.
+  "r-efi": "getrandom 0.3 of the scylla driver's rand 0.9 vs getrandom 0.4",
   rand_core: "jsonwebtoken and rsa still use rand 0.8",
   // 0.15 by petgraph (prost-build, a build dependency); 0.17 by indexmap.
   hashbrown: "petgraph, under prost-build, pins hashbrown 0.15",

@@ -41,12 +41,14 @@ enum Command {
         #[command(flatten)]
         config: confab_router::Config,
     },
-    /// store-svc on the embedded store.
+    /// store-svc: on the embedded store, or on ScyllaDB with --scylla-nodes.
     Store {
         #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:7003")]
         listen: SocketAddr,
         #[command(flatten)]
         config: confab_store::Config,
+        #[command(flatten)]
+        scylla: confab_store::ScyllaConfig,
     },
     /// presence-svc, in memory.
     Presence {
@@ -176,7 +178,11 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
         Command::Router { listen, config } => {
             confab_router::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
         }
-        Command::Store { listen, config } => {
+        Command::Store { listen, config, scylla } if !scylla.nodes.is_empty() => {
+            let _ = config; // the embedded store's settings do not apply
+            confab_store::run_scylla(scylla, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+        }
+        Command::Store { listen, config, .. } => {
             confab_store::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
         }
         Command::Presence { listen, config } => {
@@ -294,8 +300,27 @@ mod tests {
 
     #[test]
     fn store_flags_reach_the_store_config() {
-        let Command::Store { config, .. } = Cli::parse_from(["confab", "store"]).command else { unreachable!() };
+        let Command::Store { config, scylla, .. } = Cli::parse_from(["confab", "store"]).command else {
+            unreachable!()
+        };
         assert_eq!((config.cache_mb, config.salvage), (64, false));
+        assert!(scylla.nodes.is_empty(), "the embedded store unless told otherwise");
+        let args = [
+            "confab",
+            "store",
+            "--scylla-nodes",
+            "a:9042,b:9042",
+            "--scylla-datacenter",
+            "eu",
+            "--scylla-keyspace",
+            "chat",
+        ];
+        let Command::Store { scylla, .. } = Cli::parse_from(args).command else { unreachable!() };
+        assert_eq!(scylla.nodes, ["a:9042", "b:9042"]);
+        assert_eq!(
+            (scylla.keyspace.as_str(), scylla.datacenter.as_deref(), scylla.replication_factor),
+            ("chat", Some("eu"), 3)
+        );
         let args = ["confab", "dev", "--store-cache-mb", "16", "--salvage", "--data-dir", "/tmp/x"];
         let Command::Dev(dev) = Cli::parse_from(args).command else { unreachable!() };
         assert_eq!((dev.store.cache_mb, dev.store.salvage), (16, true));

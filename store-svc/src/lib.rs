@@ -11,6 +11,10 @@
 //!   by default, has a stable file format and a small, well-kept codebase;
 //!   an LSM (fjall) would write faster but brings background compaction we
 //!   do not need at this size.
+//! - [`ScyllaStore`] (`scylla/`), history on a ScyllaDB or Cassandra
+//!   cluster through the `scylla` driver: stateless replicas, QUORUM
+//!   writes and reads, ownership fenced by write timestamps (see
+//!   docs/operations.md);
 //! - [`StoreService`], the `confab.v1.Store` gRPC service that [`run`]
 //!   serves over any `Store`, beside the standard gRPC health service
 //!   (NOT_SERVING while the embedded store's disk fails); its client is
@@ -18,14 +22,18 @@
 //!
 //! This crate does not know about sockets, rooms or fan-out; it also does
 //! not decide who may write a chat (that is the router's single writer,
-//! fenced here by the "next seq must follow the last" check on append).
+//! fenced here by the ownership epoch of its claim and the "next seq must
+//! follow the last" check on append).
 
 mod embedded;
 mod grpc;
+mod pair_key;
+pub mod scylla;
 mod wal;
 
 pub use embedded::{EmbeddedStore, OpenError};
 pub use grpc::StoreService;
+pub use scylla::{ScyllaConfig, ScyllaError, ScyllaStore};
 pub use wal::Damage;
 
 use confab_api::store::{self, Store, StoreError};
@@ -82,6 +90,8 @@ pub enum RunError {
     Open(#[from] OpenError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Scylla(#[from] ScyllaError),
 }
 
 /// Serves the store over gRPC on `listener` until `shutdown` fires, with
@@ -103,6 +113,20 @@ pub async fn run_embedded(embedded: EmbeddedStore, listener: TcpListener, shutdo
     let closed = store.close().await;
     served?;
     Ok(closed?)
+}
+
+/// Serves history kept on a ScyllaDB cluster: connects, creates or
+/// migrates the keyspace, then serves until `shutdown` fires, SERVING on
+/// the health service from then on (the cluster's own failures answer each
+/// call UNAVAILABLE).
+pub async fn run_scylla(config: ScyllaConfig, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
+    let store = scylla::connect(&config).await?;
+    tracing::info!(nodes = %config.nodes.join(","), keyspace = %config.keyspace, "history on ScyllaDB");
+    let reporter = HealthReporter::new();
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter.set_service_status(<StoreServer<StoreService> as NamedService>::NAME, ServingStatus::Serving).await;
+    let health = HealthServer::new(HealthService::from_health_reporter(reporter));
+    Ok(serve_with(Arc::new(store), Some(health), listener, shutdown).await?)
 }
 
 /// Mirrors the store's health into the gRPC health service, for the whole
