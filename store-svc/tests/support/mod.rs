@@ -1,0 +1,3 @@
+//! What the store's integration tests share.
+
+pub mod model;
