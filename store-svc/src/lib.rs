@@ -27,7 +27,7 @@
 
 mod embedded;
 mod grpc;
-mod pair_key;
+mod records;
 pub mod scylla;
 mod wal;
 

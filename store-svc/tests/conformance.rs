@@ -2,13 +2,13 @@
 //! embedded store; the ScyllaDB backend's logic over a keyspace simulated
 //! statement by statement (tests/support/model.rs); and the ScyllaDB
 //! backend on a real cluster when `CONFAB_TEST_SCYLLA_NODES` names one
-//! (HOST:PORT, comma separated; that test is marked ignored, so run it
-//! with `cargo test -p confab-store --test conformance -- --ignored`). A
-//! cluster for it, on a machine with a container engine:
+//! (HOST:PORT, comma separated; scripts/test then runs it too: it is
+//! marked ignored, and runs with `cargo test --test conformance --
+//! --ignored`). A cluster for it, on a machine with a container engine:
 //!
 //! ```text
 //! docker run -d --name scylla -p 9042:9042 scylladb/scylla:6.2 --smp 1 --memory 1G --overprovisioned 1
-//! CONFAB_TEST_SCYLLA_NODES=127.0.0.1:9042 cargo test -p confab-store --test conformance -- --ignored
+//! CONFAB_TEST_SCYLLA_NODES=127.0.0.1:9042 scripts/test
 //! ```
 
 mod support;
@@ -95,6 +95,11 @@ async fn suite(store: &dyn Store) {
     let more: Vec<Message> = (4..=8).map(|s| msg(&chat.id, s, if s % 2 == 0 { "bob" } else { "alice" })).collect();
     assert_eq!(store.append(append(&chat, more, Some(newer))).await.unwrap(), Appended::Written(8));
     assert_eq!(store.claim(&ChatId::from("no-such-chat"), "router-2").await, Err(StoreError::NotFound));
+    // An unfenced write (a tool's) applies over what the owner wrote.
+    let by_tool = Message { body: "fixed by a tool".into(), ..msg(&chat.id, 4, "bob") };
+    store.put_message(by_tool.clone(), None).await.unwrap();
+    assert_eq!(store.get_message(&id, "", 4).await.unwrap(), Some(by_tool));
+    store.put_message(msg(&chat.id, 4, "bob"), Some(newer)).await.unwrap();
 
     // History pages (CONTRACT §8.2): the newest, after a seq, before one.
     let seqs = |h: &confab_api::store::History| h.messages.iter().map(|m| m.seq).collect::<Vec<_>>();

@@ -1,6 +1,6 @@
 //! The DM index's key: which chat a pair of users has.
 //!
-//! The key is [`crate::pair_key::key`]. The first format joined the ids with
+//! The key is [`crate::records::key`]. The first format joined the ids with
 //! a newline, and ids may hold one: `v` asking for a DM with `"w\nz"` got
 //! the DM of `"v\nw"` and `z`. A store written in that format is rewritten
 //! once, when it is opened: every entry is keyed again from its chat's own
@@ -16,7 +16,7 @@ pub(super) const DM_KEY_FORMAT: &str = "dm_key_format";
 /// The format [`key`] writes.
 const FORMAT: u64 = 2;
 
-pub(super) use crate::pair_key::key;
+pub(super) use crate::records::key;
 
 /// Rewrites a DM index of an older format into the current one; a no-op
 /// once done. Runs inside the opening transaction, after the log's redo,

@@ -7,7 +7,7 @@ use super::schema::{
 };
 use super::writer::{Logged, Wtx};
 use super::{dm_pairs, internal, AppendBatch, Appended, NewChat, StoreError};
-use confab_proto::v1::{Chat, Member, Message, Profile};
+use confab_proto::v1::{Chat, Message, Profile};
 use prost::Message as _;
 use redb::{ReadableTable, ReadableTableMetadata};
 use tokio::sync::oneshot;
@@ -132,23 +132,7 @@ fn apply_create_chat(tx: &Wtx, new: NewChat) -> Result<(Chat, bool), StoreError>
     };
     let now = confab_common::time::now_ms();
     let id = confab_common::ChatId::generate().to_string();
-    let chat = Chat {
-        id: id.clone(),
-        kind: new.kind,
-        title: new.title,
-        members: new
-            .member_ids
-            .iter()
-            .map(|u| Member {
-                user_id: u.to_string(),
-                role: if *u == new.created_by { "admin" } else { "member" }.to_string(),
-                joined_at_ms: now,
-            })
-            .collect(),
-        created_by: new.created_by.into(),
-        created_at_ms: now,
-        updated_at_ms: now,
-    };
+    let chat = crate::records::new_chat(id.clone(), new, now);
     chats.insert(id.as_str(), chat.encode_to_vec().as_slice())?;
     if let Some((mut pairs, key)) = dm {
         pairs.insert(key.as_str(), id.as_str())?;

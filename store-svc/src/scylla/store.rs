@@ -8,7 +8,7 @@ use super::fence::{self, buckets, timestamp};
 use super::tables::{ChatRow, ClientKey, Head, MessageRow, NewRows, Owner, Tables};
 use confab_api::store::{AppendBatch, Appended, History, NewChat, Store, StoreError};
 use confab_common::{ChatId, UserId};
-use confab_proto::v1::{Chat, ChatSummary, Member, Message, Profile};
+use confab_proto::v1::{Chat, ChatSummary, Message, Profile};
 use futures::{StreamExt, TryStreamExt};
 use prost::Message as _;
 use std::future::Future;
@@ -58,6 +58,16 @@ impl<T: Tables> ScyllaStore<T> {
         }
     }
 
+    /// The epoch a write carries: the writer's, or for an unfenced write
+    /// (tools) the chat's current one, so that it is not shadowed by what
+    /// the owner wrote before it.
+    async fn write_epoch(&self, chat_id: &str, epoch: Option<u64>) -> Result<u64, StoreError> {
+        match epoch {
+            Some(e) => Ok(e),
+            None => Ok(self.tables.owner(chat_id).await?.map_or(0, |o| o.epoch)),
+        }
+    }
+
     async fn head_of(&self, chat_id: &str) -> Result<Head, StoreError> {
         if self.tables.chat(chat_id).await?.is_none() {
             return Err(StoreError::NotFound);
@@ -90,9 +100,14 @@ impl<T: Tables> ScyllaStore<T> {
     }
 
     async fn summary(&self, chat_id: String, user_id: &str) -> Result<Option<(i64, ChatSummary)>, StoreError> {
-        let Some(row) = self.tables.chat(&chat_id).await? else { return Ok(None) };
-        let head = self.tables.head(&chat_id).await?.unwrap_or_default();
-        let last_read_seq = self.tables.cursor(&chat_id, user_id).await?.unwrap_or(0).min(head.last_seq);
+        let (row, head, cursor) = futures::try_join!(
+            self.tables.chat(&chat_id),
+            self.tables.head(&chat_id),
+            self.tables.cursor(&chat_id, user_id)
+        )?;
+        let Some(row) = row else { return Ok(None) };
+        let head = head.unwrap_or_default();
+        let last_read_seq = cursor.unwrap_or(0).min(head.last_seq);
         let unread = self.unread(&chat_id, user_id, last_read_seq, head.last_seq).await?;
         let activity = if head.last_seq > 0 { head.last_at } else { row.chat.created_at_ms };
         Ok(Some((activity, ChatSummary { chat: Some(row.chat), last_seq: head.last_seq, last_read_seq, unread })))
@@ -151,18 +166,20 @@ impl<T: Tables> ScyllaStore<T> {
         let Some(last) = batch.messages.last() else { return Ok(Appended::Written(head.last_seq)) };
         let new_head = Head { last_seq: last.seq, last_at: last.created_at_ms };
         if let Some(since) = batch.repeats_since_ms {
-            let mut repeats = Vec::new();
-            for m in &batch.messages {
-                let Some(key) = self.tables.client_key(chat_id, &m.sender_id, &m.client_id).await? else { continue };
-                if key.created_at >= since {
-                    repeats.extend(self.keyed(chat_id, &m.sender_id, &m.client_id, key).await?);
+            // The batch's keys are read at once: one round trip, not one a message.
+            let repeats = futures::future::try_join_all(batch.messages.iter().map(|m| async move {
+                match self.tables.client_key(chat_id, &m.sender_id, &m.client_id).await? {
+                    Some(key) if key.created_at >= since => self.keyed(chat_id, &m.sender_id, &m.client_id, key).await,
+                    _ => Ok(None),
                 }
-            }
+            }))
+            .await?;
+            let repeats: Vec<Message> = repeats.into_iter().flatten().collect();
             if !repeats.is_empty() {
                 return Ok(Appended::Repeats(repeats));
             }
         }
-        let epoch = batch.epoch.unwrap_or(0);
+        let epoch = self.write_epoch(chat_id, batch.epoch).await?;
         let rows: Vec<NewRows> = batch
             .messages
             .iter()
@@ -194,7 +211,8 @@ impl<T: Tables> ScyllaStore<T> {
         }
         let version = row.version + 1;
         let new = MessageRow { deleted: message.deleted, version, msg: message.encode_to_vec(), ..row };
-        self.tables.put_message(&new, timestamp(epoch.unwrap_or(0), version)?).await?;
+        let ts = timestamp(self.write_epoch(&chat_id, epoch).await?, version)?;
+        self.tables.put_message(&new, ts).await?;
         self.still_owner(&chat_id, epoch).await
     }
 
@@ -207,7 +225,7 @@ impl<T: Tables> ScyllaStore<T> {
     ) -> Result<(), StoreError> {
         let Some(row) = self.tables.chat(&chat.id).await? else { return Err(StoreError::NotFound) };
         let version = row.version + 1;
-        let ts = timestamp(epoch.unwrap_or(0), version)?;
+        let ts = timestamp(self.write_epoch(&chat.id, epoch).await?, version)?;
         for user in &removed {
             self.tables.delete_user_chat(user.as_str(), &chat.id, ts).await?;
         }
@@ -231,7 +249,7 @@ impl<T: Tables> ScyllaStore<T> {
             if new.member_ids.len() != 2 {
                 return Err(StoreError::Invalid("a dm has exactly two members".into()));
             }
-            let pair = crate::pair_key::key(new.member_ids[0].as_str(), new.member_ids[1].as_str());
+            let pair = crate::records::key(new.member_ids[0].as_str(), new.member_ids[1].as_str());
             if let Some(existing) = self.tables.claim_pair(&pair, &id).await? {
                 if let Some(row) = self.tables.chat(&existing).await? {
                     return Ok((row.chat, false));
@@ -241,23 +259,7 @@ impl<T: Tables> ScyllaStore<T> {
             }
         }
         let now = confab_common::time::now_ms();
-        let chat = Chat {
-            id: id.clone(),
-            kind: new.kind,
-            title: new.title,
-            members: new
-                .member_ids
-                .iter()
-                .map(|u| Member {
-                    user_id: u.to_string(),
-                    role: if *u == new.created_by { "admin" } else { "member" }.to_string(),
-                    joined_at_ms: now,
-                })
-                .collect(),
-            created_by: new.created_by.into(),
-            created_at_ms: now,
-            updated_at_ms: now,
-        };
+        let chat = crate::records::new_chat(id.clone(), new, now);
         let ts = timestamp(0, 0)?;
         for m in &chat.members {
             self.tables.put_user_chat(&m.user_id, &id, ts).await?;
@@ -405,10 +407,9 @@ impl<T: Tables> Store for ScyllaStore<T> {
 
     async fn put_profiles(&self, profiles: Vec<(UserId, Profile)>) -> Result<(), StoreError> {
         self.within(async {
-            for (user, profile) in &profiles {
-                self.tables.put_profile(user.as_str(), profile).await?;
-            }
-            Ok(())
+            // The futures are made first, so the stream holds no closure.
+            let puts: Vec<_> = profiles.iter().map(|(user, p)| self.tables.put_profile(user.as_str(), p)).collect();
+            futures::stream::iter(puts).buffer_unordered(LIST_CONCURRENCY).try_collect::<Vec<()>>().await.map(drop)
         })
         .await
         .map_err(StoreError::of_write)
@@ -416,13 +417,10 @@ impl<T: Tables> Store for ScyllaStore<T> {
 
     async fn profiles(&self, users: &[UserId]) -> Result<Vec<(UserId, Profile)>, StoreError> {
         self.within(async {
-            let mut out = Vec::new();
-            for user in users {
-                if let Some(p) = self.tables.profile(user.as_str()).await? {
-                    out.push((user.clone(), p));
-                }
-            }
-            Ok(out)
+            let reads: Vec<_> = users.iter().map(|user| self.tables.profile(user.as_str())).collect();
+            let found: Vec<Option<Profile>> =
+                futures::stream::iter(reads).buffered(LIST_CONCURRENCY).try_collect().await?;
+            Ok(users.iter().zip(found).filter_map(|(u, p)| p.map(|p| (u.clone(), p))).collect())
         })
         .await
     }
