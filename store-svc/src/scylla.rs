@@ -166,3 +166,34 @@ pub async fn connect(config: &ScyllaConfig) -> Result<ScyllaStore<CqlTables>, Sc
     let tables = CqlTables::prepare(session, local).await.map_err(|e| ScyllaError::Prepare(e.to_string()))?;
     Ok(ScyllaStore::new(tables, timeout))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_settings_are_clear_errors_before_any_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let mut config = ScyllaConfig::new(vec!["127.0.0.1:1".into()]);
+        config.ca_file = Some(missing.clone());
+        let Err(e) = connect(&config).await else { panic!("connected with a missing CA file") };
+        assert!(matches!(&e, ScyllaError::CaFile { path, .. } if *path == missing), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        config.ca_file = Some(empty);
+        let Err(e) = connect(&config).await else { panic!("connected with an empty CA file") };
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+        let mut config = ScyllaConfig::new(vec!["127.0.0.1:1".into()]);
+        config.username = Some("confab".into());
+        assert!(matches!(connect(&config).await, Err(ScyllaError::Credentials)));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_fails_the_start_and_names_the_nodes() {
+        let mut config = ScyllaConfig::new(vec!["127.0.0.1:1".into()]);
+        config.timeout_ms = 500;
+        let Err(e) = connect(&config).await else { panic!("connected to nothing") };
+        assert!(matches!(&e, ScyllaError::Connect { nodes, .. } if nodes == "127.0.0.1:1"), "{e}");
+    }
+}
