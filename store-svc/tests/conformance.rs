@@ -173,17 +173,47 @@ async fn suite(store: &dyn Store) {
     assert_eq!(found, vec![(alice, profile("Alice B."))]);
 }
 
+/// History across the ScyllaDB backend's partitions (4,096 seqs each):
+/// pages that straddle the boundary, and unread counted across it.
+async fn long_history(store: &dyn Store) {
+    let chat = group(store, &["frank", "grace"]).await;
+    let id = ChatId::from(chat.id.as_str());
+    let epoch = store.claim(&id, "router-1").await.unwrap();
+    for start in (1..=4_200u64).step_by(200) {
+        let batch: Vec<Message> = (start..start + 200).map(|s| msg(&chat.id, s, "frank")).collect();
+        store.append(append(&chat, batch, Some(epoch))).await.unwrap();
+    }
+    let seqs = |h: &confab_api::store::History| h.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let page = store.history(&id, None, Some(4_100), 10).await.unwrap();
+    assert_eq!((seqs(&page), page.has_more), ((4_090..4_100).collect::<Vec<_>>(), true));
+    let page = store.history(&id, Some(4_090), None, 10).await.unwrap();
+    assert_eq!((seqs(&page), page.has_more), ((4_091..4_101).collect::<Vec<_>>(), true));
+    let page = store.history(&id, Some(4_000), Some(4_200), 100).await.unwrap();
+    assert_eq!((seqs(&page), page.has_more), ((4_001..4_101).collect::<Vec<_>>(), true));
+    let page = store.history(&id, Some(4_090), Some(4_100), 100).await.unwrap();
+    assert_eq!((seqs(&page), page.has_more), ((4_091..4_100).collect::<Vec<_>>(), false));
+    let newest = store.history(&id, None, None, 3).await.unwrap();
+    assert_eq!(seqs(&newest), [4_198, 4_199, 4_200]);
+    assert_eq!(store.get_message(&id, "", 4_097).await.unwrap(), Some(msg(&chat.id, 4_097, "frank")));
+    let grace = UserId::from("grace");
+    store.set_cursor(&id, &grace, 4_000).await.unwrap();
+    let listed = store.list_user_chats(&grace, 10).await.unwrap();
+    assert_eq!((listed[0].last_seq, listed[0].unread), (4_200, 200));
+}
+
 #[tokio::test]
 async fn the_embedded_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     suite(&store).await;
+    long_history(&store).await;
 }
 
 #[tokio::test]
 async fn the_scylla_backends_logic_conforms_over_simulated_tables() {
     let store = ScyllaStore::new(support::model::Model::default(), Duration::from_secs(5));
     suite(&store).await;
+    long_history(&store).await;
 }
 
 #[tokio::test]
@@ -197,4 +227,5 @@ async fn the_scylla_backend_conforms_on_a_real_cluster() {
     config.keyspace = format!("confab_test_{nanos}");
     let store = scylla::connect(&config).await.expect("the cluster answers");
     suite(&store).await;
+    long_history(&store).await;
 }
