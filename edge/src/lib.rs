@@ -46,6 +46,7 @@ mod http;
 mod limits;
 mod link;
 mod presence;
+mod profiles;
 mod recovery;
 mod rooms;
 mod session;
@@ -261,6 +262,8 @@ pub(crate) struct Edge {
     /// Profiles from CONNECT and `auth:refresh` tokens, saved through the
     /// store in batches (CONTRACT §10.3: `room:members` shows them).
     pub profile_puts: batch::Batcher<(String, pb::Profile), ()>,
+    /// What `profile_puts` saved lately, so a reconnect does not save again.
+    pub saved_profiles: Arc<profiles::SavedProfiles>,
     /// Rate-limit slots leased from presence, spent locally.
     pub leases: limits::Leases,
     /// Per-IP and per-user caps, the CONNECT deadline.
@@ -356,19 +359,30 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
             }
         })
     };
+    let saved_profiles = Arc::new(profiles::SavedProfiles::default());
     let profile_puts = {
-        let store = store.clone();
+        let (store, saved) = (store.clone(), saved_profiles.clone());
         batch::Batcher::start(BATCH_QUEUE, MAX_BATCH, 1, &background, move |puts: Vec<(String, pb::Profile)>| {
-            let store = store.clone();
+            let (store, saved) = (store.clone(), saved.clone());
             async move {
                 let n = puts.len();
+                let users: Vec<String> = puts.iter().map(|(u, _)| u.clone()).collect();
                 // The latest token's profile wins: a batch's later put of a
                 // user replaces its earlier one.
                 let puts = puts.into_iter().map(|(user, p)| (UserId::from(user), p)).collect();
-                match tokio::time::timeout(timeout, store.put_profiles(puts)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "profiles not saved"),
-                    Err(_) => tracing::warn!("profiles not saved: the store did not answer in time"),
+                let failed = match tokio::time::timeout(timeout, store.put_profiles(puts)).await {
+                    Ok(Ok(())) => false,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "profiles not saved");
+                        true
+                    }
+                    Err(_) => {
+                        tracing::warn!("profiles not saved: the store did not answer in time");
+                        true
+                    }
+                };
+                if failed {
+                    saved.forget(users.iter().map(String::as_str));
                 }
                 vec![(); n]
             }
@@ -386,6 +400,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         sessions,
         chat_lists,
         profile_puts,
+        saved_profiles,
         leases: limits::Leases::default(),
         admission: admission::Admission::new(&config),
         drain: drain::Drain::new(shutdown.token().clone(), Duration::from_millis(config.drain_ms)),

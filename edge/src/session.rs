@@ -247,10 +247,16 @@ fn refuse(socket: &EioSocket, e: AuthError) {
 const UNAVAILABLE_REASON: &str = "service_unavailable";
 
 /// Queues the profile of a token the edge accepted for saving: the session
-/// does not wait for it. A full queue (the store far behind) drops it with
-/// a warning; the user's next token saves it again.
+/// does not wait for it. One this edge saved in the last minute is not
+/// queued again (a reconnect). A full queue (the store far behind) drops
+/// it with a warning; the user's next token saves it again.
 pub fn save_profile(edge: &Edge, identity: &crate::auth::Identity) {
-    if !edge.profile_puts.try_queue((identity.user_id.clone(), identity.profile())) {
+    let profile = identity.profile();
+    if !edge.saved_profiles.claim(&identity.user_id, &profile, std::time::Instant::now()) {
+        return;
+    }
+    if !edge.profile_puts.try_queue((identity.user_id.clone(), profile)) {
+        edge.saved_profiles.forget([identity.user_id.as_str()]);
         tracing::warn!(user.id = %identity.user_id, "profile not saved: the queue of profiles to save is full");
     }
 }
