@@ -65,11 +65,13 @@ async fn suite(store: &dyn Store) {
     let nowhere = store.append(append(&unknown, vec![msg("no-such-chat", 1, "bob")], None)).await;
     assert_eq!(nowhere, Err(StoreError::NotFound));
 
-    // A repeated client id writes nothing and names the stored message.
-    let repeat = Message { id: "other".into(), seq: 4, ..msg(&chat.id, 1, "alice") };
-    let answered = store.append(append(&chat, vec![repeat], Some(epoch))).await.unwrap();
-    assert_eq!(answered, Appended::Repeats(vec![msg(&chat.id, 1, "alice")]));
+    // A repeated client id writes nothing, not even the batch's other
+    // messages, and names the stored message.
+    let repeat = Message { id: "other".into(), seq: 5, ..msg(&chat.id, 1, "alice") };
+    let answered = store.append(append(&chat, vec![msg(&chat.id, 4, "bob"), repeat], Some(epoch))).await;
+    assert_eq!(answered.unwrap(), Appended::Repeats(vec![msg(&chat.id, 1, "alice")]));
     assert_eq!(store.get_chat(&id).await.unwrap().1, 3);
+    assert_eq!(store.get_message(&id, &format!("{}-m4", chat.id), 0).await.unwrap(), None);
     assert_eq!(store.find_by_client_id(&id, &alice, "k1", 0).await.unwrap(), Some(msg(&chat.id, 1, "alice")));
     assert_eq!(store.find_by_client_id(&id, &alice, "k1", i64::MAX).await.unwrap(), None, "too old");
     assert_eq!(store.find_by_client_id(&id, &bob, "k1", 0).await.unwrap(), None, "another sender's key");
@@ -91,6 +93,7 @@ async fn suite(store: &dyn Store) {
     assert!(newer > epoch);
     let stale = store.append(append(&chat, vec![msg(&chat.id, 4, "bob")], Some(epoch))).await;
     assert_eq!(stale, Err(StoreError::Fenced));
+    assert_eq!(store.save_chat(chat.clone(), vec![], false, Some(epoch)).await, Err(StoreError::Fenced));
     assert_eq!(store.put_message(msg(&chat.id, 1, "alice"), Some(epoch)).await, Err(StoreError::Fenced));
     let more: Vec<Message> = (4..=8).map(|s| msg(&chat.id, s, if s % 2 == 0 { "bob" } else { "alice" })).collect();
     assert_eq!(store.append(append(&chat, more, Some(newer))).await.unwrap(), Appended::Written(8));
@@ -120,9 +123,10 @@ async fn suite(store: &dyn Store) {
     assert_eq!(store.set_cursor(&id, &bob, 5).await.unwrap(), 5);
     assert_eq!(store.set_cursor(&id, &bob, 2).await.unwrap(), 5);
     assert_eq!(store.get_cursor(&id, &bob).await.unwrap(), 5);
+    // After bob's cursor (5): 6 bob's own, 7 alice's (deleted below), 8 bob's own.
+    assert_eq!(store.list_user_chats(&bob, 10).await.unwrap()[0].unread, 1);
     let deleted = Message { deleted: true, body: String::new(), ..msg(&chat.id, 7, "alice") };
     store.put_message(deleted, Some(newer)).await.unwrap();
-    // After bob's cursor (5): 6 bob's own, 7 deleted, 8 bob's own.
     let bobs = store.list_user_chats(&bob, 10).await.unwrap();
     assert_eq!(bobs.len(), 1);
     assert_eq!((bobs[0].last_seq, bobs[0].last_read_seq, bobs[0].unread), (8, 5, 0));
@@ -173,6 +177,22 @@ async fn suite(store: &dyn Store) {
     assert_eq!(found, vec![(alice, profile("Alice B."))]);
 }
 
+/// Idempotency keys belong to one sender and one window.
+async fn keys(store: &dyn Store) {
+    let chat = group(store, &["alice", "bob"]).await;
+    let first = msg(&chat.id, 1, "alice");
+    assert_eq!(store.append(append(&chat, vec![first.clone()], None)).await.unwrap(), Appended::Written(1));
+    // Bob's equal client id is not a repeat of alice's.
+    let bobs = Message { id: "bobs".into(), sender_id: "bob".into(), ..msg(&chat.id, 2, "bob") };
+    let bobs = Message { client_id: first.client_id.clone(), ..bobs };
+    assert_eq!(store.append(append(&chat, vec![bobs], None)).await.unwrap(), Appended::Written(2));
+    // Alice's own, sent before the window opens, is new again.
+    let late = Message { id: "late".into(), ..msg(&chat.id, 3, "alice") };
+    let late = Message { client_id: first.client_id.clone(), ..late };
+    let window = AppendBatch { repeats_since_ms: Some(first.created_at_ms + 1), ..append(&chat, vec![late], None) };
+    assert_eq!(store.append(window).await.unwrap(), Appended::Written(3));
+}
+
 /// History across the ScyllaDB backend's partitions (4,096 seqs each):
 /// pages that straddle the boundary, and unread counted across it.
 async fn long_history(store: &dyn Store) {
@@ -206,6 +226,7 @@ async fn the_embedded_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     suite(&store).await;
+    keys(&store).await;
     long_history(&store).await;
 }
 
@@ -213,6 +234,7 @@ async fn the_embedded_store_conforms() {
 async fn the_scylla_backends_logic_conforms_over_simulated_tables() {
     let store = ScyllaStore::new(support::model::Model::default(), Duration::from_secs(5));
     suite(&store).await;
+    keys(&store).await;
     long_history(&store).await;
 }
 
@@ -227,5 +249,6 @@ async fn the_scylla_backend_conforms_on_a_real_cluster() {
     config.keyspace = format!("confab_test_{nanos}");
     let store = scylla::connect(&config).await.expect("the cluster answers");
     suite(&store).await;
+    keys(&store).await;
     long_history(&store).await;
 }
