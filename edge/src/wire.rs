@@ -79,7 +79,7 @@ impl Serialize for Attachments<'_> {
         match serde_json::from_slice::<&RawValue>(&m.attachments_json) {
             Ok(raw) => raw.serialize(s),
             Err(e) => {
-                // Only a damaged record could hold this; its text is kept.
+                // Only a damaged record could hold this: read as none.
                 tracing::warn!(chat = %m.chat_id, seq = m.seq, "stored attachments are not JSON: {e}");
                 s.collect_seq(std::iter::empty::<()>())
             }

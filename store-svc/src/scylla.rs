@@ -18,12 +18,13 @@ mod session;
 mod store;
 mod tables;
 
-pub use fence::{bucket, timestamp, BUCKET_SEQS};
-pub use schema::{Replication, SchemaError, MIGRATIONS};
+pub use fence::bucket;
+pub use schema::SchemaError;
 pub use session::CqlTables;
-pub use store::{ScyllaStore, UNREAD_SCAN};
+pub use store::ScyllaStore;
 pub use tables::{ChatRow, ClientKey, Head, MessageRow, NewRows, Owner, Tables};
 
+use schema::Replication;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;

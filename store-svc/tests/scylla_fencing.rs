@@ -193,6 +193,27 @@ async fn chat_with_one_message(model: &Model) -> ChatId {
     chat
 }
 
+/// One replica's operation, run by [`interleave`].
+type Op = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A keyspace holding [`chat_with_one_message`], and two replicas on it
+/// whose statements take turns.
+struct Scene {
+    model: Model,
+    chat: ChatId,
+    turns: (mpsc::UnboundedSender<Turn>, mpsc::UnboundedReceiver<Turn>),
+    replicas: [ScyllaStore<Gated>; 2],
+}
+
+async fn scene() -> Scene {
+    let model = Model::default();
+    let chat = chat_with_one_message(&model).await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let replica = |actor| store(Gated { model: model.clone(), actor, turns: tx.clone() });
+    let replicas = [replica(0), replica(1)];
+    Scene { model, chat, turns: (tx, rx), replicas }
+}
+
 /// The history as a reader sees it.
 async fn history(model: &Model, chat: &ChatId) -> Vec<Message> {
     let h = store(model.clone()).history(chat, Some(0), None, 100).await.unwrap();
@@ -206,14 +227,10 @@ async fn history(model: &Model, chat: &ChatId) -> Vec<Message> {
 #[tokio::test(flavor = "current_thread")]
 async fn a_deposed_owners_append_is_acked_only_if_kept_in_every_interleaving() {
     let runs = every_schedule(|choices| async move {
-        let model = Model::default();
-        let chat = chat_with_one_message(&model).await;
-        let (tx, turns) = mpsc::unbounded_channel();
-        let replica = |actor| store(Gated { model: model.clone(), actor, turns: tx.clone() });
-        let (a, b) = (replica(0), replica(1));
+        let Scene { model, chat, turns, replicas: [a, b] } = scene().await;
         let a_result = Arc::new(Mutex::new(None));
         let b_result = Arc::new(Mutex::new(None));
-        let actors: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = vec![
+        let actors: Vec<Op> = vec![
             Box::pin({
                 let (chat, out) = (chat.clone(), a_result.clone());
                 async move {
@@ -231,7 +248,7 @@ async fn a_deposed_owners_append_is_acked_only_if_kept_in_every_interleaving() {
                 }
             }),
         ];
-        let made = interleave((tx, turns), actors, &choices).await;
+        let made = interleave(turns, actors, &choices).await;
 
         let direct = store(model.clone());
         let a_acked = match a_result.lock().unwrap().take().unwrap() {
@@ -273,14 +290,10 @@ async fn a_deposed_owners_append_is_acked_only_if_kept_in_every_interleaving() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_deposed_owners_edit_never_overwrites_the_new_owners_write() {
     let runs = every_schedule(|choices| async move {
-        let model = Model::default();
-        let chat = chat_with_one_message(&model).await;
-        let (tx, turns) = mpsc::unbounded_channel();
-        let replica = |actor| store(Gated { model: model.clone(), actor, turns: tx.clone() });
-        let (a, b) = (replica(0), replica(1));
+        let Scene { model, chat, turns, replicas: [a, b] } = scene().await;
         let a_result = Arc::new(Mutex::new(None));
         let b_result = Arc::new(Mutex::new(None));
-        let actors: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = vec![
+        let actors: Vec<Op> = vec![
             Box::pin({
                 let (chat, out) = (chat.clone(), a_result.clone());
                 async move {
@@ -299,7 +312,7 @@ async fn a_deposed_owners_edit_never_overwrites_the_new_owners_write() {
                 }
             }),
         ];
-        let made = interleave((tx, turns), actors, &choices).await;
+        let made = interleave(turns, actors, &choices).await;
 
         let a_acked = match a_result.lock().unwrap().take().unwrap() {
             Ok(()) => true,
@@ -348,14 +361,13 @@ where
 #[tokio::test(flavor = "current_thread")]
 async fn concurrent_claims_get_distinct_epochs_and_only_the_last_writes() {
     sampled_schedules(2_000, |choices| async move {
-        let model = Model::default();
-        let chat = chat_with_one_message(&model).await;
-        let (tx, turns) = mpsc::unbounded_channel();
-        let replica = |actor| store(Gated { model: model.clone(), actor, turns: tx.clone() });
+        let Scene { model, chat, turns, replicas } = scene().await;
         let results = Arc::new(Mutex::new(Vec::new()));
-        let actors: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = (0..2)
-            .map(|actor| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-                let (s, chat, out) = (replica(actor), chat.clone(), results.clone());
+        let actors: Vec<Op> = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(actor, s)| -> Op {
+                let (chat, out) = (chat.clone(), results.clone());
                 Box::pin(async move {
                     let epoch = s.claim(&chat, &format!("router-{actor}")).await.unwrap();
                     let (_, last) = s.get_chat(&chat).await.unwrap();
@@ -365,7 +377,7 @@ async fn concurrent_claims_get_distinct_epochs_and_only_the_last_writes() {
                 })
             })
             .collect();
-        let made = interleave((tx, turns), actors, &choices).await;
+        let made = interleave(turns, actors, &choices).await;
         let results = results.lock().unwrap().clone();
         let mut epochs: Vec<u64> = results.iter().map(|r| r.1).collect();
         epochs.sort_unstable();

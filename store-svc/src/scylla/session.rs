@@ -114,11 +114,6 @@ fn execution(e: scylla::errors::ExecutionError) -> StoreError {
     }
 }
 
-/// A pager that could not start: as [`execution`].
-fn paging(e: scylla::errors::PagerExecutionError) -> StoreError {
-    unavailable(e)
-}
-
 impl CqlTables {
     /// Prepares every statement on a session already using the keyspace.
     /// `local`: claims are serial within the session's datacenter
@@ -311,7 +306,7 @@ impl Tables for CqlTables {
     }
 
     async fn user_chat_ids(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
-        let pager = self.session.execute_iter(self.st.user_chats.clone(), (user_id,)).await.map_err(paging)?;
+        let pager = self.session.execute_iter(self.st.user_chats.clone(), (user_id,)).await.map_err(unavailable)?;
         let stream = pager.rows_stream::<(String,)>().map_err(failed)?;
         stream.map_ok(|(id,)| id).try_collect().await.map_err(unavailable)
     }
@@ -409,7 +404,7 @@ impl Tables for CqlTables {
     async fn senders(&self, chat_id: &str, bucket: i64, lo: u64, hi: u64) -> Result<Vec<(String, bool)>, StoreError> {
         use super::fence::seq_value;
         let values = (chat_id, bucket, seq_value(lo), seq_value(hi));
-        let pager = self.session.execute_iter(self.st.senders.clone(), values).await.map_err(paging)?;
+        let pager = self.session.execute_iter(self.st.senders.clone(), values).await.map_err(unavailable)?;
         let stream = pager.rows_stream::<(String, bool)>().map_err(failed)?;
         stream.try_collect().await.map_err(unavailable)
     }

@@ -68,11 +68,10 @@ impl<T: Tables> ScyllaStore<T> {
         }
     }
 
-    async fn head_of(&self, chat_id: &str) -> Result<Head, StoreError> {
-        if self.tables.chat(chat_id).await?.is_none() {
-            return Err(StoreError::NotFound);
-        }
-        Ok(self.tables.head(chat_id).await?.unwrap_or_default())
+    /// A chat and its head; `NotFound` when there is no such chat.
+    async fn chat_and_head(&self, chat_id: &str) -> Result<(ChatRow, Head), StoreError> {
+        let row = self.tables.chat(chat_id).await?.ok_or(StoreError::NotFound)?;
+        Ok((row, self.tables.head(chat_id).await?.unwrap_or_default()))
     }
 
     /// The message stored at `seq`, if the head has reached it (a deposed
@@ -156,7 +155,7 @@ impl<T: Tables> ScyllaStore<T> {
 
     async fn append_now(&self, batch: AppendBatch) -> Result<Appended, StoreError> {
         let chat_id = batch.chat_id.as_str();
-        let head = self.head_of(chat_id).await?;
+        let (_, head) = self.chat_and_head(chat_id).await?;
         for (i, m) in batch.messages.iter().enumerate() {
             if m.chat_id != chat_id || m.seq != head.last_seq + 1 + i as u64 {
                 let first_seq = batch.messages.first().map_or(0, |m| m.seq);
@@ -223,24 +222,25 @@ impl<T: Tables> ScyllaStore<T> {
         delete: bool,
         epoch: Option<u64>,
     ) -> Result<(), StoreError> {
-        let Some(row) = self.tables.chat(&chat.id).await? else { return Err(StoreError::NotFound) };
+        let id = chat.id.clone();
+        let Some(row) = self.tables.chat(&id).await? else { return Err(StoreError::NotFound) };
         let version = row.version + 1;
-        let ts = timestamp(self.write_epoch(&chat.id, epoch).await?, version)?;
+        let ts = timestamp(self.write_epoch(&id, epoch).await?, version)?;
         for user in &removed {
-            self.tables.delete_user_chat(user.as_str(), &chat.id, ts).await?;
+            self.tables.delete_user_chat(user.as_str(), &id, ts).await?;
         }
         if delete {
             for m in &chat.members {
-                self.tables.delete_user_chat(&m.user_id, &chat.id, ts).await?;
+                self.tables.delete_user_chat(&m.user_id, &id, ts).await?;
             }
-            self.tables.delete_chat(&chat.id, ts).await?;
+            self.tables.delete_chat(&id, ts).await?;
         } else {
             for m in &chat.members {
-                self.tables.put_user_chat(&m.user_id, &chat.id, ts).await?;
+                self.tables.put_user_chat(&m.user_id, &id, ts).await?;
             }
-            self.tables.put_chat(&ChatRow { version, chat: chat.clone() }, ts).await?;
+            self.tables.put_chat(&ChatRow { version, chat }, ts).await?;
         }
-        self.still_owner(&chat.id, epoch).await
+        self.still_owner(&id, epoch).await
     }
 
     async fn create_now(&self, new: NewChat) -> Result<(Chat, bool), StoreError> {
@@ -277,7 +277,7 @@ impl<T: Tables> ScyllaStore<T> {
         before_seq: Option<u64>,
         limit: usize,
     ) -> Result<History, StoreError> {
-        let head = self.head_of(chat_id).await?;
+        let (_, head) = self.chat_and_head(chat_id).await?;
         let lo = after_seq.map_or(1, |s| s.saturating_add(1));
         let hi = before_seq.map_or(head.last_seq, |s| s.saturating_sub(1).min(head.last_seq));
         if lo > hi || limit == 0 {
@@ -310,12 +310,8 @@ impl<T: Tables> Store for ScyllaStore<T> {
     }
 
     async fn get_chat(&self, chat_id: &ChatId) -> Result<(Chat, u64), StoreError> {
-        self.within(async {
-            let row = self.tables.chat(chat_id.as_str()).await?.ok_or(StoreError::NotFound)?;
-            let head = self.tables.head(chat_id.as_str()).await?.unwrap_or_default();
-            Ok((row.chat, head.last_seq))
-        })
-        .await
+        let (row, head) = self.within(self.chat_and_head(chat_id.as_str())).await?;
+        Ok((row.chat, head.last_seq))
     }
 
     async fn list_user_chats(&self, user_id: &UserId, limit: usize) -> Result<Vec<ChatSummary>, StoreError> {
