@@ -34,6 +34,20 @@ pub enum StoreError {
     Internal(String),
 }
 
+impl StoreError {
+    /// The kind, as a metrics label.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StoreError::NotFound => "NOT_FOUND",
+            StoreError::SeqConflict { .. } => "SEQ_CONFLICT",
+            StoreError::Invalid(_) => "INVALID",
+            StoreError::Fenced => "FENCED",
+            StoreError::Unavailable(_) => "UNAVAILABLE",
+            StoreError::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
 /// The store's answer as it crosses gRPC: a status whose code says the kind
 /// coarsely and whose details carry the error itself (`pb::StoreFailure`),
 /// so the client rebuilds the same `StoreError`, numbers included.

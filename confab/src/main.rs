@@ -6,6 +6,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use confab_common::grpc::Listeners;
 use confab_common::{shutdown, Shutdown};
 use confab_store::EmbeddedStore;
 use std::net::SocketAddr;
@@ -38,6 +39,9 @@ enum Command {
     Router {
         #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:7002")]
         listen: SocketAddr,
+        /// Where `/metrics` is served (Prometheus text), if anywhere.
+        #[arg(long = "metrics-listen", env = "CONFAB_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         config: confab_router::Config,
     },
@@ -45,6 +49,9 @@ enum Command {
     Store {
         #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:7003")]
         listen: SocketAddr,
+        /// Where `/metrics` is served (Prometheus text), if anywhere.
+        #[arg(long = "metrics-listen", env = "CONFAB_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         config: confab_store::Config,
         #[command(flatten)]
@@ -54,6 +61,9 @@ enum Command {
     Presence {
         #[arg(long, env = "CONFAB_LISTEN", default_value = "0.0.0.0:7004")]
         listen: SocketAddr,
+        /// Where `/metrics` is served (Prometheus text), if anywhere.
+        #[arg(long = "metrics-listen", env = "CONFAB_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         config: confab_presence::Config,
     },
@@ -142,6 +152,15 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     listen().with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// The gRPC listener and, with `--metrics-listen`, the metrics one.
+async fn listeners(grpc: SocketAddr, metrics: Option<SocketAddr>) -> anyhow::Result<Listeners> {
+    let metrics = match metrics {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    Ok(Listeners { grpc: bind(grpc).await?, metrics })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Token(t) = &cli.command {
@@ -157,9 +176,29 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    confab_common::telemetry::init("info", cli.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async_main(cli.command))
+    // Inside the runtime: the OTLP gRPC exporter connects through it.
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        confab_common::telemetry::init(cli.command.service_name(), "info", cli.log_json)?
+    };
+    let result = runtime.block_on(async_main(cli.command));
+    telemetry.shutdown();
+    result
+}
+
+impl Command {
+    /// The `service.name` of this process's spans unless `OTEL_SERVICE_NAME` says otherwise.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Dev(_) => "confab-dev",
+            Command::Edge { .. } => "confab-edge",
+            Command::Router { .. } => "confab-router",
+            Command::Store { .. } => "confab-store",
+            Command::Presence { .. } => "confab-presence",
+            Command::Token(_) => "confab",
+        }
+    }
 }
 
 async fn async_main(command: Command) -> anyhow::Result<()> {
@@ -175,18 +214,22 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
         Command::Edge { listen, config } => {
             confab_edge::run(*config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
         }
-        Command::Router { listen, config } => {
-            confab_router::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+        Command::Router { listen, metrics_listen, config } => {
+            let listeners = listeners(listen, metrics_listen).await?;
+            confab_router::run(config, listeners, shutdown.clone()).await.map_err(Into::into)
         }
-        Command::Store { listen, config, scylla } if !scylla.nodes.is_empty() => {
+        Command::Store { listen, metrics_listen, config, scylla } if !scylla.nodes.is_empty() => {
             let _ = config; // the embedded store's settings do not apply
-            confab_store::run_scylla(scylla, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+            let listeners = listeners(listen, metrics_listen).await?;
+            confab_store::run_scylla(scylla, listeners, shutdown.clone()).await.map_err(Into::into)
         }
-        Command::Store { listen, config, .. } => {
-            confab_store::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+        Command::Store { listen, metrics_listen, config, .. } => {
+            let listeners = listeners(listen, metrics_listen).await?;
+            confab_store::run(config, listeners, shutdown.clone()).await.map_err(Into::into)
         }
-        Command::Presence { listen, config } => {
-            confab_presence::run(config, bind(listen).await?, shutdown.clone()).await.map_err(Into::into)
+        Command::Presence { listen, metrics_listen, config } => {
+            let listeners = listeners(listen, metrics_listen).await?;
+            confab_presence::run(config, listeners, shutdown.clone()).await.map_err(Into::into)
         }
         Command::Token(_) => Ok(()),
     };

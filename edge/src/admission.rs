@@ -25,11 +25,12 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use confab_common::ErrorCode;
+use opentelemetry::metrics::Counter;
+use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -110,26 +111,18 @@ pub struct Admission {
     per_user: Arc<Counts<String>>,
     trusted_hops: usize,
     deadlines: ConnectDeadlines,
-    /// Refusals and closes so far, for `/metrics`.
-    pub counts: Refusals,
-}
-
-/// How often each limit of this module has acted.
-#[derive(Default)]
-pub struct Refusals {
-    pub per_ip: AtomicU64,
-    pub per_user: AtomicU64,
-    pub connect_deadline: AtomicU64,
+    /// Refusals and closes, by reason (`confab_edge_refused_total`).
+    refused: Counter<u64>,
 }
 
 impl Admission {
-    pub fn new(config: &crate::Config) -> Self {
+    pub fn new(config: &crate::Config, refused: Counter<u64>) -> Self {
         Self {
             per_ip: Counts::new(config.max_connections_per_ip),
             per_user: Counts::new(config.max_sessions_per_user),
             trusted_hops: config.trusted_proxy_hops,
             deadlines: ConnectDeadlines::new(Duration::from_millis(config.connect_timeout_ms)),
-            counts: Refusals::default(),
+            refused,
         }
     }
 
@@ -138,7 +131,7 @@ impl Admission {
         let key = ip_key(ip);
         let permit = self.per_ip.take(key).map(|p| IpPermit(Arc::new(p)));
         if permit.is_none() {
-            self.counts.per_ip.fetch_add(1, Ordering::Relaxed);
+            self.refused.add(1, &[KeyValue::new("reason", "per_ip")]);
         }
         permit.ok_or(Refused::Ip(self.per_ip.cap))
     }
@@ -147,7 +140,7 @@ impl Admission {
     pub fn admit_user(&self, user_id: &str) -> Result<Permit, Refused> {
         let permit = self.per_user.take(user_id.to_string());
         if permit.is_none() {
-            self.counts.per_user.fetch_add(1, Ordering::Relaxed);
+            self.refused.add(1, &[KeyValue::new("reason", "per_user")]);
         }
         permit.ok_or(Refused::User(self.per_user.cap))
     }
@@ -326,7 +319,7 @@ pub async fn run_connect_deadlines(edge: Arc<Edge>) {
                 ConnectState::Waiting => {}
             }
             tracing::info!(sid = %conn.sid(), "no CONNECT before the deadline: closing connection");
-            edge.admission.counts.connect_deadline.fetch_add(1, Ordering::Relaxed);
+            edge.admission.refused.add(1, &[KeyValue::new("reason", "connect_deadline")]);
             conn.close(DisconnectReason::TransportClose);
         }
         let wait = async {

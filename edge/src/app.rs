@@ -10,7 +10,6 @@ use crate::transport::DisconnectReason;
 use crate::{events, Edge};
 use confab_common::ErrorCode;
 use serde_json::Value;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl App for Edge {
@@ -45,7 +44,6 @@ impl App for Edge {
             }
             return;
         }
-        self.metrics.events.fetch_add(1, Ordering::Relaxed);
         events::dispatch(self, socket, &name, payload, ack);
     }
 

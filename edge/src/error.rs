@@ -51,6 +51,7 @@ impl ApiError {
     /// The error body, with a fresh correlation id that is also logged.
     pub fn body(&self, context: &str) -> Value {
         let correlation_id = uuid::Uuid::new_v4().to_string();
+        confab_common::telemetry::traces::record_error(self.code.as_str(), &correlation_id, &self.message);
         match self.code {
             ErrorCode::Internal | ErrorCode::Unavailable => {
                 tracing::warn!(correlation_id, code = %self.code, context, "{}", self.message)

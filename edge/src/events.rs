@@ -15,22 +15,105 @@ use crate::session::{self, EioSocket};
 use crate::socketio::packet as sio;
 use crate::transport::WriteBatch;
 use crate::validate::{self, Obj};
-use crate::{wire, Edge};
+use crate::{metrics, wire, Edge};
+use confab_common::telemetry::SPANS;
+use confab_common::ErrorCode;
 use confab_common::{ChatId, UserId};
 use confab_proto::v1 as pb;
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 /// Longest chat id accepted from a client.
 pub const MAX_ID: usize = 128;
 
 pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: Option<Value>, ack: Option<u64>) {
+    let started = Instant::now();
+    let label = metrics::event_label(name);
+    // The event's span: its handler runs inside it (so a router request
+    // carries its context) and so does the wait for the answer.
+    let span = tracing::info_span!(target: SPANS, "event", otel.name = label, otel.kind = "server");
+    let queued = span.in_scope(|| handle(edge, socket, name, payload.as_ref(), ack));
+    let answered = {
+        let (edge, span) = (edge.clone(), span.clone());
+        move |error: Option<ErrorCode>| {
+            edge.metrics.outcome(label, error, started);
+            drop(span);
+        }
+    };
+    let Some(ack_id) = ack else {
+        // Fire-and-forget: the work still runs, the outcome is not reported.
+        match queued {
+            Ok(Pending::Later(fut) | Pending::Sent(fut)) => {
+                edge.shutdown.spawn(
+                    async move {
+                        let result = fut.await;
+                        answered(result.err().map(|e| e.code));
+                    }
+                    .instrument(span),
+                );
+            }
+            Ok(Pending::Now(_)) => answered(None),
+            Err(e) => answered(Some(e.code)),
+        }
+        return;
+    };
+    let event = name.to_string();
+    match queued {
+        Ok(Pending::Now(data)) => {
+            socket.send(sio::ack(ack_id, &error::ok(data)));
+            answered(None);
+        }
+        Err(e) => {
+            span.in_scope(|| socket.send(sio::ack(ack_id, &e.ack(&event))));
+            answered(Some(e.code));
+        }
+        Ok(Pending::Later(fut)) => {
+            let socket = socket.clone();
+            edge.shutdown.spawn(
+                async move {
+                    let (payload, error) = match fut.await {
+                        Ok(data) => (error::ok(data), None),
+                        Err(e) => (e.ack(&event), Some(e.code)),
+                    };
+                    socket.send(sio::ack(ack_id, &payload));
+                    answered(error);
+                }
+                .instrument(span),
+            );
+        }
+        Ok(Pending::Sent(fut)) => {
+            let socket = socket.clone();
+            edge.shutdown.spawn(
+                async move {
+                    let error = match fut.await {
+                        Err(e) => {
+                            socket.send(sio::ack(ack_id, &e.ack(&event)));
+                            Some(e.code)
+                        }
+                        Ok(_) => None,
+                    };
+                    answered(error);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+fn handle(
+    edge: &Arc<Edge>,
+    socket: &Arc<EioSocket>,
+    name: &str,
+    payload: Option<&Value>,
+    ack: Option<u64>,
+) -> Result<Pending, ApiError> {
     let user = socket.data.session.get().map(|s| s.user_id.clone()).unwrap_or_default();
-    let payload = payload.as_ref();
-    let queued: Result<Pending, ApiError> = match name {
+    match name {
         "room:join" => room_join(edge, socket, &user, payload),
         "room:leave" => room_leave(edge, socket, payload),
         "message:send" => message_send(edge, socket, &user, payload, ack),
@@ -49,38 +132,6 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
         "typing:start" => typing(edge, socket, &user, payload, true),
         "typing:stop" => typing(edge, socket, &user, payload, false),
         _ => Err(ApiError::validation(format!("unknown event {name:?}"))),
-    };
-    let Some(ack_id) = ack else {
-        // Fire-and-forget: the work still runs, the outcome is not reported.
-        if let Ok(Pending::Later(fut) | Pending::Sent(fut)) = queued {
-            edge.shutdown.spawn(async move {
-                let _ = fut.await;
-            });
-        }
-        return;
-    };
-    let event = name.to_string();
-    match queued {
-        Ok(Pending::Now(data)) => socket.send(sio::ack(ack_id, &error::ok(data))),
-        Err(e) => socket.send(sio::ack(ack_id, &e.ack(&event))),
-        Ok(Pending::Later(fut)) => {
-            let socket = socket.clone();
-            edge.shutdown.spawn(async move {
-                let payload = match fut.await {
-                    Ok(data) => error::ok(data),
-                    Err(e) => e.ack(&event),
-                };
-                socket.send(sio::ack(ack_id, &payload));
-            });
-        }
-        Ok(Pending::Sent(fut)) => {
-            let socket = socket.clone();
-            edge.shutdown.spawn(async move {
-                if let Err(e) = fut.await {
-                    socket.send(sio::ack(ack_id, &e.ack(&event)));
-                }
-            });
-        }
     }
 }
 

@@ -18,7 +18,6 @@ use confab_common::{ErrorCode, UserId};
 use confab_proto::v1 as pb;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl IntoResponse for ApiError {
@@ -26,6 +25,8 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.http_status.unwrap_or(self.code.http_status()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut res = (status, axum::Json(self.body("http"))).into_response();
+        // For `observe`, which counts errors by code.
+        res.extensions_mut().insert(self.code);
         if let Some(ms) = self.retry_after_ms {
             // Whole seconds, rounded up (CONTRACT §8.26).
             if let Ok(v) = header::HeaderValue::from_str(&ms.div_ceil(1000).to_string()) {
@@ -273,22 +274,7 @@ async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
-    let (m, refused) = (&edge.metrics, &edge.admission.counts);
-    let text = format!(
-        "# HELP confab_edge_connections Engine.IO connections open.\n# TYPE confab_edge_connections gauge\nconfab_edge_connections {}\n\
-         # HELP confab_edge_sessions Authenticated Socket.IO sessions.\n# TYPE confab_edge_sessions gauge\nconfab_edge_sessions {}\n\
-         # HELP confab_edge_events_total Client events received.\n# TYPE confab_edge_events_total counter\nconfab_edge_events_total {}\n\
-         # HELP confab_edge_refused_total Connections refused or closed by a connection limit.\n# TYPE confab_edge_refused_total counter\n\
-         confab_edge_refused_total{{reason=\"per_ip\"}} {}\nconfab_edge_refused_total{{reason=\"per_user\"}} {}\n\
-         confab_edge_refused_total{{reason=\"connect_deadline\"}} {}\n",
-        m.engine_connections.load(Ordering::Relaxed),
-        m.sessions.load(Ordering::Relaxed),
-        m.events.load(Ordering::Relaxed),
-        refused.per_ip.load(Ordering::Relaxed),
-        refused.per_user.load(Ordering::Relaxed),
-        refused.connect_deadline.load(Ordering::Relaxed),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], edge.metrics.registry.render()).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -320,6 +306,29 @@ async fn refusal_bodies(res: Response) -> Response {
     ApiError { http_status: Some(status.as_u16()), ..ApiError::validation(message) }.into_response()
 }
 
+/// The span and the metrics of one API call (probes and `/metrics` are
+/// not counted): the span parents what the call asks of routers and
+/// store-svc, and carries the error code and correlation id of a refusal.
+async fn observe(State(edge): State<Arc<Edge>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
+    let route = route.unwrap_or_default();
+    let span = tracing::info_span!(
+        target: confab_common::telemetry::SPANS,
+        "http",
+        otel.name = format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let res = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
+    edge.metrics.outcome("http", res.extensions().get::<ErrorCode>().copied(), started);
+    res
+}
+
 pub fn router(edge: Arc<Edge>) -> Router {
     let limit = edge.config.max_payload;
     Router::new()
@@ -329,6 +338,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v1/chats/{chat_id}/members/{user_id}", axum::routing::delete(remove_member).patch(set_role))
         .route("/v1/chats/{chat_id}/messages", get(get_messages).post(post_message))
         .route("/v1/users/{user_id}/presence", get(user_presence))
+        .route_layer(axum::middleware::from_fn_with_state(edge.clone(), observe))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -45,6 +45,7 @@ mod expiry;
 mod http;
 mod limits;
 mod link;
+mod metrics;
 mod presence;
 mod profiles;
 mod recovery;
@@ -64,7 +65,6 @@ use confab_common::{EdgeId, Shutdown, UserId};
 use confab_proto::v1 as pb;
 use engineioxide::config::EngineIoConfig;
 use engineioxide::layer::EngineIoLayer;
-use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -234,14 +234,6 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
-/// Counters behind `/metrics`.
-#[derive(Default)]
-pub(crate) struct Metrics {
-    pub engine_connections: AtomicI64,
-    pub sessions: AtomicI64,
-    pub events: AtomicI64,
-}
-
 /// State shared by every connection of one edge.
 pub(crate) struct Edge {
     pub config: Config,
@@ -274,13 +266,14 @@ pub(crate) struct Edge {
     /// draining is over; its tracker holds the tasks of requests and
     /// sessions, which draining waits for.
     pub shutdown: Shutdown,
-    pub metrics: Metrics,
+    pub metrics: metrics::Metrics,
 }
 
 /// Serves Socket.IO and HTTP on `listener` until `shutdown` fires, with
 /// store-svc at `config.store_url`, presence-svc at `config.presence_url`
 /// and the routers of `config.routers`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+    let metrics = metrics::Metrics::new().map_err(|e| Error::Config(e.to_string()))?;
     let store: Arc<dyn Store> = Arc::new(
         RemoteStore::connect_lazy(&config.store_url, config.request_timeout())
             .map_err(|e| Error::Config(e.to_string()))?,
@@ -319,7 +312,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         window: Duration::from_millis(config.detect_ms.max(10)),
     };
     let dialer = Arc::new(RemoteRouters::new());
-    let options = link::LinkOptions { detection, queue: config.router_queue, timeout, dialer };
+    let lost = metrics.router_reconnects.clone();
+    let options = link::LinkOptions { detection, queue: config.router_queue, timeout, dialer, lost };
     let links = link::Links::start(&config.routers, options, edge_id.as_str(), rooms.clone(), &background).await;
     let engine_config = EngineIoConfig::builder()
         .req_path("/socket.io")
@@ -402,10 +396,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         profile_puts,
         saved_profiles,
         leases: limits::Leases::default(),
-        admission: admission::Admission::new(&config),
+        admission: admission::Admission::new(&config, metrics.refused.clone()),
         drain: drain::Drain::new(shutdown.token().clone(), Duration::from_millis(config.drain_ms)),
         shutdown: work.clone(),
-        metrics: Metrics::default(),
+        metrics,
         config,
     });
     let heartbeat = Duration::from_millis(edge.config.presence_heartbeat_ms.max(10));

@@ -25,6 +25,7 @@ use confab_common::backoff::Backoff;
 use confab_common::{ChatId, Shutdown};
 use confab_proto::v1 as pb;
 use futures::{FutureExt, StreamExt};
+use opentelemetry::metrics::Counter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -66,6 +67,7 @@ pub struct Link {
     /// Since when the stream is down (the link's start counts as down).
     down_since: Mutex<Option<Instant>>,
     ids: Arc<AtomicU64>,
+    lost: Counter<u64>,
 }
 
 /// Every router link, and the ring of live ones that picks one per chat.
@@ -75,6 +77,7 @@ pub struct Links {
     ring: RwLock<Arc<Ring>>,
     links: RwLock<HashMap<String, Arc<Link>>>,
     ids: Arc<AtomicU64>,
+    lost: Counter<u64>,
     timeout: Duration,
     queue: usize,
     dialer: Arc<dyn Routers>,
@@ -118,6 +121,8 @@ pub struct LinkOptions {
     pub timeout: Duration,
     /// Opens the stream to a router.
     pub dialer: Arc<dyn Routers>,
+    /// Counts streams lost (`confab_edge_router_reconnects_total`).
+    pub lost: Counter<u64>,
 }
 
 impl Links {
@@ -129,7 +134,7 @@ impl Links {
         rooms: Arc<Rooms>,
         shutdown: &Shutdown,
     ) -> Arc<Self> {
-        let LinkOptions { detection, queue, timeout, dialer } = options;
+        let LinkOptions { detection, queue, timeout, dialer, lost } = options;
         let discovery = Discovery::parse(routers);
         let initial = discovery.resolve().await;
         let links = Arc::new(Self {
@@ -141,6 +146,7 @@ impl Links {
             timeout,
             queue,
             dialer,
+            lost,
             edge_id: edge_id.to_string(),
             rooms,
             draining: AtomicBool::new(false),
@@ -162,6 +168,7 @@ impl Links {
             connected: AtomicBool::new(false),
             down_since: Mutex::new(Some(Instant::now())),
             ids: self.ids.clone(),
+            lost: self.lost.clone(),
         });
         self.links.write().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), link.clone());
         let dialer = self.dialer.clone();
@@ -258,7 +265,13 @@ impl Links {
     /// router is unreachable or its queue is full.
     pub fn send_only(&self, chat_id: &str, user_id: &str, op: pb::request::Op) {
         let Some(link) = self.link_for(chat_id) else { return };
-        let request = pb::Request { id: 0, chat_id: chat_id.to_string(), user_id: user_id.to_string(), op: Some(op) };
+        let request = pb::Request {
+            id: 0,
+            chat_id: chat_id.to_string(),
+            user_id: user_id.to_string(),
+            op: Some(op),
+            trace_parent: confab_common::telemetry::propagation::current_traceparent(),
+        };
         let frame = pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(request)) };
         if link.connected.load(Ordering::Relaxed) && link.out_tx.try_send(frame).is_err() {
             tracing::debug!(chat.id = chat_id, "router queue full: dropped a fire-and-forget request");
@@ -351,7 +364,13 @@ impl Link {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, Pending { tx, on_reply });
-        let request = pb::Request { id, chat_id: chat_id.to_string(), user_id: user_id.to_string(), op: Some(op) };
+        let request = pb::Request {
+            id,
+            chat_id: chat_id.to_string(),
+            user_id: user_id.to_string(),
+            op: Some(op),
+            trace_parent: confab_common::telemetry::propagation::current_traceparent(),
+        };
         let frame = pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(request)) };
         if self.out_tx.try_send(frame).is_err() {
             lock(&self.pending).remove(&id);
@@ -384,6 +403,7 @@ async fn run_link(
         }
         if link.connected.swap(false, Ordering::Relaxed) {
             tracing::warn!(router = %link.addr, "router stream lost");
+            link.lost.add(1, &[]);
             *lock(&link.down_since) = Some(Instant::now());
         }
         // What was queued for the broken stream is dropped and failed: the
@@ -489,7 +509,8 @@ fn handle_frame(link: &Link, rooms: &Rooms, frame: pb::RouterFrame, batch: &mut 
             event: Some(pb::delivery::Event::ChatUpdate(update)),
         })) if !rooms.apply_chat_update(&update, batch) => {
             let op = pb::request::Op::Unsubscribe(pb::UnsubscribeOp {});
-            let frame = pb::Request { id: 0, chat_id, user_id: String::new(), op: Some(op) };
+            let frame =
+                pb::Request { id: 0, chat_id, user_id: String::new(), op: Some(op), trace_parent: String::new() };
             let frame = pb::EdgeFrame { kind: Some(pb::edge_frame::Kind::Request(frame)) };
             if link.out_tx.try_send(frame).is_err() {
                 tracing::warn!("router queue full: unsubscribe dropped");
@@ -544,6 +565,7 @@ mod tests {
         let options = LinkOptions {
             detection: Detection { probe: Duration::from_millis(50), window: Duration::from_secs(5) },
             queue: 16,
+            lost: opentelemetry::global::meter("test").u64_counter("lost").build(),
             timeout: Duration::from_secs(10),
             dialer: Arc::new(Refuser),
         };

@@ -160,7 +160,7 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
         let op = pb::request::Op::Typing(pb::TypingOp { start: false });
         edge.links.send_only(&chat_id, &session.user_id, op);
     }
-    edge.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    edge.metrics.sessions.add(-1, &[]);
     let edge2 = edge.clone();
     let req = pb::SessionRequest {
         user_id: session.user_id.clone(),
@@ -172,7 +172,7 @@ fn release(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
 
 /// A transport connection opened (before any Socket.IO CONNECT).
 pub fn opened(edge: &Edge, socket: &Arc<EioSocket>) {
-    edge.metrics.engine_connections.fetch_add(1, Ordering::Relaxed);
+    edge.metrics.connections.add(1, &[]);
     let awaiting: Arc<dyn AwaitingConnect> = socket.clone();
     edge.admission.watch_connect(&awaiting);
     edge.drain.register(socket.conn());
@@ -180,7 +180,10 @@ pub fn opened(edge: &Edge, socket: &Arc<EioSocket>) {
 
 /// A transport connection ended: leave every room, close the session.
 pub fn closed(edge: &Arc<Edge>, socket: &Arc<EioSocket>) {
-    edge.metrics.engine_connections.fetch_sub(1, Ordering::Relaxed);
+    edge.metrics.connections.add(-1, &[]);
+    if socket.is_slow_consumer() {
+        edge.metrics.slow_consumers.add(1, &[]);
+    }
     socket.data.disconnected.store(true, Ordering::Release);
     socket.data.release_user_slot();
     edge.drain.unregister(socket.id);
@@ -193,12 +196,14 @@ pub fn connect(edge: &Arc<Edge>, socket: &Arc<EioSocket>, auth: Option<&Value>) 
     if socket.data.session.get().is_some() || socket.data.connecting.swap(true, Ordering::AcqRel) {
         return; // a repeated CONNECT is ignored
     }
+    let started = std::time::Instant::now();
     let handshake = socket.take_handshake();
     let identity = pick_token(auth, handshake.authorization.as_deref(), handshake.query.as_deref())
         .and_then(|t| edge.verifier.verify(&t));
     let identity = match identity {
         Ok(i) => i,
         Err(e) => {
+            edge.metrics.outcome("connect", Some(confab_common::ErrorCode::Unauthorized), started);
             refuse(socket, e);
             return;
         }
@@ -217,8 +222,11 @@ pub fn connect(edge: &Arc<Edge>, socket: &Arc<EioSocket>, auth: Option<&Value>) 
         }
     }
     let (edge2, socket) = (edge.clone(), socket.clone());
-    edge.shutdown.spawn(async move {
-        if let Err(e) = start_session(&edge2, &socket, identity).await {
+    let span = tracing::info_span!(target: confab_common::telemetry::SPANS, "connect", otel.kind = "server");
+    let session = async move {
+        let started_session = start_session(&edge2, &socket, identity).await;
+        edge2.metrics.outcome("connect", started_session.as_ref().err().map(|e| e.code), started);
+        if let Err(e) = started_session {
             socket.data.release_user_slot();
             // The message (a transport error, an address) goes to the
             // log with the correlation id; the client gets neither.
@@ -231,7 +239,8 @@ pub fn connect(edge: &Arc<Edge>, socket: &Arc<EioSocket>, auth: Option<&Value>) 
             socket.send(sio::connect_error("/", e.code.as_str(), Some(&data)));
             socket.data.connecting.store(false, Ordering::Release);
         }
-    });
+    };
+    edge.shutdown.spawn(tracing::Instrument::instrument(session, span));
 }
 
 fn refuse(socket: &EioSocket, e: AuthError) {
@@ -283,7 +292,7 @@ async fn start_session(
         profile: Mutex::new(identity.profile()),
     });
     save_profile(edge, &identity);
-    edge.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+    edge.metrics.sessions.add(1, &[]);
     edge.rooms.join_user(&user_id, socket);
     edge.expiry.watch(identity.expires_at, socket);
     // Subscribe this edge to the chats it had no socket of yet. The CONNECT

@@ -23,6 +23,8 @@ pub mod redis_state;
 pub mod state;
 pub mod unavailable;
 
+use confab_common::grpc::{Listeners, RpcMetrics};
+use confab_common::telemetry::metrics::Metrics;
 use confab_common::{time::now_ms, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_server::{Presence as PresenceRpc, PresenceServer};
@@ -33,7 +35,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -321,11 +322,15 @@ pub enum Error {
     Serve(#[from] tonic::transport::Error),
     #[error("presence-svc: {0}")]
     Redis(#[from] redis_link::LinkError),
+    #[error("bad configuration: {0}")]
+    Config(String),
 }
 
-/// Runs presence's clocks and serves it over gRPC on `listener` until
+/// Runs presence's clocks and serves it over gRPC on `listeners` until
 /// `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+pub async fn run(config: Config, listeners: impl Into<Listeners>, shutdown: Shutdown) -> Result<(), Error> {
+    let metrics = Metrics::new("confab-presence").map_err(|e| Error::Config(e.to_string()))?;
+    let listener = listeners.into().serve_metrics(&metrics, &shutdown);
     let windows = Windows {
         offline_grace_ms: config.offline_grace_ms,
         update_interval_ms: config.update_interval_ms,
@@ -360,6 +365,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         streams.end_streams();
     };
     tonic::transport::Server::builder()
+        .trace_fn(confab_common::telemetry::propagation::server_span)
+        .layer(RpcMetrics::new(&metrics, "confab.presence"))
         .add_service(PresenceServer::new(service))
         .serve_with_incoming_shutdown(incoming, stopped)
         .await?;

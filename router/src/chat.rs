@@ -21,6 +21,7 @@ mod send;
 mod typing;
 
 use crate::edges::{EdgeConn, EdgeRegistry};
+use crate::metrics::Metrics;
 use crate::tail::Tail;
 use confab_api::store::{AppendBatch, Appended, Store, StoreError};
 use confab_common::ChatId;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Messages a chat writer keeps for joins with `sinceSeq`, at most, and
 /// their encoded bytes at most.
@@ -44,6 +46,9 @@ pub(crate) struct Cmd {
     pub user: String,
     pub edge: EdgeConn,
     pub op: Op,
+    /// The request's span (disabled unless the edge sent trace context):
+    /// what the writer does for it happens inside it.
+    pub span: tracing::Span,
 }
 
 pub(crate) enum Op {
@@ -104,6 +109,7 @@ pub(crate) struct ChatSettings {
     pub typing_ttl: Duration,
     /// A start within this long of the last broadcast one is not re-broadcast.
     pub typing_debounce: Duration,
+    pub metrics: Metrics,
 }
 
 struct ChatState {
@@ -121,6 +127,7 @@ struct ChatState {
     tail: Tail,
     cursors: HashMap<String, u64>,
     typing: HashMap<String, typing::Typing>,
+    metrics: Metrics,
 }
 
 type OpResult = Result<ReplyResult, ReplyResult>;
@@ -163,7 +170,14 @@ pub(crate) fn refuse(cmd: Cmd, result: ReplyResult) {
 
 /// Runs the writer of `chat_id` until it has been idle (no command, no
 /// subscriber, no one typing) for `settings.idle`, or its queue closes.
-pub(crate) async fn run_chat(chat_id: ChatId, mut rx: mpsc::Receiver<Cmd>, settings: ChatSettings) {
+pub(crate) async fn run_chat(chat_id: ChatId, rx: mpsc::Receiver<Cmd>, settings: ChatSettings) {
+    settings.metrics.chats.add(1, &[]);
+    let metrics = settings.metrics.clone();
+    serve_chat(chat_id, rx, settings).await;
+    metrics.chats.add(-1, &[]);
+}
+
+async fn serve_chat(chat_id: ChatId, mut rx: mpsc::Receiver<Cmd>, settings: ChatSettings) {
     // Claim first, then read: whatever an older owner wrote before the claim
     // is in what we read, and nothing it writes after the claim is accepted.
     let loaded = match settings.store.claim(&chat_id, &settings.owner).await {
@@ -184,8 +198,10 @@ pub(crate) async fn run_chat(chat_id: ChatId, mut rx: mpsc::Receiver<Cmd>, setti
             tail: Tail::new(TAIL_MESSAGES, TAIL_BYTES),
             cursors: HashMap::new(),
             typing: HashMap::new(),
+            metrics: settings.metrics.clone(),
         },
         Err(e) => {
+            settings.metrics.store_error(e.kind_name());
             // Answer what is queued, then stop: the next command starts afresh.
             rx.close();
             let refused = write_error(e);
@@ -209,6 +225,7 @@ pub(crate) async fn run_chat(chat_id: ChatId, mut rx: mpsc::Receiver<Cmd>, setti
             return;
         }
         if !batch.is_empty() {
+            state.metrics.queue_depth.record(rx.len() as u64, &[]);
             match rx.try_recv() {
                 Ok(cmd) if batch.len() < MAX_SEND_BATCH => state.handle(cmd, &mut batch, &settings).await,
                 Ok(cmd) => {
@@ -274,14 +291,21 @@ impl ChatState {
             return;
         }
         self.flush(batch, &settings.store).await;
-        let Cmd { req_id, user, edge, op } = cmd;
+        let Cmd { req_id, user, edge, op, span } = cmd;
+        let Some(result) = self.apply(op, &user, &edge, settings).instrument(span).await else { return };
+        reply(&edge, req_id, result.unwrap_or_else(|e| e));
+    }
+
+    /// Applies one command other than a send; `None` for those answered
+    /// otherwise (typing, a gone edge).
+    async fn apply(&mut self, op: Op, user: &str, edge: &EdgeConn, settings: &ChatSettings) -> Option<OpResult> {
         let store = &settings.store;
-        let result: OpResult = match op {
-            Op::Send(_) => return,
-            Op::Join(op) => self.join(store, &user, &edge, op).await,
+        let result = match op {
+            Op::Send(_) => return None,
+            Op::Join(op) => self.join(store, user, edge, op).await,
             Op::Subscribe => {
                 // An empty user is the edge re-subscribing after a reconnect.
-                if !user.is_empty() && !self.is_member(&user) {
+                if !user.is_empty() && !self.is_member(user) {
                     Err(forbidden("not a member of this chat"))
                 } else {
                     self.subscribers.insert(edge.key(), edge.clone());
@@ -294,20 +318,20 @@ impl ChatState {
             }
             Op::EdgeGone => {
                 self.subscribers.remove(&edge.key());
-                return;
+                return None;
             }
             Op::Announce => self.announce(store, &settings.edges).await,
-            Op::Edit(op) => self.edit(store, &user, op).await,
-            Op::Delete(op) => self.delete(store, &user, op).await,
-            Op::React(op) => self.react(store, &user, op).await,
-            Op::Read(op) => self.read(store, &user, op).await,
-            Op::Manage(op) => self.manage(store, &settings.edges, &user, op).await,
+            Op::Edit(op) => self.edit(store, user, op).await,
+            Op::Delete(op) => self.delete(store, user, op).await,
+            Op::React(op) => self.react(store, user, op).await,
+            Op::Read(op) => self.read(store, user, op).await,
+            Op::Manage(op) => self.manage(store, &settings.edges, user, op).await,
             Op::Typing(op) => {
-                self.typing(&user, op.start, Instant::now(), settings);
-                return;
+                self.typing(user, op.start, Instant::now(), settings);
+                return None;
             }
         };
-        reply(&edge, req_id, result.unwrap_or_else(|e| e));
+        Some(result)
     }
 
     async fn join(&mut self, store: &Arc<dyn Store>, user: &str, edge: &EdgeConn, op: pb::JoinOp) -> OpResult {
@@ -369,12 +393,17 @@ mod tests {
             idle: Duration::from_secs(60),
             typing_ttl: Duration::from_secs(5),
             typing_debounce: Duration::from_secs(2),
+            metrics: Metrics::new().unwrap(),
         }
+    }
+
+    fn counters() -> Arc<crate::edges::StreamCounters> {
+        Metrics::new().unwrap().streams
     }
 
     fn send(client_id: &str, edge: &EdgeConn, req_id: u64) -> Cmd {
         let op = pb::SendOp { body: format!("body {client_id}"), client_id: client_id.into(), ..Default::default() };
-        Cmd { req_id, user: "alice".into(), edge: edge.clone(), op: Op::Send(op) }
+        Cmd { req_id, user: "alice".into(), edge: edge.clone(), op: Op::Send(op), span: tracing::Span::none() }
     }
 
     /// A send that an earlier owner of the chat stored is answered with the
@@ -402,7 +431,7 @@ mod tests {
         store.append(batch).await.unwrap();
 
         let (frames_tx, mut frames) = mpsc::channel(16);
-        let edge = EdgeConn::new(1, frames_tx, tokio_util::sync::CancellationToken::new());
+        let edge = EdgeConn::new(1, frames_tx, tokio_util::sync::CancellationToken::new(), counters());
         let (tx, rx) = mpsc::channel(16);
         // Queued before the writer starts, so they form one batch.
         tx.send(send("c2", &edge, 10)).await.unwrap();
@@ -436,7 +465,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let chat = group_chat(&store).await;
         let (frames_tx, mut frames) = mpsc::channel(64);
-        let edge = EdgeConn::new(1, frames_tx, tokio_util::sync::CancellationToken::new());
+        let edge = EdgeConn::new(1, frames_tx, tokio_util::sync::CancellationToken::new(), counters());
         let (tx, rx) = mpsc::channel(16);
         let writer = tokio::spawn(run_chat(chat.id.clone().into(), rx, settings(&store)));
         let mut reply = async |cmd: Cmd| {
@@ -459,10 +488,17 @@ mod tests {
             }
         }
         let edit = pb::EditOp { message_id: ids[1].clone(), body: "edited".into() };
-        let cmd = Cmd { req_id: 10, user: "alice".into(), edge: edge.clone(), op: Op::Edit(edit) };
+        let cmd = Cmd {
+            req_id: 10,
+            user: "alice".into(),
+            edge: edge.clone(),
+            op: Op::Edit(edit),
+            span: tracing::Span::none(),
+        };
         assert!(matches!(reply(cmd).await, ReplyResult::Edit(_)));
         let join = pb::JoinOp { since_seq: Some(1), limit: 100 };
-        let cmd = Cmd { req_id: 11, user: "bob".into(), edge: edge.clone(), op: Op::Join(join) };
+        let cmd =
+            Cmd { req_id: 11, user: "bob".into(), edge: edge.clone(), op: Op::Join(join), span: tracing::Span::none() };
         let ReplyResult::Join(joined) = reply(cmd).await else { panic!("join failed") };
         let stored = store.history(&ChatId::from(&chat.id), Some(1), None, 100).await.unwrap();
         assert_eq!(joined.missed, stored.messages);

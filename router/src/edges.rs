@@ -2,6 +2,8 @@
 
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_frame::Kind;
+use opentelemetry::metrics::Counter;
+use opentelemetry::KeyValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -15,6 +17,26 @@ pub(crate) struct EdgeConn {
     key: u64,
     tx: mpsc::Sender<Result<pb::RouterFrame, tonic::Status>>,
     kill: CancellationToken,
+    counters: Arc<StreamCounters>,
+}
+
+/// What the streams of a router count.
+pub(crate) struct StreamCounters {
+    /// Streams cut off (`confab_router_slow_edges_total`).
+    pub cut: Counter<u64>,
+    /// Replies by code, `OK` or the error's (`confab_router_replies_total`).
+    pub replies: Counter<u64>,
+}
+
+/// The label of a reply: `OK`, or its error code (`UNAVAILABLE`).
+fn reply_code(kind: &Kind) -> Option<&'static str> {
+    let Kind::Reply(reply) = kind else { return None };
+    Some(match &reply.result {
+        Some(pb::reply::Result::Error(e)) => {
+            pb::ErrorCode::try_from(e.code).map_or("UNSPECIFIED", |c| c.as_str_name().trim_start_matches("ERROR_CODE_"))
+        }
+        _ => "OK",
+    })
 }
 
 impl EdgeConn {
@@ -22,8 +44,9 @@ impl EdgeConn {
         key: u64,
         tx: mpsc::Sender<Result<pb::RouterFrame, tonic::Status>>,
         kill: CancellationToken,
+        counters: Arc<StreamCounters>,
     ) -> Self {
-        Self { key, tx, kill }
+        Self { key, tx, kill, counters }
     }
 
     /// Identifies this stream (not the edge: a reconnect gets a new key).
@@ -41,11 +64,15 @@ impl EdgeConn {
         if self.kill.is_cancelled() {
             return false;
         }
+        if let Some(code) = reply_code(&kind) {
+            self.counters.replies.add(1, &[KeyValue::new("code", code)]);
+        }
         match self.tx.try_send(Ok(pb::RouterFrame { kind: Some(kind) })) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(stream = self.key, "edge stream queue full: cutting the edge off");
                 self.kill.cancel();
+                self.counters.cut.add(1, &[]);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -14,11 +14,13 @@
 
 mod chat;
 mod edges;
+mod metrics;
 mod tail;
 
 use chat::{ChatSettings, Cmd, Op};
 use confab_api::placement::{Detection, Discovery, Membership};
 use confab_api::store::{RemoteStore, Store};
+use confab_common::grpc::{Listeners, RpcMetrics};
 use confab_common::{ChatId, Shutdown};
 use confab_proto::v1 as pb;
 use confab_proto::v1::router_server::{Router as RouterRpc, RouterServer};
@@ -28,7 +30,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -108,6 +109,7 @@ struct Inner {
     config: Config,
     shutdown: Shutdown,
     next_stream: AtomicU64,
+    metrics: metrics::Metrics,
 }
 
 /// The `confab.v1.Router` service.
@@ -133,6 +135,7 @@ impl RouterService {
         };
         let membership = Membership::new(config.advertise.clone(), initial);
         let edges = EdgeRegistry::default();
+        let metrics = metrics::Metrics::new().map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 advertise: config.advertise.clone(),
@@ -148,10 +151,12 @@ impl RouterService {
                     idle: Duration::from_secs(config.chat_idle_secs),
                     typing_ttl: Duration::from_millis(config.typing_ttl_ms),
                     typing_debounce: Duration::from_millis(config.typing_debounce_ms),
+                    metrics: metrics.clone(),
                 },
                 config,
                 shutdown,
                 next_stream: AtomicU64::new(1),
+                metrics,
             }),
         })
     }
@@ -184,7 +189,7 @@ impl RouterService {
     }
 
     fn handle_request(&self, r: pb::Request, edge: &EdgeConn, subscribed: &mut HashSet<String>) {
-        let pb::Request { id, chat_id, user_id, op } = r;
+        let pb::Request { id, chat_id, user_id, op, trace_parent } = r;
         let reply_error = |code: pb::ErrorCode, message: &str| {
             let err = pb::Error { code: code as i32, message: message.into(), retry_after_ms: None };
             edge.send(pb::router_frame::Kind::Reply(pb::Reply { id, result: Some(pb::reply::Result::Error(err)) }));
@@ -193,6 +198,22 @@ impl RouterService {
             return reply_error(pb::ErrorCode::NotOwner, "not the owner of this chat");
         }
         use pb::request::Op as P;
+        let name = match &op {
+            Some(P::Send(_)) => "send",
+            Some(P::Join(_)) => "join",
+            Some(P::Subscribe(_)) => "subscribe",
+            Some(P::Unsubscribe(_)) => "unsubscribe",
+            Some(P::Announce(_)) => "announce",
+            Some(P::Edit(_)) => "edit",
+            Some(P::Delete(_)) => "delete",
+            Some(P::React(_)) => "react",
+            Some(P::Typing(_)) => "typing",
+            Some(P::Read(_)) => "read",
+            Some(P::Manage(_)) => "manage",
+            None => "none",
+        };
+        self.inner.metrics.request(name);
+        let span = confab_common::telemetry::propagation::remote_child(name, &trace_parent);
         let op = match op {
             Some(P::Send(op)) => Op::Send(op),
             Some(P::Join(op)) => {
@@ -216,7 +237,7 @@ impl RouterService {
             Some(P::Manage(op)) => Op::Manage(op),
             None => return reply_error(pb::ErrorCode::Validation, "request without op"),
         };
-        self.dispatch(&chat_id, Cmd { req_id: id, user: user_id, edge: edge.clone(), op });
+        self.dispatch(&chat_id, Cmd { req_id: id, user: user_id, edge: edge.clone(), op, span });
     }
 }
 
@@ -255,7 +276,8 @@ impl RouterService {
         let key = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.inner.config.edge_queue);
         let kill = CancellationToken::new();
-        let edge = EdgeConn::new(key, tx, kill.clone());
+        let edge = EdgeConn::new(key, tx, kill.clone(), self.inner.metrics.streams.clone());
+        self.inner.metrics.edge_streams.add(1, &[]);
         self.inner.edges.insert(edge.clone());
         let this = self.clone();
         let shutdown = self.inner.shutdown.clone();
@@ -281,8 +303,15 @@ impl RouterService {
             }
             reader_kill.cancel();
             this.inner.edges.remove(key);
+            this.inner.metrics.edge_streams.add(-1, &[]);
             for chat_id in subscribed {
-                let cmd = Cmd { req_id: 0, user: String::new(), edge: edge.clone(), op: Op::EdgeGone };
+                let cmd = Cmd {
+                    req_id: 0,
+                    user: String::new(),
+                    edge: edge.clone(),
+                    op: Op::EdgeGone,
+                    span: tracing::Span::none(),
+                };
                 this.dispatch(&chat_id, cmd);
             }
             tracing::info!(stream = key, "edge detached");
@@ -291,9 +320,9 @@ impl RouterService {
     }
 }
 
-/// Joins the membership and serves the router on `listener` until
+/// Joins the membership and serves the router on `listeners` until
 /// `shutdown` fires, with store-svc at `config.store_url`.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+pub async fn run(config: Config, listeners: impl Into<Listeners>, shutdown: Shutdown) -> Result<(), Error> {
     let timeout = Duration::from_millis(config.store_timeout_ms);
     let store: Arc<dyn Store> =
         Arc::new(RemoteStore::connect_lazy(&config.store_url, timeout).map_err(|e| Error::Config(e.to_string()))?);
@@ -302,11 +331,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         window: Duration::from_millis(config.detect_ms.max(10)),
     };
     let service = RouterService::new(config, store, shutdown.clone())?;
+    let metrics = service.inner.metrics.clone();
+    let listener = listeners.into().serve_metrics(&metrics.registry, &shutdown);
     let membership = service.inner.membership.clone();
-    shutdown.spawn(membership.run(service.inner.discovery.clone(), detection, shutdown.clone()));
+    shutdown.spawn(membership.clone().run(service.inner.discovery.clone(), detection, shutdown.clone()));
+    shutdown.spawn(metrics.clone().watch_ring(membership, detection.probe, shutdown.clone()));
     let incoming = confab_common::grpc::incoming(listener);
     tracing::info!(node.id = %service.inner.advertise, "router serving");
     tonic::transport::Server::builder()
+        .trace_fn(confab_common::telemetry::propagation::server_span)
+        .layer(RpcMetrics::new(&metrics.registry, "confab.router"))
         .add_service(RouterServer::new(service))
         .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
         .await?;

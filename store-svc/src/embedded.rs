@@ -79,11 +79,14 @@ pub struct EmbeddedStore {
 /// re-opens the file after a failed disk, and puts the new one back.
 pub(crate) struct Shared {
     db: std::sync::RwLock<Option<Arc<Database>>>,
+    /// Where the writer reports each log write and `fdatasync`, once the
+    /// server has metrics ([`EmbeddedStore::report_syncs`]).
+    pub(crate) syncs: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>>,
 }
 
 impl Shared {
     fn new(db: Arc<Database>) -> Self {
-        Self { db: std::sync::RwLock::new(Some(db)) }
+        Self { db: std::sync::RwLock::new(Some(db)), syncs: std::sync::OnceLock::new() }
     }
 
     /// The database, or unavailable while it is being re-opened.
@@ -112,6 +115,12 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `config.data_dir`: refuses a damaged
     /// log (unless `config.salvage`) or database with an [`OpenError`]
     /// naming the file, and redoes the log since the last checkpoint.
+    /// From now on each group commit's log write and `fdatasync` is timed
+    /// into `histogram` (seconds).
+    pub fn report_syncs(&self, histogram: opentelemetry::metrics::Histogram<f64>) {
+        let _ = self.db.syncs.set(histogram);
+    }
+
     pub fn open_with(config: &Config) -> Result<Self, OpenError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Io { path: dir.clone(), source })?;

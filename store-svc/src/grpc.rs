@@ -3,20 +3,51 @@
 //! request become the `confab-common` newtypes here, on their way in.
 
 use crate::store::{AppendBatch, Appended, NewChat, Store, StoreError};
+use confab_common::telemetry::metrics::{Metrics, LATENCY_BUCKETS};
+use confab_common::telemetry::SPANS;
 use confab_common::UserId;
 use confab_proto::v1 as pb;
 use confab_proto::v1::store_server::{Store as StoreRpc, StoreServer};
+use opentelemetry::metrics::Histogram;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Serves a [`Store`] as the `confab.v1.Store` gRPC service.
 pub struct StoreService {
     store: Arc<dyn Store>,
+    appends: Appends,
+}
+
+/// How appends go, whatever the backend (`confab_store_append_*`).
+#[derive(Clone)]
+pub struct Appends {
+    pub duration: Histogram<f64>,
+    pub batch_size: Histogram<u64>,
+}
+
+impl Appends {
+    pub fn new(metrics: &Metrics) -> Self {
+        let m = metrics.meter("confab-store");
+        Self {
+            duration: m
+                .f64_histogram("confab.store.append.duration")
+                .with_unit("s")
+                .with_description("Appends, from request to durable answer.")
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build(),
+            batch_size: m
+                .u64_histogram("confab.store.append.batch_size")
+                .with_description("Messages per append.")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0])
+                .build(),
+        }
+    }
 }
 
 impl StoreService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, appends: Appends) -> Self {
+        Self { store, appends }
     }
 
     pub fn into_server(self) -> StoreServer<Self> {
@@ -73,13 +104,17 @@ impl StoreRpc for StoreService {
 
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let r = req.into_inner();
+        let started = std::time::Instant::now();
+        self.appends.batch_size.record(r.messages.len() as u64, &[]);
         let batch = AppendBatch {
             chat_id: r.chat_id.into(),
             messages: r.messages,
             epoch: r.epoch,
             repeats_since_ms: r.repeats_since_ms,
         };
-        let response = match self.store.append(batch).await? {
+        let appended = self.store.append(batch).instrument(tracing::info_span!(target: SPANS, "store.append")).await;
+        self.appends.duration.record(started.elapsed().as_secs_f64(), &[]);
+        let response = match appended? {
             Appended::Written(last_seq) => pb::AppendResponse { last_seq, repeats: Vec::new() },
             Appended::Repeats(repeats) => pb::AppendResponse { last_seq: 0, repeats },
         };

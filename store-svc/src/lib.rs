@@ -32,12 +32,14 @@ pub mod scylla;
 mod wal;
 
 pub use embedded::{EmbeddedStore, OpenError};
-pub use grpc::StoreService;
+pub use grpc::{Appends, StoreService};
 pub use scylla::{ScyllaConfig, ScyllaError, ScyllaStore};
 pub use wal::Damage;
 
 use confab_api::store::{self, Store, StoreError};
 
+use confab_common::grpc::{Listeners, RpcMetrics};
+use confab_common::telemetry::metrics::{Metrics, LATENCY_BUCKETS};
 use confab_common::Shutdown;
 use confab_proto::v1::store_server::StoreServer;
 use std::path::PathBuf;
@@ -92,23 +94,39 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Scylla(#[from] ScyllaError),
+    #[error("bad configuration: {0}")]
+    Config(String),
 }
 
 /// Serves the store over gRPC on `listener` until `shutdown` fires, with
 /// the standard gRPC health service: NOT_SERVING while the store's disk
 /// fails, SERVING once it has recovered.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
-    run_embedded(EmbeddedStore::open_with(&config)?, listener, shutdown).await
+pub async fn run(config: Config, listeners: impl Into<Listeners>, shutdown: Shutdown) -> Result<(), RunError> {
+    run_embedded(EmbeddedStore::open_with(&config)?, listeners, shutdown).await
 }
 
 /// [`run`] over a store already opened (`confab dev` opens it before it
 /// starts anything, so a store that refuses to open stops it at once).
-pub async fn run_embedded(embedded: EmbeddedStore, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
+pub async fn run_embedded(
+    embedded: EmbeddedStore,
+    listeners: impl Into<Listeners>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new("confab-store").map_err(|e| RunError::Config(e.to_string()))?;
+    embedded.report_syncs(
+        metrics
+            .meter("confab-store")
+            .f64_histogram("confab.store.fsync.duration")
+            .with_unit("s")
+            .with_description("Group commits of the embedded store: one log write and fdatasync.")
+            .with_boundaries(LATENCY_BUCKETS.to_vec())
+            .build(),
+    );
     let reporter = HealthReporter::new();
     let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
     shutdown.spawn(report_health(embedded.health(), reporter, shutdown.clone()));
     let store: Arc<dyn Store> = Arc::new(embedded);
-    let served = serve_with(store.clone(), Some(health), listener, shutdown).await;
+    let served = serve_with(store.clone(), Some(health), listeners.into(), metrics, shutdown).await;
     // No more calls: checkpoint, so the next start has nothing to redo.
     let closed = store.close().await;
     served?;
@@ -119,14 +137,19 @@ pub async fn run_embedded(embedded: EmbeddedStore, listener: TcpListener, shutdo
 /// migrates the keyspace, then serves until `shutdown` fires, SERVING on
 /// the health service from then on (the cluster's own failures answer each
 /// call UNAVAILABLE).
-pub async fn run_scylla(config: ScyllaConfig, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
+pub async fn run_scylla(
+    config: ScyllaConfig,
+    listeners: impl Into<Listeners>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let metrics = Metrics::new("confab-store").map_err(|e| RunError::Config(e.to_string()))?;
     let store = scylla::connect(&config).await?;
     tracing::info!(nodes = %config.nodes.join(","), keyspace = %config.keyspace, "history on ScyllaDB");
     let reporter = HealthReporter::new();
     reporter.set_service_status("", ServingStatus::Serving).await;
     reporter.set_service_status(<StoreServer<StoreService> as NamedService>::NAME, ServingStatus::Serving).await;
     let health = HealthServer::new(HealthService::from_health_reporter(reporter));
-    Ok(serve_with(Arc::new(store), Some(health), listener, shutdown).await?)
+    Ok(serve_with(Arc::new(store), Some(health), listeners.into(), metrics, shutdown).await?)
 }
 
 /// Mirrors the store's health into the gRPC health service, for the whole
@@ -145,20 +168,25 @@ async fn report_health(mut healthy: watch::Receiver<bool>, reporter: HealthRepor
 
 /// Serves any `Store` over gRPC.
 pub async fn serve(store: Arc<dyn Store>, listener: TcpListener, shutdown: Shutdown) -> Result<(), StoreError> {
-    serve_with(store, None, listener, shutdown).await
+    let metrics = Metrics::new("confab-store").map_err(|e| StoreError::Invalid(e.to_string()))?;
+    serve_with(store, None, listener.into(), metrics, shutdown).await
 }
 
 async fn serve_with(
     store: Arc<dyn Store>,
     health: Option<HealthServer<HealthService>>,
-    listener: TcpListener,
+    listeners: Listeners,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(), StoreError> {
+    let listener = listeners.serve_metrics(&metrics, &shutdown);
     let incoming = confab_common::grpc::incoming(listener);
     tracing::info!("store-svc serving");
     tonic::transport::Server::builder()
+        .trace_fn(confab_common::telemetry::propagation::server_span)
+        .layer(RpcMetrics::new(&metrics, "confab.store"))
         .add_optional_service(health)
-        .add_service(StoreService::new(store).into_server())
+        .add_service(StoreService::new(store, Appends::new(&metrics)).into_server())
         .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;

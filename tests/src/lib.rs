@@ -7,6 +7,7 @@
 //! Rust; the official `socket.io-client` drives it from `tests/node`.
 
 pub mod client;
+pub mod otlp;
 pub mod process;
 pub mod redis;
 
@@ -409,6 +410,7 @@ pub fn error(ack: &serde_json::Value, code: &str) {
 /// Logs to the test output when `CONFAB_LOG` is set (for debugging).
 pub fn init_test_logging() {
     if std::env::var_os("CONFAB_LOG").is_some() {
-        confab_common::telemetry::init("debug", false);
+        // No OTEL_* endpoint is set for the tests: nothing to flush at exit.
+        let _ = confab_common::telemetry::init("confab-tests", "debug", false);
     }
 }

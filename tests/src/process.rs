@@ -62,3 +62,106 @@ pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
     let pid = child.id().expect("running child") as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal the child");
 }
+
+/// A cluster of one process per role, as containers run it: store-svc on
+/// the embedded store, presence-svc, one router and one edge, each
+/// `confab <role>` on its own loopback ports, the backends serving
+/// `/metrics` on `--metrics-listen`. Killed when dropped.
+pub struct Roles {
+    _children: Vec<Child>,
+    /// The edge's URL (Socket.IO, HTTP and its `/metrics`).
+    pub edge: String,
+    /// Each role's `/metrics` URL: edge, router, store, presence.
+    pub metrics: Vec<(&'static str, String)>,
+    _data: tempfile::TempDir,
+}
+
+/// A loopback port free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Roles {
+    /// Starts the four roles with `env` added to each (and the tests'
+    /// secret), and waits until the edge is ready.
+    pub async fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let ports = (0..7).map(|_| free_port()).collect::<anyhow::Result<Vec<u16>>>()?;
+        let &[store, presence, router, edge, store_m, presence_m, router_m] = &ports[..] else { unreachable!() };
+        let at = |p: u16| format!("127.0.0.1:{p}");
+        let url = |p: u16| format!("http://127.0.0.1:{p}");
+        let data_dir = data.path().to_string_lossy().to_string();
+        let roles: Vec<Vec<String>> = vec![
+            vec![
+                "store".into(),
+                "--listen".into(),
+                at(store),
+                "--metrics-listen".into(),
+                at(store_m),
+                "--data-dir".into(),
+                data_dir,
+            ],
+            vec!["presence".into(), "--listen".into(), at(presence), "--metrics-listen".into(), at(presence_m)],
+            vec![
+                "router".into(),
+                "--listen".into(),
+                at(router),
+                "--metrics-listen".into(),
+                at(router_m),
+                "--advertise".into(),
+                url(router),
+                "--routers".into(),
+                url(router),
+                "--store-url".into(),
+                url(store),
+            ],
+            vec![
+                "edge".into(),
+                "--listen".into(),
+                at(edge),
+                "--routers".into(),
+                url(router),
+                "--store-url".into(),
+                url(store),
+                "--presence-url".into(),
+                url(presence),
+            ],
+        ];
+        let mut children = Vec::new();
+        for args in roles {
+            let mut command = Command::new(confab_bin()?);
+            command
+                .args(&args)
+                .env("CONFAB_JWT_SECRET", SECRET)
+                .env("CONFAB_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .kill_on_drop(true);
+            children.push(command.spawn().with_context(|| format!("spawn confab {}", args[0]))?);
+        }
+        let edge = url(edge);
+        let metrics = vec![
+            ("edge", format!("{edge}/metrics")),
+            ("router", format!("{}/metrics", url(router_m))),
+            ("store", format!("{}/metrics", url(store_m))),
+            ("presence", format!("{}/metrics", url(presence_m))),
+        ];
+        let http = reqwest::Client::new();
+        let mut wanted: Vec<String> = metrics.iter().map(|(_, m)| m.clone()).collect();
+        wanted.push(format!("{edge}/readyz"));
+        wait_until(URL_DEADLINE, || {
+            let (http, wanted) = (http.clone(), wanted.clone());
+            async move {
+                for url in wanted {
+                    if !matches!(http.get(&url).send().await, Ok(r) if r.status() == 200) {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await
+        .context("the roles never became ready")?;
+        Ok(Self { _children: children, edge, metrics, _data: data })
+    }
+}

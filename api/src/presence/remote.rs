@@ -2,6 +2,7 @@
 
 use super::{Acquired, Limit, Presence, PresenceError, RateClass, Updates, Watching};
 use crate::placement::Discovery;
+use confab_common::telemetry::propagation::{traced, TracedChannel};
 use confab_common::{EdgeId, UserId};
 use confab_proto::v1 as pb;
 use confab_proto::v1::presence_client::PresenceClient;
@@ -9,7 +10,7 @@ use futures::StreamExt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Code;
 
 /// A [`Presence`] reached over gRPC, on one of several replicas (presence
@@ -30,7 +31,7 @@ pub struct RemotePresence {
 
 struct Replica {
     url: String,
-    client: PresenceClient<Channel>,
+    client: PresenceClient<TracedChannel>,
 }
 
 fn replica(url: &str, timeout: Duration) -> Result<Replica, PresenceError> {
@@ -38,7 +39,7 @@ fn replica(url: &str, timeout: Duration) -> Result<Replica, PresenceError> {
         .map_err(|e| PresenceError::Invalid(format!("bad presence url {url}: {e}")))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    Ok(Replica { url: url.to_string(), client: PresenceClient::new(endpoint.connect_lazy()) })
+    Ok(Replica { url: url.to_string(), client: PresenceClient::new(traced(endpoint.connect_lazy())) })
 }
 
 impl RemotePresence {
@@ -88,14 +89,14 @@ impl RemotePresence {
     }
 
     /// The replica in use, and its index; none before DNS named any.
-    fn client(&self) -> Option<(usize, PresenceClient<Channel>)> {
+    fn client(&self) -> Option<(usize, PresenceClient<TracedChannel>)> {
         let list = self.list();
         let i = *self.current.borrow();
         list.get(i).map(|r| (i, r.client.clone()))
     }
 
     /// The replica in use, or UNAVAILABLE.
-    fn using(&self) -> Result<(usize, PresenceClient<Channel>), PresenceError> {
+    fn using(&self) -> Result<(usize, PresenceClient<TracedChannel>), PresenceError> {
         self.client().ok_or_else(|| PresenceError::Unavailable("no presence replica resolved yet".into()))
     }
 
@@ -123,7 +124,7 @@ impl RemotePresence {
     /// One unary call on the replica in use.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, PresenceError>
     where
-        F: FnOnce(PresenceClient<Channel>) -> Fut,
+        F: FnOnce(PresenceClient<TracedChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let (i, client) = self.using()?;

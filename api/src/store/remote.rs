@@ -1,16 +1,17 @@
 //! The gRPC client of store-svc, itself a [`Store`].
 
 use super::{AppendBatch, Appended, History, NewChat, Store, StoreError};
+use confab_common::telemetry::propagation::{traced, TracedChannel};
 use confab_common::{ChatId, UserId};
 use confab_proto::v1 as pb;
 use confab_proto::v1::store_client::StoreClient;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// A [`Store`] reached over gRPC. Every call has a deadline.
 #[derive(Clone)]
 pub struct RemoteStore {
-    client: StoreClient<Channel>,
+    client: StoreClient<TracedChannel>,
 }
 
 /// Calls one client has in flight to the store at once.
@@ -29,7 +30,7 @@ impl RemoteStore {
             // rather than opening thousands of HTTP/2 streams whose timeouts
             // and resets made the connection fail for every caller.
             .concurrency_limit(CALLS_IN_FLIGHT);
-        Ok(Self { client: StoreClient::new(endpoint.connect_lazy()) })
+        Ok(Self { client: StoreClient::new(traced(endpoint.connect_lazy())) })
     }
 }
 

@@ -62,6 +62,11 @@ impl<D> Socket<D> {
         }
     }
 
+    /// Whether it was closed for reading too slowly.
+    pub fn is_slow_consumer(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
     fn overflowed(&self) {
         // Packets keep coming until the close takes effect: one line per
         // socket, and at most one per interval for all sockets together.

@@ -5,11 +5,24 @@ use super::{
     error, forbidden, not_found, reply, store_error, write_error, AppendBatch, Appended, ChatState, Cmd, Op, Store,
 };
 use crate::edges::EdgeConn;
+use confab_common::telemetry::SPANS;
 use confab_common::time::now_ms;
 use confab_common::UserId;
 use confab_proto::v1 as pb;
 use confab_proto::v1::reply::Result as ReplyResult;
 use std::sync::Arc;
+use tracing::Instrument;
+
+/// The span of one append: a child of the first send's request span,
+/// linked to the others' (one batch serves several traces).
+fn append_span(fresh: &[NewMessage]) -> tracing::Span {
+    let Some(first) = fresh.first() else { return tracing::Span::none() };
+    let span = tracing::info_span!(target: SPANS, parent: &first.span, "chat.append", batch = fresh.len());
+    for other in &fresh[1..] {
+        span.follows_from(&other.span);
+    }
+    span
+}
 
 /// How long a client id is remembered (CONTRACT §5).
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
@@ -20,6 +33,8 @@ const RECENT_CLIENT_IDS: usize = 4096;
 struct NewMessage {
     message: pb::Message,
     sender: (EdgeConn, u64),
+    /// The sender's request span.
+    span: tracing::Span,
     /// Later requests of the same batch with the same client id.
     repeats: Vec<(EdgeConn, u64)>,
 }
@@ -133,7 +148,8 @@ impl ChatState {
                         sender: op.sender,
                         ..Default::default()
                     };
-                    fresh.push(NewMessage { message, sender: (cmd.edge, cmd.req_id), repeats: Vec::new() });
+                    let span = cmd.span;
+                    fresh.push(NewMessage { message, sender: (cmd.edge, cmd.req_id), span, repeats: Vec::new() });
                 }
             }
         }
@@ -148,14 +164,22 @@ impl ChatState {
                 epoch: Some(self.epoch),
                 repeats_since_ms: Some(now_ms() - IDEMPOTENCY_WINDOW_MS),
             };
-            match store.append(append).await {
+            let span = append_span(&fresh);
+            self.metrics.batch.record(fresh.len() as u64, &[]);
+            let started = std::time::Instant::now();
+            let appended = store.append(append).instrument(span.clone()).await;
+            self.metrics.append.record(started.elapsed().as_secs_f64(), &[]);
+            match appended {
                 Ok(Appended::Written(last)) => {
                     self.last_seq = last;
+                    let started = std::time::Instant::now();
+                    let _fanout = tracing::info_span!(target: SPANS, parent: &span, "chat.fanout").entered();
                     for f in &fresh {
                         self.remember(&f.message);
                         self.tail.push(&f.message);
                         self.deliver(&f.message);
                     }
+                    self.metrics.fanout.record(started.elapsed().as_secs_f64(), &[]);
                     for f in fresh {
                         for (edge, req_id) in f.repeats {
                             answer_send(&edge, req_id, f.message.clone(), true);
@@ -187,6 +211,7 @@ impl ChatState {
                     }
                 }
                 Err(e) => {
+                    self.metrics.store_error(e.kind_name());
                     let e = self.fenced_by(e);
                     // An outage fails every send of every chat: one line per interval.
                     use confab_common::log_limit::{LogLimit, DEFAULT_INTERVAL};

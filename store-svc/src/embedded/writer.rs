@@ -431,7 +431,12 @@ impl Writer {
     /// Appends a batch's changes to the log. On failure the open
     /// transaction, which holds them, is dropped.
     fn log(&mut self, changes: Vec<u8>) -> Result<(), StoreError> {
-        if let Err(e) = self.wal.append(&changes) {
+        let started = std::time::Instant::now();
+        let logged = self.wal.append(&changes);
+        if let Some(syncs) = self.shared.syncs.get() {
+            syncs.record(started.elapsed().as_secs_f64(), &[]);
+        }
+        if let Err(e) = logged {
             self.open = None;
             return Err(StoreError::Unavailable(format!("log write failed: {e}")));
         }
