@@ -36,7 +36,15 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
     let label = metrics::event_label(name);
     // The event's span: its handler runs inside it (so a router request
     // carries its context) and so does the wait for the answer.
-    let span = tracing::info_span!(target: SPANS, "event", otel.name = label, otel.kind = "server");
+    let span = tracing::info_span!(
+        target: SPANS,
+        "event",
+        otel.name = label,
+        otel.kind = "server",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty
+    );
+    let span = confab_common::telemetry::traces::with_ids(span);
     let queued = span.in_scope(|| handle(edge, socket, name, payload.as_ref(), ack));
     let answered = {
         let (edge, span) = (edge.clone(), span.clone());

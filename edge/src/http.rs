@@ -322,7 +322,10 @@ async fn observe(State(edge): State<Arc<Edge>>, req: axum::extract::Request, nex
         http.request.method = %req.method(),
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    let span = confab_common::telemetry::traces::with_ids(span);
     let res = next.run(req).instrument(span.clone()).await;
     span.record("http.response.status_code", res.status().as_u16());
     edge.metrics.outcome("http", res.extensions().get::<ErrorCode>().copied(), started);

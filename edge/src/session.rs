@@ -222,7 +222,14 @@ pub fn connect(edge: &Arc<Edge>, socket: &Arc<EioSocket>, auth: Option<&Value>) 
         }
     }
     let (edge2, socket) = (edge.clone(), socket.clone());
-    let span = tracing::info_span!(target: confab_common::telemetry::SPANS, "connect", otel.kind = "server");
+    let span = tracing::info_span!(
+        target: confab_common::telemetry::SPANS,
+        "connect",
+        otel.kind = "server",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty
+    );
+    let span = confab_common::telemetry::traces::with_ids(span);
     let session = async move {
         let started_session = start_session(&edge2, &socket, identity).await;
         edge2.metrics.outcome("connect", started_session.as_ref().err().map(|e| e.code), started);

@@ -11,6 +11,7 @@ use confab_tests::{http_call, repo_root, token, wait_until};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 const EXPORT_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -139,17 +140,29 @@ async fn an_error_reply_span_carries_its_code_and_correlation_id() {
 }
 
 /// `confab dev` over OTLP/HTTP: the same trace, through the same gRPC
-/// boundaries inside one process.
+/// boundaries inside one process; and its JSON log lines carry the trace
+/// and span ids of the span they were written in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confab_dev_exports_over_otlp_http() {
+async fn confab_dev_exports_over_otlp_http_and_logs_carry_trace_ids() {
     let receiver = Receiver::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut command = process::command(&["dev"], data.path()).unwrap();
     command
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let (_dev, url) = process::start_dev(command).await.unwrap();
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("CONFAB_LOG", "info")
+        .env("CONFAB_LOG_JSON", "true")
+        .stderr(std::process::Stdio::piped());
+    let (mut dev, url) = process::start_dev(command).await.unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut lines = tokio::io::BufReader::new(dev.stderr.take().unwrap()).lines();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
     let (mut alice, chat_id) = alice_in_a_chat(&url).await;
     let sent = alice.call("message:send", json!({ "chatId": chat_id, "clientId": "c1", "body": "hi" })).await;
     assert_eq!(sent["ok"], true, "{sent}");
@@ -157,6 +170,24 @@ async fn confab_dev_exports_over_otlp_http() {
     let spans = trace_of(&receiver, is_send, &["message:send", "send", "chat.append", "confab.v1.Store/Append"]).await;
     assert!(spans.iter().all(|s| s.service == "confab-dev"), "{spans:#?}");
     child_of(one(&spans, "confab-dev", "send"), one(&spans, "confab-dev", "message:send"));
+
+    // A refusal is logged (with its correlation id) inside the event's span.
+    let refused = alice.call("message:send", json!({ "chatId": chat_id, "clientId": "c2", "body": "" })).await;
+    let id = refused["correlationId"].as_str().unwrap().to_string();
+    let mine = |s: &Span| s.attributes.get("confab.correlation_id") == Some(&id);
+    let spans = trace_of(&receiver, mine, &["message:send"]).await;
+    let span = spans.iter().find(|s| mine(s)).unwrap().clone();
+    let mut line = None;
+    let logged = wait_until(EXPORT_DEADLINE, || {
+        line = log.lock().unwrap().iter().find(|l| l.contains(&id)).cloned();
+        let found = line.is_some();
+        async move { found }
+    })
+    .await;
+    assert!(logged.is_ok(), "no log line names {id}");
+    let line: Value = serde_json::from_str(&line.unwrap()).expect("a JSON log line");
+    assert_eq!(line["span"]["trace_id"], span.trace_id.as_str(), "{line}");
+    assert_eq!(line["span"]["span_id"], span.span_id.as_str(), "{line}");
 }
 
 /// The `confab_*` names a PromQL text reads.

@@ -2,11 +2,12 @@
 //! for unary calls, and as one `traceparent` string for the requests of the
 //! long-lived edge↔router stream (each request carries its own).
 
-use super::traces::{enabled, SPANS};
+use super::traces::{enabled, with_ids, SPANS};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The current span's context as a `traceparent` value; empty when this
@@ -39,9 +40,9 @@ pub fn parent_from_traceparent(traceparent: &str) -> Option<Context> {
 /// health check) starts no trace of its own.
 pub fn remote_child(name: &'static str, traceparent: &str) -> tracing::Span {
     let Some(parent) = parent_from_traceparent(traceparent) else { return tracing::Span::none() };
-    let span = tracing::info_span!(target: SPANS, "rpc", otel.name = name, otel.kind = "server");
+    let span = tracing::info_span!(target: SPANS, "rpc", otel.name = name, otel.kind = "server", trace_id = Empty, span_id = Empty);
     let _ = span.set_parent(parent);
-    span
+    with_ids(span)
 }
 
 /// A gRPC channel whose calls carry the caller's trace context.
@@ -76,9 +77,17 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
         return tracing::Span::none();
     }
     let method = request.uri().path().trim_start_matches('/');
-    let span = tracing::info_span!(target: SPANS, "rpc", otel.name = method, otel.kind = "server", rpc.system = "grpc");
+    let span = tracing::info_span!(
+        target: SPANS,
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        trace_id = Empty,
+        span_id = Empty
+    );
     let _ = span.set_parent(cx);
-    span
+    with_ids(span)
 }
 
 #[derive(Default)]

@@ -35,6 +35,23 @@ pub(super) fn set_enabled() {
     ENABLED.store(true, Ordering::Relaxed);
 }
 
+/// Writes `span`'s trace and span ids into its `trace_id` and `span_id`
+/// fields (declared empty where it was made), so the log lines inside it
+/// carry them; returns it.
+pub fn with_ids(span: tracing::Span) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if enabled() && !span.is_disabled() {
+        let cx = span.context();
+        let ids = cx.span().span_context().clone();
+        if ids.is_valid() {
+            span.record("trace_id", tracing::field::display(ids.trace_id()));
+            span.record("span_id", tracing::field::display(ids.span_id()));
+        }
+    }
+    span
+}
+
 /// Marks the current span failed with a client-facing error: its code,
 /// the correlation id the client was given, and the message.
 pub fn record_error(code: &str, correlation_id: &str, message: &str) {
