@@ -33,6 +33,9 @@ pub struct Span {
 
 #[derive(Default)]
 struct Received {
+    /// Keep the spans (a test) or only count them (a benchmark).
+    keep: bool,
+    count: std::sync::atomic::AtomicU64,
     spans: Mutex<Vec<Span>>,
     /// (service.name, metric name) pairs pushed over OTLP.
     metrics: Mutex<BTreeSet<(String, String)>>,
@@ -67,6 +70,11 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Received {
     fn keep_spans(&self, request: ExportTraceServiceRequest) {
+        let n: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if !self.keep {
+            return;
+        }
         let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         for rs in request.resource_spans {
             let resource = attributes(rs.resource.as_ref().map_or(&[][..], |r| &r.attributes));
@@ -121,8 +129,18 @@ impl MetricsService for Metrics {
 }
 
 impl Receiver {
+    /// A receiver that keeps every span it is sent.
     pub async fn start() -> anyhow::Result<Self> {
-        let received = Arc::new(Received::default());
+        Self::start_with(true).await
+    }
+
+    /// A receiver that only counts spans (for load: memory stays flat).
+    pub async fn start_counting() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(keep: bool) -> anyhow::Result<Self> {
+        let received = Arc::new(Received { keep, ..Received::default() });
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let grpc_url = format!("http://{}", grpc.local_addr()?);
         let server = tonic::transport::Server::builder()
@@ -152,6 +170,11 @@ impl Receiver {
         );
         tokio::spawn(async move { axum::serve(http, app).await.context("OTLP/HTTP receiver") });
         Ok(Self { grpc_url, http_url, received })
+    }
+
+    /// How many spans arrived so far.
+    pub fn span_count(&self) -> u64 {
+        self.received.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every span received so far.

@@ -83,7 +83,8 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl Roles {
     /// Starts the four roles with `env` added to each (and the tests'
-    /// secret), and waits until the edge is ready.
+    /// secret and a message rate limit no test reaches), and waits until
+    /// the edge is ready.
     pub async fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let ports = (0..7).map(|_| free_port()).collect::<anyhow::Result<Vec<u16>>>()?;
@@ -134,6 +135,7 @@ impl Roles {
                 .args(&args)
                 .env("CONFAB_JWT_SECRET", SECRET)
                 .env("CONFAB_LOG", "warn")
+                .env("CONFAB_RATE_LIMIT_MESSAGES", "100000")
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .kill_on_drop(true);

@@ -139,6 +139,32 @@ async fn an_error_reply_span_carries_its_code_and_correlation_id() {
     }
 }
 
+/// A collector that is down costs traces, not messages: sends are acked
+/// as usual while every export fails (the export queue is bounded and
+/// drops what it cannot send).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_collector_delays_no_message() {
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let roles = Roles::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+    ])
+    .await
+    .unwrap();
+    let (mut alice, chat_id) = alice_in_a_chat(&roles.edge).await;
+    for i in 0..200 {
+        let body = json!({ "chatId": chat_id, "clientId": format!("c{i}"), "body": "m" });
+        let acked = alice.try_call("message:send", body, Duration::from_secs(2)).await;
+        let acked = acked.unwrap_or_else(|| panic!("send {i} not acked within 2 s"));
+        assert_eq!(acked["ok"], true, "{acked}");
+    }
+}
+
 /// `confab dev` over OTLP/HTTP: the same trace, through the same gRPC
 /// boundaries inside one process; and its JSON log lines carry the trace
 /// and span ids of the span they were written in.

@@ -56,6 +56,20 @@ const P99_MS: f64 = 100.0;
 const ATTACHED_FANOUT: &str = "fanout+2att";
 const ATTACHED_DM: &str = "dm+2att";
 
+/// S2 with tracing on, exporting to an OTLP receiver in this process:
+/// `confab dev` only, ratio sampler at 1 % and at 100 %.
+const TRACED_1: &str = "fanout+trace1";
+const TRACED_100: &str = "fanout+trace100";
+
+/// The sampling ratio a scenario's name asks for, if it traces.
+fn trace_ratio(scenario: &str) -> Option<&'static str> {
+    match scenario {
+        TRACED_1 => Some("0.01"),
+        TRACED_100 => Some("1"),
+        _ => None,
+    }
+}
+
 /// What a scenario's name adds to loadgen's arguments.
 fn attachment_args(scenario: &str) -> Vec<String> {
     if scenario == ATTACHED_FANOUT || scenario == ATTACHED_DM {
@@ -90,6 +104,8 @@ struct Bench {
     env: Env,
     records: Vec<Record>,
     runs: usize,
+    /// The OTLP receiver of the traced points, started with the first.
+    otlp: Option<(tokio::runtime::Runtime, confab_tests::otlp::Receiver)>,
 }
 
 impl Bench {
@@ -130,12 +146,7 @@ impl Bench {
         Target::ALL.into_iter().filter(|t| self.cli.only.is_empty() || self.cli.only.contains(t)).collect()
     }
 
-    /// One loadgen run against a fresh `target`.
-    fn run(&mut self, scenario: &'static str, target: Target, param: f64, connections: usize, args: &[String]) {
-        self.run_n(self.repeats(), scenario, target, param, connections, args);
-    }
-
-    /// Like `run`, `repeats` times (the long scenarios run once unless
+    /// `repeats` runs of one point (the long scenarios run once unless
     /// `--repeat-long`, to keep the whole benchmark under 15 minutes).
     fn run_n(
         &mut self,
@@ -147,6 +158,21 @@ impl Bench {
         args: &[String],
     ) {
         for repeat in 0..repeats {
+            self.run_one(repeat, scenario, target, param, connections, args);
+        }
+    }
+
+    /// One run, recorded as the `repeat`-th of its point.
+    fn run_one(
+        &mut self,
+        repeat: usize,
+        scenario: &'static str,
+        target: Target,
+        param: f64,
+        connections: usize,
+        args: &[String],
+    ) {
+        {
             self.runs += 1;
             let started = Instant::now();
             let result = self.run_once(scenario, target, connections, args);
@@ -180,8 +206,32 @@ impl Bench {
         START.get().map(|s| s.elapsed()).unwrap_or_default()
     }
 
+    /// `confab dev`'s environment for `scenario`: tracing to the receiver
+    /// at its ratio, or nothing.
+    fn trace_envs(&mut self, scenario: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+        let Some(ratio) = trace_ratio(scenario) else { return Ok(Vec::new()) };
+        if self.otlp.is_none() {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let receiver = runtime.block_on(confab_tests::otlp::Receiver::start_counting())?;
+            self.otlp = Some((runtime, receiver));
+        }
+        let endpoint = self.otlp.as_ref().map(|(_, r)| r.grpc_url.clone()).unwrap_or_default();
+        Ok(vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio.into()),
+            // Exports during a 2 s run, not only at exit.
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ])
+    }
+
+    fn spans_received(&self) -> u64 {
+        self.otlp.as_ref().map_or(0, |(_, r)| r.span_count())
+    }
+
     fn run_once(
-        &self,
+        &mut self,
         scenario: &str,
         target: Target,
         connections: usize,
@@ -199,18 +249,20 @@ impl Bench {
             }
             _ => None,
         };
+        let envs = self.trace_envs(scenario)?;
         // A port picked free can be taken by the time a server binds it,
         // and the server exits: try again with fresh ports (a server that
         // cannot start at all fails the same way each time).
         let mut attempt = 0;
         let running = loop {
-            match self.env.start(target, connections, self.runs * 10 + attempt) {
+            match self.env.start(target, connections, self.runs * 10 + attempt, &envs) {
                 Ok(r) => break r,
                 Err(e) if attempt < 2 && exited_early(&e) => attempt += 1,
                 Err(e) => return Err(e),
             }
         };
         let pids: Vec<String> = running.rss_pids.iter().map(u32::to_string).collect();
+        let spans_before = self.spans_received();
         let output = Command::new("taskset")
             .arg("-c")
             .arg(&self.cli.load_cores)
@@ -223,7 +275,9 @@ impl Bench {
             .stdin(Stdio::null())
             .output()
             .context("running loadgen")?;
+        // Stopping confab flushes what its exporter still holds.
         drop(running);
+        let spans = self.spans_received() - spans_before;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
             // anyhow's error and its causes, without the backtrace.
@@ -239,6 +293,9 @@ impl Bench {
         let mut report: serde_json::Value = serde_json::from_str(last).context("loadgen printed no JSON report")?;
         if let (Some(disk), Some(fields)) = (disk, report.as_object_mut()) {
             fields.insert("disk_fsync_ms".into(), disk);
+        }
+        if let (Some(_), Some(fields)) = (trace_ratio(scenario), report.as_object_mut()) {
+            fields.insert("otlp_spans".into(), spans.into());
         }
         Ok(report)
     }
@@ -370,7 +427,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let secret: String = (0..32).map(|_| char::from(b'a' + rand::random_range(0..26u8))).collect();
     let env = Env { root, bin, secret, server_cores: cli.server_cores.clone(), work: work.clone() };
-    let mut bench = Bench { cli, env, records: Vec::new(), runs: 0 };
+    let mut bench = Bench { cli, env, records: Vec::new(), runs: 0, otlp: None };
     // On a virtual machine, time stolen by the hypervisor slows every
     // target alike; the summary says how much there was.
     let cpu_before = cpu_times();
@@ -402,19 +459,29 @@ fn main() -> anyhow::Result<()> {
         };
         let seconds = "2";
         for &t in &targets {
-            // confab's ladder again with Contract 1.1 payloads, right after
-            // the plain one: their knees are compared within one run.
-            let payloads: &[&'static str] =
-                if t == Target::ConfabDev { &["fanout", ATTACHED_FANOUT] } else { &["fanout"] };
-            for &scenario in payloads {
-                for &rate in rates {
-                    let mut args = vec![s("--rate"), s(rate), s("--seconds"), s(seconds)];
-                    args.extend(attachment_args(scenario));
-                    bench.run(scenario, t, rate, 1000, &args);
-                    // Past the first point, stop at the first rate that misses.
-                    if rate > 100.0 && !passes(&bench.records, scenario, t, rate, P99_MS) {
-                        break;
+            // confab's ladder also with Contract 1.1 payloads and with
+            // tracing on at 1 % and 100 %: the variants take turns at each
+            // rate and repeat, so that the host's drift over the run falls
+            // on all of them alike, and their knees compare within one run.
+            let mut payloads: Vec<&'static str> = if t == Target::ConfabDev {
+                vec!["fanout", ATTACHED_FANOUT, TRACED_1, TRACED_100]
+            } else {
+                vec!["fanout"]
+            };
+            for &rate in rates {
+                for repeat in 0..bench.repeats() {
+                    for &scenario in &payloads {
+                        let mut args = vec![s("--rate"), s(rate), s("--seconds"), s(seconds)];
+                        args.extend(attachment_args(scenario));
+                        bench.run_one(repeat, scenario, t, rate, 1000, &args);
                     }
+                }
+                // Past the first point, a variant stops at the first rate it misses.
+                if rate > 100.0 {
+                    payloads.retain(|scenario| passes(&bench.records, scenario, t, rate, P99_MS));
+                }
+                if payloads.is_empty() {
+                    break;
                 }
             }
         }
@@ -638,6 +705,9 @@ fn summarize(records: &[Record], targets: &[Target], out: &std::path::Path) -> a
     if has(ATTACHED_FANOUT) || has(ATTACHED_DM) {
         md.push_str(&attachments_section(records, targets));
     }
+    if has(TRACED_1) || has(TRACED_100) {
+        md.push_str(&tracing_section(records));
+    }
     let failed: Vec<&Record> = records.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         md.push_str("## Failed runs\n\n");
@@ -688,6 +758,37 @@ fn attachments_section(records: &[Record], targets: &[Target]) -> String {
     md.push_str(
         "\nThe knee is the highest rate of S2's schedule with median p99 under 100 ms and no loss; the rates \
          are the schedule's steps, so a move of one step is the finest this table shows.\n\n",
+    );
+    md
+}
+
+/// Tracing's cost: `confab dev`'s S2 knee and its p99 at 1,000 msgs/s
+/// with tracing off, at 1 % and at 100 %, exporting to a local receiver.
+fn tracing_section(records: &[Record]) -> String {
+    let t = Target::ConfabDev;
+    let mut md = String::from(
+        "## Tracing: S2 with OTLP export at 1 % and 100 % sampling (confab-dev)\n\n\
+         | tracing | S2 knee (sent/s) | knee moved | p99 at 1,000 msgs/s ms | spans exported at 1,000 msgs/s |\n\
+         |---|---|---|---|---|\n",
+    );
+    let off = knee(records, "fanout", t);
+    for (label, scenario) in [("off", "fanout"), ("1 %", TRACED_1), ("100 %", TRACED_100)] {
+        let k = knee(records, scenario, t);
+        let moved = match (off, k) {
+            (Some(o), Some(k)) if scenario != "fanout" => format!("{:+.0} %", 100.0 * (k.0 - o.0) / o.0),
+            _ => "–".into(),
+        };
+        let at = |p: &str| field(records, scenario, t, 1000.0, p);
+        md.push_str(&format!(
+            "| {label} | {} | {moved} | {} | {} |\n",
+            k.map_or("none".to_string(), |k| format!("{:.0}", k.0)),
+            fmt(at("/delivery_ms/p99"), 1),
+            if scenario == "fanout" { "–".to_string() } else { fmt(at("/otlp_spans"), 0) },
+        ));
+    }
+    md.push_str(
+        "\nThe traced points take turns with the plain ones at each rate and repeat, exporting to a \
+         receiver in the benchmark's own process (gRPC, batched every 200 ms); the knee is as in S2 above.\n\n",
     );
     md
 }

@@ -168,16 +168,23 @@ impl Env {
         Ok(format!("redis://127.0.0.1:{port}"))
     }
 
-    fn confab(&self, role: &str, args: &[String], log: &str) -> anyhow::Result<Child> {
+    fn confab(&self, role: &str, args: &[String], envs: &[(&str, String)], log: &str) -> anyhow::Result<Child> {
         let mut all = vec![role.to_string()];
         all.extend_from_slice(args);
-        self.spawn(&self.bin.join("confab"), &all, &[], log)
+        self.spawn(&self.bin.join("confab"), &all, envs, log)
     }
 
     /// Starts `target`, sized for `connections` sockets; on failure the
     /// error carries the end of the run's server logs.
-    pub fn start(&self, target: Target, connections: usize, run: usize) -> anyhow::Result<Running> {
-        self.start_logged(target, connections, run).map_err(|e| {
+    /// `envs` go to `confab dev` (tracing settings).
+    pub fn start(
+        &self,
+        target: Target,
+        connections: usize,
+        run: usize,
+        envs: &[(&str, String)],
+    ) -> anyhow::Result<Running> {
+        self.start_logged(target, connections, run, envs).map_err(|e| {
             let mut tails = String::new();
             for entry in std::fs::read_dir(&self.work).into_iter().flatten().flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -191,7 +198,13 @@ impl Env {
         })
     }
 
-    fn start_logged(&self, target: Target, connections: usize, run: usize) -> anyhow::Result<Running> {
+    fn start_logged(
+        &self,
+        target: Target,
+        connections: usize,
+        run: usize,
+        envs: &[(&str, String)],
+    ) -> anyhow::Result<Running> {
         let s = |v: &str| v.to_string();
         let ready = Duration::from_secs(30);
         // Every load socket comes from a handful of loopback addresses:
@@ -205,7 +218,7 @@ impl Env {
                 let mut args = vec![s("--listen"), format!("127.0.0.1:{port}"), s("--data-dir")];
                 args.push(dir.display().to_string());
                 args.extend(high_limit);
-                let mut child = self.confab("dev", &args, &format!("{run}-confab-dev.log"))?;
+                let mut child = self.confab("dev", &args, envs, &format!("{run}-confab-dev.log"))?;
                 wait_ready(port, "/readyz", &mut child, ready)?;
                 running.rss_pids.push(child.id());
                 running.children.push(child);
@@ -217,17 +230,17 @@ impl Env {
                 let listen = |p: u16| vec![s("--listen"), format!("127.0.0.1:{p}")];
                 let mut args = listen(store);
                 args.extend([s("--data-dir"), dir.display().to_string()]);
-                running.children.push(self.confab("store", &args, &format!("{run}-store.log"))?);
+                running.children.push(self.confab("store", &args, &[], &format!("{run}-store.log"))?);
                 let mut args = listen(presence);
                 if target == Target::ConfabClusterRedis {
                     args.extend([s("--redis-url"), self.redis(run, &mut running, ready)?]);
                 }
-                running.children.push(self.confab("presence", &args, &format!("{run}-presence.log"))?);
+                running.children.push(self.confab("presence", &args, &[], &format!("{run}-presence.log"))?);
                 let mut args = listen(router);
                 let router_url = format!("http://127.0.0.1:{router}");
                 args.extend([s("--advertise"), router_url.clone(), s("--routers"), router_url.clone()]);
                 args.extend([s("--store-url"), format!("http://127.0.0.1:{store}")]);
-                running.children.push(self.confab("router", &args, &format!("{run}-router.log"))?);
+                running.children.push(self.confab("router", &args, &[], &format!("{run}-router.log"))?);
                 for e in 0..connections.div_ceil(PER_EDGE).max(1) {
                     let port = free_port()?;
                     let mut args = listen(port);
@@ -235,7 +248,7 @@ impl Env {
                     args.extend([s("--store-url"), format!("http://127.0.0.1:{store}")]);
                     args.extend([s("--presence-url"), format!("http://127.0.0.1:{presence}")]);
                     args.extend(high_limit.clone());
-                    let mut child = self.confab("edge", &args, &format!("{run}-edge{e}.log"))?;
+                    let mut child = self.confab("edge", &args, &[], &format!("{run}-edge{e}.log"))?;
                     wait_ready(port, "/readyz", &mut child, ready)?;
                     running.rss_pids.push(child.id());
                     running.children.push(child);

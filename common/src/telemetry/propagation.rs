@@ -11,13 +11,14 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The current span's context as a `traceparent` value; empty when this
-/// process exports no spans or is in none.
+/// process exports no spans, is in none, or is in a trace the sampler
+/// left out (the services behind would only make spans nobody exports).
 pub fn current_traceparent() -> String {
     if !enabled() {
         return String::new();
     }
     let cx = tracing::Span::current().context();
-    if !cx.span().span_context().is_valid() {
+    if !cx.span().span_context().is_sampled() {
         return String::new();
     }
     let mut carrier = Carrier::default();
@@ -55,11 +56,11 @@ pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
 }
 
 /// tonic client interceptor: the current span's context into the call's
-/// metadata (`traceparent`, `tracestate`).
+/// metadata (`traceparent`, `tracestate`), when its trace is sampled.
 pub fn inject(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     if enabled() {
         let cx = tracing::Span::current().context();
-        if cx.span().span_context().is_valid() {
+        if cx.span().span_context().is_sampled() {
             TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(request.metadata_mut()));
         }
     }
