@@ -47,11 +47,8 @@ pub fn dispatch(edge: &Arc<Edge>, socket: &Arc<EioSocket>, name: &str, payload: 
     let span = confab_common::telemetry::traces::with_ids(span);
     let queued = span.in_scope(|| handle(edge, socket, name, payload.as_ref(), ack));
     let answered = {
-        let (edge, span) = (edge.clone(), span.clone());
-        move |error: Option<ErrorCode>| {
-            edge.metrics.outcome(label, error, started);
-            drop(span);
-        }
+        let edge = edge.clone();
+        move |error: Option<ErrorCode>| edge.metrics.outcome(label, error, started)
     };
     let Some(ack_id) = ack else {
         // Fire-and-forget: the work still runs, the outcome is not reported.

@@ -162,6 +162,10 @@ pub struct Report {
     /// drain's cap (the run's wall time, and the CPU share, end there).
     pub settled_chats: u64,
     pub loadgen_cpu: LoadCpu,
+    /// CPU seconds the server processes (`--server-pids`) spent from the
+    /// first send to the end of the run, and per message sent, in µs.
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cpu_us_per_message: Option<f64>,
 }
 
 impl Report {
@@ -461,6 +465,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         (Some(b), Some(a)) if connections > 0 => Some(a.saturating_sub(b) as f64 / connections as f64),
         _ => None,
     };
+    let server_cpu_before = server_cpu_seconds(&config.server_pids);
     for w in &mut workers {
         w.go().await?;
     }
@@ -469,7 +474,22 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     for w in workers {
         outcomes.push(w.outcome(deadline).await?);
     }
-    Ok(report(config, connections, connections as f64 / connect_secs, rss_per_connection_bytes, &outcomes))
+    let mut report =
+        report(config, connections, connections as f64 / connect_secs, rss_per_connection_bytes, &outcomes);
+    if let (Some(before), Some(after)) = (server_cpu_before, server_cpu_seconds(&config.server_pids)) {
+        let spent = after - before;
+        report.server_cpu_seconds = Some(spent);
+        report.server_cpu_us_per_message = (report.sent > 0).then(|| spent * 1e6 / report.sent as f64);
+    }
+    Ok(report)
+}
+
+/// utime + stime of every server process, in seconds; `None` without any.
+fn server_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| worker::process_cpu_seconds(&p.to_string())).sum()
 }
 
 fn report(config: &Config, connections: usize, connect_per_sec: f64, rss: Option<f64>, outcomes: &[Outcome]) -> Report {
@@ -512,5 +532,7 @@ fn report(config: &Config, connections: usize, connect_per_sec: f64, rss: Option
             max_core_percent: outcomes.iter().map(|o| 100.0 * o.cpu_secs / o.wall_secs.max(1e-6)).fold(0.0, f64::max),
             total_core_seconds: outcomes.iter().map(|o| o.cpu_secs).sum(),
         },
+        server_cpu_seconds: None,
+        server_cpu_us_per_message: None,
     }
 }

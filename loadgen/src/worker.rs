@@ -128,13 +128,18 @@ pub fn merge(into: &mut Histogram<u64>, counts: &Counts) {
 
 /// utime + stime of this process, in seconds (from /proc).
 pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    process_cpu_seconds("self").unwrap_or(0.0)
+}
+
+/// utime + stime of process `pid` (`self` for this one), in seconds.
+pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses.
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
+    Some((ticks(11) + ticks(12)) / 100.0)
 }
 
 /// Per-worker totals shared by its tasks.

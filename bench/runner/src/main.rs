@@ -768,8 +768,8 @@ fn tracing_section(records: &[Record]) -> String {
     let t = Target::ConfabDev;
     let mut md = String::from(
         "## Tracing: S2 with OTLP export at 1 % and 100 % sampling (confab-dev)\n\n\
-         | tracing | S2 knee (sent/s) | knee moved | p99 at 1,000 msgs/s ms | spans exported at 1,000 msgs/s |\n\
-         |---|---|---|---|---|\n",
+         | tracing | S2 knee (sent/s) | knee moved | p99 at 1,000 msgs/s ms | server CPU µs per message at 1,000 msgs/s | spans exported at 1,000 msgs/s |\n\
+         |---|---|---|---|---|---|\n",
     );
     let off = knee(records, "fanout", t);
     for (label, scenario) in [("off", "fanout"), ("1 %", TRACED_1), ("100 %", TRACED_100)] {
@@ -780,9 +780,10 @@ fn tracing_section(records: &[Record]) -> String {
         };
         let at = |p: &str| field(records, scenario, t, 1000.0, p);
         md.push_str(&format!(
-            "| {label} | {} | {moved} | {} | {} |\n",
+            "| {label} | {} | {moved} | {} | {} | {} |\n",
             k.map_or("none".to_string(), |k| format!("{:.0}", k.0)),
             fmt(at("/delivery_ms/p99"), 1),
+            fmt(at("/server_cpu_us_per_message"), 0),
             if scenario == "fanout" { "–".to_string() } else { fmt(at("/otlp_spans"), 0) },
         ));
     }
@@ -798,7 +799,12 @@ mod tests {
     use super::*;
 
     fn point(scenario: &'static str, rate: f64, p99: f64) -> Record {
-        let report = serde_json::json!({ "delivery_ms": { "p99": p99 }, "lost": 0, "delivered_per_sec": rate * 100.0 });
+        let report = serde_json::json!({
+            "delivery_ms": { "p99": p99 },
+            "lost": 0,
+            "delivered_per_sec": rate * 100.0,
+            "server_cpu_us_per_message": p99 + 40.0,
+        });
         Record { scenario, target: Target::ConfabDev, param: rate, repeat: 0, report: Some(report), error: None }
     }
 
@@ -819,6 +825,27 @@ mod tests {
         assert_eq!(knee(&records, ATTACHED_FANOUT, t).map(|k| k.0), Some(1000.0));
         let md = attachments_section(&records, &[t]);
         assert!(md.contains("| confab-dev | 2000 | 1000 | -50 % |"), "{md}");
+    }
+
+    #[test]
+    fn traced_points_run_fanout_at_their_ratio_and_are_compared_with_the_plain_knee() {
+        assert_eq!(
+            (trace_ratio(TRACED_1), trace_ratio(TRACED_100), trace_ratio("fanout")),
+            (Some("0.01"), Some("1"), None)
+        );
+        assert_eq!(loadgen_scenario(TRACED_100), "fanout");
+        let records = vec![
+            point("fanout", 1000.0, 10.0),
+            point("fanout", 2000.0, 40.0),
+            point(TRACED_1, 1000.0, 12.0),
+            point(TRACED_1, 2000.0, 45.0),
+            point(TRACED_100, 1000.0, 30.0),
+            point(TRACED_100, 2000.0, 130.0),
+        ];
+        let md = tracing_section(&records);
+        assert!(md.contains("| off | 2000 | – | 10.0 | 50 | – |"), "{md}");
+        assert!(md.contains("| 1 % | 2000 | +0 % | 12.0 | 52 | failed |"), "{md}");
+        assert!(md.contains("| 100 % | 1000 | -50 % | 30.0 | 70 | failed |"), "{md}");
     }
 
     #[test]

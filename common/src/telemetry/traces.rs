@@ -37,14 +37,16 @@ pub(super) fn set_enabled() {
 
 /// Writes `span`'s trace and span ids into its `trace_id` and `span_id`
 /// fields (declared empty where it was made), so the log lines inside it
-/// carry them; returns it.
+/// carry them; returns it. Only for a sampled trace: the ids of one the
+/// sampler left out lead nowhere, and formatting them is most of what an
+/// unsampled request costs.
 pub fn with_ids(span: tracing::Span) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     if enabled() && !span.is_disabled() {
         let cx = span.context();
         let ids = cx.span().span_context().clone();
-        if ids.is_valid() {
+        if ids.is_sampled() {
             span.record("trace_id", tracing::field::display(ids.trace_id()));
             span.record("span_id", tracing::field::display(ids.span_id()));
         }
