@@ -356,6 +356,16 @@ pub async fn run(config: Config, listeners: impl Into<Listeners>, shutdown: Shut
     shutdown.spawn(service.clone().run_clock(tick, shutdown.clone()));
     let incoming = confab_common::grpc::incoming(listener);
     tracing::info!("presence-svc serving");
+    // The standard health service: SERVING while serving, NOT_SERVING from
+    // the moment shutdown starts (a readiness probe then stops sending).
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<PresenceServer<PresenceService>>().await;
+    let stopping = shutdown.clone();
+    shutdown.spawn(async move {
+        stopping.triggered().await;
+        reporter.set_not_serving::<PresenceServer<PresenceService>>().await;
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    });
     // Watch streams never end by themselves: ending them lets the
     // connections close, so the server stops instead of waiting on
     // them, and the edges reconnect to whoever serves next.
@@ -367,6 +377,7 @@ pub async fn run(config: Config, listeners: impl Into<Listeners>, shutdown: Shut
     tonic::transport::Server::builder()
         .trace_fn(confab_common::telemetry::propagation::server_span)
         .layer(RpcMetrics::new(&metrics, "confab.presence"))
+        .add_service(health)
         .add_service(PresenceServer::new(service))
         .serve_with_incoming_shutdown(incoming, stopped)
         .await?;

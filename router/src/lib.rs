@@ -14,6 +14,7 @@
 
 mod chat;
 mod edges;
+mod health;
 mod metrics;
 mod tail;
 
@@ -321,7 +322,8 @@ impl RouterService {
 }
 
 /// Joins the membership and serves the router on `listeners` until
-/// `shutdown` fires, with store-svc at `config.store_url`.
+/// `shutdown` fires, with store-svc at `config.store_url`, and the gRPC
+/// health service beside it (see `health`).
 pub async fn run(config: Config, listeners: impl Into<Listeners>, shutdown: Shutdown) -> Result<(), Error> {
     let timeout = Duration::from_millis(config.store_timeout_ms);
     let store: Arc<dyn Store> =
@@ -330,17 +332,21 @@ pub async fn run(config: Config, listeners: impl Into<Listeners>, shutdown: Shut
         probe: Duration::from_millis(config.probe_ms.max(10)),
         window: Duration::from_millis(config.detect_ms.max(10)),
     };
+    let store_url = config.store_url.clone();
     let service = RouterService::new(config, store, shutdown.clone())?;
     let metrics = service.inner.metrics.clone();
     let listener = listeners.into().serve_metrics(&metrics.registry, &shutdown);
     let membership = service.inner.membership.clone();
     shutdown.spawn(membership.clone().run(service.inner.discovery.clone(), detection, shutdown.clone()));
-    shutdown.spawn(metrics.clone().watch_ring(membership, detection.probe, shutdown.clone()));
+    shutdown.spawn(metrics.clone().watch_ring(membership.clone(), detection.probe, shutdown.clone()));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    shutdown.spawn(health::report(reporter, membership, store_url, detection.probe, shutdown.clone()));
     let incoming = confab_common::grpc::incoming(listener);
     tracing::info!(node.id = %service.inner.advertise, "router serving");
     tonic::transport::Server::builder()
         .trace_fn(confab_common::telemetry::propagation::server_span)
         .layer(RpcMetrics::new(&metrics.registry, "confab.router"))
+        .add_service(health_service)
         .add_service(RouterServer::new(service))
         .serve_with_incoming_shutdown(incoming, async move { shutdown.triggered().await })
         .await?;

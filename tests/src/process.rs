@@ -68,13 +68,19 @@ pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
 /// `confab <role>` on its own loopback ports, the backends serving
 /// `/metrics` on `--metrics-listen`. Killed when dropped.
 pub struct Roles {
-    _children: Vec<Child>,
+    /// store, presence, router, edge: in [`ROLES`]' order.
+    children: Vec<Child>,
     /// The edge's URL (Socket.IO, HTTP and its `/metrics`).
     pub edge: String,
+    /// The gRPC URL of each backend role: router, store, presence.
+    pub grpc: Vec<(&'static str, String)>,
     /// Each role's `/metrics` URL: edge, router, store, presence.
     pub metrics: Vec<(&'static str, String)>,
     _data: tempfile::TempDir,
 }
+
+/// The roles of [`Roles`], in the order they start.
+const ROLES: [&str; 4] = ["store", "presence", "router", "edge"];
 
 /// A loopback port free a moment ago.
 fn free_port() -> anyhow::Result<u16> {
@@ -164,6 +170,16 @@ impl Roles {
         })
         .await
         .context("the roles never became ready")?;
-        Ok(Self { _children: children, edge, metrics, _data: data })
+        let grpc = vec![("router", url(router)), ("store", url(store)), ("presence", url(presence))];
+        Ok(Self { children, edge, metrics, grpc, _data: data })
+    }
+
+    /// Sends `role`'s process SIGTERM and waits (up to 15 s) for it to exit.
+    pub async fn stop(&mut self, role: &str) -> anyhow::Result<()> {
+        let i = ROLES.iter().position(|r| *r == role).context("no such role")?;
+        let child = &mut self.children[i];
+        signal(child, nix::sys::signal::Signal::SIGTERM);
+        tokio::time::timeout(Duration::from_secs(15), child.wait()).await.context("it did not exit")??;
+        Ok(())
     }
 }
