@@ -10,7 +10,7 @@
 //! (`confab_router_append_duration_seconds`). Labels are few and bounded:
 //! never a chat or user id.
 
-use super::traces::resource;
+use super::traces::{self, resource, Transport};
 use super::ConfigError;
 use crate::Shutdown;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
@@ -41,11 +41,11 @@ impl Metrics {
             .build()
             .map_err(|e| ConfigError(format!("cannot set up the metrics registry: {e}")))?;
         let mut builder = SdkMeterProvider::builder().with_reader(prometheus).with_resource(resource(service));
-        if let Some(protocol) = otlp_protocol()? {
+        if let Some(transport) = traces::transport("METRICS", &traces::var)? {
             let exporter = opentelemetry_otlp::MetricExporter::builder();
-            let exporter = match protocol {
-                Protocol::Grpc => exporter.with_tonic().with_protocol(protocol).build(),
-                _ => exporter.with_http().with_protocol(protocol).build(),
+            let exporter = match transport {
+                Transport::Grpc => exporter.with_tonic().with_protocol(Protocol::Grpc).build(),
+                Transport::HttpProtobuf => exporter.with_http().with_protocol(Protocol::HttpBinary).build(),
             }
             .map_err(|e| ConfigError(format!("cannot set up the OTLP metric exporter: {e}")))?;
             builder = builder.with_reader(PeriodicReader::builder(exporter).build());
@@ -72,22 +72,6 @@ impl Metrics {
 impl Drop for Metrics {
     fn drop(&mut self) {
         let _ = self.provider.shutdown();
-    }
-}
-
-/// The OTLP protocol metrics go out with, or `None` for no export.
-fn otlp_protocol() -> Result<Option<Protocol>, ConfigError> {
-    let get = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-    let off = get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        || get("OTEL_METRICS_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
-    let endpoint = get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    if off || endpoint.is_none() {
-        return Ok(None);
-    }
-    match get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL").or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL")).as_deref() {
-        None | Some("http/protobuf") => Ok(Some(Protocol::HttpBinary)),
-        Some("grpc") => Ok(Some(Protocol::Grpc)),
-        Some(other) => Err(ConfigError(format!("OTEL_EXPORTER_OTLP_PROTOCOL={other}: use grpc or http/protobuf"))),
     }
 }
 

@@ -90,8 +90,27 @@ pub enum SamplerSetting {
     ParentBasedRatio(f64),
 }
 
-fn var(name: &str) -> Option<String> {
+/// An environment variable, trimmed; `None` when unset or blank.
+pub(super) fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// How `signal` (`TRACES`, `METRICS`) goes over OTLP, by the standard
+/// variables read through `get`: `None` when no endpoint is set for it or
+/// its exporter (or the whole SDK) is turned off.
+pub(super) fn transport(signal: &str, get: &impl Fn(&str) -> Option<String>) -> Result<Option<Transport>, ConfigError> {
+    let disabled = get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || get(&format!("OTEL_{signal}_EXPORTER")).is_some_and(|v| v.eq_ignore_ascii_case("none"));
+    let endpoint = get(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")).or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    if disabled || endpoint.is_none() {
+        return Ok(None);
+    }
+    let protocol = get(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")).or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    match protocol.as_deref() {
+        None | Some("http/protobuf") => Ok(Some(Transport::HttpProtobuf)),
+        Some("grpc") => Ok(Some(Transport::Grpc)),
+        Some(other) => Err(ConfigError(format!("OTEL_EXPORTER_OTLP_PROTOCOL={other}: use grpc or http/protobuf"))),
+    }
 }
 
 impl Settings {
@@ -102,23 +121,10 @@ impl Settings {
 
     /// As [`Settings::from_env`], reading variables through `get`.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
-        let disabled = get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            || get("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
-        let endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        if disabled || endpoint.is_none() {
-            return Ok(None);
-        }
+        let Some(protocol) = transport("TRACES", &get)? else { return Ok(None) };
         if let Some(exporter) = get("OTEL_TRACES_EXPORTER").filter(|v| v != "otlp") {
             return Err(ConfigError(format!("OTEL_TRACES_EXPORTER={exporter}: only otlp and none are supported")));
         }
-        let protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL"));
-        let protocol = match protocol.as_deref() {
-            None | Some("http/protobuf") => Transport::HttpProtobuf,
-            Some("grpc") => Transport::Grpc,
-            Some(other) => {
-                return Err(ConfigError(format!("OTEL_EXPORTER_OTLP_PROTOCOL={other}: use grpc or http/protobuf")))
-            }
-        };
         let arg = match get("OTEL_TRACES_SAMPLER_ARG") {
             None => 1.0,
             Some(a) => match a.parse::<f64>() {
